@@ -1,0 +1,46 @@
+"""Packaging for tunmesh: the library, the `tunmesh` CLI and the twistd plugin."""
+
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="tunmesh",
+    version="0.1.0",
+    description="Layer 3 mesh VPN sidecar for containers (Twisted)",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["tunmesh", "tunmesh.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/tunmesh_plugin.py"]},
+    install_requires=[
+        "Twisted[tls]>=24.3",
+        "klein>=23.5",
+        "treq>=23.11",
+        "pyOpenSSL>=24.0",
+        "service-identity>=24.1",
+        "PyJWT>=2.8",
+        "cryptography>=42",
+        "python-pytun>=2.4",
+        "PyYAML>=6.0",
+        "prometheus-client>=0.20",
+        "attrs>=23.1",
+        "pyroute2>=0.7.9",
+    ],
+    extras_require={
+        "dev": [
+            "hypothesis>=6.90",
+            "ruff>=0.5",
+            "mypy>=1.8",
+            "types-PyYAML",
+        ],
+    },
+    entry_points={"console_scripts": ["tunmesh = tunmesh.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Networking",
+    ],
+)
