@@ -18,9 +18,17 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         # Load and lint the config here, so a bad file ends twistd with one line per problem
         # (naming the key path) instead of a traceback from inside makeService.
+        from tunmesh.logsetup import observer_factory
         from tunmesh.service import load_or_exit
 
-        self["loaded_config"] = load_or_exit(self["config"])
+        config = load_or_exit(self["config"])
+        self["loaded_config"] = config
+        parent = self.parent
+        if parent is not None and not parent.get("logger"):
+            # twistd's --logger hook: our observer applies tun_mesh/logging/level to every event.
+            parent["logger"] = observer_factory(
+                config.logging.level, parent.get("logfile"), bool(parent.get("nodaemon"))
+            )
 
 
 @implementer(IServiceMaker, IPlugin)

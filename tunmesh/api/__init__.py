@@ -1,0 +1,1 @@
+"""The control API port: hardened site, root klein app, mount points."""

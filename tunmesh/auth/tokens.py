@@ -1,0 +1,390 @@
+"""HS256 JWTs for tunmesh: the wire format, signing and two-step verification.
+
+A token travels as `Authorization: Bearer <jwt>` (the original's `Bearer: <jwt>` is accepted on input).
+
+Header: `alg` = HS256 (nothing else is ever accepted), `typ` (one of the `TYP_*` kinds), `kid`
+(`"cluster"` for cluster-secret tokens, a session kid otherwise).
+
+Claims: `iss` sender node id, `aud` receiver node id (or `"bootstrap"`), `iat`, `exp` (exp - iat <= 60 s),
+`bh` = base64url(SHA-256(exact body bytes)), requests add `htm` (method) and `htu` (path only) and
+either `jti` (cluster, 128-bit random) or `ctr` (session, per direction and kid); responses add `rid`
+(the request's jti or ctr); `cnf: {"x5t#S256": ...}` binds the token to the server certificate (W5).
+
+Verification is split so that 401 is decided from the headers alone (W8): `verify_head`-style functions
+check format, size, alg, typ, kid, the HMAC, audience, issuer, method, path, times and channel binding and
+return a `PendingToken`; `PendingToken.verify_body(body)` checks `bh` and only then records the jti/ctr
+in the replay state. A tampered body therefore never burns a counter, and replay is always checked after
+the HMAC (W1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from tunmesh.auth.errors import AuthError
+from tunmesh.auth.keys import b64url, b64url_decode
+from tunmesh.auth.replay import MAX_CTR
+
+TYP_REQUEST = "tm-req+jwt"
+TYP_RESPONSE = "tm-resp+jwt"
+TYP_BOOTSTRAP = "tm-bootstrap+jwt"
+TYP_LINK = "tm-link+jwt"
+TYPES = frozenset({TYP_REQUEST, TYP_RESPONSE, TYP_BOOTSTRAP, TYP_LINK})
+
+CLUSTER_KID = "cluster"
+BOOTSTRAP_AUDIENCE = "bootstrap"
+ALGORITHM = "HS256"
+MAX_TOKEN_BYTES = 4096
+MAX_LIFETIME = 60
+AUTHORIZATION = b"Authorization"
+CNF_THUMBPRINT = "x5t#S256"
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_JTI = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
+_BH = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]*$")
+_HEADER_FIELDS = frozenset({"alg", "typ", "kid"})
+
+_PYJWT = jwt.PyJWT(options={"enforce_minimum_key_length": True})
+_DECODE_OPTIONS: Any = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+    "require": [],
+    "enforce_minimum_key_length": True,
+}
+
+
+def body_hash(body: bytes) -> str:
+    """`bh`: base64url(SHA-256(body)), over the exact bytes on the wire (W3)."""
+    return b64url(hashlib.sha256(body).digest())
+
+
+def valid_node_id(value: object) -> bool:
+    """The shape of a node id as it may appear in `iss`/`aud`."""
+    return isinstance(value, str) and bool(_NODE_ID.match(value))
+
+
+def valid_kid(value: object) -> bool:
+    """The shape of a `kid` header value."""
+    return isinstance(value, str) and bool(_KID.match(value))
+
+
+def bearer(token: str) -> str:
+    """The `Authorization` header value for `token`."""
+    return "Bearer " + token
+
+
+def parse_authorization(value: bytes | str | None) -> str:
+    """Extract the JWT from `Bearer <jwt>` or `Bearer: <jwt>`; raises missing/malformed/oversized."""
+    if value is None:
+        raise AuthError("missing")
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthError("malformed") from None
+    value = value.strip()
+    if not value:
+        raise AuthError("missing")
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() not in ("bearer", "bearer:"):
+        raise AuthError("malformed")
+    token = rest.strip()
+    if len(token) > MAX_TOKEN_BYTES:
+        raise AuthError("oversized")
+    if not token or " " in token:
+        raise AuthError("malformed")
+    return token
+
+
+def _path_only(path: bytes | str) -> str:
+    if isinstance(path, bytes):
+        path = path.decode("ascii", errors="replace")
+    return path.split("?", 1)[0].split("#", 1)[0]
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AuthError("malformed")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """The claims of a token whose signature and claims were checked."""
+
+    typ: str
+    kid: str
+    iss: str
+    aud: str
+    iat: float
+    exp: float
+    bh: str
+    htm: str | None = None
+    htu: str | None = None
+    jti: str | None = None
+    ctr: int | None = None
+    rid: str | int | None = None
+    cnf: str | None = None
+
+    @property
+    def request_id(self) -> str | int | None:
+        """What a response to this request puts in `rid`: the jti or the ctr."""
+        return self.jti if self.jti is not None else self.ctr
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """A signed request: the header value to send and what its response must echo in `rid`."""
+
+    header_value: str
+    kid: str
+    rid: str | int
+    peer_id: str
+
+    def __str__(self) -> str:
+        return self.header_value
+
+
+class PendingToken:
+    """A token whose head verified; the body is still to be checked (see module docstring)."""
+
+    def __init__(
+        self, token: VerifiedToken, commit: Callable[[VerifiedToken], None] | None = None
+    ) -> None:
+        self.token = token
+        self._commit = commit
+
+    @property
+    def iss(self) -> str:
+        """The verified issuer, e.g. to pick per-peer limits before reading the body."""
+        return self.token.iss
+
+    def verify_body(self, body: bytes) -> VerifiedToken:
+        """Check `bh` against `body`, then record the jti/ctr (raises body_mismatch, replay, rate_limited)."""
+        if not hmac.compare_digest(body_hash(body), self.token.bh):
+            raise AuthError("body_mismatch")
+        if self._commit is not None:
+            self._commit(self.token)
+        return self.token
+
+
+def encode_token(key: bytes, typ: str, kid: str, claims: Mapping[str, Any]) -> str:
+    """Sign `claims` with HS256 under the given `typ` and `kid` headers."""
+    if typ not in TYPES:
+        raise ValueError(f"unknown token type {typ!r}")
+    token = _PYJWT.encode(dict(claims), key, algorithm=ALGORITHM, headers={"typ": typ, "kid": kid})
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ValueError("token too large")
+    return token
+
+
+def base_claims(
+    iss: str, aud: str, now: float, lifetime: float, body: bytes, cnf: str | None = None
+) -> dict[str, Any]:
+    """iss, aud, iat, exp, bh (and cnf when given): the claims every token carries."""
+    iat = int(now)
+    life = max(1, min(int(lifetime), MAX_LIFETIME))
+    claims: dict[str, Any] = {"iss": iss, "aud": aud, "iat": iat, "exp": iat + life, "bh": body_hash(body)}
+    if cnf is not None:
+        claims["cnf"] = {CNF_THUMBPRINT: cnf}
+    return claims
+
+
+def _json_segment(segment: str) -> dict[str, Any]:
+    if not _SEGMENT.match(segment):
+        raise AuthError("malformed")
+    try:
+        value = json.loads(b64url_decode(segment))
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError("malformed") from None
+    if not isinstance(value, dict):
+        raise AuthError("malformed")
+    return value
+
+
+def unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims WITHOUT checking anything: only to choose a key. Raises malformed/oversized."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise AuthError("oversized")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise AuthError("malformed")
+    return _json_segment(parts[0]), _json_segment(parts[1])
+
+
+KeySelector = Callable[[Mapping[str, Any], Mapping[str, Any]], bytes]
+
+
+def verify_token(
+    token: str,
+    *,
+    key_for: KeySelector,
+    accept_typs: frozenset[str],
+    cluster: bool,
+    audience: str | frozenset[str],
+    now: float,
+    leeway: float,
+    issuer: str | None = None,
+    method: str | None = None,
+    path: bytes | str | None = None,
+    counter: str | None = None,
+    expect_cnf: str | None = None,
+) -> VerifiedToken:
+    """Check everything but the body; the order is format, alg, typ/kid, HMAC, then claims.
+
+    `key_for(header, unverified_claims)` returns the HMAC key or raises AuthError (unknown_peer,
+    unknown_key, ...). `audience` may be a set when the typ decides it (the caller re-checks).
+    `counter` is "jti", "ctr" or None (responses, which carry `rid` instead).
+    """
+    header, unverified = unverified_parts(token)
+    if header.get("alg") != ALGORITHM:
+        raise AuthError("bad_alg")
+    if not token.rsplit(".", 1)[1]:
+        raise AuthError("malformed")  # an unsigned token
+    if set(header) - _HEADER_FIELDS:
+        raise AuthError("malformed")  # crit, jku, jwk, x5u...: never used, never honoured
+    typ = header.get("typ")
+    if typ not in accept_typs:
+        raise AuthError("wrong_type")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not valid_kid(kid):
+        raise AuthError("malformed")
+    if (kid == CLUSTER_KID) != cluster:
+        raise AuthError("wrong_type")  # cluster token on a session verifier, or the reverse
+    key = key_for(header, unverified)
+    try:
+        claims = _PYJWT.decode(token, key, algorithms=[ALGORITHM], options=_DECODE_OPTIONS)
+    except jwt.InvalidSignatureError:
+        raise AuthError("bad_signature") from None
+    except jwt.InvalidKeyError:
+        raise AuthError("unknown_key") from None
+    except jwt.PyJWTError:
+        raise AuthError("malformed") from None
+    return _check_claims(
+        claims,
+        typ=typ,
+        kid=kid,
+        audience=audience,
+        now=now,
+        leeway=leeway,
+        issuer=issuer,
+        method=method,
+        path=path,
+        counter=counter,
+        expect_cnf=expect_cnf,
+    )
+
+
+def _check_claims(
+    claims: Mapping[str, Any],
+    *,
+    typ: str,
+    kid: str,
+    audience: str | frozenset[str],
+    now: float,
+    leeway: float,
+    issuer: str | None,
+    method: str | None,
+    path: bytes | str | None,
+    counter: str | None,
+    expect_cnf: str | None,
+) -> VerifiedToken:
+    aud = claims.get("aud")
+    if not isinstance(aud, str):
+        raise AuthError("malformed")
+    if (aud != audience) if isinstance(audience, str) else (aud not in audience):
+        raise AuthError("wrong_audience")
+    iss = claims.get("iss")
+    if not isinstance(iss, str) or not valid_node_id(iss):
+        raise AuthError("wrong_issuer")
+    if issuer is not None and iss != issuer:
+        raise AuthError("wrong_issuer")
+    if "iat" not in claims or "exp" not in claims:
+        raise AuthError("malformed")
+    iat = _number(claims["iat"])
+    exp = _number(claims["exp"])
+    if exp <= iat:
+        raise AuthError("malformed")
+    if exp - iat > MAX_LIFETIME:
+        raise AuthError("lifetime_too_long")
+    if iat > now + leeway:
+        raise AuthError("clock_skew")
+    if "nbf" in claims and _number(claims["nbf"]) > now + leeway:
+        raise AuthError("clock_skew")
+    if exp + leeway <= now:
+        raise AuthError("expired")
+    bh = claims.get("bh")
+    if not isinstance(bh, str) or not _BH.match(bh):
+        raise AuthError("malformed")
+    htm = claims.get("htm")
+    htu = claims.get("htu")
+    if method is not None:
+        if not isinstance(htm, str):
+            raise AuthError("malformed")
+        if htm != method.upper():
+            raise AuthError("wrong_method")
+    if path is not None:
+        if not isinstance(htu, str):
+            raise AuthError("malformed")
+        if htu != _path_only(path):
+            raise AuthError("wrong_path")
+    jti = claims.get("jti")
+    ctr = claims.get("ctr")
+    if counter == "jti" and not (isinstance(jti, str) and _JTI.match(jti)):
+        raise AuthError("malformed")
+    if counter == "ctr" and (
+        isinstance(ctr, bool) or not isinstance(ctr, int) or not 0 <= ctr <= MAX_CTR
+    ):
+        raise AuthError("malformed")
+    rid = claims.get("rid")
+    if counter is None:
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            raise AuthError("malformed")
+    cnf_value: str | None = None
+    cnf = claims.get("cnf")
+    if cnf is not None:
+        if not isinstance(cnf, dict) or not isinstance(cnf.get(CNF_THUMBPRINT), str):
+            raise AuthError("malformed")
+        cnf_value = cnf[CNF_THUMBPRINT]
+    if expect_cnf is not None and (
+        cnf_value is None or not hmac.compare_digest(cnf_value.encode(), expect_cnf.encode())
+    ):
+        raise AuthError("channel_binding")
+    return VerifiedToken(
+        typ=typ,
+        kid=kid,
+        iss=iss,
+        aud=aud,
+        iat=iat,
+        exp=exp,
+        bh=bh,
+        htm=htm if isinstance(htm, str) else None,
+        htu=htu if isinstance(htu, str) else None,
+        jti=jti if counter == "jti" else None,
+        ctr=ctr if counter == "ctr" else None,
+        rid=rid if counter is None else None,
+        cnf=cnf_value,
+    )
+
+
+def check_rid(token: VerifiedToken, expected: str | int) -> None:
+    """A response must echo its request's jti/ctr in `rid` (W12); raises wrong_request."""
+    if type(token.rid) is not type(expected) or token.rid != expected:
+        raise AuthError("wrong_request")

@@ -1,0 +1,80 @@
+"""The ``tunmesh`` command: config tooling (example-config, check-config, gen-secret, docs).
+
+Config problems are reported one per line on stderr, without a traceback and without any secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+from tunmesh import __version__
+from tunmesh.config import ConfigError, dump_config, load_config, resolve_config_path
+from tunmesh.config.docs import config_reference_markdown, example_config
+
+PROG = "tunmesh"
+SECRET_BYTES = 32
+
+
+def generate_secret() -> str:
+    """A fresh cluster secret: 32 random bytes, base64url without padding (43 characters)."""
+    return base64.urlsafe_b64encode(os.urandom(SECRET_BYTES)).rstrip(b"=").decode("ascii")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="tunmesh: a Layer 3 mesh VPN sidecar.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser("example-config", help="print an annotated example config")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and print the resolved config (secrets redacted)",
+        description="FILE defaults to $TUNMESH_CONFIG_PATH, then /etc/tunmesh/config.yaml.",
+    )
+    check.add_argument("file", nargs="?", metavar="FILE", help="config file to check")
+    commands.add_parser("gen-secret", help="print a new random cluster secret")
+    commands.add_parser("docs", help="print the Markdown configuration reference")
+    return parser
+
+
+def _check_config(file: str | None, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    path = resolve_config_path(file, env)
+    try:
+        cfg = load_config(path, env=env)
+    except ConfigError as e:
+        for problem in e.errors:
+            print(f"{PROG}: config error: {problem}", file=err)
+        return 1
+    out.write(dump_config(cfg, redact=True))
+    return 0
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run one command and return the exit status (0 ok, 1 config problem, 2 usage error)."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    environ = env if env is not None else os.environ
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse reports usage errors (and --help/--version) by exiting
+        return int(e.code) if isinstance(e.code, int) else 2
+    if args.command == "example-config":
+        out.write(example_config())
+    elif args.command == "check-config":
+        return _check_config(args.file, environ, out, err)
+    elif args.command == "gen-secret":
+        print(generate_secret(), file=out)
+    elif args.command == "docs":
+        out.write(config_reference_markdown())
+    return 0

@@ -1,0 +1,522 @@
+"""The whole tunmesh config tree (format 1.1), declared once.
+
+Every key of the original Tun Mesh 1.1 config is here with the same name and meaning, so existing configs load
+unchanged; tunmesh's additions are optional with safe defaults. The loader, the example config, the reference
+docs and the dump are all generated from these classes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+
+from tunmesh.config.schema import (
+    Bool,
+    Enum,
+    File,
+    GroupType,
+    Int,
+    IPAddress,
+    ListOf,
+    LoadContext,
+    MapOf,
+    NetAddress,
+    String,
+    Timing,
+    UInt,
+    Url,
+    Version,
+    group,
+    option,
+    subgroup,
+)
+
+SECRET_ENV = "TUNMESH_CLUSTER_SECRET"
+ADVERTISE_URL_ENV = "TUNMESH_ADVERTISE_URL"
+
+
+# ---------------------------------------------------------------------------------------------------- clustering
+
+
+@group("Settings for one group of bootstrap nodes.")
+@frozen(kw_only=True)
+class BootstrapGroup:
+    bootstrap_node_urls: tuple[str, ...] = option(
+        ListOf(Url()),
+        "Control API URLs used to join the mesh.",
+        (
+            "The advertise URLs of existing nodes, or one load-balanced URL in front of them.",
+            "The key must be present; null or an empty list means this group has no nodes yet.",
+        ),
+        required=True,
+    )
+    bootstrap_retries: int = option(
+        Int(min=-1),
+        "Bootstrap attempts before giving up on this group.",
+        ("-1 retries forever, 0 makes a single attempt, N makes N retries.",),
+        default=-1,
+    )
+
+
+@group("Resource limits for mesh membership (bounded state against fake registrations).")
+@frozen(kw_only=True)
+class ClusteringLimits:
+    max_nodes: int = option(
+        UInt(min=1, max=65536),
+        "Maximum number of peer nodes kept.",
+        ("Registrations beyond this are refused; metrics stop being labelled per node above it.",),
+        default=256,
+    )
+    max_cidrs_per_node: int = option(
+        UInt(min=1, max=1024), "Maximum number of addresses (CIDRs) one node may register.", default=16
+    )
+    max_url_length: int = option(
+        UInt(min=64, max=8192), "Maximum length of a node URL accepted from peers.", default=2048
+    )
+    max_concurrent_bootstraps: int = option(
+        UInt(min=1, max=256), "Maximum number of new bootstraps run at the same time per groom pass.", default=8
+    )
+    peer_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = option(
+        ListOf(NetAddress(None, interface=False)),
+        "Networks that peer URL hosts must resolve into.",
+        (
+            "An allow-list for the addresses of peer URLs learned from the mesh, for example the underlay",
+            "network. Empty means any address except loopback, link-local and unspecified ones.",
+        ),
+        default=(),
+    )
+
+
+def _resolve_auth(values: dict[str, Any], present: frozenset[str], path: str, ctx: LoadContext) -> Any:
+    """Exactly one of secret / secret_file in the file; the env variable overrides both."""
+    if {"secret", "secret_file"} <= present:
+        return ctx.fail(path, "set only one of secret and secret_file")
+    if values["secret"] is None and values["secret_file"] is not None:
+        secret_path: Path = values["secret_file"]
+        try:
+            text = secret_path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            return ctx.fail(f"{path}/secret_file", f"{secret_path}: is not UTF-8 text")
+        except OSError as e:
+            return ctx.fail(f"{path}/secret_file", f"{secret_path}: cannot be read: {e.strerror}")
+        secret = text.rstrip("\r\n")
+        if not secret:
+            return ctx.fail(f"{path}/secret_file", f"{secret_path}: is empty")
+        values["secret"] = secret
+    return values
+
+
+@group(
+    "Cluster authentication.",
+    ("The shared cluster secret is the root of trust: every node of the mesh must have the same one.",),
+    resolve=_resolve_auth,
+)
+@frozen(kw_only=True)
+class Auth:
+    secret: str = option(
+        String(min_length=1),
+        "Shared cluster secret.",
+        (
+            "Must be the same on every node. Generate one with `tunmesh gen-secret`.",
+            "Needs at least 32 characters and 128 bits of estimated entropy.",
+            "Give exactly one of secret and secret_file; the environment variable",
+            f"{SECRET_ENV}, when set and non-empty, overrides both.",
+        ),
+        required=True,
+        secret=True,
+        env=SECRET_ENV,
+        alternatives=("secret_file",),
+    )
+    secret_file: Path | None = option(
+        File(),
+        "File holding the shared cluster secret (instead of secret).",
+        ("Trailing newlines are removed. Relative paths start at the config file's directory.",),
+    )
+    pub_key_size: int = option(
+        UInt(min=2048),
+        "Accepted for compatibility; unused.",
+        ("The original used RSA keys of this size; tunmesh exchanges session keys with X25519.",),
+        default=2048,
+        unused=True,
+    )
+
+
+@group("Cluster membership settings.")
+@frozen(kw_only=True)
+class Clustering:
+    control_api_advertise_url: str = option(
+        Url(),
+        "This node's externally reachable control API URL.",
+        (
+            "Peers connect to this URL; it must be unique per node (not load balanced).",
+            f"The environment variable {ADVERTISE_URL_ENV}, when set and non-empty, overrides it.",
+        ),
+        required=True,
+        env=ADVERTISE_URL_ENV,
+    )
+    reload_config_on_bootstrap: bool = option(
+        Bool(),
+        "Re-read the config file before each bootstrap pass.",
+        ("Picks up externally templated bootstrap URL lists; other settings are not changed at runtime.",),
+        default=False,
+    )
+    bootstrap_groups: Mapping[str, BootstrapGroup] = option(
+        MapOf(
+            GroupType(BootstrapGroup),
+            key_pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+            key_help="1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        ),
+        "Named groups of nodes to bootstrap from.",
+        ("The key must be present; null or an empty mapping means this node starts a new mesh.",),
+        required=True,
+    )
+    auth: Auth = subgroup(Auth)
+    limits: ClusteringLimits = subgroup(ClusteringLimits)
+
+
+# ---------------------------------------------------------------------------------------------------- control_api
+
+
+@group("TLS settings of the control API (the one HTTPS port that carries the API and the data links).")
+@frozen(kw_only=True)
+class Ssl:
+    cert_file_path: Path = option(
+        File(),
+        "Server certificate file (PEM).",
+        ("May be shared by all nodes; self-signed certificates are allowed.",),
+        required=True,
+    )
+    key_file_path: Path = option(
+        File(),
+        "Server private key file (PEM).",
+        ("It is read before privileges are dropped; a restart is needed to pick up a renewed key.",),
+        required=True,
+    )
+    ca_file_path: Path | None = option(
+        File(),
+        "CA bundle used to verify peers.",
+        ("When unset, the certificate file itself is the only trust anchor.",),
+    )
+    verify_hostname: bool = option(
+        Bool(), "Verify the peer certificate's names against the URL host.", default=False
+    )
+
+
+def _timing(default: float, short: str, long: tuple[str, ...] = (), **bounds: float) -> Any:
+    return option(Timing(**bounds), short, long, default=default)
+
+
+@group("Limits and deadlines of the control API server.")
+@frozen(kw_only=True)
+class ControlApiLimits:
+    header_timeout: float = _timing(10.0, "Seconds a client has to send the request line and headers.", max=300)
+    body_timeout: float = _timing(30.0, "Seconds a client has to send the request body.", max=300)
+    max_connections_per_peer: int = option(
+        UInt(min=1, max=65535), "Maximum simultaneous connections from one source address.", default=32
+    )
+    max_connections: int = option(
+        UInt(min=1, max=1_000_000), "Maximum simultaneous connections in total.", default=1024
+    )
+
+
+@group("Control API (HTTPS) settings.")
+@frozen(kw_only=True)
+class ControlApi:
+    listen_address: str = option(
+        IPAddress(), "Address the control API listens on.", ("Use :: to listen on all IPv6 and IPv4 addresses.",),
+        default="0.0.0.0",
+    )
+    listen_port: int = option(UInt(min=1, max=65535), "Port the control API listens on.", default=4567)
+    max_batch_size: int = option(
+        UInt(min=1, max=1024), "Maximum number of packets sent in one batch.", default=64
+    )
+    ssl: Ssl = subgroup(Ssl)
+    limits: ControlApiLimits = subgroup(ControlApiLimits)
+
+
+# ---------------------------------------------------------------------------------------------------- logging / monitoring
+
+
+@group("Logging settings.")
+@frozen(kw_only=True)
+class Logging:
+    level: str = option(
+        Enum(
+            {
+                "error": "Errors only.",
+                "warn": "Errors and warnings.",
+                "info": "Normal operational messages.",
+                "debug": "Verbose diagnostics.",
+            }
+        ),
+        "Minimum level of logged events.",
+        default="info",
+    )
+
+
+@group("Prometheus exposition settings.")
+@frozen(kw_only=True)
+class Prometheus:
+    base_labels: Mapping[str, str] = option(
+        MapOf(
+            String(max_length=256),
+            key_pattern=r"[a-zA-Z_][a-zA-Z0-9_]*",
+            key_help="a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)",
+            reserved_keys=("node_id",),
+        ),
+        "Extra labels added to every metric.",
+        ("The node_id label is always added and cannot be set here.",),
+        default=types.MappingProxyType({}),
+    )
+
+
+@group("Monitoring settings.")
+@frozen(kw_only=True)
+class Monitoring:
+    method: str = option(
+        Enum({"none": "No metrics endpoint.", "prometheus": "Expose Prometheus metrics at /metrics."}),
+        "How metrics are exposed.",
+        default="none",
+    )
+    enable_node_packet_metrics: bool = option(
+        Bool(), "Per-peer packet and byte counters and the latency histogram.", default=False
+    )
+    metric_ttl: float = _timing(3600.0, "Idle seconds after which per-peer metric series are dropped.")
+    prometheus: Prometheus = subgroup(Prometheus)
+
+
+# ---------------------------------------------------------------------------------------------------- networking
+
+
+@group("IPv4 overlay addressing.")
+@frozen(kw_only=True)
+class Ipv4:
+    network_cidr: ipaddress.IPv4Network = option(
+        NetAddress(4, interface=False),
+        "The whole mesh IPv4 range.",
+        ("The TUN device routes all of it into the mesh. Must be the same on every node.",),
+        required=True,
+    )
+    node_address_cidr: ipaddress.IPv4Interface = option(
+        NetAddress(4, interface=True),
+        "This node's IPv4 address with its local subnet prefix.",
+        (
+            "The address must lie inside network_cidr; the prefix (the same size as network_cidr or smaller)",
+            "defines the local subnet, whose peers use the local timing settings.",
+        ),
+        required=True,
+    )
+    enable_broadcast: bool = option(
+        Bool(), "Carry 255.255.255.255 and mesh broadcast traffic.", default=False
+    )
+
+
+@group("IPv6 overlay addressing (new in tunmesh).", ("Leave the group out for an IPv4-only mesh.",))
+@frozen(kw_only=True)
+class Ipv6:
+    network_cidr: ipaddress.IPv6Network = option(
+        NetAddress(6, interface=False), "The whole mesh IPv6 range.", required=True
+    )
+    node_address_cidr: ipaddress.IPv6Interface = option(
+        NetAddress(6, interface=True),
+        "This node's IPv6 address with its local subnet prefix.",
+        ("The address must lie inside network_cidr.",),
+        required=True,
+    )
+
+
+@group("Overlay network settings.")
+@frozen(kw_only=True)
+class Networking:
+    tun_device_id: str = option(
+        String(
+            min_length=1,
+            max_length=15,
+            pattern=r"(?!\.\.?$)[A-Za-z0-9_.-]+",
+            pattern_help="a Linux interface name: letters, digits, '_', '.' and '-' (not '.' or '..')",
+        ),
+        "Name of the TUN device.",
+        default="tun1",
+    )
+    mtu: int = option(
+        UInt(min=576, max=65535),
+        "MTU of the TUN device.",
+        (
+            "Frames travel inside one TLS stream per peer, so the overlay has no underlay MTU to fit;",
+            "the conservative default suits most hosts. 576 is the IPv4 minimum; IPv6 needs at least 1280.",
+        ),
+        default=1400,
+    )
+    offload: bool = option(
+        Bool(),
+        "Use TUN offload (IFF_VNET_HDR, TSO/GSO) when the kernel allows it.",
+        ("Large segments then cross the mesh as one frame; falls back to plain packets if unsupported.",),
+        default=True,
+    )
+    ipv4: Ipv4 = subgroup(Ipv4)
+    ipv6: Ipv6 | None = subgroup(Ipv6, absent_is_none=True)
+
+
+# ---------------------------------------------------------------------------------------------------- process
+
+
+@group("Accepted for compatibility; unused.", ("The original used SysV message queues; tunmesh runs one process.",))
+@frozen(kw_only=True)
+class IpcGroup:
+    max_init_attempts: int = option(UInt(), "Unused.", default=3, unused=True)
+    key_range_min: int = option(UInt(max=0xFFFFFFFF, base=16), "Unused.", default=0x80000000, unused=True)
+    key_range_max: int = option(UInt(max=0xFFFFFFFF, base=16), "Unused.", default=0x8FFFFFF0, unused=True)
+
+
+@group("Accepted for compatibility; unused.")
+@frozen(kw_only=True)
+class Ipc:
+    group: IpcGroup = subgroup(IpcGroup)
+
+
+@group("Session authentication timing.")
+@frozen(kw_only=True)
+class AuthTiming:
+    session_max_age: float = _timing(
+        3600.0, "Seconds a session key is used before it is rotated.", ("Rotation is jittered to 90-100 %.",)
+    )
+    early_validity_window: float = _timing(
+        5.0, "Clock-skew tolerance: tokens are valid from this many seconds before their issue time."
+    )
+    validity_window: float = _timing(
+        30.0,
+        "Seconds a token stays valid after it is issued; also the session rotation margin.",
+        ("Should be at least 3 x groom_interval.",),
+    )
+
+
+@group("Timing of registrations with local-subnet peers.")
+@frozen(kw_only=True)
+class LocalRegistrationTiming:
+    reregistration_interval: float = _timing(5.0, "Seconds between registrations with each local peer.")
+    stale_threshold: float = _timing(30.0, "Seconds without contact after which a local peer is dropped.")
+
+
+@group("Timing of registrations with all other peers.")
+@frozen(kw_only=True)
+class MeshRegistrationTiming:
+    reregistration_interval: float = _timing(30.0, "Seconds between registrations with each mesh peer.")
+    stale_threshold: float = _timing(120.0, "Seconds without contact after which a mesh peer is dropped.")
+
+
+@group("Membership timing.")
+@frozen(kw_only=True)
+class RegistrationTiming:
+    groom_interval: float = _timing(5.0, "Seconds between membership maintenance passes.")
+    startup_grace: float = _timing(
+        0.0,
+        "Seconds after start during which the node reports healthy without peers.",
+        ("0 (the default) turns the grace period off.",),
+        min=0.0,
+    )
+    bootstrap_retry_interval: float = _timing(15.0, "Minimum seconds between bootstrap passes of one group.")
+    local: LocalRegistrationTiming = subgroup(LocalRegistrationTiming)
+    mesh: MeshRegistrationTiming = subgroup(MeshRegistrationTiming)
+
+
+@group("Packet queue timing towards local-subnet peers.")
+@frozen(kw_only=True)
+class LocalNetworkTiming:
+    packet_expiration: float = _timing(0.1, "Maximum seconds a packet waits in a send queue.", min=0.01)
+
+
+@group("Packet queue timing towards all other peers.")
+@frozen(kw_only=True)
+class MeshNetworkTiming:
+    packet_expiration: float = _timing(0.1, "Maximum seconds a packet waits in a send queue.", min=0.01)
+
+
+@group("Packet queue timing.")
+@frozen(kw_only=True)
+class NetworkTiming:
+    local: LocalNetworkTiming = subgroup(LocalNetworkTiming)
+    mesh: MeshNetworkTiming = subgroup(MeshNetworkTiming)
+
+
+@group("TUN device handler timing.")
+@frozen(kw_only=True)
+class TunHandlerTiming:
+    heartbeat_interval: float = _timing(1.0, "Seconds between TUN handler health heartbeats.")
+    fault_delay: float = _timing(1.0, "Seconds to wait before reopening the TUN device after a failure.")
+
+
+@group("Timing settings.")
+@frozen(kw_only=True)
+class ProcessTiming:
+    request_timeout: float = _timing(1.0, "Seconds before a request to a peer times out.")
+    auth: AuthTiming = subgroup(AuthTiming)
+    registrations: RegistrationTiming = subgroup(RegistrationTiming)
+    network: NetworkTiming = subgroup(NetworkTiming)
+    tun_handler: TunHandlerTiming = subgroup(TunHandlerTiming)
+
+
+@group("Process settings.")
+@frozen(kw_only=True)
+class Process:
+    uid: int = option(
+        UInt(max=0xFFFFFFFE),
+        "Non-root user ID the node switches to after opening the TUN device.",
+        ("Must not be 0.",),
+        required=True,
+    )
+    gid: int | None = option(
+        UInt(max=0xFFFFFFFE),
+        "Group ID the node switches to (new in tunmesh).",
+        ("Must not be 0. Supplementary groups are always dropped.",),
+    )
+    ipc: Ipc = subgroup(Ipc)
+    timing: ProcessTiming = subgroup(ProcessTiming)
+
+
+# ---------------------------------------------------------------------------------------------------- root
+
+
+@group("tunmesh configuration.", ("All settings live under the top-level tun_mesh key.",))
+@frozen(kw_only=True)
+class TunMeshConfig:
+    config_version: str = option(Version(), "Config format version.", ("Must be 1.1.",), required=True)
+    clustering: Clustering = subgroup(Clustering)
+    control_api: ControlApi = subgroup(ControlApi)
+    logging: Logging = subgroup(Logging)
+    monitoring: Monitoring = subgroup(Monitoring)
+    networking: Networking = subgroup(Networking)
+    process: Process = subgroup(Process)
+
+
+ROOT_KEY = "tun_mesh"
+
+__all__ = [
+    "ADVERTISE_URL_ENV",
+    "ROOT_KEY",
+    "SECRET_ENV",
+    "Auth",
+    "AuthTiming",
+    "BootstrapGroup",
+    "Clustering",
+    "ClusteringLimits",
+    "ControlApi",
+    "ControlApiLimits",
+    "Ipc",
+    "IpcGroup",
+    "Ipv4",
+    "Ipv6",
+    "Logging",
+    "Monitoring",
+    "Networking",
+    "Process",
+    "ProcessTiming",
+    "Prometheus",
+    "RegistrationTiming",
+    "Ssl",
+    "TunMeshConfig",
+]

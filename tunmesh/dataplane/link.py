@@ -1,0 +1,787 @@
+"""Peer links: one persistent TLS stream per direction and peer, carrying batches of packets.
+
+The client side (:class:`LinkClient`, one per peer) connects to the peer's API port offering ALPN
+``tunmesh-link/1``, proves itself with a ``tm-link+jwt`` HELLO, then writes DATA frames.  The
+server side (:class:`LinkServerFactory`, mounted behind the ALPN dispatcher) checks the HELLO and
+hands verified packets to the data plane.  Datagram semantics (security contract): nothing is
+retransmitted, queues are bounded and drop the oldest packets, every drop is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tunmesh.auth.errors import AuthError
+from tunmesh.dataplane import frames as F
+from tunmesh.dataplane.drops import DropCounter
+from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
+
+#: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
+SOCKET_BUFFER = 4 * 1024 * 1024
+HELLO_TIMEOUT = 5.0
+KEEPALIVE = 10.0
+
+# Drop reasons of the links.
+QUEUE_FULL = "queue_full"
+PEER_DOWN = "peer_down"
+PEER_REMOVED = "peer_removed"
+EXPIRED = "expired"
+
+#: on_packets(peer_id, packets, vnet_hdr): verified packets from a peer's link.
+PacketSink = Callable[[str, list[bytes], bool], None]
+#: connector(url, protocol) -> Deferred firing when ``protocol`` is connected (or failing).
+Connector = Callable[[str, Protocol], "defer.Deferred[Any]"]
+
+
+def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> None:
+    """TCP_NODELAY (mandatory: Nagle costs ~10 ms per round trip) and large socket buffers.
+
+    ``transport`` may be a TLS wrapper; the TCP transport is found through ``.transport``.
+    Best effort: memory transports in tests have none of this.
+    """
+    t = transport
+    for _ in range(4):
+        if t is None:
+            return
+        if hasattr(t, "setTcpNoDelay") and hasattr(t, "getHandle"):
+            try:
+                t.setTcpNoDelay(True)
+                sock = t.getHandle()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
+            except (OSError, AttributeError):
+                pass
+            return
+        t = getattr(t, "transport", None)
+
+
+class LinkMetrics:
+    """The link counters, created once and shared by every link of a node."""
+
+    def __init__(self, metrics: MetricsLike, drops: DropCounter) -> None:
+        self.drops = drops
+        frames = metrics.counter("link_frames_total", "DATA frames over peer links.", ["direction"])
+        self.frames_tx = frames.labels(direction="tx")
+        self.frames_rx = frames.labels(direction="rx")
+        link_bytes = metrics.counter("link_bytes_total", "Bytes of DATA frames.", ["direction"])
+        self.bytes_tx = link_bytes.labels(direction="tx")
+        self.bytes_rx = link_bytes.labels(direction="rx")
+        self._frame_drops = metrics.counter(
+            "link_frames_dropped_total", "DATA frames rejected by a link, by reason.", ["reason"]
+        )
+        self._hello = metrics.counter(
+            "link_hello_failures_total", "Link handshakes refused or failed, by reason.", ["reason"]
+        )
+        connected = metrics.gauge("links_connected", "Peer links up.", ["direction"])
+        self.connected_out = connected.labels(direction="out")
+        self.connected_in = connected.labels(direction="in")
+
+    def frame_dropped(self, reason: str) -> None:
+        self._frame_drops.labels(reason=reason).inc()
+
+    def hello_failed(self, reason: str) -> None:
+        self._hello.labels(reason=reason).inc()
+
+
+# --- server side ----------------------------------------------------------------------------
+
+
+class LinkServerProtocol(Protocol):
+    """One inbound link: HELLO within a deadline, then DATA / REKEY / PING frames."""
+
+    log = Logger()
+
+    def __init__(self, factory: LinkServerFactory) -> None:
+        self.factory = factory
+        self.peer_id: str | None = None
+        self._decoder = F.FrameDecoder()
+        self._opener = F.DataOpener()
+        self._client_random = b""
+        self._server_random = b""
+        self._pending_rekey: tuple[int, str, bytes] | None = None
+        self._timer: IDelayedCall | None = None
+        self._last_rx = 0.0
+        self._closed = False
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport)
+        clock = self.factory.clock
+        self._last_rx = clock.seconds()
+        self._timer = clock.callLater(self.factory.hello_timeout, self._hello_deadline)
+
+    def _hello_deadline(self) -> None:
+        self._timer = None
+        if self.peer_id is None:
+            self.factory.link_metrics.hello_failed("timeout")
+            self._abort()
+
+    def _idle_check(self) -> None:
+        """Close a link that has been silent for three keepalive periods (dead client)."""
+        clock = self.factory.clock
+        idle = self.factory.keepalive * 3
+        if clock.seconds() - self._last_rx >= idle:
+            self._timer = None
+            self.factory.link_metrics.frame_dropped("idle_timeout")
+            self._abort()
+            return
+        self._timer = clock.callLater(self.factory.keepalive, self._idle_check)
+
+    def _abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _refuse(self, code: int, reason: str) -> None:
+        self.factory.link_metrics.hello_failed(reason)
+        self.transport.write(F.encode_hello_err(code))  # type: ignore[union-attr]
+        self._closed = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        lm = self.factory.link_metrics
+        try:
+            frames = self._decoder.feed(data)
+        except F.FrameError as e:
+            lm.frame_dropped(e.reason)
+            self._abort()
+            return
+        if not frames:
+            return
+        self._last_rx = self.factory.clock.seconds()
+        batch: list[bytes] = []
+        batch_flags = -1
+        nframes = nbytes = 0
+        for frame in frames:
+            kind = frame[4]
+            if self.peer_id is None:
+                if kind != F.HELLO:
+                    self._refuse(F.ERR_PROTOCOL, "protocol")
+                    return
+                self._hello(frame)
+                if self._closed:
+                    return
+                continue
+            if kind == F.DATA:
+                try:
+                    flags, packets = self._open(frame)
+                except F.FrameError as e:
+                    lm.frame_dropped(e.reason)
+                    if e.reason in (F.MALFORMED_FRAME, F.BAD_TAG):
+                        # Authentic-looking garbage or forgery inside TLS: not a peer we keep.
+                        self._abort()
+                        break
+                    continue
+                nframes += 1
+                nbytes += len(frame)
+                if flags != batch_flags and batch:
+                    self._deliver(batch, batch_flags)
+                    batch = []
+                batch_flags = flags
+                batch.extend(packets)
+            elif kind == F.REKEY:
+                try:
+                    self._rekey(frame)
+                except F.FrameError as e:
+                    lm.frame_dropped(e.reason)
+                    self._abort()
+                    break
+            elif kind == F.PING:
+                try:
+                    opaque = F.decode_ping(frame)
+                except F.FrameError as e:
+                    lm.frame_dropped(e.reason)
+                    self._abort()
+                    break
+                self.transport.write(F.encode_ping(F.PONG, opaque))  # type: ignore[union-attr]
+            else:
+                lm.frame_dropped(F.MALFORMED_FRAME)
+                self._abort()
+                break
+        if nframes:
+            lm.frames_rx.inc(nframes)
+            lm.bytes_rx.inc(nbytes)
+        if batch:
+            self._deliver(batch, batch_flags)
+
+    def _open(self, frame: bytes) -> tuple[int, list[bytes]]:
+        try:
+            return self._opener.open(frame)
+        except F.FrameError as e:
+            pending = self._pending_rekey
+            if (
+                e.reason != F.UNKNOWN_KEY
+                or pending is None
+                or pending[0] != int.from_bytes(frame[6:10], "big")
+            ):
+                raise
+            # The REKEY arrived before our session store had the new inbound key: try again.
+            self._rekey(pending[2])
+            return self._opener.open(frame)
+
+    def _deliver(self, packets: list[bytes], flags: int) -> None:
+        assert self.peer_id is not None
+        try:
+            self.factory.on_packets(self.peer_id, packets, bool(flags & F.FLAG_VNET_HDR))
+        except Exception:
+            self.log.failure("delivering packets from {peer_id} failed", peer_id=self.peer_id)
+
+    def _hello(self, frame: bytes) -> None:
+        f = self.factory
+        try:
+            flags, client_random, key_id, token, binding = F.decode_hello(frame)
+        except F.FrameError:
+            self._refuse(F.ERR_PROTOCOL, "protocol")
+            return
+        try:
+            claims = f.authority.verify_link_hello(None, token, body=binding)
+        except AuthError as e:
+            self._refuse(F.ERR_BAD_TOKEN, f"auth_{e.reason}" if hasattr(e, "reason") else "auth")
+            return
+        peer_id, kid = claims.iss, claims.kid
+        if not f.mesh_lookup(peer_id):
+            self._refuse(F.ERR_UNKNOWN_PEER, "unknown_peer")
+            return
+        session = f.sessions.inbound(peer_id, kid)
+        if session is None:
+            self._refuse(F.ERR_NO_SESSION, "no_session")
+            return
+        self._client_random = client_random
+        self._server_random = os.urandom(F.RANDOM_LEN)
+        key = F.derive_link_key(
+            session.frame_key, client_random, self._server_random, peer_id, f.node_id, kid
+        )
+        self._opener.install(key_id, key)
+        self.peer_id = peer_id
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = f.clock.callLater(f.keepalive, self._idle_check)
+        out_flags = F.FLAG_VNET_HDR if f.vnet_hdr else 0
+        self.transport.write(F.encode_hello_ok(self._server_random, out_flags))  # type: ignore[union-attr]
+        f.link_opened(self)
+
+    def _rekey(self, frame: bytes) -> None:
+        assert self.peer_id is not None
+        key_id, kid = F.decode_rekey(frame)
+        session = self.factory.sessions.inbound(self.peer_id, kid)
+        if session is None:
+            self._pending_rekey = (key_id, kid, frame)
+            return
+        key = F.derive_link_key(
+            session.frame_key,
+            self._client_random,
+            self._server_random,
+            self.peer_id,
+            self.factory.node_id,
+            kid,
+        )
+        F.verify_rekey(key, frame)
+        self._pending_rekey = None
+        self._opener.install(key_id, key)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.peer_id is not None:
+            self.factory.link_closed(self)
+
+
+class LinkServerFactory(Factory):
+    """Builds inbound link protocols; mount under ALPN ``tunmesh-link/1``.
+
+    ``mesh_lookup(peer_id)`` says whether the peer is a known, authenticated member; links of a
+    peer that is later removed are closed with :meth:`close_peer`.
+    """
+
+    protocol = LinkServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        node_id: str,
+        sessions: SessionsLike,
+        authority: LinkAuthorityLike,
+        mesh_lookup: Callable[[str], bool],
+        on_packets: PacketSink,
+        clock: IReactorTime,
+        link_metrics: LinkMetrics,
+        *,
+        vnet_hdr: bool = False,
+        hello_timeout: float = HELLO_TIMEOUT,
+        keepalive: float = KEEPALIVE,
+    ) -> None:
+        self.node_id = node_id
+        self.sessions = sessions
+        self.authority = authority
+        self.mesh_lookup = mesh_lookup
+        self.on_packets = on_packets
+        self.clock = clock
+        self.link_metrics = link_metrics
+        self.vnet_hdr = vnet_hdr
+        self.hello_timeout = hello_timeout
+        self.keepalive = keepalive
+        self.links: dict[str, LinkServerProtocol] = {}
+
+    def buildProtocol(self, addr: Any) -> LinkServerProtocol:
+        return LinkServerProtocol(self)
+
+    def link_opened(self, proto: LinkServerProtocol) -> None:
+        """A peer completed its HELLO; a newer link of the same peer replaces the older one."""
+        assert proto.peer_id is not None
+        old = self.links.get(proto.peer_id)
+        self.links[proto.peer_id] = proto
+        self.link_metrics.connected_in.inc()
+        if old is not None and old is not proto:
+            old._abort()
+
+    def link_closed(self, proto: LinkServerProtocol) -> None:
+        assert proto.peer_id is not None
+        self.link_metrics.connected_in.dec()
+        if self.links.get(proto.peer_id) is proto:
+            del self.links[proto.peer_id]
+
+    def close_peer(self, peer_id: str) -> None:
+        """Drop the inbound link of a removed peer."""
+        proto = self.links.get(peer_id)
+        if proto is not None:
+            proto._abort()
+
+
+# --- client side ----------------------------------------------------------------------------
+
+
+class LinkClientProtocol(Protocol):
+    """The wire end of a :class:`LinkClient`: frames in, events out to the owner."""
+
+    def __init__(self, owner: LinkClient) -> None:
+        self.owner = owner
+        self._decoder = F.FrameDecoder(max_frame=1024)
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport)
+        self.owner._connection_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except F.FrameError:
+            self.owner._protocol_error(self, F.MALFORMED_FRAME)
+            return
+        for frame in frames:
+            if not self.owner._frame(self, frame):
+                return
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.owner._connection_lost(self, reason)
+
+
+@implementer(IPushProducer)
+class LinkClient:
+    """The outbound link to one peer: connect, HELLO, send batches, queue, reconnect, rekey.
+
+    ``send_batch`` writes at once when the link is up and the transport is not pushing back;
+    otherwise packets wait in a bounded queue (``max_queue_packets`` / ``max_queue_bytes``,
+    oldest dropped first as ``queue_full``) for at most ``packet_expiration`` seconds (then
+    ``peer_down`` if the link is not up, ``expired`` if it was only congested).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        peer_id: str,
+        url: str,
+        connector: Connector,
+        sessions: SessionsLike,
+        authority: LinkAuthorityLike,
+        clock: IReactorTime,
+        link_metrics: LinkMetrics,
+        *,
+        vnet_hdr: bool = False,
+        packet_expiration: float = 0.1,
+        max_queue_packets: int = 1024,
+        max_queue_bytes: int = 4 * 1024 * 1024,
+        hello_timeout: float = HELLO_TIMEOUT,
+        keepalive: float = KEEPALIVE,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 30.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.node_id = node_id
+        self.peer_id = peer_id
+        self.url = url
+        self._connector = connector
+        self._sessions = sessions
+        self._authority = authority
+        self._clock = clock
+        self._lm = link_metrics
+        self._drops = link_metrics.drops
+        self._flags = F.FLAG_VNET_HDR if vnet_hdr else 0
+        self.packet_expiration = packet_expiration
+        self.max_queue_packets = max_queue_packets
+        self.max_queue_bytes = max_queue_bytes
+        self.hello_timeout = hello_timeout
+        self.keepalive = keepalive
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._rng = rng
+
+        self._proto: LinkClientProtocol | None = None
+        self.ready = False
+        self.paused = False
+        self._stopped = True
+        self.attempts = 0
+        self._reconnect: IDelayedCall | None = None
+        self._hello_timer: IDelayedCall | None = None
+        self._ping_timer: IDelayedCall | None = None
+        self._expire_timer: IDelayedCall | None = None
+        self._last_rx = 0.0
+        self._client_random = b""
+        self._server_random = b""
+        self._kid = ""
+        self._key_id = 0
+        self._sealer: F.DataSealer | None = None
+        self._pending_session_key: bytes | None = None
+        #: [enqueued_at, packets, first_live_index]
+        self._queue: deque[list[Any]] = deque()
+        self.queued_packets = 0
+        self.queued_bytes = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting (idempotent)."""
+        if not self._stopped:
+            return
+        self._stopped = False
+        self._connect()
+
+    def stop(self, reason: str = PEER_REMOVED) -> None:
+        """Close the link for good; queued packets are dropped and counted as ``reason``."""
+        self._stopped = True
+        for timer in (self._reconnect, self._hello_timer, self._ping_timer, self._expire_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._reconnect = self._hello_timer = self._ping_timer = self._expire_timer = None
+        self._drop_all(reason)
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            proto.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _connect(self) -> None:
+        self._reconnect = None
+        if self._stopped:
+            return
+        proto = LinkClientProtocol(self)
+        try:
+            d = self._connector(self.url, proto)
+        except Exception:
+            self.log.failure("connecting to {peer_id} failed", peer_id=self.peer_id)
+            self._schedule_reconnect()
+            return
+        d.addErrback(self._connect_failed, proto)
+
+    def _connect_failed(self, failure: Failure, proto: LinkClientProtocol) -> None:
+        if self._proto is None or self._proto is proto:
+            self._proto = None
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self._stopped or self._reconnect is not None:
+            return
+        step = min(self.backoff_max, self.backoff_initial * (2 ** min(self.attempts, 30)))
+        delay = step * (0.5 + 0.5 * self._rng())
+        self.attempts += 1
+        self._reconnect = self._clock.callLater(delay, self._connect)
+
+    # -- protocol events --------------------------------------------------------------------
+
+    def _connection_made(self, proto: LinkClientProtocol) -> None:
+        if self._stopped:
+            proto.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._proto = proto
+        self._last_rx = self._clock.seconds()
+        self._client_random = os.urandom(F.RANDOM_LEN)
+        self._key_id = 1
+        binding = F.hello_binding(self._client_random, self._key_id, self._flags)
+        try:
+            signed = self._authority.sign_link_hello(self.peer_id, body=binding)
+        except AuthError:
+            signed = None
+        session = self._sessions.outbound(self.peer_id)
+        if signed is None or session is None or session.kid != signed.kid:
+            # No session with this peer yet (the mesh sets one up): retry with backoff.
+            self._lm.hello_failed("no_session")
+            proto.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._kid = signed.kid
+        self._pending_session_key = session.frame_key
+        proto.transport.write(  # type: ignore[union-attr]
+            F.encode_hello(signed.header_value, self._client_random, self._key_id, self._flags)
+        )
+        self._hello_timer = self._clock.callLater(self.hello_timeout, self._hello_deadline)
+
+    def _hello_deadline(self) -> None:
+        self._hello_timer = None
+        if not self.ready and self._proto is not None:
+            self._lm.hello_failed("timeout")
+            self._proto.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _frame(self, proto: LinkClientProtocol, frame: bytes) -> bool:
+        """Handle a frame from the server; False when the link was closed."""
+        self._last_rx = self._clock.seconds()
+        kind = frame[4]
+        try:
+            if kind == F.HELLO_OK and not self.ready:
+                _flags, self._server_random = F.decode_hello_ok(frame)
+                self._established(proto)
+                return True
+            if kind == F.HELLO_ERR and not self.ready:
+                code = F.decode_hello_err(frame)
+                self._lm.hello_failed("refused_" + F.ERR_NAMES.get(code, "unknown"))
+                self.log.warn(
+                    "peer {peer_id} refused our link: {reason}",
+                    peer_id=self.peer_id,
+                    reason=F.ERR_NAMES.get(code, str(code)),
+                )
+                proto.transport.loseConnection()  # type: ignore[union-attr]
+                return False
+            if kind == F.PONG and self.ready:
+                F.decode_ping(frame)
+                return True
+        except F.FrameError:
+            pass
+        self._protocol_error(proto, F.MALFORMED_FRAME)
+        return False
+
+    def _protocol_error(self, proto: LinkClientProtocol, reason: str) -> None:
+        self._lm.frame_dropped(reason)
+        proto.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _established(self, proto: LinkClientProtocol) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+        frame_key = self._pending_session_key
+        if frame_key is None:
+            self._protocol_error(proto, "no_session")
+            return
+        key = F.derive_link_key(
+            frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, self._kid
+        )
+        self._sealer = F.DataSealer(self._key_id, key)
+        self.ready = True
+        self.paused = False
+        self.attempts = 0
+        self._lm.connected_out.inc()
+        proto.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
+        self._flush()
+
+    def _keepalive(self) -> None:
+        self._ping_timer = None
+        proto = self._proto
+        if proto is None or not self.ready:
+            return
+        if self._clock.seconds() - self._last_rx >= 3 * self.keepalive:
+            self._lm.frame_dropped("idle_timeout")
+            proto.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        proto.transport.write(F.encode_ping(F.PING, 0))  # type: ignore[union-attr]
+        self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
+
+    def _connection_lost(self, proto: LinkClientProtocol, reason: Failure) -> None:
+        if self._proto is not proto:
+            return
+        self._proto = None
+        self._sealer = None
+        for timer in (self._hello_timer, self._ping_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._hello_timer = self._ping_timer = None
+        if self.ready:
+            self.ready = False
+            self._lm.connected_out.dec()
+        self.paused = False
+        self._arm_expiry()
+        self._schedule_reconnect()
+
+    # -- IPushProducer (transport backpressure) ---------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send_batch(self, packets: Sequence[bytes]) -> None:
+        """Send packets to the peer now, or queue them (bounded, oldest dropped first)."""
+        if not packets:
+            return
+        if self.ready and not self.paused and not self._queue:
+            self._write(packets)
+            return
+        if self._stopped:
+            self._drops.add(PEER_DOWN, len(packets), self.peer_id)
+            return
+        self._enqueue(packets)
+
+    def _write(self, packets: Sequence[bytes]) -> None:
+        sealer = self._sealer
+        proto = self._proto
+        assert sealer is not None and proto is not None
+        transport = proto.transport
+        session = self._sessions.outbound(self.peer_id)
+        if session is not None and session.kid != self._kid:
+            sealer = self._rotate(session.kid, session.frame_key)
+        nbytes = 0
+        runs = F.split_batch(packets)
+        for run in runs:
+            frame, tag = sealer.seal(run, self._flags)
+            transport.write(frame)  # type: ignore[union-attr]
+            transport.write(tag)  # type: ignore[union-attr]
+            nbytes += len(frame) + F.TAG_LEN
+        self._lm.frames_tx.inc(len(runs))
+        self._lm.bytes_tx.inc(nbytes)
+
+    def _rotate(self, kid: str, frame_key: bytes) -> F.DataSealer:
+        """Switch to the new outbound session on the live link (make-before-break: the peer
+        accepts the previous key until it has seen this REKEY, so nothing is lost)."""
+        assert self._proto is not None
+        key_id = self._key_id + 1
+        key = F.derive_link_key(
+            frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, kid
+        )
+        self._proto.transport.write(F.encode_rekey(key, key_id, kid))  # type: ignore[union-attr]
+        self._key_id = key_id
+        self._kid = kid
+        self._sealer = F.DataSealer(key_id, key)
+        return self._sealer
+
+    def _enqueue(self, packets: Sequence[bytes]) -> None:
+        nbytes = 0
+        for p in packets:
+            nbytes += len(p)
+        self._queue.append([self._clock.seconds(), list(packets), 0])
+        self.queued_packets += len(packets)
+        self.queued_bytes += nbytes
+        dropped = 0
+        queue = self._queue
+        while self.queued_packets > self.max_queue_packets or self.queued_bytes > self.max_queue_bytes:
+            entry = queue[0]
+            batch, i = entry[1], entry[2]
+            self.queued_packets -= 1
+            self.queued_bytes -= len(batch[i])
+            batch[i] = b""
+            dropped += 1
+            if i + 1 == len(batch):
+                queue.popleft()
+            else:
+                entry[2] = i + 1
+        if dropped:
+            self._drops.add(QUEUE_FULL, dropped, self.peer_id)
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """One timer for the oldest queued batch (no per-packet timers)."""
+        if self._expire_timer is not None or not self._queue or self._stopped:
+            return
+        delay = self._queue[0][0] + self.packet_expiration - self._clock.seconds()
+        self._expire_timer = self._clock.callLater(max(delay, 0.0), self._expire)
+
+    def _expire(self) -> None:
+        self._expire_timer = None
+        self._drop_expired()
+        self._arm_expiry()
+
+    def _drop_expired(self) -> None:
+        cutoff = self._clock.seconds() - self.packet_expiration
+        queue = self._queue
+        dropped = 0
+        while queue and queue[0][0] <= cutoff:
+            _, batch, i = queue.popleft()
+            n = len(batch) - i
+            dropped += n
+            self.queued_packets -= n
+            for p in batch[i:]:
+                self.queued_bytes -= len(p)
+        if dropped:
+            self._drops.add(EXPIRED if self.ready else PEER_DOWN, dropped, self.peer_id)
+
+    def _drop_all(self, reason: str) -> None:
+        if self.queued_packets:
+            self._drops.add(reason, self.queued_packets, self.peer_id)
+        self._queue.clear()
+        self.queued_packets = 0
+        self.queued_bytes = 0
+
+    def _flush(self) -> None:
+        """Write queued batches while the link is up and the transport takes them."""
+        self._drop_expired()
+        queue = self._queue
+        while queue and self.ready and not self.paused:
+            _, batch, i = queue.popleft()
+            live = batch[i:] if i else batch
+            self.queued_packets -= len(live)
+            for p in live:
+                self.queued_bytes -= len(p)
+            self._write(live)
+        if not queue and self._expire_timer is not None:
+            if self._expire_timer.active():
+                self._expire_timer.cancel()
+            self._expire_timer = None
+
+
+# --- the real connector ---------------------------------------------------------------------
+
+
+class TLSLinkConnector:
+    """Connects a link protocol over TLS to a peer's advertise URL (``https://host:port/``).
+
+    ``context_for(hostname)`` gives the client TLS connection creator
+    (``tunmesh.tls.client_context(cfg, hostname, alpn=(b"tunmesh-link/1",))``).
+    """
+
+    def __init__(
+        self, reactor: Any, context_for: Callable[[str], Any], timeout: float = 10.0
+    ) -> None:
+        self._reactor = reactor
+        self._context_for = context_for
+        self._timeout = timeout
+
+    def __call__(self, url: str, protocol: Protocol) -> defer.Deferred[Any]:
+        from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+
+        parts = urlsplit(url)
+        host = parts.hostname
+        if parts.scheme != "https" or not host:
+            return defer.fail(ValueError(f"not an https URL: {url!r}"))
+        port = parts.port or 443
+        endpoint = wrapClientTLS(
+            self._context_for(host),
+            HostnameEndpoint(self._reactor, host.encode("idna"), port, timeout=self._timeout),
+        )
+        return connectProtocol(endpoint, protocol)

@@ -1,0 +1,251 @@
+"""The data plane service: TUN → router → peer links, and peer links → router → TUN.
+
+Everything runs on the reactor thread in batches: one wakeup of the TUN descriptor reads up to
+``max_read_batch`` packets, routes them together and hands each peer's share to its link in one
+call; one ``dataReceived`` of a link delivers all its frames' packets in one call.  Counters are
+incremented once per batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike, TunLike
+from tunmesh.dataplane.link import (
+    HELLO_TIMEOUT,
+    KEEPALIVE,
+    PEER_DOWN,
+    PEER_REMOVED,
+    Connector,
+    LinkClient,
+    LinkMetrics,
+    LinkServerFactory,
+)
+from tunmesh.dataplane.router import NO_ROUTE, Network, Router
+
+TUN_WRITE_ERROR = "tun_write_error"
+
+
+@implementer(IReadDescriptor)
+class _TunReader:
+    """The TUN descriptor as the reactor sees it: readable → drain a batch."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    def fileno(self) -> int:
+        return self._plane.tun.fileno()
+
+    def doRead(self) -> None:
+        self._plane._read_tun()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._plane._tun_lost(reason)
+
+    def logPrefix(self) -> str:
+        return "tunmesh-tun"
+
+
+class DataPlane(Service):
+    """Moves packets between the TUN device and the peers.
+
+    The mesh calls :meth:`peer_up` / :meth:`peer_down` as members come and go; the API's ALPN
+    dispatcher mounts :attr:`server_factory` for ``tunmesh-link/1``.
+    """
+
+    log = Logger()
+    name = "dataplane"
+
+    def __init__(
+        self,
+        node_id: str,
+        tun: TunLike,
+        router: Router,
+        sessions: SessionsLike,
+        authority: LinkAuthorityLike,
+        link_connector: Connector,
+        reactor: IReactorFDSet,
+        metrics: MetricsLike,
+        *,
+        clock: IReactorTime | None = None,
+        packet_expiration: float = 0.1,
+        max_read_batch: int = 64,
+        max_queue_packets: int = 1024,
+        max_queue_bytes: int = 4 * 1024 * 1024,
+        hello_timeout: float = HELLO_TIMEOUT,
+        keepalive: float = KEEPALIVE,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.node_id = node_id
+        self.tun = tun
+        self.router = router
+        self._sessions = sessions
+        self._authority = authority
+        self._connector = link_connector
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        self._vnet = router.vnet_hdr
+        self.packet_expiration = packet_expiration
+        self.max_read_batch = max_read_batch
+        self._link_opts: dict[str, Any] = {
+            "vnet_hdr": self._vnet,
+            "packet_expiration": packet_expiration,
+            "max_queue_packets": max_queue_packets,
+            "max_queue_bytes": max_queue_bytes,
+            "hello_timeout": hello_timeout,
+            "keepalive": keepalive,
+            "rng": rng,
+        }
+        self.drops = router.drops
+        self.link_metrics = LinkMetrics(metrics, self.drops)
+        rx = metrics.counter("tun_rx_packets_total", "Packets read from the TUN device.")
+        self._rx_packets = rx
+        self._rx_bytes = metrics.counter("tun_rx_bytes_total", "Bytes read from the TUN device.")
+        self._tx_packets = metrics.counter("tun_tx_packets_total", "Packets written to the TUN.")
+        self._tx_bytes = metrics.counter("tun_tx_bytes_total", "Bytes written to the TUN device.")
+        self.links: dict[str, LinkClient] = {}
+        self._reader = _TunReader(self)
+        self._reading = False
+        self.server_factory = LinkServerFactory(
+            node_id,
+            sessions,
+            authority,
+            self.is_peer,
+            self.on_packets,
+            self._clock,
+            self.link_metrics,
+            vnet_hdr=self._vnet,
+            hello_timeout=hello_timeout,
+            keepalive=keepalive,
+        )
+
+    # -- service ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.addReader(self._reader)
+        self._reading = True
+        for link in self.links.values():
+            link.start()
+
+    def stopService(self) -> None:
+        if self._reading:
+            self._reactor.removeReader(self._reader)
+            self._reading = False
+        for link in self.links.values():
+            link.stop(PEER_DOWN)
+        for peer_id in list(self.server_factory.links):
+            self.server_factory.close_peer(peer_id)
+        return super().stopService()  # type: ignore[no-any-return]
+
+    # -- membership -------------------------------------------------------------------------
+
+    def is_peer(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is a current member (its links are accepted)."""
+        return peer_id in self.links
+
+    def peer_up(self, peer_id: str, url: str, cidrs: Iterable[Network | str]) -> None:
+        """Route ``cidrs`` to ``peer_id`` and (re)open the link to ``url``."""
+        self.router.routes.set_peer(peer_id, cidrs)
+        link = self.links.get(peer_id)
+        if link is not None and link.url != url:
+            link.stop(PEER_DOWN)
+            link = None
+        if link is None:
+            link = LinkClient(
+                self.node_id,
+                peer_id,
+                url,
+                self._connector,
+                self._sessions,
+                self._authority,
+                self._clock,
+                self.link_metrics,
+                **self._link_opts,
+            )
+            self.links[peer_id] = link
+            if self.running:
+                link.start()
+
+    def peer_down(self, peer_id: str) -> None:
+        """Forget ``peer_id``: routes, outbound link (queue dropped as ``peer_removed``), inbound link."""
+        self.router.routes.remove_peer(peer_id)
+        link = self.links.pop(peer_id, None)
+        if link is not None:
+            link.stop(PEER_REMOVED)
+        self.server_factory.close_peer(peer_id)
+
+    # -- TUN → peers ------------------------------------------------------------------------
+
+    def _read_tun(self) -> None:
+        try:
+            packets = self.tun.read_batch(self.max_read_batch)
+        except OSError as e:
+            self.log.error("TUN read failed, no longer reading: {error}", error=e)
+            self._stop_reading()
+            return
+        if not packets:
+            return
+        nbytes = 0
+        for p in packets:
+            nbytes += len(p)
+        self._rx_packets.inc(len(packets))
+        self._rx_bytes.inc(nbytes)
+        links = self.links
+        for peer_id, batch in self.router.route_outbound(packets).items():
+            link = links.get(peer_id)
+            if link is None:
+                self.drops.add(NO_ROUTE, len(batch), peer_id)
+            else:
+                link.send_batch(batch)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reactor.removeReader(self._reader)
+            self._reading = False
+
+    def _tun_lost(self, reason: Failure) -> None:
+        self._reading = False
+        self.log.error("TUN device lost: {reason}", reason=reason.getErrorMessage())
+
+    # -- peers → TUN ------------------------------------------------------------------------
+
+    def on_packets(self, peer_id: str, packets: list[bytes], vnet_hdr: bool) -> None:
+        """Verified packets from ``peer_id``'s link: check, then write to the TUN (never blocks)."""
+        accepted = self.router.accept_inbound(peer_id, packets, vnet_hdr)
+        if not accepted:
+            return
+        written, failed = self._write_tun(accepted)
+        if written:
+            self._tx_packets.inc(written)
+            nbytes = 0
+            for p in accepted:
+                nbytes += len(p)
+            self._tx_bytes.inc(nbytes)
+        if failed:
+            self.drops.add(TUN_WRITE_ERROR, failed, peer_id)
+
+    def _write_tun(self, packets: list[bytes]) -> tuple[int, int]:
+        write_batch = getattr(self.tun, "write_batch", None)
+        if write_batch is not None:
+            written, failed = write_batch(packets)
+            return int(written), int(failed)
+        written = failed = 0
+        for p in packets:
+            try:
+                ok = self.tun.write(p)
+            except OSError:
+                ok = False
+            if ok is False:
+                failed += 1
+            else:
+                written += 1
+        return written, failed

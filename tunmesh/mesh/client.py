@@ -1,0 +1,145 @@
+"""`MeshClient`: the transport for control requests to peers (treq, or an in-memory `StubTreq` in tests).
+
+It knows nothing of tokens: the flows sign the body, this posts it with a deadline, reads a bounded
+response and hands back status, the headers the flows need and the exact body bytes (which the
+response token signs). Every request in flight is tracked so `cancel_all()` can stop them at shutdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tunmesh.mesh.errors import PeerRequestFailed
+
+#: Largest response body accepted (a registration with max_nodes entries fits with room to spare).
+MAX_RESPONSE_BYTES = 1024 * 1024
+JSON = "application/json"
+
+
+class TreqLike(Protocol):
+    """The part of the treq API used here (`treq.client.HTTPClient` or `treq.testing.StubTreq`)."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
+
+    def collect(self, response: Any, collector: Any) -> Deferred[None]: ...
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What came back: the status, the headers the flows need, the exact body bytes."""
+
+    status: int
+    body: bytes
+    authorization: str | None
+    content_type: str | None
+    retry_after: str | None
+
+    def is_json(self) -> bool:
+        """`application/json` compared as a media type (parameters such as charset ignored)."""
+        if self.content_type is None:
+            return False
+        return self.content_type.split(";", 1)[0].strip().lower() == JSON
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _first(headers: Any, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name)
+    if not values:
+        return None
+    value = values[0]
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class MeshClient:
+    """POSTs signed control requests with a deadline; one instance per node."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        http: TreqLike,
+        clock: IReactorTime,
+        timeout: float,
+        max_response: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._http = http
+        self._clock = clock
+        self.timeout = timeout
+        self._max_response = max_response
+        self._in_flight: set[Deferred[Any]] = set()
+
+    @classmethod
+    def with_tls(cls, reactor: Any, tls_policy: Any, timeout: float) -> MeshClient:
+        """A real client: treq over an `Agent` whose `contextFactory` is tunmesh's TLS client policy."""
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 3
+        pool.cachedConnectionTimeout = 10
+        agent = Agent(reactor, contextFactory=tls_policy, pool=pool, connectTimeout=timeout)
+        return cls(HTTPClient(agent), reactor, timeout)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def post(self, url: str, path: str, body: bytes, authorization: str) -> Deferred[RawResponse]:
+        """POST `body` (JSON) to `url` + `path`; fails with `PeerRequestFailed` (reason timeout/transport)."""
+        d = self._post(url.rstrip("/") + path, body, authorization)
+        d.addTimeout(self.timeout, self._clock)
+        self._in_flight.add(d)
+
+        def done(result: Any) -> Any:
+            self._in_flight.discard(d)
+            if isinstance(result, Failure):
+                if result.check(PeerRequestFailed):
+                    return result
+                if result.check(TimeoutError):
+                    raise PeerRequestFailed("timeout", url)
+                if result.check(CancelledError):
+                    raise PeerRequestFailed("cancelled", url)
+                raise PeerRequestFailed("transport", f"{url}: {result.type.__name__}")
+            return result
+
+        d.addBoth(done)
+        return d
+
+    @inlineCallbacks
+    def _post(self, full_url: str, body: bytes, authorization: str) -> Any:
+        headers = {b"Content-Type": [JSON.encode()], b"Authorization": [authorization.encode("ascii")]}
+        response = yield self._http.request("POST", full_url, headers=headers, data=body)
+        chunks: list[bytes] = []
+        size = [0]
+
+        def collector(data: bytes) -> None:
+            size[0] += len(data)
+            if size[0] > self._max_response:
+                raise _TooLarge()
+            chunks.append(data)
+
+        try:
+            yield self._http.collect(response, collector)
+        except _TooLarge:
+            raise PeerRequestFailed("response_too_large", full_url, response.code) from None
+        return RawResponse(
+            status=response.code,
+            body=b"".join(chunks),
+            authorization=_first(response.headers, b"Authorization"),
+            content_type=_first(response.headers, b"Content-Type"),
+            retry_after=_first(response.headers, b"Retry-After"),
+        )
+
+    def cancel_all(self) -> None:
+        """Cancel every request in flight (service stop)."""
+        for d in list(self._in_flight):
+            d.cancel()

@@ -1,0 +1,731 @@
+"""`Membership`: the mesh's state machine: registrations in and out, sessions, gossip, grooming.
+
+Inbound (called by `MeshAPI` after the token verified): `accept_registration`, `accept_init_session`.
+Outbound flows (Deferreds, each bounded by the client's request timeout):
+
+* `bootstrap(url)`: cluster registration with a bootstrap token to a URL that may be a load balancer;
+  only the signed answer says who answered and at which URL it is reached afterwards (W4);
+* `ensure_session(peer_id)`: X25519 init (cluster token) or rotation (session token) for OUR sending
+  direction to the peer; the previous key stays valid meanwhile (make-before-break, W11);
+* `renew(peer_id)`: session-authenticated re-registration, falling back to a cluster registration when
+  the peer answers 401/404 (it forgot us);
+* `groom()`: one tick: bootstrap groups, renewals, rotations, gossip bootstraps, stale removal. It starts
+  operations and never waits for them, so one slow peer cannot hold up the loop.
+
+Observers get `peer_up(peer_id, url, cidrs)` when a peer's own authenticated registration installs or
+changes its routes, and `peer_down(peer_id)` when it is removed (stale, replaced, restarted).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from tunmesh.auth.cluster import ClusterAuthority
+from tunmesh.auth.errors import AuthError, KexError
+from tunmesh.auth.kex import KexInitiator, respond
+from tunmesh.auth.sessions import SessionAuthority, SessionStore
+from tunmesh.auth.tokens import TYP_BOOTSTRAP, TYP_REQUEST, SignedRequest, VerifiedToken
+from tunmesh.logutil import RateLimitedLog
+from tunmesh.mesh.backoff import Backoff
+from tunmesh.mesh.client import MeshClient, RawResponse
+from tunmesh.mesh.errors import (
+    InvalidRegistration,
+    MeshError,
+    PeerRequestFailed,
+    SelfRegistration,
+)
+from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
+from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
+from tunmesh.mesh.structs import IPNetwork, NodeInfo, Registration, check_url, url_host
+
+CONTROL = "/tunmesh/control/v0"
+AUTH = "/tunmesh/auth/v0"
+REGISTER_PATH = CONTROL + "/registrations/register"
+INIT_SESSION_PATH = AUTH + "/init_session"
+PEERS_PATH = CONTROL + "/peers"
+
+
+def register_path(node_id: str) -> str:
+    return f"{REGISTER_PATH}/{node_id}"
+
+
+def init_session_path(node_id: str) -> str:
+    return f"{INIT_SESSION_PATH}/{node_id}"
+
+
+class PeerObserver(Protocol):
+    """What the data plane implements to follow membership."""
+
+    def peer_up(self, peer_id: str, url: str, cidrs: Sequence[IPNetwork]) -> None: ...
+
+    def peer_down(self, peer_id: str) -> None: ...
+
+
+@dataclass
+class GroupState:
+    """Runtime state of one bootstrap group (upstream §4.3)."""
+
+    spec: BootstrapGroupSpec
+    attempts: int = 0
+    last_pass: float | None = None
+    reached: set[str] = field(default_factory=set)
+
+
+class Membership:
+    """Peers, registrations and sessions of one node (see module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: MeshSettings,
+        node_id: str,
+        cluster: ClusterAuthority,
+        sessions: SessionStore,
+        client: MeshClient,
+        clock: IReactorTime,
+        metrics: Any,
+        monotonic: Callable[[], float] | None = None,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.cluster = cluster
+        self.sessions = sessions
+        self.session_auth = SessionAuthority(sessions)
+        self.client = client
+        self.clock = clock
+        self._monotonic = monotonic or clock.seconds
+        self._wall = wall
+        self._rng = rng or random.SystemRandom()
+        self._reload = reload
+        self.local = settings.local_info(node_id)
+        self.pool = NodePool(settings, node_id, self._monotonic)
+        self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self._monotonic, self._rng)
+        self.peer_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self._monotonic, self._rng)
+        self._bootstrap_slots = DeferredSemaphore(settings.max_concurrent_bootstraps)
+        self._bootstrapping: dict[str, Deferred[str | None]] = {}
+        self._session_ops: dict[str, Deferred[None]] = {}
+        self._renewals: dict[str, Deferred[None]] = {}
+        self._observers: list[PeerObserver] = []
+        self.groups = [GroupState(g) for g in settings.bootstrap_groups]
+        self._seq = 0
+        self._registered_once = False
+        self.last_groom: float | None = None
+        self._rlog = RateLimitedLog(self.log, clock)
+        self._init_metrics(metrics)
+
+    # -- metrics ------------------------------------------------------------------------------------
+
+    def _init_metrics(self, metrics: Any) -> None:
+        self.metrics = metrics
+        self.m_auth_failures = metrics.counter(
+            "auth_failures", "Requests or responses refused by authentication, by reason.", ("reason",)
+        )
+        self.m_registrations = metrics.counter(
+            "mesh_registrations", "Registrations by direction (in/out) and result.", ("direction", "result")
+        )
+        self.m_sessions = metrics.counter(
+            "mesh_session_setups", "Outbound session setups by kind (init/rotate) and result.", ("kind", "result")
+        )
+        self.m_inbound_sessions = metrics.counter(
+            "mesh_inbound_sessions", "Inbound session setups answered, by kind and result.", ("kind", "result")
+        )
+        self.m_bootstraps = metrics.counter(
+            "mesh_bootstrap_attempts", "Bootstrap registrations by URL, by result.", ("result",)
+        )
+        self.m_removed = metrics.counter("mesh_peers_removed", "Peers removed, by reason.", ("reason",))
+        self.m_peers = metrics.gauge("mesh_peers", "Peers in the node pool.")
+        self.m_sessions_gauge = metrics.gauge("mesh_sessions", "Peers with a usable outbound session.")
+
+    def auth_failed(self, reason: str, where: str) -> None:
+        """Count an auth failure and log it rate-limited (never the token)."""
+        self.m_auth_failures.labels(reason=reason).inc()
+        self._rlog.emit(
+            ("auth", reason, where),
+            LogLevel.warn,
+            "authentication failed on {where}: {reason}",
+            where=where,
+            reason=reason,
+        )
+
+    def _update_gauges(self) -> None:
+        self.m_peers.set(len(self.pool))
+        self.m_sessions_gauge.set(sum(1 for p in self.pool if self.sessions.outbound(p.id) is not None))
+
+    # -- observers and readiness ------------------------------------------------------------------
+
+    def add_observer(self, observer: PeerObserver) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: PeerObserver) -> None:
+        self._observers.remove(observer)
+
+    def _notify_up(self, peer: Peer) -> None:
+        for observer in list(self._observers):
+            try:
+                observer.peer_up(peer.id, peer.url, peer.routes)
+            except Exception:
+                self.log.failure("peer_up observer failed for {peer_id}", peer_id=peer.id)
+
+    def _notify_down(self, peer_id: str) -> None:
+        for observer in list(self._observers):
+            try:
+                observer.peer_down(peer_id)
+            except Exception:
+                self.log.failure("peer_down observer failed for {peer_id}", peer_id=peer_id)
+
+    def bootstrap_urls(self) -> list[str]:
+        return [u for g in self.groups for u in g.spec.urls]
+
+    def ready(self) -> bool:
+        """True once a registration was exchanged with a peer, or when nothing is configured to join."""
+        return self._registered_once or not self.bootstrap_urls()
+
+    # -- our registration -------------------------------------------------------------------------
+
+    def our_registration(self) -> Registration:
+        """What we send: ourselves, the live peers we know (hints for the receiver), stamp, seq."""
+        self._seq += 1
+        now = self._monotonic()
+        remote = tuple(p.info for p in self.pool if not p.is_stale(now))
+        return Registration(self.local, remote, int(self._wall()), self._seq)
+
+    # -- inbound ------------------------------------------------------------------------------------
+
+    def accept_registration(self, iss: str, body: bytes, direction: str = "in") -> tuple[Registration, Peer]:
+        """Process a registration whose token verified with issuer `iss`.
+
+        Raises `MeshError` subclasses (400/409/421/503). Only `local` (the issuer itself) can install
+        routes; `remote` entries are stored as hints for gossip (W6).
+        """
+        try:
+            registration = Registration.from_json(body, self.settings.bounds)
+            if registration.local.id == self.node_id:
+                raise SelfRegistration("self", "registration from our own id")
+            if registration.local.id != iss:
+                raise InvalidRegistration("issuer_mismatch", f"iss {iss} registered {registration.local.id}")
+            result = self.pool.upsert(registration.local, registration.seq, registration.remote)
+        except ClaimConflict as exc:
+            self.m_registrations.labels(direction=direction, result=exc.reason).inc()
+            self.log.warn(
+                "registration conflict: {detail} (holder {holder}, claimant {claimant})",
+                detail=exc.detail,
+                holder=exc.holder.id,
+                claimant=iss,
+            )
+            self._probe_holder(exc.holder)
+            raise
+        except MeshError as exc:
+            self.m_registrations.labels(direction=direction, result=exc.reason).inc()
+            level = LogLevel.info if isinstance(exc, SelfRegistration) else LogLevel.warn
+            self._rlog.emit(
+                ("registration", exc.reason, iss),
+                level,
+                "registration {direction} from {iss} refused: {reason} {detail}",
+                direction=direction,
+                iss=iss,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+            raise
+        for old in result.replaced:
+            self.log.warn(
+                "peer {old} replaced by {new} (restart or stale holder of its URL/addresses)",
+                old=old.id,
+                new=result.peer.id,
+            )
+            self._teardown(old, "replaced")
+        self.m_registrations.labels(direction=direction, result="ok").inc()
+        self._registered_once = True
+        peer = result.peer
+        if result.created:
+            self.log.info(
+                "peer {peer_id} registered at {url} ({peer_class})",
+                peer_id=peer.id,
+                url=peer.url,
+                peer_class=peer.peer_class,
+            )
+            # Set up our sending direction soon, outside this request (the peer may not know us yet).
+            self.clock.callLater(0, self._spawn_session, peer.id)
+        if result.changed:
+            self._notify_up(peer)
+        self._update_gauges()
+        return registration, peer
+
+    def accept_init_session(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[], None]]:
+        """Answer an init_session from `token.iss` (the future sender); rate limited per peer (W11).
+
+        Returns the response body and a `commit` to call after the response was signed (it installs
+        the new inbound key, so the current one becomes `previous`). Raises AuthError (401/429) or
+        KexError (400).
+        """
+        peer_id = token.iss
+        kind = "init" if token.kid == "cluster" else "rotate"
+        if peer_id not in self.pool:
+            raise AuthError("unknown_peer")
+        try:
+            self.sessions.inbound_rate_limit(peer_id)
+            result = respond(self.cluster.kex_key, body, sender=peer_id, receiver=self.node_id)
+        except (AuthError, KexError) as exc:
+            self.m_inbound_sessions.labels(kind=kind, result=exc.reason).inc()
+            raise
+        self.pool.touch(peer_id)
+
+        def commit() -> None:
+            self.sessions.install_inbound(peer_id, result.kid, result.secret)
+            self.m_inbound_sessions.labels(kind=kind, result="ok").inc()
+
+        return result.body, commit
+
+    def touch(self, peer_id: str) -> None:
+        """Authenticated contact from `peer_id` (any verified request or response)."""
+        self.pool.touch(peer_id)
+
+    # -- outbound: helpers ---------------------------------------------------------------------------
+
+    def _check_response(self, response: RawResponse, url: str) -> None:
+        if response.status != 200:
+            retry_after = None
+            if response.status == 429 and response.retry_after is not None:
+                try:
+                    retry_after = min(float(response.retry_after), self.settings.backoff_max)
+                except ValueError:
+                    retry_after = None
+            raise PeerRequestFailed(
+                f"status_{response.status}", f"{url} answered {response.status}", response.status, retry_after
+            )
+        if not response.is_json():
+            raise PeerRequestFailed("content_type", url, response.status)
+
+    def _verify_cluster(
+        self, response: RawResponse, expected: str | None, request: SignedRequest, where: str
+    ) -> VerifiedToken:
+        try:
+            return self.cluster.verify_response(response.authorization, expected, request, response.body)
+        except AuthError as exc:
+            self.auth_failed(exc.reason, where)
+            raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
+
+    def _verify_session(
+        self, peer_id: str, response: RawResponse, request: SignedRequest, where: str
+    ) -> VerifiedToken:
+        try:
+            return self.session_auth.verify_response(peer_id, response.authorization, request, response.body)
+        except AuthError as exc:
+            self.auth_failed(exc.reason, where)
+            raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
+
+    def _peer_url_allowed(self, url: str) -> bool:
+        """`peer_networks` allow-list for URLs learned from the network (W7); names pass only if empty."""
+        nets = self.settings.peer_networks
+        if not nets:
+            return True
+        import ipaddress
+
+        try:
+            addr = ipaddress.ip_address(url_host(url))
+        except ValueError:
+            return False
+        return any(addr in n for n in nets)
+
+    # -- outbound: bootstrap -------------------------------------------------------------------------
+
+    def bootstrap(self, url: str) -> Deferred[str | None]:
+        """Register through `url` with a bootstrap token; fires with the answering peer id (None: self).
+
+        At most `max_concurrent_bootstraps` run at once; the same URL is never bootstrapped twice at
+        the same time. Failures errback with `PeerRequestFailed` and back the URL off.
+        """
+        existing = self._bootstrapping.get(url)
+        if existing is not None:
+            d: Deferred[str | None] = Deferred()
+            existing.addBoth(lambda r: (d.callback(r) if not isinstance(r, Failure) else d.errback(r), r)[1])
+            return d
+        d = self._bootstrap_slots.run(self._bootstrap, url)
+        self._bootstrapping[url] = d
+
+        def done(result: Any) -> Any:
+            self._bootstrapping.pop(url, None)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    @inlineCallbacks
+    def _bootstrap(self, url: str) -> Any:
+        body = self.our_registration().to_json()
+        request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
+        try:
+            response = yield self.client.post(url, REGISTER_PATH, body, request.header_value)
+            if response.status == 421:
+                # A load balancer (or the config) sent us to ourselves: not an error, just skip.
+                self.m_bootstraps.labels(result="self").inc()
+                self.log.info("bootstrap via {url} reached this node; skipped", url=url)
+                return None
+            self._check_response(response, url)
+            verified = self._verify_cluster(response, None, request, "bootstrap response")
+            peer_id = verified.iss
+            if peer_id == self.node_id:
+                self.m_bootstraps.labels(result="self").inc()
+                return None
+            # The URL we used now answers with another id: its old holder restarted (W6).
+            previous = self.pool.by_url(url.rstrip("/"))
+            if previous is not None and previous.id != peer_id:
+                self.log.warn(
+                    "{url} now answers as {new}, not {old}: removing {old}", url=url, new=peer_id, old=previous.id
+                )
+                self._teardown(previous, "restarted")
+            self.accept_registration(peer_id, response.body, direction="out")
+        except MeshError as exc:
+            self.url_backoff.failure(url, _retry_after(exc))
+            self.m_bootstraps.labels(result=exc.reason).inc()
+            self._rlog.emit(
+                ("bootstrap", url, exc.reason),
+                LogLevel.warn,
+                "bootstrap via {url} failed: {reason} {detail}",
+                url=url,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+            raise
+        self.url_backoff.success(url)
+        self.m_bootstraps.labels(result="ok").inc()
+        self.log.info("bootstrapped via {url}: peer {peer_id}", url=url, peer_id=peer_id)
+        return peer_id
+
+    def _probe_holder(self, holder: Peer) -> None:
+        """A live holder's address was claimed by another id: ask the holder's URL who answers now."""
+        if holder.url in self._bootstrapping or not self.url_backoff.allowed(holder.url):
+            return
+        self.bootstrap(holder.url).addErrback(lambda f: None)
+
+    # -- outbound: sessions --------------------------------------------------------------------------
+
+    def _spawn_session(self, peer_id: str) -> None:
+        if peer_id in self.pool:
+            self.ensure_session(peer_id).addErrback(lambda f: None)
+
+    def ensure_session(self, peer_id: str) -> Deferred[None]:
+        """Make sure we have a current outbound session to `peer_id` (init, or rotation when due)."""
+        if not self.sessions.needs_rotation(peer_id):
+            return succeed(None)
+        running = self._session_ops.get(peer_id)
+        if running is not None:
+            d: Deferred[None] = Deferred()
+            running.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure) else d.errback(r), r)[1])
+            return d
+        key = ("session", peer_id)
+        if not self.peer_backoff.allowed(key):
+            return _fail(PeerRequestFailed("backoff", peer_id))
+        op = self._session_setup(peer_id)
+        self._session_ops[peer_id] = op
+
+        def done(result: Any) -> Any:
+            self._session_ops.pop(peer_id, None)
+            if isinstance(result, Failure):
+                exc = result.value
+                self.peer_backoff.failure(
+                    key, max(self.settings.init_session_min_interval, _retry_after(exc))
+                )
+            else:
+                self.peer_backoff.success(key)
+            return result
+
+        op.addBoth(done)
+        return op
+
+    @inlineCallbacks
+    def _session_setup(self, peer_id: str) -> Any:
+        peer = self.pool.get(peer_id)
+        if peer is None:
+            raise PeerRequestFailed("unknown_peer", peer_id)
+        current = self.sessions.outbound(peer_id)
+        kind = "rotate" if current is not None else "init"
+        initiator = KexInitiator(self.cluster.kex_key, self.node_id, peer_id)
+        body = initiator.request_body()
+        try:
+            if current is not None:
+                path = init_session_path(self.node_id)
+                request = self.session_auth.sign_request(peer_id, "POST", path, body)
+                response = yield self.client.post(peer.url, path, body, request.header_value)
+                if response.status in (401, 404):
+                    # The peer no longer knows this key: drop it and start over with the cluster token.
+                    self.sessions.invalidate_outbound(peer_id, request.kid)
+                    self.m_sessions.labels(kind=kind, result="refused").inc()
+                    kind = "init"
+                    current = None
+                else:
+                    self._check_response(response, peer.url)
+                    self._verify_session(peer_id, response, request, "init_session/<id> response")
+            if current is None:
+                initiator = KexInitiator(self.cluster.kex_key, self.node_id, peer_id)
+                body = initiator.request_body()
+                request = self.cluster.sign_request(peer_id, "POST", INIT_SESSION_PATH, body, typ=TYP_REQUEST)
+                response = yield self.client.post(peer.url, INIT_SESSION_PATH, body, request.header_value)
+                self._check_response(response, peer.url)
+                self._verify_cluster(response, peer_id, request, "init_session response")
+            kid, secret = initiator.complete(response.body)
+        except (MeshError, KexError) as exc:
+            reason = exc.reason
+            self.m_sessions.labels(kind=kind, result=reason).inc()
+            self._rlog.emit(
+                ("session", peer_id, reason),
+                LogLevel.warn if kind == "init" else LogLevel.error,
+                "session {kind} with {peer_id} failed: {reason}; the previous key stays in use",
+                kind=kind,
+                peer_id=peer_id,
+                reason=reason,
+            )
+            raise
+        if peer_id not in self.pool:
+            raise PeerRequestFailed("unknown_peer", peer_id)
+        self.sessions.install_outbound(peer_id, kid, secret)
+        self.pool.touch(peer_id)
+        self.m_sessions.labels(kind=kind, result="ok").inc()
+        self._update_gauges()
+        return None
+
+    # -- outbound: renewal ---------------------------------------------------------------------------
+
+    def renew(self, peer_id: str) -> Deferred[None]:
+        """Re-register with a known peer (session auth, cluster fallback); one at a time per peer."""
+        running = self._renewals.get(peer_id)
+        if running is not None:
+            return succeed(None)
+        d = self._renew(peer_id)
+        self._renewals[peer_id] = d
+
+        def done(result: Any) -> Any:
+            self._renewals.pop(peer_id, None)
+            peer = self.pool.get(peer_id)
+            if peer is not None:
+                if isinstance(result, Failure):
+                    delay = self.peer_backoff.failure(("renew", peer_id), _retry_after(result.value))
+                    peer.next_attempt = self._monotonic() + delay
+                else:
+                    self.peer_backoff.success(("renew", peer_id))
+                    peer.next_attempt = 0.0
+            return result
+
+        d.addBoth(done)
+        return d
+
+    @inlineCallbacks
+    def _renew(self, peer_id: str) -> Any:
+        peer = self.pool.get(peer_id)
+        if peer is None:
+            raise PeerRequestFailed("unknown_peer", peer_id)
+        url = peer.url
+        try:
+            if self.sessions.outbound(peer_id) is None:
+                try:
+                    yield self.ensure_session(peer_id)
+                except MeshError as exc:
+                    if exc.status not in (401, 404):
+                        raise
+            fallback = self.sessions.outbound(peer_id) is None
+            response: RawResponse | None = None
+            if not fallback:
+                body = self.our_registration().to_json()
+                path = register_path(self.node_id)
+                request = self.session_auth.sign_request(peer_id, "POST", path, body)
+                response = yield self.client.post(url, path, body, request.header_value)
+                if response.status in (401, 404):
+                    self.sessions.invalidate_outbound(peer_id, request.kid)
+                    fallback = True
+                else:
+                    self._check_response(response, url)
+                    self._verify_session(peer_id, response, request, "register/<id> response")
+            if fallback:
+                self.log.warn(
+                    "peer {peer_id} does not know us (or no session): re-registering with the cluster token",
+                    peer_id=peer_id,
+                )
+                body = self.our_registration().to_json()
+                request = self.cluster.sign_request(peer_id, "POST", REGISTER_PATH, body, typ=TYP_REQUEST)
+                response = yield self.client.post(url, REGISTER_PATH, body, request.header_value)
+                self._check_response(response, url)
+                self._verify_cluster(response, peer_id, request, "register response")
+                self.m_registrations.labels(direction="out", result="fallback").inc()
+            assert response is not None
+            if self.pool.get(peer_id) is None:
+                raise PeerRequestFailed("unknown_peer", peer_id)
+            self.accept_registration(peer_id, response.body, direction="out")
+        except MeshError as exc:
+            self._rlog.emit(
+                ("renew", peer_id, exc.reason),
+                LogLevel.warn,
+                "re-registration with {peer_id} failed: {reason} {detail}",
+                peer_id=peer_id,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+            raise
+        peer = self.pool.get(peer_id)
+        if peer is not None:
+            peer.last_renewal = self._monotonic()
+            peer.registered_with = True
+            if self.sessions.outbound(peer_id) is None:
+                self._spawn_session(peer_id)
+        return None
+
+    # -- removal -----------------------------------------------------------------------------------
+
+    def _teardown(self, peer: Peer, reason: str) -> None:
+        """Remove a peer and everything that refers to it: routes (observers), sessions, pending ops."""
+        self.pool.remove(peer.id)
+        self.sessions.forget(peer.id)
+        self.peer_backoff.success(("renew", peer.id))
+        self.peer_backoff.success(("session", peer.id))
+        for group in self.groups:
+            group.reached.discard(peer.id)
+        self._notify_down(peer.id)
+        self.m_removed.labels(reason=reason).inc()
+        self._update_gauges()
+
+    def remove_peer(self, peer_id: str, reason: str) -> bool:
+        peer = self.pool.get(peer_id)
+        if peer is None:
+            return False
+        self._teardown(peer, reason)
+        return True
+
+    # -- grooming ------------------------------------------------------------------------------------
+
+    def group_bootstrapped(self, group: GroupState) -> bool:
+        """Upstream §4.3: no URLs, a reached node still live, or retries exhausted."""
+        if not group.spec.urls:
+            return True
+        now = self._monotonic()
+        group.reached = {pid for pid in group.reached if (p := self.pool.get(pid)) is not None and not p.is_stale(now)}
+        if group.reached:
+            return True
+        return group.spec.retries >= 0 and group.attempts > group.spec.retries
+
+    def _maybe_reload(self) -> None:
+        if self._reload is None or not self.settings.reload_config_on_bootstrap:
+            return
+        try:
+            specs = tuple(self._reload())
+        except Exception as exc:
+            self.log.error("config reload before bootstrap failed, keeping the old groups: {error}", error=exc)
+            return
+        old = {g.spec.name: g for g in self.groups}
+        self.groups = [
+            old[s.name] if s.name in old and old[s.name].spec == s else GroupState(s) for s in specs
+        ]
+
+    def _bootstrap_groups(self) -> None:
+        pending = [g for g in self.groups if not self.group_bootstrapped(g)]
+        if not pending:
+            return
+        self._maybe_reload()
+        now = self._monotonic()
+        own = self.local.listen_url
+        for group in self.groups:
+            if self.group_bootstrapped(group):
+                continue
+            if group.last_pass is not None and now - group.last_pass < self.settings.bootstrap_retry_interval:
+                continue
+            group.last_pass = now
+            group.attempts += 1
+            passes = []
+            for raw_url in group.spec.urls:
+                try:
+                    url = check_url(raw_url, self.settings.max_url_length, f"bootstrap group {group.spec.name}")
+                except MeshError as exc:
+                    self.log.error("bad bootstrap URL in group {group}: {detail}", group=group.spec.name, detail=exc.detail)
+                    continue
+                if url == own or not self.url_backoff.allowed(url):
+                    continue
+                d = self.bootstrap(url)
+                d.addCallback(self._group_reached, group)
+                d.addErrback(lambda f: None)
+                passes.append(d)
+            if not passes:
+                self._rlog.emit(
+                    ("group", group.spec.name),
+                    LogLevel.warn,
+                    "bootstrap group {group}: no URL could be tried this pass",
+                    group=group.spec.name,
+                )
+
+    def _group_reached(self, peer_id: str | None, group: GroupState) -> None:
+        if peer_id is not None:
+            group.reached.add(peer_id)
+
+    def _gossip(self) -> None:
+        """Bootstrap nodes that peers told us about and we do not know (hints only, W6)."""
+        known_urls = {p.url for p in self.pool}
+        candidates: dict[str, NodeInfo] = {}
+        for peer in self.pool:
+            for hint in peer.hints:
+                if hint.id == self.node_id or hint.listen_url == self.local.listen_url:
+                    continue
+                if hint.id in self.pool or hint.listen_url in known_urls:
+                    continue
+                candidates.setdefault(hint.listen_url, hint)
+        free = self.settings.max_concurrent_bootstraps - len(self._bootstrapping)
+        for url in candidates:
+            if free <= 0 or len(self.pool) >= self.settings.max_nodes:
+                break
+            if url in self._bootstrapping or not self.url_backoff.allowed(url):
+                continue
+            if not self._peer_url_allowed(url):
+                self._rlog.emit(("gossip_url", url), LogLevel.warn, "gossiped URL {url} not in peer_networks", url=url)
+                continue
+            free -= 1
+            self.bootstrap(url).addErrback(lambda f: None)
+
+    def groom(self) -> None:
+        """One groom tick; starts operations and returns without waiting for them."""
+        self.last_groom = self._monotonic()
+        try:
+            self._bootstrap_groups()
+            now = self._monotonic()
+            for peer in self.pool:
+                if peer.is_stale(now):
+                    continue
+                if peer.renewal_due(now) and peer.id not in self._renewals:
+                    self.renew(peer.id).addErrback(lambda f: None)
+                elif self.sessions.needs_rotation(peer.id) and peer.id not in self._session_ops:
+                    self._spawn_session(peer.id)
+            self._gossip()
+            for peer in self.pool.stale():
+                self.log.warn(
+                    "removing stale peer {peer_id}: no authenticated contact for {age:.1f}s",
+                    peer_id=peer.id,
+                    age=peer.age(self._monotonic()),
+                )
+                self._teardown(peer, "stale")
+            self.url_backoff.prune()
+            self._update_gauges()
+        except Exception:
+            self.log.failure("groom tick failed")
+
+    def cancel_all(self) -> None:
+        """Stop everything in flight (service stop)."""
+        self.client.cancel_all()
+
+
+def _retry_after(exc: object) -> float:
+    retry = getattr(exc, "retry_after", None)
+    return float(retry) if isinstance(retry, (int, float)) else 0.0
+
+
+def _fail(exc: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(Failure(exc))
+    return d

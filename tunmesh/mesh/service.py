@@ -1,0 +1,96 @@
+"""`MeshService`: the groom loop as a Twisted service, plus the pieces `makeService` wires together."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from tunmesh.auth.cluster import ClusterAuthority
+from tunmesh.auth.sessions import SessionStore
+from tunmesh.mesh.api import MeshAPI
+from tunmesh.mesh.client import MeshClient
+from tunmesh.mesh.membership import Membership
+from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
+
+
+class MeshService(Service):
+    """Runs `Membership.groom` every `groom_interval` (first tick at start); stops and cancels cleanly."""
+
+    name = "mesh"
+    log = Logger()
+
+    def __init__(self, membership: Membership, clock: IReactorTime) -> None:
+        self.membership = membership
+        self.clock = clock
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        loop = LoopingCall(self.membership.groom)
+        loop.clock = self.clock
+        self._loop = loop
+        d = loop.start(self.membership.settings.groom_interval, now=True)
+        d.addErrback(lambda f: self.log.failure("groom loop stopped", failure=f))
+
+    def stopService(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        self.membership.cancel_all()
+        return super().stopService()
+
+    def alive(self) -> bool:
+        """Liveness: the loop runs and ticked within three intervals."""
+        if self._loop is None or not self._loop.running:
+            return False
+        last = self.membership.last_groom
+        interval = self.membership.settings.groom_interval
+        return last is not None and self.membership._monotonic() - last <= 3 * interval
+
+    def register_health(self, health: Any) -> None:
+        """`mesh` readiness (joined, or nothing to join) and `mesh_groom` liveness."""
+        health.add_readiness("mesh", self.membership.ready)
+        health.add_liveness("mesh_groom", self.alive)
+
+
+def build_mesh(
+    cfg: Any,
+    node_id: str,
+    reactor: Any,
+    metrics: Any,
+    http_client: MeshClient,
+    reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> tuple[Membership, MeshAPI, MeshService]:
+    """Everything the mesh needs from a config, for `makeService`."""
+    settings = MeshSettings.from_config(cfg)
+    auth_timing = cfg.process.timing.auth
+    validity = min(float(auth_timing.validity_window), 60.0)
+    cluster = ClusterAuthority(cfg.clustering.auth.secret, node_id, reactor, validity=validity)
+    sessions = SessionStore(
+        node_id,
+        reactor,
+        monotonic=monotonic,
+        max_age=float(auth_timing.session_max_age),
+        validity=validity,
+    )
+    membership = Membership(
+        settings,
+        node_id,
+        cluster,
+        sessions,
+        http_client,
+        reactor,
+        metrics,
+        monotonic=monotonic,
+        rng=random.SystemRandom(),
+        reload=reload,
+    )
+    return membership, MeshAPI(membership), MeshService(membership, reactor)

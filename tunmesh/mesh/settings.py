@@ -1,0 +1,131 @@
+"""`MeshSettings`: the few config values the mesh uses, as one frozen value.
+
+Built from the config tree by `MeshSettings.from_config(cfg)`; tests construct it directly so they do
+not depend on config files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunmesh.mesh.structs import Bounds, IPInterface, IPNetwork, NodeInfo, check_url
+
+
+@dataclass(frozen=True)
+class BootstrapGroupSpec:
+    """One configured bootstrap group: URLs (may be load balancers) and retries (-1 = forever)."""
+
+    name: str
+    urls: tuple[str, ...]
+    retries: int = -1
+
+
+@dataclass(frozen=True)
+class PeerTiming:
+    """Per-class timing: how often we renew with a peer, and when silence makes it stale."""
+
+    reregistration_interval: float
+    stale_threshold: float
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """Everything the mesh needs from the config (see docs/internals.md for the source keys)."""
+
+    advertise_url: str
+    network_cidrs: Mapping[str, IPNetwork]
+    node_addresses: Mapping[str, IPInterface]
+    bootstrap_groups: tuple[BootstrapGroupSpec, ...] = ()
+    reload_config_on_bootstrap: bool = False
+    groom_interval: float = 5.0
+    startup_grace: float = 0.0
+    bootstrap_retry_interval: float = 15.0
+    local_timing: PeerTiming = field(default_factory=lambda: PeerTiming(5.0, 30.0))
+    mesh_timing: PeerTiming = field(default_factory=lambda: PeerTiming(30.0, 120.0))
+    request_timeout: float = 5.0
+    max_nodes: int = 256
+    max_cidrs_per_node: int = 16
+    max_url_length: int = 2048
+    max_concurrent_bootstraps: int = 8
+    peer_networks: tuple[IPNetwork, ...] = ()
+    min_prefix_v4: int = 32
+    min_prefix_v6: int = 128
+    backoff_initial: float = 1.0
+    backoff_max: float = 900.0
+    control_retries: int = 2
+    init_session_min_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.network_cidrs:
+            raise ValueError("at least one network_cidr is needed")
+        for family, iface in self.node_addresses.items():
+            net = self.network_cidrs.get(family)
+            if net is None or iface.ip not in net:
+                raise ValueError(f"node address {iface} is not inside the {family} network_cidr")
+        if self.groom_interval <= 0 or self.request_timeout <= 0:
+            raise ValueError("groom_interval and request_timeout must be positive")
+        if self.max_concurrent_bootstraps < 1 or self.max_nodes < 1:
+            raise ValueError("max_concurrent_bootstraps and max_nodes must be positive")
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(self.max_nodes, self.max_cidrs_per_node, self.max_url_length)
+
+    def local_info(self, node_id: str) -> NodeInfo:
+        """This node's NodeInfo (what it registers with)."""
+        return NodeInfo(
+            id=node_id,
+            listen_url=check_url(self.advertise_url, self.max_url_length, "advertise_url"),
+            network_addresses=dict(self.network_cidrs),
+            node_addresses=dict(self.node_addresses),
+        )
+
+    def timing_for(self, node_addresses: Mapping[str, IPInterface]) -> tuple[str, PeerTiming]:
+        """A peer is `local` when one of its node addresses lies inside our node_address_cidr subnet."""
+        for family, iface in node_addresses.items():
+            ours = self.node_addresses.get(family)
+            if ours is not None and iface.ip in ours.network:
+                return "local", self.local_timing
+        return "mesh", self.mesh_timing
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> MeshSettings:
+        """Read the attribute tree of `tunmesh.config` (docs/internals.md)."""
+        clustering = cfg.clustering
+        timing = cfg.process.timing
+        regs = timing.registrations
+        nets: dict[str, IPNetwork] = {"ipv4": cfg.networking.ipv4.network_cidr}
+        addrs: dict[str, IPInterface] = {"ipv4": cfg.networking.ipv4.node_address_cidr}
+        if getattr(cfg.networking, "ipv6", None) is not None:
+            nets["ipv6"] = cfg.networking.ipv6.network_cidr
+            addrs["ipv6"] = cfg.networking.ipv6.node_address_cidr
+        groups = tuple(
+            BootstrapGroupSpec(name, tuple(g.bootstrap_node_urls), int(g.bootstrap_retries))
+            for name, g in (clustering.bootstrap_groups or {}).items()
+        )
+        limits = clustering.limits
+        return cls(
+            advertise_url=clustering.control_api_advertise_url,
+            network_cidrs=nets,
+            node_addresses=addrs,
+            bootstrap_groups=groups,
+            reload_config_on_bootstrap=bool(clustering.reload_config_on_bootstrap),
+            groom_interval=float(regs.groom_interval),
+            startup_grace=float(regs.startup_grace),
+            bootstrap_retry_interval=float(regs.bootstrap_retry_interval),
+            local_timing=PeerTiming(float(regs.local.reregistration_interval), float(regs.local.stale_threshold)),
+            mesh_timing=PeerTiming(float(regs.mesh.reregistration_interval), float(regs.mesh.stale_threshold)),
+            request_timeout=float(timing.request_timeout),
+            max_nodes=int(limits.max_nodes),
+            max_cidrs_per_node=int(limits.max_cidrs_per_node),
+            max_url_length=int(limits.max_url_length),
+            max_concurrent_bootstraps=int(limits.max_concurrent_bootstraps),
+            peer_networks=tuple(ipaddress.ip_network(n) for n in limits.peer_networks),
+        )
+
+    def groups_from_config(self, cfg: Any) -> tuple[BootstrapGroupSpec, ...]:
+        """The bootstrap groups of a (reloaded) config."""
+        return MeshSettings.from_config(cfg).bootstrap_groups

@@ -1,0 +1,233 @@
+"""Wire structures of the mesh control API: `NodeInfo` and `Registration`.
+
+The JSON shape is the original's (`{"ipv4": {"cidr": "a.b.c.d/nn"}}` address maps, `local`/`remote`/`stamp`)
+plus one optional field, `seq`, a per-sender sequence number (W1/W10: sender stamps are used only as
+sequence numbers; when `seq` is absent, as from an upstream Ruby peer, `stamp` stands in for it).
+
+Parsing is strict about structure and types (anything wrong is `InvalidRegistration`, HTTP 400) but
+tolerates unknown keys (ignored), so fields can be added later without breaking older nodes; the
+original's 500 on unknown keys is the opposite choice (upstream-behaviour §10). Every size is bounded
+before any work is done for it (W7).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from tunmesh.mesh.errors import InvalidRegistration
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+FAMILIES: tuple[str, ...] = ("ipv4", "ipv6")
+_FAMILY_VERSION = {"ipv4": 4, "ipv6": 6}
+
+#: Node ids are UUIDv4 in practice; accept a conservative token syntax. "bootstrap" is reserved
+#: because it is the audience of bootstrap tokens.
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_IDS = frozenset({"bootstrap"})
+
+MAX_STAMP = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Size limits applied while parsing (W7); built from `MeshSettings`."""
+
+    max_nodes: int = 256
+    max_cidrs_per_node: int = 16
+    max_url_length: int = 2048
+
+
+def check_node_id(value: object, where: str) -> str:
+    """A node id string, or `InvalidRegistration`."""
+    if not isinstance(value, str) or not _NODE_ID.match(value) or value in RESERVED_IDS:
+        raise InvalidRegistration("bad_node_id", where)
+    return value
+
+
+def check_url(value: object, max_length: int, where: str = "listen_url") -> str:
+    """An advertise URL: https only, a host, no userinfo, no query or fragment, path empty or `/` (W7).
+
+    Returns the URL without a trailing `/` so equal URLs compare equal as strings.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidRegistration("bad_url", f"{where}: not a string")
+    if len(value) > max_length:
+        raise InvalidRegistration("bad_url", f"{where}: longer than {max_length}")
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in value):
+        raise InvalidRegistration("bad_url", f"{where}: control or non-ASCII character")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRegistration("bad_url", f"{where}: {exc}") from None
+    if parts.scheme != "https":
+        raise InvalidRegistration("bad_url", f"{where}: scheme must be https")
+    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
+        raise InvalidRegistration("bad_url", f"{where}: userinfo not allowed")
+    if not parts.hostname:
+        raise InvalidRegistration("bad_url", f"{where}: no host")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise InvalidRegistration("bad_url", f"{where}: query/fragment not allowed")
+    if parts.path not in ("", "/"):
+        raise InvalidRegistration("bad_url", f"{where}: path must be empty or /")
+    if port is not None and port == 0:
+        raise InvalidRegistration("bad_url", f"{where}: port 0")
+    return value.rstrip("/")
+
+
+def url_host(url: str) -> str:
+    """The host part of an already checked URL (IPv6 literals without brackets)."""
+    return urlsplit(url).hostname or ""
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: duplicate keys make a document ambiguous, so they are refused."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidRegistration("bad_json", f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise InvalidRegistration("bad_json", f"non-standard constant {name}")
+
+
+def loads_json(body: bytes) -> Any:
+    """Decode a JSON body strictly (UTF-8, no duplicate keys, no NaN/Infinity)."""
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constants)
+    except InvalidRegistration:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidRegistration("bad_json", type(exc).__name__) from None
+
+
+def dumps_json(value: Any) -> bytes:
+    """Compact, deterministic JSON bytes (what is signed is exactly what is sent)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _obj(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRegistration("bad_type", f"{where}: not an object")
+    return value
+
+
+def _address_map(value: object, where: str, interface: bool, max_entries: int) -> dict[str, Any]:
+    """Parse `{"ipv4": {"cidr": "..."}, "ipv6": {...}}`; unknown families are ignored."""
+    if value is None:
+        return {}
+    obj = _obj(value, where)
+    out: dict[str, Any] = {}
+    for family in FAMILIES:
+        if family not in obj:
+            continue
+        entry = _obj(obj[family], f"{where}/{family}")
+        cidr = entry.get("cidr")
+        if not isinstance(cidr, str) or len(cidr) > 64:
+            raise InvalidRegistration("bad_cidr", f"{where}/{family}/cidr")
+        try:
+            parsed = ipaddress.ip_interface(cidr) if interface else ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise InvalidRegistration("bad_cidr", f"{where}/{family}/cidr") from None
+        if "/" not in cidr:
+            raise InvalidRegistration("bad_cidr", f"{where}/{family}/cidr: prefix length missing")
+        if parsed.version != _FAMILY_VERSION[family]:
+            raise InvalidRegistration("bad_cidr", f"{where}/{family}/cidr: wrong address family")
+        out[family] = parsed
+    if len(out) > max_entries:
+        raise InvalidRegistration("too_many_cidrs", where)
+    return out
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as it describes itself: id, advertise URL, overlay network and its own overlay address."""
+
+    id: str
+    listen_url: str
+    network_addresses: Mapping[str, IPNetwork] = field(default_factory=dict)
+    node_addresses: Mapping[str, IPInterface] = field(default_factory=dict)
+
+    def host_routes(self) -> tuple[IPNetwork, ...]:
+        """The routes this node claims: a host route (/32, /128) for each of its node addresses."""
+        return tuple(ipaddress.ip_network(iface.ip) for iface in self.node_addresses.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The original's JSON shape."""
+        return {
+            "id": self.id,
+            "listen_url": self.listen_url,
+            "network_addresses": {f: {"cidr": str(n)} for f, n in self.network_addresses.items()},
+            "node_addresses": {f: {"cidr": str(n)} for f, n in self.node_addresses.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, value: object, bounds: Bounds, where: str = "local") -> NodeInfo:
+        """Parse and bound one NodeInfo; raises `InvalidRegistration`."""
+        obj = _obj(value, where)
+        node_id = check_node_id(obj.get("id"), f"{where}/id")
+        url = check_url(obj.get("listen_url"), bounds.max_url_length, f"{where}/listen_url")
+        networks = _address_map(obj.get("network_addresses"), f"{where}/network_addresses", False, 2)
+        nodes = _address_map(obj.get("node_addresses"), f"{where}/node_addresses", True, bounds.max_cidrs_per_node)
+        return cls(node_id, url, networks, nodes)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a node sends to a peer: itself (`local`), the nodes it knows (`remote`: hints), `stamp`, `seq`."""
+
+    local: NodeInfo
+    remote: tuple[NodeInfo, ...]
+    stamp: int
+    seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "local": self.local.to_dict(),
+            "remote": [n.to_dict() for n in self.remote],
+            "stamp": self.stamp,
+            "seq": self.seq,
+        }
+
+    def to_json(self) -> bytes:
+        return dumps_json(self.to_dict())
+
+    @classmethod
+    def from_json(cls, body: bytes, bounds: Bounds) -> Registration:
+        """Parse a registration body; every structural or bound problem is `InvalidRegistration` (400)."""
+        obj = _obj(loads_json(body), "registration")
+        local = NodeInfo.from_dict(obj.get("local"), bounds, "local")
+        if not local.node_addresses:
+            raise InvalidRegistration("bad_cidr", "local/node_addresses: none")
+        remote_raw = obj.get("remote", [])
+        if remote_raw is None:
+            remote_raw = []
+        if not isinstance(remote_raw, list):
+            raise InvalidRegistration("bad_type", "remote: not a list")
+        if len(remote_raw) > bounds.max_nodes + 1:
+            raise InvalidRegistration("too_many_nodes", f"remote: {len(remote_raw)} entries")
+        remote = tuple(
+            NodeInfo.from_dict(item, bounds, f"remote/{i}") for i, item in enumerate(remote_raw)
+        )
+        stamp = _count(obj.get("stamp"), "stamp")
+        seq_raw = obj.get("seq")
+        seq = stamp if seq_raw is None else _count(seq_raw, "seq")
+        return cls(local, remote, stamp, seq)
+
+
+def _count(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STAMP:
+        raise InvalidRegistration("bad_type", f"{where}: not a non-negative integer")
+    return value

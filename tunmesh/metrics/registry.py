@@ -1,0 +1,263 @@
+"""
+The per-node Prometheus registry.
+
+Every node owns one L{Metrics} object with its own
+L{prometheus_client.CollectorRegistry} (never the global default registry, so
+several nodes can live in one test process).  Names get the C{tunmesh_}
+prefix, and every exposed sample carries C{node_id} plus the configured
+C{base_labels}; those constant labels are added at collect time by a wrapper
+collector, so the collectors themselves stay cheap and label-free.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
+
+PREFIX = "tunmesh_"
+NODE_ID_LABEL = "node_id"
+
+# Label names the exposition format reserves for histograms and summaries.
+_FORMAT_RESERVED_LABELS = frozenset({"le", "quantile"})
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+DEFAULT_BUCKETS: tuple[float, ...] = Histogram.DEFAULT_BUCKETS
+
+AnyCollector = Counter | Gauge | Histogram
+
+
+class MetricsError(ValueError):
+    """
+    Base class of metric definition problems.  A C{ValueError} so that config
+    loading can report a bad C{base_labels} entry like any other bad value.
+    """
+
+
+class MetricsLabelError(MetricsError):
+    """A label name is invalid or collides with a constant label."""
+
+
+class MetricsConflictError(MetricsError):
+    """A metric name was registered twice with a different definition."""
+
+
+class MetricsDisabledError(Exception):
+    """Exposition was requested from a registry whose monitoring is off."""
+
+
+def _check_label_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+        raise MetricsLabelError(f"{what} {name!r} is not a valid Prometheus label name")
+    return name
+
+
+class _ConstantLabelCollector:
+    """
+    Re-yield every family of an inner registry with constant labels added to
+    each sample.  Constant labels are validated not to collide with a sample's
+    own labels, so the merge never hides a series.
+    """
+
+    def __init__(self, inner: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        self._inner = inner
+        self._labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            relabelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labels = dict(self._labels)
+                labels.update(sample.labels)
+                relabelled.samples.append(sample._replace(labels=labels))
+            yield relabelled
+
+
+class Metrics:
+    """
+    A node's metrics: create-or-get collectors, render the exposition.
+
+    Collectors count whether or not exposition is enabled; C{enabled} only
+    decides whether L{render} may be called (C{monitoring.method}).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        base_labels: Mapping[str, str] | None = None,
+        enabled: bool = True,
+        *,
+        version: str | None = None,
+        started_at: float | None = None,
+        wall: Callable[[], float] = time.time,
+        process_metrics: bool = True,
+    ) -> None:
+        if not isinstance(node_id, str) or not node_id:
+            raise MetricsError("node_id must be a non-empty string")
+        base = dict(base_labels or {})
+        for name, value in base.items():
+            _check_label_name(name, "base label")
+            if name == NODE_ID_LABEL or name in _FORMAT_RESERVED_LABELS:
+                raise MetricsLabelError(f"base label {name!r} is reserved")
+            if not isinstance(value, str):
+                raise MetricsLabelError(f"base label {name!r} must have a string value")
+        self.node_id = node_id
+        self.enabled = enabled
+        self.base_labels: Mapping[str, str] = base
+        self._constant: dict[str, str] = {NODE_ID_LABEL: node_id, **base}
+        self._inner = CollectorRegistry(auto_describe=True)
+        self._exposed = CollectorRegistry()
+        self._exposed.register(_ConstantLabelCollector(self._inner, self._constant))
+        self._collectors: dict[str, tuple[str, tuple[str, ...], tuple[float, ...], AnyCollector]] = {}
+
+        if process_metrics:
+            ProcessCollector(registry=self._inner)
+            PlatformCollector(registry=self._inner)
+        # Built-in collectors bring their own labels (python_info{version,...});
+        # a base label with such a name would silently be overwritten.
+        builtin_labels = {key for family in self._inner.collect() for s in family.samples for key in s.labels}
+        # build_info carries "version": reserve it before anything is created.
+        builtin_labels.add("version")
+        clash = sorted(builtin_labels.intersection(base))
+        if clash:
+            raise MetricsLabelError(f"base label(s) {', '.join(clash)} collide with built-in metric labels")
+
+        if version is None:
+            from tunmesh import __version__ as version
+        self.gauge("build_info", "Always 1; the version label says which tunmesh runs.", ("version",)).labels(
+            version=version
+        ).set(1)
+        self.gauge("start_time_seconds", "Unix time at which this node process started.").set(
+            wall() if started_at is None else started_at
+        )
+
+    def _full_name(self, name: str) -> str:
+        if not isinstance(name, str) or not _METRIC_NAME.match(name):
+            raise MetricsError(f"metric name {name!r} is not a valid Prometheus name")
+        if name.startswith(PREFIX):
+            raise MetricsError(f"metric name {name!r} must be given without the {PREFIX!r} prefix")
+        return PREFIX + name
+
+    def _labelnames(self, labelnames: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(labelnames, str):
+            raise MetricsLabelError("labelnames must be a sequence of names, not a string")
+        names = tuple(labelnames)
+        for name in names:
+            _check_label_name(name, "label")
+            if name in self._constant:
+                raise MetricsLabelError(f"label {name!r} collides with a constant label (node_id or base_labels)")
+            if name in _FORMAT_RESERVED_LABELS:
+                raise MetricsLabelError(f"label {name!r} is reserved by the exposition format")
+        if len(set(names)) != len(names):
+            raise MetricsLabelError(f"duplicate label names in {names!r}")
+        return names
+
+    def _get_or_create(
+        self,
+        kind: str,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: tuple[float, ...],
+        factory: Callable[[str, tuple[str, ...]], AnyCollector],
+    ) -> AnyCollector:
+        full = self._full_name(name)
+        if kind == "counter" and full.endswith("_total"):
+            # prometheus_client strips it too: "x" and "x_total" are one counter.
+            full = full[: -len("_total")]
+        names = self._labelnames(labelnames)
+        existing = self._collectors.get(full)
+        if existing is not None:
+            old_kind, old_names, old_buckets, collector = existing
+            if (old_kind, old_names, old_buckets) != (kind, names, buckets):
+                raise MetricsConflictError(
+                    f"{full} already registered as {old_kind}{list(old_names)}, not {kind}{list(names)}"
+                )
+            return collector
+        if not isinstance(documentation, str) or not documentation:
+            raise MetricsError(f"{full} needs a documentation string")
+        try:
+            collector = factory(full, names)
+        except ValueError as e:
+            raise MetricsConflictError(f"{full}: {e}") from e
+        self._collectors[full] = (kind, names, buckets, collector)
+        return collector
+
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
+        """Create or get the counter C{tunmesh_<name>_total}."""
+        c = self._get_or_create(
+            "counter",
+            name,
+            documentation,
+            labelnames,
+            (),
+            lambda full, names: Counter(full, documentation, names, registry=self._inner),
+        )
+        assert isinstance(c, Counter)
+        return c
+
+    def gauge(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Gauge:
+        """Create or get the gauge C{tunmesh_<name>}."""
+        g = self._get_or_create(
+            "gauge",
+            name,
+            documentation,
+            labelnames,
+            (),
+            lambda full, names: Gauge(full, documentation, names, registry=self._inner),
+        )
+        assert isinstance(g, Gauge)
+        return g
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+    ) -> Histogram:
+        """Create or get the histogram C{tunmesh_<name>}; same name needs the same buckets."""
+        try:
+            normalized = tuple(float(b) for b in buckets)
+        except (TypeError, ValueError) as e:
+            raise MetricsError(f"histogram {name!r}: buckets must be numbers") from e
+        if not normalized or list(normalized) != sorted(set(normalized)):
+            raise MetricsError(f"histogram {name!r}: buckets must be non-empty, strictly increasing")
+        if normalized[-1] != float("inf"):
+            normalized += (float("inf"),)
+        h = self._get_or_create(
+            "histogram",
+            name,
+            documentation,
+            labelnames,
+            normalized,
+            lambda full, names: Histogram(full, documentation, names, buckets=normalized, registry=self._inner),
+        )
+        assert isinstance(h, Histogram)
+        return h
+
+    def collector_registry(self) -> CollectorRegistry:
+        """The registry as exposed (constant labels applied), for tests and custom exporters."""
+        return self._exposed
+
+    def render(self) -> tuple[bytes, str]:
+        """
+        Text exposition (format 0.0.4, as upstream served) and its content type.
+
+        @raise MetricsDisabledError: when this node's monitoring is off.
+        """
+        if not self.enabled:
+            raise MetricsDisabledError("metrics exposition is disabled (monitoring.method: none)")
+        return generate_latest(self._exposed), CONTENT_TYPE_PLAIN_0_0_4
