@@ -34,6 +34,7 @@ setup(
             "hypothesis>=6.90",
             "ruff>=0.5",
             "mypy>=1.8",
+            "mypy-zope>=1.0",
             "types-PyYAML",
         ],
     },

@@ -394,10 +394,16 @@ class NodeProcess:
         return body
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        """The last lines of the twistd log and of stdout/stderr (where a startup traceback lands)."""
+        parts = []
+        for path in (self.log_path, self.log_path.with_suffix(".stdout")):
+            try:
+                text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            except OSError:
+                continue
+            if text:
+                parts.append(f"--- {path.name}\n{text}")
+        return "\n".join(parts) or "(no log output)"
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)

@@ -1,4 +1,4 @@
-"""The ``tunmesh`` command: config tooling (example-config, check-config, gen-secret, docs).
+"""The ``tunmesh`` command: config tooling (example-config, check-config, gen-secret, gen-cert, docs).
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -38,8 +38,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", nargs="?", metavar="FILE", help="config file to check")
     commands.add_parser("gen-secret", help="print a new random cluster secret")
+    cert = commands.add_parser(
+        "gen-cert",
+        help="write a self-signed ECDSA P-256 certificate and key for the API port",
+        description="The key file is written with mode 0600. One certificate may be shared by all nodes.",
+    )
+    cert.add_argument("--cert", required=True, metavar="PATH", help="certificate output file (PEM)")
+    cert.add_argument("--key", required=True, metavar="PATH", help="private key output file (PEM)")
+    cert.add_argument(
+        "--hostname", action="append", default=[], metavar="NAME", help="DNS subjectAltName (repeatable)"
+    )
+    cert.add_argument("--ip", action="append", default=[], metavar="ADDR", help="IP subjectAltName (repeatable)")
+    cert.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
     commands.add_parser("docs", help="print the Markdown configuration reference")
     return parser
+
+
+def _gen_cert(args: argparse.Namespace, err: TextIO) -> int:
+    from pathlib import Path
+
+    from tunmesh.tls.certs import write_self_signed
+
+    hostnames = args.hostname or ([] if args.ip else ["tunmesh.local"])
+    try:
+        write_self_signed(Path(args.cert), Path(args.key), hostnames=hostnames, ips=args.ip, days=args.days)
+    except (ValueError, OSError) as e:
+        print(f"{PROG}: gen-cert: {e}", file=err)
+        return 1
+    return 0
 
 
 def _check_config(file: str | None, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
@@ -75,6 +101,8 @@ def main(
         return _check_config(args.file, environ, out, err)
     elif args.command == "gen-secret":
         print(generate_secret(), file=out)
+    elif args.command == "gen-cert":
+        return _gen_cert(args, err)
     elif args.command == "docs":
         out.write(config_reference_markdown())
     return 0

@@ -66,7 +66,7 @@ class RateLimitedLog:
     seconds per key (a token bucket, like Tailscale's C{logRateLimit}).
 
     The line that spends a token after suppression carries the number of
-    suppressed events (C{suppressed} field).  If C{clock} can C{callLater},
+    suppressed events (C{rate_limit_suppressed} field).  If C{clock} can C{callLater},
     a summary is also scheduled for when the next token is due, so the count
     of a flood that stops is not lost; with a clock that only has
     C{seconds()}, the count is reported with the key's next event or by
@@ -94,6 +94,7 @@ class RateLimitedLog:
         self._period = float(period)
         self._max_keys = max_keys
         self._buckets: dict[Hashable, _Bucket] = {}
+        self._pruned_at = float("-inf")
 
     def _refill(self, bucket: _Bucket, now: float) -> None:
         elapsed = max(0.0, now - bucket.updated)
@@ -104,7 +105,10 @@ class RateLimitedLog:
         bucket = self._buckets.get(key)
         if bucket is not None:
             return key, bucket
-        if len(self._buckets) >= self._max_keys:
+        if len(self._buckets) >= self._max_keys and now - self._pruned_at >= self._period:
+            # At most one O(max_keys) sweep per period, so a flood of new keys
+            # costs O(1) per event once the table is full.
+            self._pruned_at = now
             self._prune(now)
         if len(self._buckets) >= self._max_keys and key != OVERFLOW_KEY:
             return self._bucket_for(OVERFLOW_KEY, now)

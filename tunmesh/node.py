@@ -16,7 +16,7 @@ from collections.abc import Callable
 import attr
 
 
-def _canonical_uuid(instance: object, attribute: attr.Attribute, value: object) -> None:
+def _canonical_uuid(instance: object, attribute: attr.Attribute[str], value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{attribute.name} must be a string")
     try:
@@ -27,7 +27,7 @@ def _canonical_uuid(instance: object, attribute: attr.Attribute, value: object) 
         raise ValueError(f"{attribute.name} {value!r} is not in canonical lowercase UUID form")
 
 
-def _non_empty_str(instance: object, attribute: attr.Attribute, value: object) -> None:
+def _non_empty_str(instance: object, attribute: attr.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{attribute.name} must be a non-empty string")
 

@@ -21,7 +21,13 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 venv=${TUNMESH_VENV:-$root_dir/.venv}
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# Debian's own Python when there is one: nodes drop to an unprivileged uid, which must still be able
+# to read the interpreter and its stdlib (a Python under /root, e.g. pyenv, is not readable then).
+base_python=$(command -v /usr/bin/python3 || command -v python3)
+if ! "$base_python" -m venv --help >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+[ -x "$venv/bin/python" ] || "$base_python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e ".[dev]"
 

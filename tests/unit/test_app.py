@@ -276,7 +276,7 @@ class MountTests(ControlAPITestCase):
     def test_bad_prefixes(self) -> None:
         api = self.api()
         for bad in ("/health", "tunmesh/x", "/tunmesh/", "/tunmesh", "/tunmesh//x", "/tunmesh/../x",
-                    "/tunmesh/control/v0/node_info", "/other/x"):
+                    "/tunmesh/control/v0/node_info", "/tunmesh/control/v0/node_info/x", "/other/x", 7):
             self.assertRaises(ValueError, api.mount, bad, EchoLeaf())
 
     def test_duplicate_and_non_resource(self) -> None:

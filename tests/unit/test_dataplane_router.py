@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.test_dataplane_fakes import FakeMetrics, FakeRateLimitedLog, addr, ipv4, ipv6, vnet
 from tunmesh.dataplane import packets as P
-from tunmesh.dataplane.router import RouteTable, Router
+from tunmesh.dataplane.router import Router, RouteTable
 
 NET4 = IPv4Network("100.64.0.0/10")
 NET6 = IPv6Network("fd00:64::/64")

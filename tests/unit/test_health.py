@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.health import HealthRegistry
@@ -59,6 +59,7 @@ class HealthRegistryTests(SynchronousTestCase):
             self.assertEqual(self.health.liveness(), {"broken": False, "ok": True})
         self.assertEqual(len(self.errors()), 1)
         self.assertEqual(self.errors()[0]["check"], "broken")
+        self.assertNotIn("secret detail", formatEvent(self.errors()[0]))
         # the traceback goes out at debug, once per failure
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 20)
         debug = [e for e in self.events if e.get("log_level") == LogLevel.debug and "log_failure" in e]

@@ -127,6 +127,21 @@ class RateLimitedLogTests(SynchronousTestCase):
         self.assertEqual(rl.suppressed(OVERFLOW_KEY), 0)
         self.assertNotIn(OVERFLOW_KEY, rl._buckets)
 
+    def test_prune_at_most_once_per_period(self) -> None:
+        rl = RateLimitedLog(self.logger, self.clock, burst=1, period=10.0, max_keys=2)
+        rl.emit("a", LogLevel.warn, "x")
+        rl.emit("b", LogLevel.warn, "x")
+        self.clock.advance(10)
+        rl.emit("c", LogLevel.warn, "x")  # sweeps: a and b are idle again
+        rl.emit("d", LogLevel.warn, "x")
+        self.clock.advance(5)  # c and d are half refilled: not prunable, and no sweep yet anyway
+        rl.emit("e", LogLevel.warn, "x")
+        self.assertIn(OVERFLOW_KEY, rl._buckets)
+        self.clock.advance(10)
+        # a sweep is allowed again; c, d and the overflow are idle and go
+        self.assertTrue(rl.emit("f", LogLevel.warn, "x"))
+        self.assertEqual(set(rl._buckets), {"f"})
+
     def test_bad_parameters(self) -> None:
         self.assertRaises(ValueError, RateLimitedLog, self.logger, self.clock, burst=0)
         self.assertRaises(ValueError, RateLimitedLog, self.logger, self.clock, period=0)

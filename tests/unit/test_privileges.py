@@ -421,3 +421,21 @@ class RealDropTests(SynchronousTestCase):
         _require_root()
         report = self.run_child(0, 0)
         self.assertIn("PrivilegeError", report["error"])
+
+
+class RequireRootTests(SynchronousTestCase):
+    """The real tests skip without root, unless CI demands them."""
+
+    def test_skip_when_not_root(self) -> None:
+        self.patch(os, "geteuid", lambda: 1000)
+        self.patch(os, "environ", {})
+        self.assertRaises(SkipTest, _require_root)
+
+    def test_fail_when_required(self) -> None:
+        self.patch(os, "geteuid", lambda: 1000)
+        self.patch(os, "environ", {"TUNMESH_REQUIRE_ROOT_TESTS": "1"})
+        self.assertRaises(AssertionError, _require_root)
+
+    def test_root_runs(self) -> None:
+        self.patch(os, "geteuid", lambda: 0)
+        self.assertIsNone(_require_root())

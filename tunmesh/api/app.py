@@ -124,8 +124,8 @@ def _parse_prefix(prefix: str) -> tuple[bytes, ...]:
         raise ValueError(f"mount prefix {prefix!r} needs non-empty segments below {MOUNT_ROOT!r}")
     encoded = tuple(s.encode("utf-8") for s in segments)
     for own in _OWN_TUNMESH_PATHS:
-        if own[: len(encoded)] == encoded and len(own) == len(encoded):
-            raise ValueError(f"mount prefix {prefix!r} would shadow {NODE_INFO_PATH}")
+        if encoded[: len(own)] == own:
+            raise ValueError(f"mount prefix {prefix!r} is {NODE_INFO_PATH} or below it, which this app owns")
     return encoded
 
 

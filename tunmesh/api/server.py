@@ -310,7 +310,8 @@ class HardenedChannel(http.HTTPChannel):
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.refused:
+        if self.refused or self.transport.disconnecting:
+            # Closing already (refusal, 400, timeout): whatever else arrives is not even parsed.
             return
         if self._phase == "idle":
             self._start_phase("headers", self.site.header_timeout)
@@ -505,6 +506,8 @@ class ConnectionLimitFactory(WrappingFactory):
         return wrapper
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        if p not in self.protocols:
+            return
         super().unregisterProtocol(p)
         if isinstance(p, _CountedWrapper) and p.counted:
             p.counted = False
@@ -531,5 +534,5 @@ def make_server_factory(
     handshake must finish within the site's header timeout of accept.
     """
     dispatch = ALPNDispatchFactory(site, alternatives, clock=clock, handshake_timeout=site.header_timeout)
-    tls = TLSMemoryBIOFactory(server_context, False, dispatch)
+    tls = TLSMemoryBIOFactory(server_context, False, dispatch, clock=clock)
     return ConnectionLimitFactory(tls, max_per_peer, max_total, clock=clock, metrics=metrics)

@@ -114,9 +114,9 @@ def _example_leaf(w: _Writer, depth: int, key: str, opt: Option, commented: bool
     w.blank()
 
 
-def _example_group(w: _Writer, depth: int, key: str, cls: type, commented: bool) -> None:
+def _example_group(w: _Writer, depth: int, key: str, cls: type, commented: bool, optional: bool = False) -> None:
     info = group_info(cls)
-    optional = not group_shown_required(cls)
+    optional = optional or not group_shown_required(cls)
     w.comment(depth, f"{key} group{' [Optional]' if optional else ''}: {info.short}")
     for line in info.long:
         w.comment(depth, f"  {line}")
@@ -135,7 +135,7 @@ def _example_body(w: _Writer, depth: int, cls: type, commented: bool) -> None:
         w.comment(depth)
         w.blank()
     for key, sub in groups:
-        _example_group(w, depth, key, sub.type.cls, commented)
+        _example_group(w, depth, key, sub.type.cls, commented, optional=sub.type.absent_is_none)
         w.blank()
 
 

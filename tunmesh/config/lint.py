@@ -83,7 +83,7 @@ def secret_entropy_bits(secret: str) -> float:
         alphabet += 128
     counts = Counter(secret)
     n = len(secret)
-    shannon = -sum((k / n) * math.log2(k / n) for k in counts.values())
+    shannon = max(0.0, -sum((k / n) * math.log2(k / n) for k in counts.values()))
     per_char = min(math.log2(alphabet), shannon)
     deltas = bytes((ord(b) - ord(a)) % 256 for a, b in itertools.pairwise(secret))
     effective = min(n, _compressed_size(secret.encode("utf-8")), 1 + _compressed_size(deltas))

@@ -126,7 +126,7 @@ def load_config_data(
     if ignored:
         log.warn("Ignoring top-level config keys {keys} outside {root}", keys=ignored, root=ROOT_KEY)
     cfg = load_group(TunMeshConfig, data[ROOT_KEY], ROOT_KEY, ctx)
-    if cfg is INVALID:
+    if cfg is INVALID or ctx.errors:
         raise_collected(ctx.errors)
     raise_collected(lint(cfg))
     return cfg

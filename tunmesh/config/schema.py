@@ -715,7 +715,7 @@ def load_group(cls: type[T], data: Any, path: str, ctx: LoadContext) -> T:
         ctx.fail(path, f"unknown keys {sorted(unknown)}; expected keys {sorted(known)}")
         ok = False
     values: dict[str, Any] = {}
-    present = frozenset(k for k in known if k in data)
+    present = frozenset(k for k in known if data.get(k) is not None)
     for key, meta in fields:
         sub = f"{path}/{key}"
         if isinstance(meta, SubGroup):
@@ -734,9 +734,10 @@ def load_group(cls: type[T], data: Any, path: str, ctx: LoadContext) -> T:
         return INVALID  # type: ignore[no-any-return]
     info = group_info(cls)
     if info.resolve is not None:
-        values = info.resolve(values, present, path, ctx)
-        if values is INVALID:
+        resolved = info.resolve(values, present, path, ctx)
+        if resolved is INVALID:
             return INVALID  # type: ignore[no-any-return]
+        values = resolved
     return cls(**values)
 
 

@@ -359,35 +359,51 @@ class DataOpener:
 class FrameDecoder:
     """Incremental parser: feed stream bytes, get complete frames (length prefix included).
 
-    The buffer is a ``bytearray`` consumed from the front (CPython makes that O(1)), so a frame
-    arriving in many small TLS records costs linear, not quadratic, copying.  A length prefix of
-    0 or above ``max_frame`` raises :class:`FrameError` (``malformed_frame``): the link closes.
+    Incoming chunks (TLS hands over at most 16 KiB at a time) are kept in a list until the frame
+    they belong to is complete, then joined once: each frame byte is copied once, however many
+    chunks it arrived in (no quadratic re-buffering).  A frame that fills a chunk exactly is
+    returned without any copy.  A length prefix of 0 or above ``max_frame`` raises
+    :class:`FrameError` (``malformed_frame``): the link closes.
     """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
         self._max = max_frame
+        self._chunks: list[bytes] = []
+        self._have = 0
+        #: total size of the frame being assembled (0 while its length prefix is incomplete)
+        self._need = 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
-        n = len(buf)
-        off = 0
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < (self._need or 4):
+                return []
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._have = self._need = 0
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> list[bytes]:
         frames: list[bytes] = []
-        with memoryview(buf) as mv:
-            while n - off >= 4:
-                (length,) = _U32.unpack_from(buf, off)
-                if length == 0 or length > self._max:
-                    raise FrameError(MALFORMED_FRAME, f"frame length {length}")
-                end = off + 4 + length
-                if end > n:
-                    break
-                frames.append(mv[off:end].tobytes())
-                off = end
-        if off:
-            del buf[:off]
+        n = len(data)
+        off = 0
+        end = 0
+        while n - off >= 4:
+            (length,) = _U32.unpack_from(data, off)
+            if length == 0 or length > self._max:
+                raise FrameError(MALFORMED_FRAME, f"frame length {length}")
+            end = off + 4 + length
+            if end > n:
+                break
+            frames.append(data if off == 0 and end == n else data[off:end])
+            off = end
+        if off < n:
+            self._chunks = [data[off:] if off else data]
+            self._have = n - off
+            self._need = end - off if n - off >= 4 else 0
         return frames
 
     def buffered(self) -> int:
         """Bytes held for an incomplete frame."""
-        return len(self._buf)
+        return self._have

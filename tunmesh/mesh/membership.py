@@ -52,6 +52,8 @@ AUTH = "/tunmesh/auth/v0"
 REGISTER_PATH = CONTROL + "/registrations/register"
 INIT_SESSION_PATH = AUTH + "/init_session"
 PEERS_PATH = CONTROL + "/peers"
+#: extra tries of a bootstrap URL that answered 421 (a load balancer that sent us to ourselves)
+SELF_RETRIES = 2
 
 
 def register_path(node_id: str) -> str:
@@ -365,14 +367,17 @@ class Membership:
 
     @inlineCallbacks
     def _bootstrap(self, url: str) -> Any:
-        body = self.our_registration().to_json()
-        request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
         try:
-            response = yield self.client.post(url, REGISTER_PATH, body, request.header_value)
-            if response.status == 421:
-                # A load balancer (or the config) sent us to ourselves: not an error, just skip.
+            for _attempt in range(1 + SELF_RETRIES):
+                body = self.our_registration().to_json()
+                request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
+                response = yield self.client.post(url, REGISTER_PATH, body, request.header_value)
+                if response.status != 421:
+                    break
+                # A load balancer sent us to ourselves: not an error; ask again, it may pick another node.
                 self.m_bootstraps.labels(result="self").inc()
-                self.log.info("bootstrap via {url} reached this node; skipped", url=url)
+                self.log.info("bootstrap via {url} reached this node", url=url)
+            else:
                 return None
             self._check_response(response, url)
             verified = self._verify_cluster(response, None, request, "bootstrap response")

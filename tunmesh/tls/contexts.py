@@ -214,8 +214,15 @@ class MeshClientTLSCreator:
     (``verify_hostname`` of the original), the chain check never is.
     """
 
-    def __init__(self, context: SSL.Context, hostname: str, verify_hostname: bool) -> None:
+    def __init__(
+        self,
+        context: SSL.Context,
+        hostname: str,
+        verify_hostname: bool,
+        alpn: Sequence[bytes] = DEFAULT_ALPN,
+    ) -> None:
         self._context = context
+        self._alpn = list(alpn)
         self._hostname = hostname
         self._verify_hostname = verify_hostname
         self._is_ip = bool(isIPAddress(hostname) or isIPv6Address(hostname))
@@ -225,6 +232,8 @@ class MeshClientTLSCreator:
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
+        if self._alpn:
+            connection.set_alpn_protos(self._alpn)
         return connection
 
     def _info_callback(self, connection: SSL.Connection, where: int, ret: int) -> None:
@@ -267,7 +276,7 @@ def client_context(
     certificate is the trust anchor).
     """
     trust = load_trust_bundle(trust_path, trust_key)
-    return MeshClientTLSCreator(_client_options(trust, alpn).getContext(), hostname, verify_hostname)
+    return MeshClientTLSCreator(_client_options(trust, alpn).getContext(), hostname, verify_hostname, alpn)
 
 
 @implementer(IPolicyForHTTPS)
@@ -298,7 +307,9 @@ class MeshTLSPolicy:
             if len(self._creators) >= self._CACHE_LIMIT:
                 self._creators.clear()
             context = _client_options(self._trust, self._alpn).getContext()
-            creator = self._creators[name] = MeshClientTLSCreator(context, name, self._verify_hostname)
+            creator = self._creators[name] = MeshClientTLSCreator(
+                context, name, self._verify_hostname, self._alpn
+            )
         return creator
 
 
@@ -314,18 +325,6 @@ def peer_certificate_sha256(transport: object) -> bytes | None:
     if peer is None:
         return None
     return certificate_der_sha256(peer.to_cryptography())
-
-
-def response_peer_certificate_sha256(response: object) -> bytes | None:
-    """The peer certificate hash for an ``Agent``/treq response, while its connection is attached.
-
-    Call it when the response (headers) arrives, before reading the body: Twisted detaches the
-    transport from the response once the body is delivered. Returns None when unavailable.
-    """
-    original = getattr(response, "original", response)
-    proxy = getattr(original, "_transport", None)
-    transport = getattr(proxy, "_producer", None)
-    return peer_certificate_sha256(transport) if transport is not None else None
 
 
 def local_certificate_sha256(cert_path: Path) -> bytes:
@@ -349,6 +348,5 @@ __all__ = [
     "load_trust_bundle",
     "local_certificate_sha256",
     "peer_certificate_sha256",
-    "response_peer_certificate_sha256",
     "server_context",
 ]

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     IProtocol,
     IProtocolFactory,
+    IProtocolNegotiationFactory,
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -101,12 +102,12 @@ class ALPNDispatchProtocol(Protocol):
             inner.connectionLost(reason)
 
 
-@implementer(IProtocolFactory)
+@implementer(IProtocolFactory, IProtocolNegotiationFactory)
 class ALPNDispatchFactory(Factory):
     """Wrap with ``TLSMemoryBIOFactory``; ``alternatives`` maps ALPN ids to factories.
 
-    ``default_factory`` serves ``http/1.1`` and connections without ALPN. The server context must
-    offer every key of ``alternatives`` in its ALPN list.
+    ``default_factory`` serves ``http/1.1`` and connections without ALPN. A server context built on
+    ``CertificateOptions`` (such as ``server_context``) asks this factory which protocols to accept.
     """
 
     noisy = False
@@ -124,6 +125,10 @@ class ALPNDispatchFactory(Factory):
         self.alternatives = dict(alternatives)
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.handshake_timeout = handshake_timeout
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """Advertised through ALPN by Twisted's server contexts: the alternatives, then HTTP/1.1."""
+        return [*self.alternatives, b"http/1.1"]
 
     def _factories(self) -> list[IProtocolFactory]:
         seen: list[IProtocolFactory] = []

@@ -1,0 +1,150 @@
+"""The tunmesh command: exit codes and output of each sub-command, with captured streams."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.unit.test_config_helpers import SAMPLE_YAML, SECRET, ConfigTestMixin
+from tunmesh.cli import main
+from tunmesh.config.docs import config_reference_markdown, example_config
+from tunmesh.config.lint import secret_problem
+
+
+class CLITests(ConfigTestMixin, SynchronousTestCase):
+    def run_cli(self, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), stdout=out, stderr=err, env=env if env is not None else {})
+        return code, out.getvalue(), err.getvalue()
+
+    def write(self, text: str) -> str:
+        path = self.base / "config.yaml"
+        path.write_text(text)
+        return str(path)
+
+    def test_example_config(self) -> None:
+        self.assertEqual(self.run_cli("example-config"), (0, example_config(), ""))
+
+    def test_docs(self) -> None:
+        self.assertEqual(self.run_cli("docs"), (0, config_reference_markdown(), ""))
+
+    def test_gen_secret(self) -> None:
+        code, out, err = self.run_cli("gen-secret")
+        secret = out.strip()
+        self.assertEqual((code, err, len(secret), out.count("\n")), (0, "", 43, 1))
+        self.assertRegex(secret, r"^[A-Za-z0-9_-]{43}$")
+        self.assertIsNone(secret_problem(secret))
+        self.assertNotEqual(secret, self.run_cli("gen-secret")[1].strip())
+
+    def test_check_config_ok_prints_redacted_dump(self) -> None:
+        code, out, err = self.run_cli("check-config", self.write(SAMPLE_YAML))
+        self.assertEqual((code, err), (0, ""))
+        self.assertNotIn(SECRET, out)
+        tree = yaml.safe_load(out)["tun_mesh"]
+        self.assertEqual(tree["clustering"]["auth"]["secret"], "<redacted>")
+        self.assertEqual(tree["control_api"]["listen_port"], 4567)
+
+    def test_check_config_errors_one_line_each(self) -> None:
+        bad = SAMPLE_YAML.replace("uid: 1000", "uid: 0").replace("level: debug", "level: loud")
+        bad = bad.replace(f"secret: {SECRET}", "secret: " + "z" * 40)
+        code, out, err = self.run_cli("check-config", self.write(bad))
+        self.assertEqual((code, out), (1, ""))
+        lines = err.splitlines()
+        self.assertEqual(lines, ["tunmesh: config error: tun_mesh/logging/level: 'loud' must be one of "
+                                 "error, warn, info, debug"])
+        bad = bad.replace("level: loud", "level: info")
+        code, out, err = self.run_cli("check-config", self.write(bad))
+        lines = err.splitlines()
+        self.assertEqual(code, 1)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(all(line.startswith("tunmesh: config error: tun_mesh/") for line in lines))
+        self.assertNotIn("z" * 10, err)
+        self.assertNotIn("Traceback", err)
+
+    def test_check_config_yaml_error(self) -> None:
+        path = self.write("tun_mesh: [\n")
+        code, out, err = self.run_cli("check-config", path)
+        self.assertEqual((code, out), (1, ""))
+        self.assertRegex(err, rf"^tunmesh: config error: {path}:\d+:\d+: invalid YAML: .+\n$")
+
+    def test_check_config_missing_file(self) -> None:
+        code, _, err = self.run_cli("check-config", str(self.base / "none.yaml"))
+        self.assertEqual(code, 1)
+        self.assertEqual(err, f"tunmesh: config error: {self.base / 'none.yaml'}: config file does not exist\n")
+
+    def test_check_config_path_from_env(self) -> None:
+        path = self.write(SAMPLE_YAML)
+        code, out, _ = self.run_cli("check-config", env={"TUNMESH_CONFIG_PATH": path})
+        self.assertEqual(code, 0)
+        self.assertIn("tun_mesh:", out)
+
+    def test_check_config_env_overrides(self) -> None:
+        path = self.write(SAMPLE_YAML)
+        env = {"TUNMESH_ADVERTISE_URL": "https://pod.example", "TUNMESH_CLUSTER_SECRET": "short"}
+        code, out, err = self.run_cli("check-config", path, env=env)
+        self.assertEqual(code, 1)
+        self.assertIn("tun_mesh/clustering/auth/secret: is too short", err)
+        self.assertNotIn("short\n", err)
+
+    def test_usage_errors(self) -> None:
+        code, out, err = self.run_cli()
+        self.assertEqual(code, 2)
+        self.assertIn("usage: tunmesh", err)
+        self.assertEqual(self.run_cli("bogus")[0], 2)
+
+    def test_version(self) -> None:
+        code, out, _ = self.run_cli("--version")
+        self.assertEqual((code, out), (0, "tunmesh 0.1.0\n"))
+
+    def test_python_dash_m(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "tunmesh", "gen-secret"], capture_output=True, text=True, check=False,
+            cwd=str(Path(__file__).resolve().parents[2]), timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(result.stdout.strip()), 43)
+
+
+class GenCertTests(SynchronousTestCase):
+    """`tunmesh gen-cert` writes a usable self-signed pair, and reports bad input without a traceback."""
+
+    def test_writes_cert_and_private_key(self) -> None:
+        import io
+        import stat
+        from pathlib import Path
+
+        from cryptography import x509
+
+        from tunmesh.cli import main
+
+        d = Path(self.mktemp())
+        d.mkdir()
+        out, err = io.StringIO(), io.StringIO()
+        rc = main(
+            ["gen-cert", "--cert", str(d / "c.pem"), "--key", str(d / "k.pem"), "--hostname", "a.example",
+             "--ip", "198.18.0.1"],
+            stdout=out, stderr=err,
+        )
+        self.assertEqual((rc, err.getvalue()), (0, ""))
+        cert = x509.load_pem_x509_certificate((d / "c.pem").read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["a.example"])
+        self.assertEqual(stat.S_IMODE((d / "k.pem").stat().st_mode), 0o600)
+
+    def test_bad_ip_is_one_line(self) -> None:
+        import io
+
+        from tunmesh.cli import main
+
+        d = self.mktemp()
+        err = io.StringIO()
+        rc = main(["gen-cert", "--cert", d + "c", "--key", d + "k", "--ip", "not-an-ip"], stdout=io.StringIO(),
+                  stderr=err)
+        self.assertEqual(rc, 1)
+        self.assertTrue(err.getvalue().startswith("tunmesh: gen-cert: "))
+        self.assertEqual(err.getvalue().count("\n"), 1)

@@ -1,0 +1,563 @@
+"""Peer links in memory: HELLO accepted/refused, packets flow, queues, backoff, rotation, the plane."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Interface, IPv4Network
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.unit.test_dataplane_fakes import FakeMetrics, ipv4
+from tunmesh.auth.sessions import SessionAuthority, SessionStore
+from tunmesh.dataplane import frames as F
+from tunmesh.dataplane.drops import DropCounter
+from tunmesh.dataplane.link import LinkClient, LinkMetrics, LinkServerFactory
+from tunmesh.dataplane.plane import DataPlane
+from tunmesh.dataplane.router import Router, RouteTable
+from tunmesh.tun.fake import FakeTun
+
+A = "node-a"
+B = "node-b"
+NOW = 1_700_000_000.0
+
+
+class Pair:
+    """Node A (link client) and node B (link server) with real session stores, in memory."""
+
+    def __init__(self, test: SynchronousTestCase, *, install_inbound: bool = True, **client_kw: Any) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(NOW)
+        mono = self.clock.seconds
+        self.store_a = SessionStore(A, self.clock, monotonic=mono)
+        self.store_b = SessionStore(B, self.clock, monotonic=mono)
+        self.secret = os.urandom(32)
+        self.store_a.install_outbound(B, "kid1", self.secret)
+        if install_inbound:
+            self.store_b.install_inbound(A, "kid1", self.secret)
+        self.auth_a = SessionAuthority(self.store_a)
+        self.auth_b = SessionAuthority(self.store_b)
+        self.metrics_a, self.metrics_b = FakeMetrics(), FakeMetrics()
+        self.received: list[tuple[str, list[bytes], bool]] = []
+        self.known = {A}
+        self.server = LinkServerFactory(
+            B,
+            self.store_b,
+            self.auth_b,
+            self.known.__contains__,
+            lambda peer, pkts, vnet: self.received.append((peer, pkts, vnet)),
+            self.clock,
+            LinkMetrics(self.metrics_b, DropCounter(self.metrics_b)),
+        )
+        self.pumps: list[iosim.IOPump] = []
+        self.connects: list[float] = []
+        self.fail_connect = False
+        self.client = LinkClient(
+            A,
+            B,
+            "https://b.example:4567/",
+            self.connector,
+            self.store_a,
+            self.auth_a,
+            self.clock,
+            LinkMetrics(self.metrics_a, DropCounter(self.metrics_a)),
+            rng=lambda: 1.0,
+            **client_kw,
+        )
+
+    def connector(self, url: str, proto: Any) -> defer.Deferred[Any]:
+        self.connects.append(self.clock.seconds())
+        if self.fail_connect:
+            return defer.fail(ConnectionRefusedError())
+        server = self.server.buildProtocol(None)
+        self.server_proto = server
+        pump = iosim.connect(
+            server, iosim.makeFakeServer(server), proto, iosim.makeFakeClient(proto), greet=False
+        )
+        self.pumps.append(pump)
+        return defer.succeed(proto)
+
+    def pump(self) -> None:
+        for _ in range(3):
+            for p in list(self.pumps):
+                p.flush()
+
+    def packets(self) -> list[bytes]:
+        out = []
+        for _, pkts, _ in self.received:
+            out.extend(pkts)
+        return out
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_packets_flow(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        self.assertTrue(pair.client.ready)
+        self.assertEqual(pair.metrics_a.value("links_connected", "out"), 1)
+        self.assertEqual(pair.metrics_b.value("links_connected", "in"), 1)
+        batch = [ipv4("100.64.0.2", "100.64.0.3", bytes([i]) * 100) for i in range(10)]
+        pair.client.send_batch(batch)
+        pair.client.send_batch(batch[:2])
+        pair.pump()
+        self.assertEqual(pair.packets(), batch + batch[:2])
+        self.assertEqual(pair.received[0][0], A)
+        self.assertEqual(pair.metrics_a.value("link_frames_total", "tx"), 2)
+        self.assertEqual(pair.metrics_b.value("link_frames_total", "rx"), 2)
+
+    def test_large_batch_split_into_frames(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        batch = [os.urandom(65000) for _ in range(9)]
+        pair.client.send_batch(batch)
+        pair.pump()
+        self.assertEqual(pair.packets(), batch)
+        self.assertEqual(pair.metrics_a.value("link_frames_total", "tx"), 3)
+
+    def test_packets_before_hello_ok_are_queued_then_sent(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.client.send_batch([b"early"])
+        self.assertEqual(pair.client.queued_packets, 1)
+        pair.pump()
+        self.assertEqual(pair.packets(), [b"early"])
+        self.assertEqual(pair.client.queued_packets, 0)
+
+    def test_unknown_peer_refused(self) -> None:
+        pair = Pair(self)
+        pair.known.clear()
+        pair.client.start()
+        pair.pump()
+        self.assertFalse(pair.client.ready)
+        self.assertEqual(pair.metrics_b.value("link_hello_failures_total", "unknown_peer"), 1)
+        self.assertEqual(pair.metrics_a.value("link_hello_failures_total", "refused_unknown_peer"), 1)
+        # the client retries later, with backoff
+        self.assertEqual(len(pair.connects), 1)
+        pair.clock.advance(0.1)
+        self.assertEqual(len(pair.connects), 2)
+
+    def test_bad_token_refused(self) -> None:
+        pair = Pair(self, install_inbound=False)
+        pair.client.start()
+        pair.pump()
+        self.assertFalse(pair.client.ready)
+        self.assertEqual(pair.metrics_b.value("link_hello_failures_total", "auth_unknown_peer"), 1)
+
+    def test_tampered_token_refused(self) -> None:
+        pair = Pair(self)
+        real = pair.auth_a.sign_link_hello
+
+        def tampered(peer_id: str, body: bytes = b"") -> Any:
+            signed = real(peer_id, body=body)
+            return type(signed)(signed.header_value[:-2] + "AA", signed.kid, signed.rid, signed.peer_id)
+
+        pair.auth_a.sign_link_hello = tampered  # type: ignore[method-assign]
+        pair.client.start()
+        pair.pump()
+        self.assertFalse(pair.client.ready)
+        self.assertEqual(pair.metrics_b.value("link_hello_failures_total", "auth_bad_signature"), 1)
+
+    def test_token_bound_to_hello_fields(self) -> None:
+        """A token minted for another connection's random is refused (bh mismatch)."""
+        pair = Pair(self)
+        real = pair.auth_a.sign_link_hello
+        pair.auth_a.sign_link_hello = lambda peer_id, body=b"": real(peer_id, body=b"other")  # type: ignore[method-assign]
+        pair.client.start()
+        pair.pump()
+        self.assertEqual(pair.metrics_b.value("link_hello_failures_total", "auth_body_mismatch"), 1)
+
+    def test_no_inbound_session_refused(self) -> None:
+        pair = Pair(self)
+
+        class Claims:
+            iss = A
+            kid = "kid-unknown"
+
+        pair.auth_b.verify_link_hello = lambda peer, token, body=b"": Claims()  # type: ignore[assignment,method-assign]
+        pair.client.start()
+        pair.pump()
+        self.assertFalse(pair.client.ready)
+        self.assertEqual(pair.metrics_b.value("link_hello_failures_total", "no_session"), 1)
+
+    def test_no_hello_before_deadline(self) -> None:
+        pair = Pair(self)
+        proto = pair.server.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        pair.clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        pair.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(pair.metrics_b.value("link_hello_failures_total", "timeout"), 1)
+
+    def test_data_before_hello_refused(self) -> None:
+        pair = Pair(self)
+        proto = pair.server.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        frame, tag = F.DataSealer(1, bytes(32)).seal([b"x"])
+        proto.dataReceived(frame + tag)
+        self.assertEqual(F.decode_hello_err(transport.value()), F.ERR_PROTOCOL)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(pair.received, [])
+
+    def test_oversized_frame_closes(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        pair.server_proto.dataReceived((F.MAX_FRAME + 1).to_bytes(4, "big"))
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "malformed_frame"), 1)
+        pair.pump()
+        self.assertFalse(pair.client.ready)
+
+    def test_forged_data_closes_and_replay_dropped(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        # capture a genuine frame as it goes over the wire, then replay it
+        client_transport = pair.pumps[0].clientIO
+        pair.client.send_batch([b"once"])
+        wire = b"".join(client_transport.stream)
+        pair.pump()
+        pair.server_proto.dataReceived(wire)
+        self.assertEqual(pair.packets(), [b"once"])
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "replay"), 1)
+        self.assertTrue(pair.client.ready)
+        forged = bytearray(wire)
+        forged[-1] ^= 1
+        forged[10:18] = (99).to_bytes(8, "big")
+        pair.server_proto.dataReceived(bytes(forged))
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "bad_tag"), 1)
+        self.assertEqual(pair.packets(), [b"once"])
+
+
+class QueueTests(SynchronousTestCase):
+    def test_overflow_drops_oldest(self) -> None:
+        pair = Pair(self, max_queue_packets=4)
+        pair.client.start()
+        pair.pump()
+        pair.client.pauseProducing()
+        pair.client.send_batch([b"1", b"2", b"3"])
+        pair.client.send_batch([b"4", b"5"])
+        pair.client.send_batch([b"6"])
+        self.assertEqual(pair.client.queued_packets, 4)
+        self.assertEqual(pair.metrics_a.drops(), {"queue_full": 2})
+        pair.client.resumeProducing()
+        pair.pump()
+        self.assertEqual(pair.packets(), [b"3", b"4", b"5", b"6"])
+        self.assertEqual(pair.client.queued_bytes, 0)
+
+    def test_overflow_by_bytes(self) -> None:
+        pair = Pair(self, max_queue_bytes=250)
+        pair.fail_connect = True
+        pair.client.start()
+        pair.client.send_batch([b"a" * 100, b"b" * 100])
+        pair.client.send_batch([b"c" * 100])
+        self.assertEqual(pair.metrics_a.drops(), {"queue_full": 1})
+        self.assertEqual(pair.client.queued_bytes, 200)
+
+    def test_backpressure_from_transport(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        transport = pair.pumps[0].clientIO
+        self.assertIs(transport.producer, pair.client)
+        transport.producer.pauseProducing()
+        pair.client.send_batch([b"held"])
+        self.assertEqual(pair.client.queued_packets, 1)
+        pair.pump()
+        self.assertEqual(pair.packets(), [])
+        transport.producer.resumeProducing()
+        pair.pump()
+        self.assertEqual(pair.packets(), [b"held"])
+
+    def test_expired_while_down(self) -> None:
+        pair = Pair(self, packet_expiration=0.1)
+        pair.fail_connect = True
+        pair.client.start()
+        pair.client.send_batch([b"x", b"y"])
+        pair.clock.advance(0.05)
+        pair.client.send_batch([b"z"])
+        pair.clock.advance(0.05)
+        self.assertEqual(pair.metrics_a.drops(), {"peer_down": 2})
+        pair.clock.advance(0.05)
+        self.assertEqual(pair.metrics_a.drops(), {"peer_down": 3})
+        self.assertEqual(pair.client.queued_packets, 0)
+
+    def test_stop_drops_queue_as_peer_removed(self) -> None:
+        pair = Pair(self)
+        pair.fail_connect = True
+        pair.client.start()
+        pair.client.send_batch([b"x", b"y"])
+        pair.client.stop()
+        self.assertEqual(pair.metrics_a.drops(), {"peer_removed": 2})
+        pair.client.send_batch([b"z"])
+        self.assertEqual(pair.metrics_a.drops(), {"peer_removed": 2, "peer_down": 1})
+        n = len(pair.connects)
+        pair.clock.advance(60)
+        self.assertEqual(len(pair.connects), n)
+
+
+class ReconnectTests(SynchronousTestCase):
+    def test_exponential_backoff_capped(self) -> None:
+        pair = Pair(self)
+        pair.fail_connect = True
+        pair.client.start()
+        while len(pair.connects) < 15:
+            pair.clock.advance(pair.clock.getDelayedCalls()[0].getTime() - pair.clock.seconds())
+        gaps = [round(b - a, 3) for a, b in zip(pair.connects, pair.connects[1:], strict=False)]
+        self.assertEqual(gaps[:9], [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6])
+        self.assertTrue(all(g == 30.0 for g in gaps[9:]), gaps)
+
+    def test_jitter_shortens_delay(self) -> None:
+        pair = Pair(self)
+        pair.client._rng = lambda: 0.0
+        pair.fail_connect = True
+        pair.client.start()
+        pair.clock.advance(0.05)
+        self.assertEqual(len(pair.connects), 2)
+
+    def test_reconnects_after_loss_and_resets_backoff(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        pair.pumps[0].clientIO.loseConnection()
+        pair.pump()
+        self.assertFalse(pair.client.ready)
+        self.assertEqual(pair.metrics_a.value("links_connected", "out"), 0)
+        pair.clock.advance(0.1)
+        pair.pump()
+        self.assertTrue(pair.client.ready)
+        self.assertEqual(pair.client.attempts, 0)
+        pair.client.send_batch([b"again"])
+        pair.pump()
+        self.assertEqual(pair.packets(), [b"again"])
+
+    def test_hello_timeout_on_client(self) -> None:
+        pair = Pair(self)
+        pair.client.start()  # never pumped: no HELLO_OK arrives
+        pair.clock.advance(5)
+        self.assertEqual(pair.metrics_a.value("link_hello_failures_total", "timeout"), 1)
+
+    def test_keepalive(self) -> None:
+        pair = Pair(self, keepalive=10.0)
+        pair.client.start()
+        pair.pump()
+        for _ in range(6):
+            pair.clock.advance(10)
+            pair.pump()
+        self.assertTrue(pair.client.ready)
+        # the server stops answering: the client gives up after 3 silent periods
+        pair.pumps[0].serverIO.write = lambda data: None  # type: ignore[method-assign]
+        for _ in range(3):
+            pair.clock.advance(10)
+            pair.pump()
+        self.assertEqual(pair.metrics_a.value("link_frames_dropped_total", "idle_timeout"), 1)
+        self.assertFalse(pair.client.ready)
+        pair.clock.advance(0.1)  # and reconnects
+        pair.pump()
+        self.assertTrue(pair.client.ready)
+        self.assertEqual(len(pair.pumps), 2)
+
+    def test_server_closes_silent_client(self) -> None:
+        pair = Pair(self, keepalive=10.0)
+        pair.client.start()
+        pair.pump()
+        pair.pumps[0].clientIO.write = lambda data: None  # type: ignore[method-assign]
+        for _ in range(3):
+            pair.clock.advance(10)
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "idle_timeout"), 1)
+
+
+class RotationTests(SynchronousTestCase):
+    def test_rotation_on_live_link_without_loss(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        pair.client.send_batch([b"k1"])
+        new = os.urandom(32)
+        pair.store_b.install_inbound(A, "kid2", new)  # responder installs first
+        pair.store_a.install_outbound(B, "kid2", new)
+        pair.client.send_batch([b"k2-a"])
+        pair.client.send_batch([b"k2-b"])
+        pair.pump()
+        self.assertEqual(pair.packets(), [b"k1", b"k2-a", b"k2-b"])
+        self.assertEqual(pair.client._key_id, 2)
+        self.assertEqual(len(pair.pumps), 1)  # no reconnect
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "unknown_key"), 0)
+
+    def test_rekey_before_receiver_has_session(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        new = os.urandom(32)
+        pair.store_a.install_outbound(B, "kid2", new)
+        pair.client.send_batch([b"lost"])
+        pair.pump()
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "unknown_key"), 1)
+        self.assertTrue(pair.client.ready)
+        pair.store_b.install_inbound(A, "kid2", new)
+        pair.client.send_batch([b"late"])
+        pair.pump()
+        self.assertEqual(pair.packets(), [b"late"])
+
+    def test_forged_rekey_closes(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        pair.store_b.install_inbound(A, "kid2", os.urandom(32))
+        pair.server_proto.dataReceived(F.encode_rekey(os.urandom(32), 2, "kid2"))
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "bad_tag"), 1)
+        pair.pump()
+        self.assertFalse(pair.client.ready)
+
+
+class Node:
+    def __init__(self, node_id: str, addr: str, clock: task.Clock, store: SessionStore) -> None:
+        self.tun = FakeTun(mtu=1500)
+        self.metrics = FakeMetrics()
+        self.reactor = MemoryReactorClock()
+        router = Router(
+            IPv4Interface(f"{addr}/10"),
+            None,
+            IPv4Network("100.64.0.0/10"),
+            None,
+            RouteTable(),
+            self.metrics,
+        )
+        self.plane = DataPlane(
+            node_id,
+            self.tun,
+            router,
+            store,
+            SessionAuthority(store),
+            self.connect,
+            self.reactor,
+            self.metrics,
+            clock=clock,
+        )
+        self.peers: dict[str, Node] = {}
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, url: str, proto: Any) -> defer.Deferred[Any]:
+        target = self.peers[url]
+        server = target.plane.server_factory.buildProtocol(None)
+        self.pumps.append(
+            iosim.connect(server, iosim.makeFakeServer(server), proto, iosim.makeFakeClient(proto), greet=False)
+        )
+        return defer.succeed(proto)
+
+
+class DataPlaneTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(NOW)
+        sa = SessionStore(A, self.clock, monotonic=self.clock.seconds)
+        sb = SessionStore(B, self.clock, monotonic=self.clock.seconds)
+        for src, dst, s_src, s_dst in ((A, B, sa, sb), (B, A, sb, sa)):
+            secret = os.urandom(32)
+            s_src.install_outbound(dst, "k" + src[-1], secret)
+            s_dst.install_inbound(src, "k" + src[-1], secret)
+        self.a = Node(A, "100.64.0.1", self.clock, sa)
+        self.b = Node(B, "100.64.0.2", self.clock, sb)
+        self.a.peers["https://b/"] = self.b
+        self.b.peers["https://a/"] = self.a
+        for n in (self.a, self.b):
+            n.plane.startService()
+            self.addCleanup(n.tun.close)
+        self.assertIn(self.a.plane._reader, self.a.reactor.readers)
+        self.a.plane.peer_up(B, "https://b/", ["100.64.0.2/32"])
+        self.b.plane.peer_up(A, "https://a/", ["100.64.0.1/32"])
+        self.pump()
+
+    def pump(self) -> None:
+        for _ in range(3):
+            for n in (self.a, self.b):
+                for p in n.pumps:
+                    p.flush()
+
+    def test_end_to_end(self) -> None:
+        pkts = [ipv4("100.64.0.1", "100.64.0.2", bytes([i]) * 200) for i in range(20)]
+        for p in pkts:
+            self.a.tun.inject(p)
+        self.a.plane._reader.doRead()
+        self.pump()
+        self.assertEqual(self.b.tun.take_written(), pkts)
+        self.assertEqual(self.a.metrics.value("tun_rx_packets_total"), 20)
+        self.assertEqual(self.b.metrics.value("tun_tx_packets_total"), 20)
+        self.assertEqual(self.b.metrics.value("tun_tx_bytes_total"), sum(map(len, pkts)))
+        # and back
+        reply = ipv4("100.64.0.2", "100.64.0.1")
+        self.b.tun.inject(reply)
+        self.b.plane._reader.doRead()
+        self.pump()
+        self.assertEqual(self.a.tun.take_written(), [reply])
+
+    def test_read_batch_bounded_per_wakeup(self) -> None:
+        for i in range(100):
+            self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2", bytes([i])))
+        self.a.plane._reader.doRead()
+        self.assertEqual(self.a.metrics.value("tun_rx_packets_total"), 64)
+
+    def test_spoofed_source_from_peer_dropped(self) -> None:
+        self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2"))
+        self.a.plane.router.routes.set_peer(B, ["100.64.0.2/32"])
+        # B's view: A may only send from 100.64.0.1; make A's router let a spoof through
+        self.a.plane.router._local.set_peer("", ["100.64.0.1/32", "100.64.0.99/32"])
+        self.a.tun.inject(ipv4("100.64.0.99", "100.64.0.2"))
+        self.a.plane._reader.doRead()
+        self.pump()
+        self.assertEqual(len(self.b.tun.take_written()), 1)
+        self.assertEqual(self.b.metrics.drops(), {"source_not_peer": 1})
+
+    def test_tun_write_error_counted(self) -> None:
+        self.b.tun.close()
+        self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2"))
+        self.a.plane._reader.doRead()
+        self.pump()
+        self.assertEqual(self.b.metrics.drops(), {"tun_write_error": 1})
+
+    def test_unknown_peer_link_refused(self) -> None:
+        self.b.plane.peer_down(A)
+        self.pump()
+        # A's link to B was closed by B and A's reconnect is refused while B does not know A
+        self.clock.advance(0.1)
+        self.pump()
+        self.assertFalse(self.a.plane.links[B].ready)
+        self.assertGreaterEqual(self.b.metrics.value("link_hello_failures_total", "unknown_peer"), 1)
+
+    def test_peer_down_drops_queue(self) -> None:
+        link = self.a.plane.links[B]
+        link.pauseProducing()
+        self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2"))
+        self.a.plane._reader.doRead()
+        self.assertEqual(link.queued_packets, 1)
+        self.a.plane.peer_down(B)
+        self.assertEqual(self.a.metrics.drops(), {"peer_removed": 1})
+        self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2"))
+        self.a.plane._reader.doRead()
+        self.assertEqual(self.a.metrics.drops(), {"peer_removed": 1, "no_route": 1})
+
+    def test_peer_url_change_reconnects(self) -> None:
+        old = self.a.plane.links[B]
+        self.a.peers["https://b2/"] = self.b
+        self.a.plane.peer_up(B, "https://b2/", ["100.64.0.2/32"])
+        self.assertIsNot(self.a.plane.links[B], old)
+        self.pump()
+        self.assertTrue(self.a.plane.links[B].ready)
+
+    def test_stop_service(self) -> None:
+        self.a.plane.stopService()
+        self.assertNotIn(self.a.plane._reader, self.a.reactor.readers)
+        self.pump()
+        self.assertFalse(self.a.plane.links[B].ready)
+
+    def test_tun_closed_stops_reading(self) -> None:
+        self.a.tun.close()
+        self.a.plane._reader.doRead()
+        self.assertNotIn(self.a.plane._reader, self.a.reactor.readers)

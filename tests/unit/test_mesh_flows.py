@@ -1,0 +1,343 @@
+"""Mesh flows between 2-5 in-memory nodes: join, gossip, restart, grooming, sessions, fallback, LB."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from tunmesh.auth.errors import AuthError
+from tunmesh.mesh.settings import BootstrapGroupSpec
+
+from .test_mesh_support import FakeNetwork, Node, advance, node_id
+
+N1 = "https://n1.test:4567"
+START = 1_700_000_000.0
+
+
+class MeshTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.net = FakeNetwork()
+        self.nodes: list[Node] = []
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def node(self, n: int, bootstrap: tuple[str, ...] = (N1,), **kw: object) -> Node:
+        node = Node(self.net, self.clock, n, bootstrap, **kw)  # type: ignore[arg-type]
+        self.nodes.append(node)
+        self.addCleanup(node.stop)
+        return node
+
+    def mesh(self, count: int) -> list[Node]:
+        nodes = [self.node(1, ())] + [self.node(i) for i in range(2, count + 1)]
+        for n in nodes:
+            n.start()
+        advance(self.clock, 12)
+        return nodes
+
+    def assertFullMesh(self, nodes: list[Node]) -> None:
+        ids = {n.id for n in nodes}
+        for n in nodes:
+            self.assertEqual(n.peer_ids(), ids - {n.id}, f"pool of {n.id}")
+            for other in nodes:
+                if other is not n:
+                    self.assertIsNotNone(n.sessions.outbound(other.id), f"{n.id} -> {other.id}")
+                    self.assertEqual(
+                        n.observer.routes[other.id], (ipaddress.ip_network(other.address.split("/")[0] + "/32"),)
+                    )
+
+    def logged(self, fragment: str) -> list[dict]:
+        return [e for e in self.events if fragment in str(e.get("log_format", ""))]
+
+
+class JoinTests(MeshTestCase):
+    def test_join_via_one_node_propagates_to_all(self) -> None:
+        nodes = self.mesh(5)
+        self.assertFullMesh(nodes)
+        for n in nodes:
+            self.assertTrue(n.membership.ready())
+            self.assertEqual(n.health.readiness(), {"mesh": True})
+            self.assertEqual(n.health.liveness(), {"mesh_groom": True})
+        # n2..n5 only ever named n1: the rest came from gossip hints followed by authenticated bootstraps
+        self.assertGreaterEqual(nodes[4].counter("tunmesh_mesh_bootstrap_attempts_total", result="ok"), 3)
+        self.assertEqual(nodes[0].counter("tunmesh_mesh_peers"), 4)
+        self.assertEqual(nodes[0].counter("tunmesh_auth_failures_total"), 0)
+
+    def test_renewals_keep_peers_alive_for_long(self) -> None:
+        nodes = self.mesh(3)
+        advance(self.clock, 300)
+        self.assertFullMesh(nodes)
+        for n in nodes:
+            self.assertGreater(n.counter("tunmesh_mesh_registrations_total", direction="out", result="ok"), 20)
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)
+            self.assertEqual(n.counter("tunmesh_mesh_registrations_total", direction="out", result="fallback"), 0)
+
+    def test_not_ready_until_joined_and_ready_without_bootstrap(self) -> None:
+        alone = self.node(1, ())
+        self.assertTrue(alone.membership.ready())
+        joiner = self.node(2, ("https://n9.test:4567",))
+        joiner.start()
+        advance(self.clock, 20)
+        self.assertFalse(joiner.membership.ready())
+        self.assertEqual(joiner.health.readiness(), {"mesh": False})
+        self.assertGreater(joiner.counter("tunmesh_mesh_bootstrap_attempts_total", result="transport"), 0)
+
+    def test_bootstrap_to_own_url_is_skipped(self) -> None:
+        n1 = self.node(1, (N1,))
+        n1.start()
+        advance(self.clock, 20)
+        self.assertEqual(n1.counter("tunmesh_mesh_bootstrap_attempts_total"), 0)
+        self.assertEqual(self.net.log, [])
+
+
+class RestartTests(MeshTestCase):
+    def test_restart_with_new_id_replaces_old_entry_at_once(self) -> None:
+        nodes = self.mesh(3)
+        old = nodes[2]
+        old.stop()
+        self.nodes.remove(old)
+        new = self.node(3, (N1,), ident=node_id(33))
+        self.assertEqual(new.url, old.url)
+        new.start()
+        self.clock.advance(0)
+        self.clock.advance(0)
+        n1 = nodes[0]
+        # n1 dropped the old id the moment the new one registered: routes, sessions, observers
+        self.assertNotIn(old.id, n1.peer_ids())
+        self.assertIn(new.id, n1.peer_ids())
+        self.assertIn(("down", old.id), n1.observer.events)
+        self.assertNotIn(old.id, n1.sessions.peers())
+        self.assertEqual(n1.pool.holder(ipaddress.ip_network("100.64.1.3/32")), new.id)
+        self.assertEqual(n1.counter("tunmesh_mesh_peers_removed_total", reason="replaced"), 1)
+        # well before any stale threshold (30 s) every node has only the new id
+        advance(self.clock, 12)
+        self.assertFullMesh([nodes[0], nodes[1], new])
+        for n in nodes[:2]:
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total", reason="stale"), 0)
+
+    def test_old_url_answering_with_new_id_removes_holder(self) -> None:
+        """The new process is reached at another URL, but the old holder's URL now answers as it."""
+        nodes = self.mesh(2)
+        n1, old = nodes
+        old.stop()
+        new = self.node(2, (N1,), ident=node_id(22), url="https://n2-new.test:4567")
+        self.net.add(old.url, new.resource)  # the old URL now reaches the new process
+        new.start()
+        advance(self.clock, 3)
+        self.assertNotIn(old.id, n1.peer_ids())
+        self.assertIn(new.id, n1.peer_ids())
+        self.assertEqual(n1.pool.get(new.id).url, "https://n2-new.test:4567")
+        self.assertGreaterEqual(
+            n1.counter("tunmesh_mesh_peers_removed_total", reason="restarted")
+            + n1.counter("tunmesh_mesh_peers_removed_total", reason="replaced"),
+            1,
+        )
+        self.assertEqual(n1.counter("tunmesh_mesh_registrations_total", direction="in", result="address_conflict"), 1)
+
+
+class GroomTests(MeshTestCase):
+    def test_stale_peer_groomed_with_all_its_state(self) -> None:
+        nodes = self.mesh(3)
+        dead = nodes[2]
+        dead.stop()
+        self.net.down.add("n3.test:4567")
+        advance(self.clock, 25)
+        self.assertIn(dead.id, nodes[0].peer_ids())
+        advance(self.clock, 15)
+        for n in nodes[:2]:
+            self.assertNotIn(dead.id, n.peer_ids())
+            self.assertIn(("down", dead.id), n.observer.events)
+            self.assertNotIn(dead.id, n.observer.routes)
+            self.assertNotIn(dead.id, n.sessions.peers())
+            self.assertIsNone(n.pool.holder(ipaddress.ip_network("100.64.1.3/32")))
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total", reason="stale"), 1)
+        self.assertFullMesh(nodes[:2])
+        self.assertEqual(len(self.logged("removing stale peer")), 2)
+
+    def test_gossip_of_departed_node_is_backed_off_not_hammered(self) -> None:
+        nodes = self.mesh(3)
+        self.net.down.add("n3.test:4567")
+        nodes[2].stop()
+        advance(self.clock, 200)
+        for n in nodes[:2]:
+            self.assertNotIn(nodes[2].id, n.peer_ids())
+            # gossip hints for n3 die out once both survivors groomed it; backoff spaces the tries
+            self.assertLess(n.counter("tunmesh_mesh_bootstrap_attempts_total", result="transport"), 8)
+        self.assertFullMesh(nodes[:2])
+
+    def test_one_slow_peer_does_not_block_the_loop(self) -> None:
+        nodes = self.mesh(3)
+        self.net.hang.add("n3.test:4567")
+        advance(self.clock, 30)
+        # renewals with n2 kept going while n3 hung; each hung request was cut at the request timeout
+        self.assertIn(nodes[1].id, nodes[0].peer_ids())
+        self.assertTrue(nodes[0].service.alive())
+        self.assertTrue(self.net.hanging)
+        # hung requests were cancelled at the 2 s request timeout; at most the latest tick's are open
+        self.assertLessEqual(len([d for d in self.net.hanging if not d.called]), 2)
+        self.assertTrue(self.logged("re-registration with {peer_id} failed"))
+        self.assertGreater(nodes[0].counter("tunmesh_mesh_registrations_total", direction="out", result="ok"), 2)
+
+    def test_stop_cancels_in_flight(self) -> None:
+        self.net.add(N1, object())
+        self.net.hang.add("n1.test:4567")
+        n2 = self.node(2)
+        n2.start()
+        self.clock.advance(0)
+        self.assertEqual(n2.client.in_flight, 1)
+        n2.stop()
+        self.assertEqual(n2.client.in_flight, 0)
+        self.assertFalse(n2.service.alive())
+
+    def test_max_concurrent_bootstraps(self) -> None:
+        urls = tuple(f"https://h{i}.test:4567" for i in range(6))
+        for u in urls:
+            self.net.add(u, object())
+            self.net.hang.add(u.split("//")[1])
+        n1 = self.node(1, urls, max_concurrent_bootstraps=2)
+        n1.start()
+        self.clock.advance(0)
+        self.assertEqual(n1.client.in_flight, 2)
+        self.assertEqual(len(self.net.hanging), 2)
+
+
+class SessionTests(MeshTestCase):
+    def test_rotation_under_continuous_requests_loses_none(self) -> None:
+        n1 = self.node(1, (), session_max_age=300.0)
+        n2 = self.node(2, (N1,), session_max_age=300.0)
+        n1.start()
+        n2.start()
+        advance(self.clock, 5)
+        path = "/tunmesh/control/v0/packet/rx/" + n1.id
+        in_flight: list[tuple[object, bytes]] = []
+        accepted = 0
+        kids = set()
+        for second in range(1500):
+            # a request signed now, verified one second later (in flight across a rotation)
+            body = b"packet %d" % second
+            signed = n1.membership.session_auth.sign_request(n2.id, "POST", path, body)
+            kids.add(signed.kid)
+            in_flight.append((signed, body))
+            if len(in_flight) > 1:
+                old, old_body = in_flight.pop(0)
+                pending = n2.membership.session_auth.verify_request_head(n1.id, old.header_value, "POST", path)
+                pending.verify_body(old_body)
+                accepted += 1
+            self.clock.advance(1)
+        self.assertEqual(accepted, 1499)
+        self.assertGreaterEqual(len(kids), 5)  # initial + at least 4 rotations in 1500 s at 270-300 s
+        self.assertGreaterEqual(n1.counter("tunmesh_mesh_session_setups_total", kind="rotate", result="ok"), 4)
+        self.assertEqual(n2.counter("tunmesh_auth_failures_total"), 0)
+        self.assertEqual(n1.counter("tunmesh_auth_failures_total"), 0)
+        self.assertFullMesh([n1, n2])
+
+    def test_init_session_rate_limited(self) -> None:
+        n1, n2 = self.mesh(2)
+        before = n1.counter("tunmesh_mesh_inbound_sessions_total", kind="init", result="rate_limited")
+        advance(self.clock, 11)
+        for attempt in range(2):
+            n2.sessions.invalidate_outbound(n1.id, n2.sessions.outbound(n1.id).kid)
+            n2.membership.peer_backoff.success(("session", n1.id))
+            d = n2.membership.ensure_session(n1.id)
+            if attempt == 0:
+                self.successResultOf(d)
+        failure = self.failureResultOf(d)
+        self.assertEqual(failure.value.status, 429)
+        self.assertGreaterEqual(failure.value.retry_after, 1)
+        self.assertEqual(
+            n1.counter("tunmesh_mesh_inbound_sessions_total", kind="init", result="rate_limited"), before + 1
+        )
+        # the inbound key n1 holds for n2 was not replaced by the refused init
+        self.assertIsNone(n2.sessions.outbound(n1.id))
+        advance(self.clock, 25)
+        self.assertIsNotNone(n2.sessions.outbound(n1.id))
+
+    def test_fallback_to_cluster_auth_when_peer_forgot_us(self) -> None:
+        n1, n2 = self.mesh(2)
+        # n1 forgets n2 entirely (as after a partition longer than the stale threshold on n1 only)
+        n1.membership.remove_peer(n2.id, "test")
+        self.assertNotIn(n2.id, n1.peer_ids())
+        advance(self.clock, 12)
+        self.assertIn(n2.id, n1.peer_ids())
+        self.assertGreaterEqual(
+            n2.counter("tunmesh_mesh_registrations_total", direction="out", result="fallback"), 1
+        )
+        self.assertGreaterEqual(n1.counter("tunmesh_auth_failures_total", reason="unknown_peer"), 1)
+        warns = self.logged("does not know us")
+        self.assertTrue(warns)
+        self.assertEqual(warns[0]["log_level"].name, "warn")
+        self.assertFullMesh([n1, n2])
+
+    def test_sessions_forgotten_peer_token_refused(self) -> None:
+        n1, n2 = self.mesh(2)
+        n1.membership.remove_peer(n2.id, "test")
+        signed = n2.membership.session_auth.sign_request(n1.id, "POST", "/x", b"")
+        exc = self.assertRaises(
+            AuthError, n1.membership.session_auth.verify_request_head, n2.id, signed.header_value, "POST", "/x"
+        )
+        self.assertEqual(exc.reason, "unknown_peer")
+
+
+class LoadBalancerTests(MeshTestCase):
+    def test_bootstrap_through_alternating_balancer_converges(self) -> None:
+        lb = "https://lb.test:443"
+        n1 = self.node(1, (lb,))
+        n2 = self.node(2, (lb,))
+        self.net.add_balancer(lb, [n1.url, n2.url])
+        n3 = self.node(3, (lb,))
+        n4 = self.node(4, (lb,))
+        for n in (n1, n2, n3, n4):
+            n.start()
+        advance(self.clock, 40)
+        nodes = [n1, n2, n3, n4]
+        self.assertFullMesh(nodes)
+        for n in nodes:
+            # only the signed listen_url is ever used, never the balancer's
+            self.assertNotIn(lb, {p.url for p in n.pool})
+        self.assertGreaterEqual(
+            sum(n.counter("tunmesh_mesh_bootstrap_attempts_total", result="self") for n in (n1, n2)), 1
+        )
+
+
+class ReloadTests(MeshTestCase):
+    def test_reload_before_bootstrap_pass(self) -> None:
+        calls = []
+
+        def reload() -> list[BootstrapGroupSpec]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("config unreadable")
+            return [BootstrapGroupSpec("default", (N1,))]
+
+        n1 = self.node(1, ())
+        n2 = self.node(2, ("https://n9.test:4567",), reload=reload, reload_config_on_bootstrap=True)
+        n1.start()
+        n2.start()
+        self.assertEqual(n2.membership.groups[0].spec.urls, ("https://n9.test:4567",))
+        self.assertTrue(self.logged("config reload before bootstrap failed"))
+        advance(self.clock, 6)
+        self.assertEqual(n2.membership.groups[0].spec.urls, (N1,))
+        self.assertIn(n1.id, n2.peer_ids())
+        calls_after_join = len(calls)
+        advance(self.clock, 30)
+        self.assertEqual(len(calls), calls_after_join)  # bootstrapped groups are not reloaded
+
+    def test_group_retries_exhausted(self) -> None:
+        n2 = self.node(2, ())
+        n2.membership.groups = [
+            type(n2.membership.groups[0])(BootstrapGroupSpec("g", ("https://n9.test:4567",), retries=1))
+            if n2.membership.groups
+            else __import__("tunmesh.mesh.membership", fromlist=["GroupState"]).GroupState(
+                BootstrapGroupSpec("g", ("https://n9.test:4567",), retries=1)
+            )
+        ]
+        n2.start()
+        advance(self.clock, 200)
+        group = n2.membership.groups[0]
+        self.assertEqual(group.attempts, 2)
+        self.assertTrue(n2.membership.group_bootstrapped(group))

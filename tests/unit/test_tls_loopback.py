@@ -1,0 +1,85 @@
+"""One real-socket suite on 127.0.0.1: the full server factory with treq/Agent and a link client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq
+from klein import Klein
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from tests.unit.test_tls_contexts import self_signed, temp_dir
+from tunmesh.api.server import RouteLimits, make_server_factory, make_site
+from tunmesh.tls.certs import certificate_sha256
+from tunmesh.tls.contexts import MeshTLSPolicy, client_context, peer_certificate_sha256, server_context
+
+
+class _App:
+    app = Klein()
+
+    @app.route("/hello", methods=["GET"])
+    def hello(self, request: Any) -> bytes:
+        return b"hi"
+
+
+class _LinkEcho(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"link:" + data)
+
+
+class _LinkClient(Protocol):
+    def __init__(self) -> None:
+        self.answer: Deferred[bytes] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self.peer_hash: bytes | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"frame")
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.answer.called:
+            self.peer_hash = peer_certificate_sha256(self.transport)
+            self.answer.callback(data)
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+class LoopbackTests(TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        directory = temp_dir(self)
+        self.cert, self.key = self_signed(directory, "node", hostnames=("tunmesh.local",), ips=("127.0.0.1",))
+        site = make_site(_App().app.resource(), RouteLimits(), reactor)
+        factory = make_server_factory(site, server_context(self.cert, self.key),
+                                      {b"tunmesh-link/1": Factory.forProtocol(_LinkEcho)}, reactor)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+
+    @inlineCallbacks
+    def test_treq_get_with_mesh_policy(self) -> Any:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        agent = Agent(reactor, contextFactory=MeshTLSPolicy(self.cert, verify_hostname=True), pool=pool)
+        response = yield treq.get(self.url + "/hello", agent=agent)
+        body = yield response.content()
+        self.assertEqual((response.code, body), (200, b"hi"))
+
+    @inlineCallbacks
+    def test_link_alpn_over_real_socket(self) -> Any:
+        creator = client_context(self.cert, "127.0.0.1", True, alpn=(b"tunmesh-link/1",))
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port, creator)
+        client = _LinkClient()
+        yield connectProtocol(endpoint, client)
+        answer = yield client.answer
+        self.assertEqual(answer, b"link:frame")
+        self.assertEqual(client.peer_hash, certificate_sha256(self.cert))
+        yield client.lost

@@ -1,0 +1,202 @@
+"""One tunmesh node as a ``MultiService``: the table of contents of the program.
+
+Order matters. twistd calls ``privilegedStartService`` on every child, in order, while the process is
+still root, then ``startService``:
+
+1. ``tun``        the TUN device (opened and addressed in ``makeService``, as root, before anything else),
+2. ``api``        the one TLS port: HTTP API (health, ready, metrics, node_info, /tunmesh/) and, selected
+                  by ALPN on the same port, the packet links; bound in ``privilegedStartService``,
+3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
+4. ``dataplane``  TUN <-> router <-> peer links,
+5. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from twisted.application import internet
+from twisted.application.service import IServiceCollection, MultiService
+from twisted.logger import Logger
+
+from tunmesh import __version__
+from tunmesh.api.app import ControlAPI
+from tunmesh.api.server import RouteLimits, make_server_factory, make_site
+from tunmesh.config import ConfigError, load_config, resolve_config_path
+from tunmesh.config.tree import TunMeshConfig
+from tunmesh.health import HealthRegistry
+from tunmesh.metrics import Metrics
+from tunmesh.node import NodeIdentity
+from tunmesh.privileges import PrivilegeDropService
+from tunmesh.tls.contexts import TLSConfigError, server_context
+
+LINK_ALPN = b"tunmesh-link/1"
+
+log = Logger(namespace="tunmesh.service")
+
+
+class StartupError(Exception):
+    """The node cannot start; ``str()`` is one line naming the config key involved."""
+
+
+def load_or_exit(path_option: str | None) -> TunMeshConfig:
+    """Load and lint the config for twistd; print one line per problem and exit 1 on failure."""
+    path = resolve_config_path(path_option, os.environ)
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for problem in e.errors:
+            print(f"tunmesh: config error: {problem}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"tunmesh: startup error: {message}", file=sys.stderr)
+    return SystemExit(1)
+
+
+def makeService(cfg: TunMeshConfig, reactor: Any = None, open_tun: Any = None) -> MultiService:  # noqa: N802
+    """Build the node. ``open_tun(networking)`` defaults to the real TUN device (needs root)."""
+    try:
+        return _make_service(cfg, reactor, open_tun)
+    except (StartupError, TLSConfigError) as e:
+        raise _fail(str(e)) from None
+
+
+def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+
+    from tunmesh.dataplane.plane import build_dataplane
+    from tunmesh.mesh.client import MeshClient
+    from tunmesh.mesh.service import build_mesh
+    from tunmesh.tun.service import TunService
+
+    identity = NodeIdentity.generate(cfg.clustering.control_api_advertise_url)
+    monitoring = cfg.monitoring
+    metrics = Metrics(
+        identity.node_id,
+        dict(monitoring.prometheus.base_labels) if monitoring.prometheus is not None else {},
+        enabled=monitoring.method == "prometheus",
+    )
+    metrics.gauge("build_info", "tunmesh version running.", ["version"]).labels(version=__version__).set(1)
+    health = HealthRegistry()
+    top = MultiService()
+
+    # 1. TUN, opened now: we are root, and the data plane needs to know whether offload is active.
+    tun_service = TunService(cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
+    try:
+        tun_service.privilegedStartService()
+    except OSError as e:
+        raise StartupError(f"tun_mesh/networking/tun_device_id: cannot open the TUN device: {e}") from None
+    tun_service.setServiceParent(top)
+    device = tun_service.device
+
+    # 2. TLS material, read as root (the key may be readable by root only).
+    ssl_cfg = cfg.control_api.ssl
+    trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
+    server_tls = server_context(ssl_cfg.cert_file_path, ssl_cfg.key_file_path, alpn=(LINK_ALPN, b"http/1.1"))
+    http_client = MeshClient(
+        make_http_client(reactor, trust_path, ssl_cfg.verify_hostname),
+        reactor,
+        timeout=float(cfg.process.timing.request_timeout),
+    )
+
+    # 3. Membership and sessions.
+    membership, mesh_api, mesh_service = build_mesh(
+        cfg,
+        identity.node_id,
+        reactor,
+        metrics,
+        http_client,
+        reload=_reloader(cfg),
+        monotonic=time.monotonic,
+    )
+    mesh_service.register_health(health)
+
+    # 4. Data plane, fed by membership's authenticated peers.
+    dataplane = build_dataplane(
+        cfg, identity.node_id, device, membership.sessions, reactor, metrics, trust_path=trust_path
+    )
+    membership.add_observer(dataplane)
+
+    # 5. The one port.
+    api = ControlAPI(identity, health, metrics, monitoring.method == "prometheus")
+    mesh_api.mount_on(api)
+    limits = RouteLimits()
+    mesh_api.register_limits(limits)
+    api_limits = cfg.control_api.limits
+    site = make_site(
+        api.resource(),
+        limits,
+        reactor,
+        header_timeout=float(api_limits.header_timeout),
+        body_timeout=float(api_limits.body_timeout),
+        metrics=metrics,
+    )
+    factory = make_server_factory(
+        site,
+        server_tls,
+        {LINK_ALPN: dataplane.server_factory},
+        reactor,
+        max_per_peer=int(api_limits.max_connections_per_peer),
+        max_total=int(api_limits.max_connections),
+        metrics=metrics,
+    )
+    port = internet.TCPServer(
+        cfg.control_api.listen_port, factory, interface=cfg.control_api.listen_address, reactor=reactor
+    )
+    port.setName("api")
+    port.setServiceParent(top)
+    health.add_liveness("api", lambda: port.running)
+
+    mesh_service.setServiceParent(top)
+    dataplane.setServiceParent(top)
+
+    # 6. Drop root last.
+    PrivilegeDropService(cfg.process.uid, cfg.process.gid).setServiceParent(top)
+
+    log.info(
+        "tunmesh {version} node {node_id} advertising {url}",
+        version=__version__,
+        node_id=identity.node_id,
+        url=identity.advertise_url,
+    )
+    return top
+
+
+def make_http_client(reactor: Any, trust_path: Any, verify_hostname: bool) -> Any:
+    """treq over a persistent pool whose TLS trusts only the mesh anchors (never the system store)."""
+    import treq.client
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from tunmesh.tls.contexts import MeshTLSPolicy
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 4
+    pool.cachedConnectionTimeout = 30
+    agent = Agent(reactor, contextFactory=MeshTLSPolicy(trust_path, verify_hostname), pool=pool)
+    return treq.client.HTTPClient(agent)
+
+
+def _reloader(cfg: TunMeshConfig) -> Any:
+    """``reload_config_on_bootstrap``: re-read the file before bootstrap passes (templated URL lists)."""
+    if not cfg.clustering.reload_config_on_bootstrap or cfg.source is None:
+        return None
+    from tunmesh.mesh.settings import MeshSettings
+
+    source = cfg.source
+
+    def reload() -> Any:
+        fresh = load_config(source)
+        return MeshSettings.from_config(fresh).bootstrap_groups
+
+    return reload
+
+
+__all__ = ["makeService", "load_or_exit", "StartupError", "IServiceCollection"]
