@@ -36,6 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "tmt-"
 UNDERLAY_NET = "198.18.0"
 CLONE_NEWNET = 0x40000000
+# ``python -m twisted.scripts.twistd`` exits 0 doing nothing (the module has no __main__ guard); this is what
+# the ``twistd`` console script runs, with this interpreter (the venv).
+TWISTD = (sys.executable, "-c", "from twisted.scripts.twistd import run; run()")
 _NAME_PID = re.compile(r"^tmt-[a-z]*(\d+)")
 _seq = itertools.count(1)
 _live: set[Underlay] = set()
@@ -240,13 +243,16 @@ class Namespace:
         if not 0 <= percent <= 100:
             raise ValueError("percent must be 0..100")
         key = "oifname" if hook in ("output", "postrouting") else "iifname"
+        self.clear_loss()
+        if percent == 0:
+            return
+        match = "" if percent == 100 else f"numgen random mod 100 < {percent} "  # nft: the value must be < 100
         script = (
             "table inet tmt_loss {\n"
             f"  chain c {{ type filter hook {hook} priority 0; policy accept;\n"
-            f'    {key} "{iface}" numgen random mod 100 < {percent} drop\n'
+            f'    {key} "{iface}" {match}drop\n'
             "  }\n}\n"
         )
-        self.clear_loss()
         self.run(["nft", "-f", "-"], input=script)
 
     def clear_loss(self) -> None:
@@ -421,14 +427,13 @@ class NodeProcess:
 
 def start_node(ns: Namespace, config: Path, base_url: str, log_path: Path | None = None,
                env: dict[str, str] | None = None) -> NodeProcess:
-    """Start ``python -m twisted.scripts.twistd -n --pidfile= --logfile=LOG tunmesh --config FILE`` in ``ns``
+    """Start ``twistd -n --pidfile= --logfile=LOG tunmesh --config FILE`` (see ``TWISTD``) in ``ns``
     with this interpreter (the venv), the repository first on ``PYTHONPATH`` so the plugin is found."""
     log_path = log_path or config.with_suffix(".log")
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH")]))
     full_env.update(env or {})
-    argv = [sys.executable, "-m", "twisted.scripts.twistd", "-n", "--pidfile=", f"--logfile={log_path}",
-            "tunmesh", "--config", str(config)]
+    argv = [*TWISTD, "-n", "--pidfile=", f"--logfile={log_path}", "tunmesh", "--config", str(config)]
     out = open(log_path.with_suffix(".stdout"), "wb")
     try:
         proc = ns.popen(argv, cwd=str(REPO_ROOT), env=full_env, stdout=out, stderr=subprocess.STDOUT)

@@ -72,7 +72,6 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiServi
 
         reactor = default_reactor
 
-    from tunmesh.dataplane.plane import build_dataplane
     from tunmesh.mesh.client import MeshClient
     from tunmesh.mesh.service import build_mesh
     from tunmesh.tun.service import TunService
@@ -120,9 +119,7 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiServi
     mesh_service.register_health(health)
 
     # 4. Data plane, fed by membership's authenticated peers.
-    dataplane = build_dataplane(
-        cfg, identity.node_id, device, membership.sessions, reactor, metrics, trust_path=trust_path
-    )
+    dataplane = build_dataplane(cfg, identity.node_id, device, membership, reactor, metrics, trust_path)
     membership.add_observer(dataplane)
 
     # 5. The one port.
@@ -168,6 +165,50 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiServi
         url=identity.advertise_url,
     )
     return top
+
+
+def build_dataplane(
+    cfg: TunMeshConfig, node_id: str, device: Any, membership: Any, reactor: Any, metrics: Any, trust_path: Any
+) -> Any:
+    """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
+    from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
+    from tunmesh.logutil import RateLimitedLog
+    from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, client_context
+
+    net = cfg.networking
+    ipv6 = net.ipv6
+    offload = bool(getattr(device, "offload_active", False))
+    router = Router(
+        net.ipv4.node_address_cidr,
+        ipv6.node_address_cidr if ipv6 is not None else None,
+        net.ipv4.network_cidr,
+        ipv6.network_cidr if ipv6 is not None else None,
+        RouteTable(),
+        metrics,
+        enable_broadcast=net.ipv4.enable_broadcast,
+        mtu=net.mtu,
+        rate_limited_log=RateLimitedLog(Logger(namespace="tunmesh.dataplane"), reactor),
+        vnet_hdr=offload,
+    )
+    ssl_cfg = cfg.control_api.ssl
+    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
+
+    def context_for(hostname: str) -> Any:
+        return client_context(trust_path, hostname, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
+
+    timing = cfg.process.timing
+    return DataPlane(
+        node_id,
+        device,
+        router,
+        membership.sessions,
+        membership.session_auth,
+        TLSLinkConnector(reactor, context_for, timeout=max(1.0, float(timing.request_timeout) * 5)),
+        reactor,
+        metrics,
+        packet_expiration=float(timing.network.mesh.packet_expiration),
+        max_read_batch=int(cfg.control_api.max_batch_size),
+    )
 
 
 def make_http_client(reactor: Any, trust_path: Any, verify_hostname: bool) -> Any:

@@ -137,7 +137,7 @@ done
 
 say "starting 3 nodes with twistd (logs in $work/nodeN/node.log)"
 for i in "${nodes[@]}"; do
-    (cd "$work/node$i" && ip netns exec "tmd-n$i" "$venv/bin/python" -m twisted.scripts.twistd \
+    (cd "$work/node$i" && ip netns exec "tmd-n$i" "$venv/bin/twistd" \
         --pidfile "$work/node$i/twistd.pid" --logfile "$work/node$i/node.log" \
         tunmesh --config "$work/node$i/config.yaml")
 done

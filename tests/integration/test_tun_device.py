@@ -243,3 +243,52 @@ class TunPairTests(SynchronousTestCase):
             self.transfer("100.64.0.2", blocks=2)
         self.assertEqual(dict(db.stats.write_errors), {})
         self.assertGreater(da.stats.packets_read, 2 * 2**20 // MTU)
+
+
+@requires_root_netns
+class HarnessTests(SynchronousTestCase):
+    """The namespace harness itself: reachability, loss injection, cleanup."""
+
+    def test_underlay_ping_loss_and_cleanup(self) -> None:
+        from tests.netns import list_namespaces
+
+        with Underlay(nodes=2) as u:
+            names = {ns.name for ns in (*u.nodes, u.hub)}
+            self.assertTrue(names <= set(list_namespaces()))
+            u.wait_reachable()
+            a, b = u.nodes
+            self.assertEqual(b.run(["ping", "-c", "3", "-i", "0.01", a.address or ""]).returncode, 0)
+            a.inject_loss(100)
+            r = b.run(["ping", "-c", "3", "-i", "0.01", "-W", "1", a.address or ""], check=False)
+            self.assertIn("100% packet loss", r.stdout)
+            a.clear_loss()
+            self.assertEqual(b.run(["ping", "-c", "1", "-W", "2", a.address or ""]).returncode, 0)
+            sleeper = a.popen(["sleep", "60"])
+        self.assertIsNotNone(sleeper.poll())
+        self.assertFalse(names & set(list_namespaces()))
+
+    def test_cleanup_stale_removes_dead_owner_only(self) -> None:
+        import subprocess as sp
+
+        from tests.netns import cleanup_stale, list_namespaces
+
+        dead = sp.Popen(["true"])
+        dead.wait()
+        stale = f"tmt-{dead.pid}-n1"
+        sp.run(["ip", "netns", "add", stale], check=True)
+        self.addCleanup(sp.run, ["ip", "netns", "del", stale], capture_output=True)
+        with Underlay(nodes=1) as u:
+            removed = cleanup_stale()
+            self.assertIn(stale, removed)
+            self.assertIn(u.nodes[0].name, list_namespaces())
+
+    def test_required_env_turns_skip_into_failure(self) -> None:
+        from tests import netns
+
+        self.patch(netns, "netns_unavailable_reason", lambda: "needs root (network namespaces)")
+        self.patch(netns.os, "environ", {"TUNMESH_REQUIRE_NETNS": "1"})
+        self.assertRaises(AssertionError, netns.require_netns)
+        self.patch(netns.os, "environ", {})
+        from unittest import SkipTest
+
+        self.assertRaises(SkipTest, netns.require_netns)

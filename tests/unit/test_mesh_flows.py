@@ -9,6 +9,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.auth.errors import AuthError
+from tunmesh.mesh.membership import GroupState
 from tunmesh.mesh.settings import BootstrapGroupSpec
 
 from .test_mesh_support import FakeNetwork, Node, advance, node_id
@@ -328,14 +329,8 @@ class ReloadTests(MeshTestCase):
         self.assertEqual(len(calls), calls_after_join)  # bootstrapped groups are not reloaded
 
     def test_group_retries_exhausted(self) -> None:
-        n2 = self.node(2, ())
-        n2.membership.groups = [
-            type(n2.membership.groups[0])(BootstrapGroupSpec("g", ("https://n9.test:4567",), retries=1))
-            if n2.membership.groups
-            else __import__("tunmesh.mesh.membership", fromlist=["GroupState"]).GroupState(
-                BootstrapGroupSpec("g", ("https://n9.test:4567",), retries=1)
-            )
-        ]
+        n2 = self.node(2, ("https://n9.test:4567",))
+        n2.membership.groups = [GroupState(BootstrapGroupSpec("g", ("https://n9.test:4567",), retries=1))]
         n2.start()
         advance(self.clock, 200)
         group = n2.membership.groups[0]

@@ -211,12 +211,13 @@ class Node:
         return self.service.stopService()
 
     def counter(self, name: str, **labels: str) -> float:
-        value = self.metrics.collector_registry()
-        for family in value.collect():
+        """Sum of the samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for family in self.metrics.collector_registry().collect():
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+                    total += float(sample.value)
+        return total
 
 
 def advance(clock: Clock, seconds: float, step: float = 1.0) -> None:

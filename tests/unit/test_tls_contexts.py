@@ -17,6 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -24,14 +30,8 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
-from service_identity import VerificationError
 from zope.interface import implementer
 
-from twisted.internet.interfaces import (
-    IHandshakeListener,
-    IOpenSSLClientConnectionCreator,
-    IOpenSSLServerConnectionCreator,
-)
 from tunmesh.tls.certs import certificate_sha256, write_self_signed
 from tunmesh.tls.contexts import (
     CA_FILE_KEY,

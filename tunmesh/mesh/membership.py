@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.errors import AuthError, KexError
-from tunmesh.auth.kex import KexInitiator, respond
+from tunmesh.auth.kex import KexInitiator, KexRequest, respond
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.auth.tokens import TYP_BOOTSTRAP, TYP_REQUEST, SignedRequest, VerifiedToken
 from tunmesh.logutil import RateLimitedLog
@@ -124,6 +124,7 @@ class Membership:
         self.groups = [GroupState(g) for g in settings.bootstrap_groups]
         self._seq = 0
         self._registered_once = False
+        self._stopped = False
         self.last_groom: float | None = None
         self._rlog = RateLimitedLog(self.log, clock)
         self._init_metrics(metrics)
@@ -218,6 +219,8 @@ class Membership:
                 raise SelfRegistration("self", "registration from our own id")
             if registration.local.id != iss:
                 raise InvalidRegistration("issuer_mismatch", f"iss {iss} registered {registration.local.id}")
+            if not self._peer_url_allowed(registration.local.listen_url):
+                raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
             result = self.pool.upsert(registration.local, registration.seq, registration.remote)
         except ClaimConflict as exc:
             self.m_registrations.labels(direction=direction, result=exc.reason).inc()
@@ -278,6 +281,7 @@ class Membership:
         if peer_id not in self.pool:
             raise AuthError("unknown_peer")
         try:
+            KexRequest.from_body(body)  # a malformed body is a 400 and does not use up the peer's turn
             self.sessions.inbound_rate_limit(peer_id)
             result = respond(self.cluster.kex_key, body, sender=peer_id, receiver=self.node_id)
         except (AuthError, KexError) as exc:
@@ -411,15 +415,22 @@ class Membership:
         return peer_id
 
     def _probe_holder(self, holder: Peer) -> None:
-        """A live holder's address was claimed by another id: ask the holder's URL who answers now."""
-        if holder.url in self._bootstrapping or not self.url_backoff.allowed(holder.url):
+        """A live holder's address was claimed by another id: ask the holder's URL who answers now.
+
+        Scheduled outside the request that found the conflict; the claimant retries later and wins
+        once the probe showed the holder's URL answering with another id (a restart).
+        """
+        self.clock.callLater(0, self._probe_url, holder.url)
+
+    def _probe_url(self, url: str) -> None:
+        if self._stopped or url in self._bootstrapping or not self.url_backoff.allowed(url):
             return
-        self.bootstrap(holder.url).addErrback(lambda f: None)
+        self.bootstrap(url).addErrback(lambda f: None)
 
     # -- outbound: sessions --------------------------------------------------------------------------
 
     def _spawn_session(self, peer_id: str) -> None:
-        if peer_id in self.pool:
+        if not self._stopped and peer_id in self.pool:
             self.ensure_session(peer_id).addErrback(lambda f: None)
 
     def ensure_session(self, peer_id: str) -> Deferred[None]:
@@ -696,6 +707,7 @@ class Membership:
 
     def groom(self) -> None:
         """One groom tick; starts operations and returns without waiting for them."""
+        self._stopped = False
         self.last_groom = self._monotonic()
         try:
             self._bootstrap_groups()
@@ -721,7 +733,8 @@ class Membership:
             self.log.failure("groom tick failed")
 
     def cancel_all(self) -> None:
-        """Stop everything in flight (service stop)."""
+        """Stop everything in flight (service stop); scheduled follow-ups become no-ops."""
+        self._stopped = True
         self.client.cancel_all()
 
 

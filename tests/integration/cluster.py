@@ -1,0 +1,198 @@
+"""A real tunmesh cluster for the namespace tests: N ``twistd tunmesh`` processes in N namespaces.
+
+Node i lives in namespace ``tmt-...-n<i>`` at 198.18.0.<i> (underlay), advertises
+``https://198.18.0.<i>:4567/``, and owns 100.64.0.<i> and fd7e:7e57::<i> on the overlay. All nodes share one
+self-signed certificate and one cluster secret, and bootstrap from node 1 only, so every other
+relationship comes from gossip.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.netns import NetnsError, NodeProcess, Underlay, start_node
+from tunmesh.cli import generate_secret
+from tunmesh.tls.certs import write_self_signed
+
+PORT = 4567
+OVERLAY_V4 = "100.64.0"
+OVERLAY_V6 = "fd7e:7e57::"
+UNPRIVILEGED_UID = 65534
+
+
+def overlay_v4(i: int) -> str:
+    return f"{OVERLAY_V4}.{i}"
+
+
+def overlay_v6(i: int) -> str:
+    return f"{OVERLAY_V6}{i}"
+
+
+def node_config(
+    i: int,
+    bootstrap: list[str],
+    timing: Mapping[str, Any] | None = None,
+    session_max_age: float | None = None,
+    offload: bool = True,
+) -> str:
+    """The YAML config of node ``i`` (cert, key and secret files sit one directory up)."""
+    reg = {"groom_interval": 1, "bootstrap_retry_interval": 1}
+    reg.update(timing or {})
+    reg_lines = "\n".join(f"        {k}: {v}" for k, v in reg.items() if not isinstance(v, dict))
+    sub = "\n".join(
+        f"        {k}:\n" + "\n".join(f"          {kk}: {vv}" for kk, vv in v.items())
+        for k, v in reg.items()
+        if isinstance(v, dict)
+    )
+    auth = (
+        f"\n      auth:\n        session_max_age: {session_max_age}\n        early_validity_window: 0.5"
+        f"\n        validity_window: {min(1.5, session_max_age / 2)}"
+        if session_max_age
+        else ""
+    )
+    urls = "\n".join(f"          - {u}" for u in bootstrap) or "          []"
+    return f"""\
+tun_mesh:
+  config_version: 1.1
+  clustering:
+    control_api_advertise_url: https://198.18.0.{i}:{PORT}/
+    bootstrap_groups:
+      test:
+        bootstrap_node_urls:
+{urls}
+    auth:
+      secret_file: ../cluster.secret
+  control_api:
+    listen_port: {PORT}
+    ssl:
+      cert_file_path: ../cert.pem
+      key_file_path: ../key.pem
+  logging:
+    level: info
+  monitoring:
+    method: prometheus
+    prometheus:
+      base_labels:
+        env_name: netns_test
+  networking:
+    offload: {"true" if offload else "false"}
+    ipv4:
+      network_cidr: {OVERLAY_V4}.0/24
+      node_address_cidr: {overlay_v4(i)}/24
+    ipv6:
+      network_cidr: {OVERLAY_V6}/64
+      node_address_cidr: {overlay_v6(i)}/64
+  process:
+    uid: {UNPRIVILEGED_UID}
+    timing:{auth}
+      registrations:
+{reg_lines}
+{sub}
+""".rstrip() + "\n"
+
+
+class Cluster:
+    """Owns the configs and processes of one test's nodes (the Underlay owns the namespaces)."""
+
+    def __init__(self, underlay: Underlay, workdir: Path, make_config: Callable[[int], str]) -> None:
+        self.underlay = underlay
+        self.workdir = workdir
+        self.make_config = make_config
+        self.nodes: dict[int, NodeProcess] = {}
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.chmod(0o755)
+        (workdir / "cluster.secret").write_text(generate_secret() + "\n")
+        write_self_signed(workdir / "cert.pem", workdir / "key.pem", hostnames=("tunmesh.local",))
+        for i in range(1, underlay.count + 1):
+            d = workdir / f"node{i}"
+            d.mkdir(exist_ok=True)
+            (d / "config.yaml").write_text(make_config(i))
+
+    def ns(self, i: int) -> Any:
+        return self.underlay.nodes[i - 1]
+
+    def start(self, i: int) -> NodeProcess:
+        d = self.workdir / f"node{i}"
+        node = start_node(self.ns(i), d / "config.yaml", f"https://198.18.0.{i}:{PORT}", log_path=d / "node.log")
+        self.nodes[i] = node
+        return node
+
+    def start_all(self, ready_timeout: float = 60) -> None:
+        for i in range(1, self.underlay.count + 1):
+            self.start(i)
+        for node in self.nodes.values():
+            node.wait_ready(timeout=ready_timeout)
+
+    def stop(self, i: int) -> None:
+        node = self.nodes.pop(i, None)
+        if node is not None:
+            node.stop()
+
+    def stop_all(self) -> None:
+        for i in list(self.nodes):
+            self.stop(i)
+
+    def logs(self) -> str:
+        return "\n".join(f"=== node {i}\n{n.log_tail(60)}" for i, n in sorted(self.nodes.items()))
+
+    def peers_of(self, i: int) -> set[str]:
+        """Peer ids node i lists (from the redacted /tunmesh/control/v0/peers view)."""
+        import json
+
+        code, body = self.nodes[i].get("/tunmesh/control/v0/peers")
+        if code != 200:
+            raise NetnsError(f"peers view of node {i} answered {code}")
+        data = json.loads(body)
+        return {p["id"] for p in data["peers"]}
+
+    def node_id(self, i: int) -> str:
+        import json
+
+        code, body = self.nodes[i].get("/tunmesh/control/v0/node_info")
+        if code != 200:
+            raise NetnsError(f"node_info of node {i} answered {code}")
+        return str(json.loads(body)["id"])
+
+    def wait_full_mesh(self, timeout: float = 60) -> dict[int, str]:
+        """Until every running node lists every other running node; returns index -> node id."""
+        deadline = time.monotonic() + timeout
+        ids = {i: self.node_id(i) for i in self.nodes}
+        while True:
+            missing = {i: set(ids.values()) - {ids[i]} - self.peers_of(i) for i in self.nodes}
+            if not any(missing.values()):
+                return ids
+            if time.monotonic() > deadline:
+                raise NetnsError(f"no full mesh after {timeout}s, missing {missing}\n{self.logs()}")
+            time.sleep(0.5)
+
+    def metric(self, i: int, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` on node i whose labels include ``labels``."""
+        total = 0.0
+        for line in self.nodes[i].metrics().splitlines():
+            if not line.startswith(name):
+                continue
+            m = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+            if not m or m.group(1) != name:
+                continue
+            have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(have.get(k) == v for k, v in labels.items()):
+                total += float(m.group(3))
+        return total
+
+
+@contextmanager
+def running_cluster(
+    underlay: Underlay, workdir: Path, make_config: Callable[[int], str], start: bool = True
+) -> Iterator[Cluster]:
+    cluster = Cluster(underlay, workdir, make_config)
+    try:
+        if start:
+            cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop_all()
