@@ -27,6 +27,22 @@ LEVELS: dict[str, LogLevel] = {
 }
 
 
+_twistd_settings: dict[str, object] = {"level": "info", "path": None, "nodaemon": True}
+
+
+def configure_twistd(level: str, path: str | None, nodaemon: bool) -> str:
+    """Remember what ``twistd_observer`` needs; return its dotted name for twistd's ``--logger`` option
+    (twistd imports that name itself, so it has to be a module-level function)."""
+    _twistd_settings.update(level=level, path=path, nodaemon=nodaemon)
+    return f"{__name__}.twistd_observer"
+
+
+def twistd_observer() -> ILogObserver:
+    """twistd's ``--logger`` factory: the configured level, twistd's --logfile/--nodaemon destination."""
+    s = _twistd_settings
+    return observer_factory(str(s["level"]), s["path"], bool(s["nodaemon"]))()  # type: ignore[arg-type]
+
+
 def observer_factory(level: str, path: str | None, nodaemon: bool) -> Callable[[], ILogObserver]:
     """Return a no-argument factory, as twistd's ``--logger`` option expects."""
 

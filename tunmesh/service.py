@@ -150,7 +150,8 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiServi
     )
     port.setName("api")
     port.setServiceParent(top)
-    health.add_liveness("api", lambda: port.running)
+    health.add_liveness("api", lambda: bool(port.running))
+    health.add_readiness("api", lambda: bool(port.running))
 
     mesh_service.setServiceParent(top)
     dataplane.setServiceParent(top)

@@ -21,25 +21,19 @@ class SingleNodeTests(TestCase):
 
     timeout = 180
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        # One node for the whole class: starting twistd costs seconds.
-        from tests.netns import netns_unavailable_reason
+    _shared: dict[str, object] = {}
 
-        cls.underlay = None
-        if netns_unavailable_reason() is not None:
-            return
-        cls.underlay = Underlay(nodes=1, tag="s").__enter__()
-        workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-single-{os.getpid()}"
-        cls.cluster = Cluster(cls.underlay, workdir, lambda i: node_config(i, bootstrap=[]))
-        cls.node = cls.cluster.start(1)
-        cls.node.wait_ready(timeout=60)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        if cls.underlay is not None:
-            cls.cluster.stop_all()
-            cls.underlay.close()
+    def setUp(self) -> None:
+        # One node for the whole class (trial has no setUpClass): starting twistd costs seconds.
+        # The harness's exit hook stops it and removes the namespaces when the test run ends.
+        if not self._shared:
+            underlay = Underlay(nodes=1, tag="s").__enter__()
+            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-single-{os.getpid()}"
+            cluster = Cluster(underlay, workdir, lambda i: node_config(i, bootstrap=[]))
+            self._shared.update(underlay=underlay, cluster=cluster)
+            cluster.start(1).wait_ready(timeout=60)
+        self.cluster = self._shared["cluster"]
+        self.node = self.cluster.nodes[1]
 
     def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.node.ns.run(["curl", "-k", "-s", "-m", "10", *args], check=False, timeout=30)

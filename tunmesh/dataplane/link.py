@@ -31,6 +31,9 @@ from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, Session
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Twisted's per-``recv`` size and write-buffer pause threshold (default 64 KiB): larger means
+#: fewer reactor round trips per DATA frame.
+TRANSPORT_BUFFER = 1024 * 1024
 HELLO_TIMEOUT = 5.0
 KEEPALIVE = 10.0
 
@@ -58,6 +61,7 @@ def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> None:
             return
         if hasattr(t, "setTcpNoDelay") and hasattr(t, "getHandle"):
             try:
+                t.bufferSize = TRANSPORT_BUFFER
                 t.setTcpNoDelay(True)
                 sock = t.getHandle()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)

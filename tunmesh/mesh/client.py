@@ -87,7 +87,7 @@ class MeshClient:
         pool.maxPersistentPerHost = 3
         pool.cachedConnectionTimeout = 10
         agent = Agent(reactor, contextFactory=tls_policy, pool=pool, connectTimeout=timeout)
-        return cls(HTTPClient(agent), reactor, timeout)
+        return cls(HTTPClient(agent), reactor, timeout)  # type: ignore[arg-type]
 
     @property
     def in_flight(self) -> int:

@@ -356,10 +356,8 @@ class Membership:
         """
         existing = self._bootstrapping.get(url)
         if existing is not None:
-            d: Deferred[str | None] = Deferred()
-            existing.addBoth(lambda r: (d.callback(r) if not isinstance(r, Failure) else d.errback(r), r)[1])
-            return d
-        d = self._bootstrap_slots.run(self._bootstrap, url)
+            return _follow(existing)
+        d: Deferred[str | None] = self._bootstrap_slots.run(self._bootstrap, url)
         self._bootstrapping[url] = d
 
         def done(result: Any) -> Any:
@@ -439,9 +437,7 @@ class Membership:
             return succeed(None)
         running = self._session_ops.get(peer_id)
         if running is not None:
-            d: Deferred[None] = Deferred()
-            running.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure) else d.errback(r), r)[1])
-            return d
+            return _follow(running)
         key = ("session", peer_id)
         if not self.peer_backoff.allowed(key):
             return _fail(PeerRequestFailed("backoff", peer_id))
@@ -741,6 +737,21 @@ class Membership:
 def _retry_after(exc: object) -> float:
     retry = getattr(exc, "retry_after", None)
     return float(retry) if isinstance(retry, (int, float)) else 0.0
+
+
+def _follow(source: Deferred[Any]) -> Deferred[Any]:
+    """A new Deferred with the same result as `source`, leaving `source`'s own chain untouched."""
+    mirror: Deferred[Any] = Deferred()
+
+    def relay(result: Any) -> Any:
+        if isinstance(result, Failure):
+            mirror.errback(result)
+        else:
+            mirror.callback(result)
+        return result
+
+    source.addBoth(relay)
+    return mirror
 
 
 def _fail(exc: Exception) -> Deferred[Any]:

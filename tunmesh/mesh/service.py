@@ -23,7 +23,7 @@ from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 class MeshService(Service):
     """Runs `Membership.groom` every `groom_interval` (first tick at start); stops and cancels cleanly."""
 
-    name = "mesh"
+    name: str | None = "mesh"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, membership: Membership, clock: IReactorTime) -> None:

@@ -18,7 +18,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         # Load and lint the config here, so a bad file ends twistd with one line per problem
         # (naming the key path) instead of a traceback from inside makeService.
-        from tunmesh.logsetup import observer_factory
+        from tunmesh.logsetup import configure_twistd
         from tunmesh.service import load_or_exit
 
         config = load_or_exit(self["config"])
@@ -26,7 +26,7 @@ class Options(usage.Options):
         parent = self.parent
         if parent is not None and not parent.get("logger"):
             # twistd's --logger hook: our observer applies tun_mesh/logging/level to every event.
-            parent["logger"] = observer_factory(
+            parent["logger"] = configure_twistd(
                 config.logging.level, parent.get("logfile"), bool(parent.get("nodaemon"))
             )
 
