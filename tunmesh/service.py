@@ -31,7 +31,7 @@ from tunmesh.health import HealthRegistry
 from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
 from tunmesh.privileges import PrivilegeDropService
-from tunmesh.tls.contexts import TLSConfigError, server_context
+from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, MeshTLSPolicy, TLSConfigError, server_context
 
 LINK_ALPN = b"tunmesh-link/1"
 
@@ -100,9 +100,10 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiServi
     ssl_cfg = cfg.control_api.ssl
     trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
     server_tls = server_context(ssl_cfg.cert_file_path, ssl_cfg.key_file_path, alpn=(LINK_ALPN, b"http/1.1"))
-    http_client = MeshClient(
-        make_http_client(reactor, trust_path, ssl_cfg.verify_hostname),
+    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
+    http_client = MeshClient.with_tls(
         reactor,
+        MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key),
         timeout=float(cfg.process.timing.request_timeout),
     )
 
@@ -174,7 +175,7 @@ def build_dataplane(
     """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
     from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
     from tunmesh.logutil import RateLimitedLog
-    from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, client_context
+    from tunmesh.tls.contexts import client_context
 
     net = cfg.networking
     ipv6 = net.ipv6
@@ -210,20 +211,6 @@ def build_dataplane(
         packet_expiration=float(timing.network.mesh.packet_expiration),
         max_read_batch=int(cfg.control_api.max_batch_size),
     )
-
-
-def make_http_client(reactor: Any, trust_path: Any, verify_hostname: bool) -> Any:
-    """treq over a persistent pool whose TLS trusts only the mesh anchors (never the system store)."""
-    import treq.client
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    from tunmesh.tls.contexts import MeshTLSPolicy
-
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 4
-    pool.cachedConnectionTimeout = 30
-    agent = Agent(reactor, contextFactory=MeshTLSPolicy(trust_path, verify_hostname), pool=pool)
-    return treq.client.HTTPClient(agent)
 
 
 def _reloader(cfg: TunMeshConfig) -> Any:

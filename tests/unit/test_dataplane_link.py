@@ -561,3 +561,14 @@ class DataPlaneTests(SynchronousTestCase):
         self.a.tun.close()
         self.a.plane._reader.doRead()
         self.assertNotIn(self.a.plane._reader, self.a.reactor.readers)
+
+
+class PreHelloLimitTests(SynchronousTestCase):
+    def test_large_frame_before_hello_closes(self) -> None:
+        pair = Pair(self)
+        proto = pair.server.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived((F.MAX_HELLO_FRAME + 1).to_bytes(4, "big"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "malformed_frame"), 1)

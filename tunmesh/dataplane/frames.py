@@ -54,6 +54,8 @@ MAX_PACKETS: Final = 1024
 #: Largest acceptable value of a frame's length prefix; a larger one closes the link.
 MAX_FRAME: Final = MAX_PAYLOAD + 4 * MAX_PACKETS + 64
 MAX_TOKEN: Final = 8192
+#: Largest frame accepted before the HELLO (an unauthenticated client buffers no more).
+MAX_HELLO_FRAME: Final = MAX_TOKEN + 64
 
 # Drop / close reasons (label values).
 MALFORMED_FRAME: Final = "malformed_frame"
@@ -367,7 +369,8 @@ class FrameDecoder:
     """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._max = max_frame
+        #: may be raised later (a link accepts only small frames before its HELLO)
+        self.max_frame = max_frame
         self._chunks: list[bytes] = []
         self._have = 0
         #: total size of the frame being assembled (0 while its length prefix is incomplete)
@@ -391,7 +394,7 @@ class FrameDecoder:
         end = 0
         while n - off >= 4:
             (length,) = _U32.unpack_from(data, off)
-            if length == 0 or length > self._max:
+            if length == 0 or length > self.max_frame:
                 raise FrameError(MALFORMED_FRAME, f"frame length {length}")
             end = off + 4 + length
             if end > n:

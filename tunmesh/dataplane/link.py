@@ -31,9 +31,6 @@ from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, Session
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
-#: Twisted's per-``recv`` size and write-buffer pause threshold (default 64 KiB): larger means
-#: fewer reactor round trips per DATA frame.
-TRANSPORT_BUFFER = 1024 * 1024
 HELLO_TIMEOUT = 5.0
 KEEPALIVE = 10.0
 
@@ -49,27 +46,27 @@ PacketSink = Callable[[str, list[bytes], bool], None]
 Connector = Callable[[str, Protocol], "defer.Deferred[Any]"]
 
 
-def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> None:
+def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> bool:
     """TCP_NODELAY (mandatory: Nagle costs ~10 ms per round trip) and large socket buffers.
 
-    ``transport`` may be a TLS wrapper; the TCP transport is found through ``.transport``.
-    Best effort: memory transports in tests have none of this.
+    ``transport`` may be a TLS wrapper (or an ALPN dispatcher around one): the TCP transport is
+    the innermost ``.transport``.  Best effort (memory transports in tests have no socket);
+    returns whether the socket was tuned.
     """
     t = transport
     for _ in range(4):
-        if t is None:
-            return
-        if hasattr(t, "setTcpNoDelay") and hasattr(t, "getHandle"):
-            try:
-                t.bufferSize = TRANSPORT_BUFFER
-                t.setTcpNoDelay(True)
-                sock = t.getHandle()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
-            except (OSError, AttributeError):
-                pass
-            return
-        t = getattr(t, "transport", None)
+        inner = getattr(t, "transport", None)
+        if inner is None:
+            break
+        t = inner
+    try:
+        t.setTcpNoDelay(True)
+        sock = t.getHandle()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
+    except (OSError, AttributeError, NotImplementedError):
+        return False
+    return True
 
 
 class LinkMetrics:
@@ -111,7 +108,7 @@ class LinkServerProtocol(Protocol):
     def __init__(self, factory: LinkServerFactory) -> None:
         self.factory = factory
         self.peer_id: str | None = None
-        self._decoder = F.FrameDecoder()
+        self._decoder = F.FrameDecoder(max_frame=F.MAX_HELLO_FRAME)
         self._opener = F.DataOpener()
         self._client_random = b""
         self._server_random = b""
@@ -271,6 +268,7 @@ class LinkServerProtocol(Protocol):
         )
         self._opener.install(key_id, key)
         self.peer_id = peer_id
+        self._decoder.max_frame = F.MAX_FRAME
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = f.clock.callLater(f.keepalive, self._idle_check)

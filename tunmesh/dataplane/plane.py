@@ -223,13 +223,15 @@ class DataPlane(Service):
         accepted = self.router.accept_inbound(peer_id, packets, vnet_hdr)
         if not accepted:
             return
+        stats = getattr(self.tun, "stats", None)
+        before = stats.bytes_written if stats is not None else 0
         written, failed = self._write_tun(accepted)
         if written:
             self._tx_packets.inc(written)
-            nbytes = 0
-            for p in accepted:
-                nbytes += len(p)
-            self._tx_bytes.inc(nbytes)
+            if stats is not None:
+                self._tx_bytes.inc(stats.bytes_written - before)
+            elif not failed:
+                self._tx_bytes.inc(sum(len(p) for p in accepted))
         if failed:
             self.drops.add(TUN_WRITE_ERROR, failed, peer_id)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from treq import collect as treq_collect
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -128,7 +129,9 @@ class MeshClient:
             chunks.append(data)
 
         try:
-            yield self._http.collect(response, collector)
+            # StubTreq offers collect() itself (it flushes its memory transport); treq's HTTPClient does not.
+            collect = getattr(self._http, "collect", None) or treq_collect
+            yield collect(response, collector)
         except _TooLarge:
             raise PeerRequestFailed("response_too_large", full_url, response.code) from None
         return RawResponse(

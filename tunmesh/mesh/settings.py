@@ -55,7 +55,6 @@ class MeshSettings:
     min_prefix_v6: int = 128
     backoff_initial: float = 1.0
     backoff_max: float = 900.0
-    control_retries: int = 2
     init_session_min_interval: float = 10.0
 
     def __post_init__(self) -> None:

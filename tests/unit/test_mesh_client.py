@@ -1,0 +1,127 @@
+"""MeshClient transport limits, and the client side refusing unsigned or mis-signed answers (W4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from tunmesh.auth.cluster import ClusterAuthority
+from tunmesh.mesh.client import MeshClient
+from tunmesh.mesh.errors import PeerRequestFailed
+
+from .test_mesh_structs import info, reg_body
+from .test_mesh_support import FakeNetwork, Node, advance, node_id
+
+START = 1_700_000_000.0
+
+
+class Fixed(Resource):
+    """Answers every request with a fixed status, headers and body."""
+
+    isLeaf = True
+
+    def __init__(self, code: int, body: bytes, headers: dict[bytes, bytes] | None = None) -> None:
+        super().__init__()
+        self.code, self.body, self.headers = code, body, headers or {}
+        self.requests: list[bytes] = []
+
+    def render(self, request: Any) -> bytes:
+        self.requests.append(request.content.read())
+        request.setResponseCode(self.code)
+        for k, v in self.headers.items():
+            request.setHeader(k, v)
+        return self.body
+
+
+class ClientTests(SynchronousTestCase):
+    def test_response_size_cap(self) -> None:
+        client = MeshClient(StubTreq(Fixed(200, b"x" * 2000)), Clock(), 5.0, max_response=1000)
+        failure = self.failureResultOf(client.post("https://a.test:1", "/p", b"{}", "Bearer t"), PeerRequestFailed)
+        self.assertEqual(failure.value.reason, "response_too_large")
+        self.assertEqual(client.in_flight, 0)
+
+    def test_posts_json_with_token(self) -> None:
+        target = Fixed(200, b"{}", {b"Content-Type": b"application/json; charset=utf-8", b"Retry-After": b"3"})
+        client = MeshClient(StubTreq(target), Clock(), 5.0)
+        response = self.successResultOf(client.post("https://a.test:1/", "/p", b'{"a":1}', "Bearer t"))
+        self.assertEqual((response.status, response.body, response.retry_after), (200, b"{}", "3"))
+        self.assertTrue(response.is_json())
+        self.assertEqual(target.requests, [b'{"a":1}'])
+
+    def test_timeout(self) -> None:
+        net = FakeNetwork()
+        net.add("https://a.test:1", Fixed(200, b""))
+        net.hang.add("a.test:1")
+        clock = Clock()
+        client = MeshClient(net, clock, 2.0)
+        d = client.post("https://a.test:1", "/p", b"{}", "Bearer t")
+        self.assertNoResult(d)
+        clock.advance(2.0)
+        self.assertEqual(self.failureResultOf(d, PeerRequestFailed).value.reason, "timeout")
+
+    def test_connection_refused(self) -> None:
+        client = MeshClient(FakeNetwork(), Clock(), 2.0)
+        failure = self.failureResultOf(client.post("https://a.test:1", "/p", b"{}", "Bearer t"), PeerRequestFailed)
+        self.assertEqual(failure.value.reason, "transport")
+
+
+class UnsignedAnswerTests(SynchronousTestCase):
+    """A bootstrap answer is followed only when it is signed for us by the node it names."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.net = FakeNetwork()
+
+    def joiner(self, target_url: str) -> Node:
+        node = Node(self.net, self.clock, 2, (target_url,))
+        node.start()
+        self.addCleanup(node.stop)
+        advance(self.clock, 1)
+        return node
+
+    def test_unsigned_registration_answer_is_ignored(self) -> None:
+        evil = reg_body(info(9, url="https://evil.test:4567"))
+        self.net.add("https://lb.test:443", Fixed(200, evil, {b"Content-Type": b"application/json"}))
+        node = self.joiner("https://lb.test:443")
+        self.assertEqual(node.peer_ids(), set())
+        self.assertGreaterEqual(node.counter("tunmesh_auth_failures_total", reason="missing"), 1)
+        self.assertGreaterEqual(node.counter("tunmesh_mesh_bootstrap_attempts_total", result="response_auth"), 1)
+        self.assertFalse(node.membership.ready())
+
+    def test_answer_signed_with_another_secret_is_ignored(self) -> None:
+        evil = reg_body(info(9, url="https://evil.test:4567"))
+        forger = ClusterAuthority("not-the-cluster-secret-0123456789abcdefghij", node_id(9), self.clock)
+
+        class Forging(Fixed):
+            def render(self, request: Any) -> bytes:
+                from tunmesh.auth.tokens import VerifiedToken
+
+                fake = VerifiedToken(typ="tm-req+jwt", kid="cluster", iss=node_id(2), aud="bootstrap", iat=0, exp=1, bh="", jti="x")
+                request.setHeader(b"Authorization", forger.sign_response(node_id(2), fake, evil).encode())
+                return super().render(request)
+
+        self.net.add("https://lb.test:443", Forging(200, evil, {b"Content-Type": b"application/json"}))
+        node = self.joiner("https://lb.test:443")
+        self.assertEqual(node.peer_ids(), set())
+        self.assertGreaterEqual(node.counter("tunmesh_auth_failures_total", reason="bad_signature"), 1)
+
+    def test_non_json_answer_is_refused(self) -> None:
+        self.net.add("https://lb.test:443", Fixed(200, b"<html>", {b"Content-Type": b"text/html"}))
+        node = self.joiner("https://lb.test:443")
+        self.assertEqual(node.peer_ids(), set())
+        self.assertGreaterEqual(node.counter("tunmesh_mesh_bootstrap_attempts_total", result="content_type"), 1)
+
+    def test_error_status_backs_off(self) -> None:
+        target = Fixed(500, b"Internal Server Error")
+        self.net.add("https://lb.test:443", target)
+        node = self.joiner("https://lb.test:443")
+        advance(self.clock, 60)
+        # passes every 5 s would be 12+; backoff (1, 2, 4, 8, 16, 32 s with jitter) allows far fewer
+        self.assertLessEqual(len(target.requests), 8)
+        self.assertGreaterEqual(len(target.requests), 3)
+        self.assertEqual(node.peer_ids(), set())
