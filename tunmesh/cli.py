@@ -50,8 +50,66 @@ def _parser() -> argparse.ArgumentParser:
     )
     cert.add_argument("--ip", action="append", default=[], metavar="ADDR", help="IP subjectAltName (repeatable)")
     cert.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    peers = commands.add_parser(
+        "peers",
+        help="show a node's view of the mesh (authenticated with the cluster secret from the config)",
+        description="GETs /tunmesh/control/v0/peers with a cluster token and verifies the signed answer. "
+        "URL defaults to the config's control_api_advertise_url.",
+    )
+    peers.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
+    peers.add_argument("url", nargs="?", metavar="URL", help="node API URL, e.g. https://198.18.0.11:4567/")
     commands.add_parser("docs", help="print the Markdown configuration reference")
     return parser
+
+
+def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    import json
+    import ssl
+    import time
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from tunmesh.auth.cluster import ClusterAuthority
+    from tunmesh.auth.errors import AuthError
+
+    try:
+        cfg = load_config(resolve_config_path(args.config, env), env=env)
+    except ConfigError as e:
+        for problem in e.errors:
+            print(f"{PROG}: config error: {problem}", file=err)
+        return 1
+    base = (args.url or cfg.clustering.control_api_advertise_url).rstrip("/")
+    ssl_cfg = cfg.control_api.ssl
+    context = ssl.create_default_context(cafile=str(ssl_cfg.ca_file_path or ssl_cfg.cert_file_path))
+    context.check_hostname = bool(ssl_cfg.verify_hostname)
+
+    class _Clock:
+        def seconds(self) -> float:
+            return time.time()
+
+    path = "/tunmesh/control/v0/peers"
+    try:
+        with urllib.request.urlopen(base + "/tunmesh/control/v0/node_info", context=context, timeout=10) as r:
+            node_id = json.loads(r.read())["id"]
+        authority = ClusterAuthority(cfg.clustering.auth.secret, str(uuid.uuid4()), _Clock())
+        signed = authority.sign_request(node_id, "GET", path, b"")
+        request = urllib.request.Request(base + path, headers={"Authorization": signed.header_value})
+        with urllib.request.urlopen(request, context=context, timeout=10) as r:
+            body = r.read()
+            authority.verify_response(r.headers.get("Authorization"), node_id, signed, body)
+    except urllib.error.HTTPError as e:
+        print(f"{PROG}: peers: {base} answered {e.code}", file=err)
+        return 1
+    except (OSError, ValueError, KeyError) as e:
+        print(f"{PROG}: peers: cannot query {base}: {e}", file=err)
+        return 1
+    except AuthError as e:
+        print(f"{PROG}: peers: the answer from {base} is not signed by the cluster ({e.reason})", file=err)
+        return 1
+    json.dump(json.loads(body), out, indent=2, sort_keys=True)
+    out.write("\n")
+    return 0
 
 
 def _gen_cert(args: argparse.Namespace, err: TextIO) -> int:
@@ -101,6 +159,8 @@ def main(
         return _check_config(args.file, environ, out, err)
     elif args.command == "gen-secret":
         print(generate_secret(), file=out)
+    elif args.command == "peers":
+        return _peers(args, environ, out, err)
     elif args.command == "gen-cert":
         return _gen_cert(args, err)
     elif args.command == "docs":

@@ -170,7 +170,7 @@ ip netns exec tmd-n1 iperf3 -s -1 -B 100.64.0.1 >/dev/null 2>&1 &
 sleep 0.5
 ip netns exec tmd-n2 iperf3 -c 100.64.0.1 -t 5 | tail -n 4
 
-say "mesh view of node 1 (GET /tunmesh/control/v0/peers)"
+say "mesh view of node 1 (tunmesh peers: the cluster-authenticated GET /tunmesh/control/v0/peers)"
 ip netns exec tmd-n1 curl -ks "https://198.18.0.11:4567/tunmesh/control/v0/peers"; echo
 
 say "done"

@@ -141,14 +141,20 @@ class Cluster:
         return "\n".join(f"=== node {i}\n{n.log_tail(60)}" for i, n in sorted(self.nodes.items()))
 
     def peers_of(self, i: int) -> set[str]:
-        """Peer ids node i lists (from the redacted /tunmesh/control/v0/peers view)."""
-        import json
+        """Peer ids node i lists (``tunmesh peers``: the signed, cluster-authenticated view)."""
+        return set(self.peer_view(i)["peers"])
 
-        code, body = self.nodes[i].get("/tunmesh/control/v0/peers")
-        if code != 200:
-            raise NetnsError(f"peers view of node {i} answered {code}")
-        data = json.loads(body)
-        return {p["id"] for p in data["peers"]}
+    def peer_view(self, i: int) -> dict[str, Any]:
+        import json
+        import sys
+
+        d = self.workdir / f"node{i}"
+        r = self.ns(i).run(
+            [sys.executable, "-m", "tunmesh", "peers", "--config", str(d / "config.yaml")], check=False, timeout=30
+        )
+        if r.returncode != 0:
+            raise NetnsError(f"tunmesh peers on node {i} failed: {r.stderr.strip()}")
+        return dict(json.loads(r.stdout))
 
     def node_id(self, i: int) -> str:
         import json

@@ -191,6 +191,7 @@ class ControlFrameTests(SynchronousTestCase):
             "token length": good + b"x",
             "version": good[:5] + b"\x09" + good[6:],
             "non-ascii": good[:-1] + b"\xff",
+            "server key id": F.encode_hello("tok", bytes(16), F.SERVER_NONCE_BIT | 1),
         }
         for name, frame in bad.items():
             with self.subTest(name), self.assertRaises(F.FrameError):
@@ -198,11 +199,16 @@ class ControlFrameTests(SynchronousTestCase):
 
     def test_hello_ok_err_ping(self) -> None:
         rnd = os.urandom(16)
-        self.assertEqual(F.decode_hello_ok(F.encode_hello_ok(rnd, 1)), (1, rnd))
+        ok = F.encode_hello_ok(rnd, KEY1, 1, 1)
+        self.assertEqual(F.decode_hello_ok(ok), (1, rnd))
+        F.verify_hello_ok(KEY1, 1, ok)
+        for key, key_id in ((KEY2, 1), (KEY1, 2)):
+            with self.assertRaises(F.FrameError):
+                F.verify_hello_ok(key, key_id, ok)
         self.assertEqual(F.decode_hello_err(F.encode_hello_err(F.ERR_NO_SESSION)), F.ERR_NO_SESSION)
         self.assertEqual(F.decode_ping(F.encode_ping(F.PONG, 2**64 - 1)), 2**64 - 1)
         for fn, frame in (
-            (F.decode_hello_ok, F.encode_hello_ok(rnd)[:-1]),
+            (F.decode_hello_ok, F.encode_hello_ok(rnd, KEY1, 1)[:-1]),
             (F.decode_hello_err, F.encode_hello_err(1) + b"\x00"),
             (F.decode_ping, F.encode_ping(F.PING, 1)[:-2]),
         ):

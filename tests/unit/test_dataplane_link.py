@@ -572,3 +572,39 @@ class PreHelloLimitTests(SynchronousTestCase):
         proto.dataReceived((F.MAX_HELLO_FRAME + 1).to_bytes(4, "big"))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "malformed_frame"), 1)
+
+
+class ServerAuthenticityTests(SynchronousTestCase):
+    def test_client_refuses_unauthentic_hello_ok(self) -> None:
+        """A TLS man-in-the-middle without the session secret gets no packet."""
+        pair = Pair(self)
+        pair.fail_connect = False
+        sent: list[bytes] = []
+
+        def mitm(url: str, client_proto: Any) -> defer.Deferred[Any]:
+            transport = StringTransport()
+            client_proto.makeConnection(transport)
+            # answers like a server, but derives its tag from a guessed key
+            client_proto.dataReceived(F.encode_hello_ok(os.urandom(16), os.urandom(32), 1))
+            sent.append(transport.value())
+            return defer.succeed(client_proto)
+
+        pair.client._connector = mitm
+        pair.client.start()
+        pair.client.send_batch([b"secret packet"])
+        self.assertFalse(pair.client.ready)
+        self.assertEqual(pair.metrics_a.value("link_hello_failures_total", "server_not_authentic"), 1)
+        self.assertEqual(pair.client.queued_packets, 1)
+        self.assertEqual(F.frame_type(sent[0]), F.HELLO)
+        self.assertEqual(len(sent[0]), int.from_bytes(sent[0][:4], "big") + 4)  # only the HELLO
+
+
+class SessionObserverTests(DataPlaneTests):
+    """Re-runs nothing of DataPlaneTests but its setUp; adds the session-forget case."""
+
+    def test_forgotten_session_closes_inbound_link(self) -> None:
+        self.assertIn(A, self.b.plane.server_factory.links)
+        self.b.plane._sessions.forget(A)  # type: ignore[attr-defined]
+        self.pump()
+        self.assertNotIn(A, self.b.plane.server_factory.links)
+        self.assertFalse(self.a.plane.links[B].ready)

@@ -155,6 +155,8 @@ def decode_hello(frame: bytes) -> tuple[int, bytes, int, str, bytes]:
     _, _, version, flags, rnd, key_id, tlen = _HELLO.unpack_from(frame)
     if version != PROTOCOL_VERSION:
         raise FrameError(MALFORMED_FRAME, f"HELLO version {version}")
+    if key_id & SERVER_NONCE_BIT:
+        raise FrameError(MALFORMED_FRAME, "HELLO key id")
     if tlen != len(frame) - _HELLO.size or tlen > MAX_TOKEN:
         raise FrameError(MALFORMED_FRAME, "HELLO token length")
     try:
@@ -164,16 +166,39 @@ def decode_hello(frame: bytes) -> tuple[int, bytes, int, str, bytes]:
     return flags, rnd, key_id, token, frame[5 : 5 + _HELLO_BOUND.size]
 
 
-def encode_hello_ok(server_random: bytes, flags: int = 0) -> bytes:
-    return _HELLO_OK.pack(_HELLO_OK.size - 4, HELLO_OK, flags, server_random)
+#: Key ids are below this; the bit marks nonces of server → client frames (HELLO_OK).
+SERVER_NONCE_BIT: Final = 0x80000000
+
+
+def encode_hello_ok(server_random: bytes, link_key: bytes, key_id: int, flags: int = 0) -> bytes:
+    """HELLO_OK (server → client), tagged under the new link key.
+
+    The tag proves the server holds the session secret too, so a client never sends packets to
+    a TLS man-in-the-middle that lacks it.  Its nonce has :data:`SERVER_NONCE_BIT` set, which no
+    client frame uses.
+    """
+    head = _HELLO_OK.pack(_HELLO_OK.size - 4 + TAG_LEN, HELLO_OK, flags, server_random)
+    return head + AESGCM(link_key).encrypt(nonce(SERVER_NONCE_BIT | key_id, 0), b"", head)
 
 
 def decode_hello_ok(frame: bytes) -> tuple[int, bytes]:
-    """``(flags, server_random)``."""
-    if len(frame) != _HELLO_OK.size:
+    """``(flags, server_random)``; check the tag with :func:`verify_hello_ok` once the link key
+    is derived from ``server_random``."""
+    if len(frame) != _HELLO_OK.size + TAG_LEN:
         raise FrameError(MALFORMED_FRAME, "HELLO_OK size")
-    _, _, flags, rnd = _HELLO_OK.unpack(frame)
+    _, _, flags, rnd = _HELLO_OK.unpack_from(frame)
     return flags, rnd
+
+
+def verify_hello_ok(link_key: bytes, key_id: int, frame: bytes) -> None:
+    """Raise :class:`FrameError` (``bad_tag``) unless the HELLO_OK is authentic."""
+    mv = memoryview(frame)
+    try:
+        AESGCM(link_key).decrypt(
+            nonce(SERVER_NONCE_BIT | key_id, 0), mv[-TAG_LEN:], mv[:-TAG_LEN]
+        )
+    except InvalidTag:
+        raise FrameError(BAD_TAG, "HELLO_OK") from None
 
 
 def encode_hello_err(code: int) -> bytes:
@@ -220,6 +245,8 @@ def decode_rekey(frame: bytes) -> tuple[int, str]:
     _, _, key_id, klen = _REKEY.unpack_from(frame)
     if _REKEY.size + klen + TAG_LEN != len(frame):
         raise FrameError(MALFORMED_FRAME, "REKEY kid length")
+    if key_id & SERVER_NONCE_BIT:
+        raise FrameError(MALFORMED_FRAME, "REKEY key id")
     try:
         kid = frame[_REKEY.size : _REKEY.size + klen].decode("ascii")
     except UnicodeDecodeError:

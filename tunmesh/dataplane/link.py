@@ -273,7 +273,9 @@ class LinkServerProtocol(Protocol):
             self._timer.cancel()
         self._timer = f.clock.callLater(f.keepalive, self._idle_check)
         out_flags = F.FLAG_VNET_HDR if f.vnet_hdr else 0
-        self.transport.write(F.encode_hello_ok(self._server_random, out_flags))  # type: ignore[union-attr]
+        self.transport.write(  # type: ignore[union-attr]
+            F.encode_hello_ok(self._server_random, key, key_id, out_flags)
+        )
         f.link_opened(self)
 
     def _rekey(self, frame: bytes) -> None:
@@ -553,8 +555,7 @@ class LinkClient:
         try:
             if kind == F.HELLO_OK and not self.ready:
                 _flags, self._server_random = F.decode_hello_ok(frame)
-                self._established(proto)
-                return True
+                return self._established(proto, frame)
             if kind == F.HELLO_ERR and not self.ready:
                 code = F.decode_hello_err(frame)
                 self._lm.hello_failed("refused_" + F.ERR_NAMES.get(code, "unknown"))
@@ -577,17 +578,23 @@ class LinkClient:
         self._lm.frame_dropped(reason)
         proto.transport.abortConnection()  # type: ignore[union-attr]
 
-    def _established(self, proto: LinkClientProtocol) -> None:
+    def _established(self, proto: LinkClientProtocol, hello_ok: bytes) -> bool:
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         self._hello_timer = None
         frame_key = self._pending_session_key
-        if frame_key is None:
-            self._protocol_error(proto, "no_session")
-            return
+        assert frame_key is not None
         key = F.derive_link_key(
             frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, self._kid
         )
+        try:
+            F.verify_hello_ok(key, self._key_id, hello_ok)
+        except F.FrameError:
+            # Not the peer (it would know the session): never send it a packet.
+            self._lm.hello_failed("server_not_authentic")
+            self.log.warn("link to {peer_id}: HELLO_OK not authentic", peer_id=self.peer_id)
+            proto.transport.abortConnection()  # type: ignore[union-attr]
+            return False
         self._sealer = F.DataSealer(self._key_id, key)
         self.ready = True
         self.paused = False
@@ -596,6 +603,7 @@ class LinkClient:
         proto.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
         self._flush()
+        return True
 
     def _keepalive(self) -> None:
         self._ping_timer = None

@@ -62,7 +62,7 @@ class DataPlane(Service):
     """
 
     log = Logger()
-    name = "dataplane"
+    name = "dataplane"  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -126,6 +126,16 @@ class DataPlane(Service):
             hello_timeout=hello_timeout,
             keepalive=keepalive,
         )
+
+        add_observer = getattr(sessions, "add_observer", None)
+        if add_observer is not None:
+            add_observer(self._session_changed)
+
+    def _session_changed(self, peer_id: str, direction: str, kid: str | None) -> None:
+        """SessionStore observer: a forgotten inbound session ends that peer's inbound link
+        (its link keys were derived from it); a new one needs nothing (REKEY does it)."""
+        if kid is None and direction == "inbound":
+            self.server_factory.close_peer(peer_id)
 
     # -- service ----------------------------------------------------------------------------
 

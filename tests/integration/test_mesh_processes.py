@@ -1,0 +1,78 @@
+"""Membership with real processes: 3 ``twistd tunmesh`` nodes in 3 namespaces form a full mesh through
+gossip (they only know node 1), a killed node is groomed by the others, and a restarted one (new node id,
+same URL and address) is re-admitted and replaces its old entry."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from tests.integration.cluster import Cluster, node_config
+from tests.netns import NetnsError, Underlay, requires_root_netns
+
+FAST = {"local": {"reregistration_interval": 1, "stale_threshold": 5}, "mesh": {"reregistration_interval": 1, "stale_threshold": 5}}
+
+
+def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise NetnsError(f"timed out after {timeout}s waiting for {what}\n{logs()}")
+        time.sleep(0.5)
+
+
+@requires_root_netns
+class ThreeNodeMembershipTests(TestCase):
+    timeout = 240
+
+    def test_converge_groom_and_readmit(self) -> None:
+        with Underlay(nodes=3, tag="m") as underlay:
+            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-mesh-{os.getpid()}"
+            cluster = Cluster(
+                underlay, workdir, lambda i: node_config(i, bootstrap=["https://198.18.0.1:4567/"], timing=FAST)
+            )
+            try:
+                cluster.start_all()
+                ids = cluster.wait_full_mesh(timeout=60)
+                self.assertEqual(len(set(ids.values())), 3)
+                view = cluster.peer_view(2)
+                self.assertEqual(view["peers"][ids[3]]["addresses"][:1], ["100.64.0.3/32"])
+
+                # Node 3 dies: the others groom it (no authenticated contact past stale_threshold).
+                cluster.stop(3)
+                wait_until(
+                    lambda: ids[3] not in cluster.peers_of(1) and ids[3] not in cluster.peers_of(2),
+                    30, "node 3 to be groomed", cluster.logs,
+                )
+                self.assertGreaterEqual(cluster.metric(1, "tunmesh_mesh_peers_removed_total"), 1)
+
+                # Restarted with a new id at the same URL and address: re-admitted by both.
+                cluster.start(3).wait_ready(timeout=60)
+                new_ids = cluster.wait_full_mesh(timeout=60)
+                self.assertNotEqual(new_ids[3], ids[3])
+                self.assertEqual(new_ids[1], ids[1])
+                self.assertNotIn(ids[3], cluster.peers_of(1))
+            finally:
+                cluster.stop_all()
+
+    def test_restart_replaces_old_entry_before_it_goes_stale(self) -> None:
+        slow_stale = {"local": {"reregistration_interval": 1, "stale_threshold": 120}}
+        with Underlay(nodes=2, tag="r") as underlay:
+            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-restart-{os.getpid()}"
+            cluster = Cluster(
+                underlay, workdir, lambda i: node_config(i, bootstrap=["https://198.18.0.1:4567/"], timing=slow_stale)
+            )
+            try:
+                cluster.start_all()
+                ids = cluster.wait_full_mesh(timeout=60)
+                cluster.stop(2)
+                cluster.start(2).wait_ready(timeout=60)
+                # Far below the 120 s stale threshold, node 1 has swapped the old id for the new one.
+                new = cluster.wait_full_mesh(timeout=30)
+                self.assertNotEqual(new[2], ids[2])
+                self.assertEqual(cluster.peers_of(1), {new[2]})
+            finally:
+                cluster.stop_all()
