@@ -7,6 +7,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -557,6 +558,13 @@ class DataPlaneTests(SynchronousTestCase):
         self.pump()
         self.assertFalse(self.a.plane.links[B].ready)
 
+    def test_forgotten_session_closes_inbound_link(self) -> None:
+        self.assertIn(A, self.b.plane.server_factory.links)
+        self.b.plane._sessions.forget(A)  # type: ignore[attr-defined]
+        self.pump()
+        self.assertNotIn(A, self.b.plane.server_factory.links)
+        self.assertFalse(self.a.plane.links[B].ready)
+
     def test_tun_closed_stops_reading(self) -> None:
         self.a.tun.close()
         self.a.plane._reader.doRead()
@@ -599,12 +607,36 @@ class ServerAuthenticityTests(SynchronousTestCase):
         self.assertEqual(len(sent[0]), int.from_bytes(sent[0][:4], "big") + 4)  # only the HELLO
 
 
-class SessionObserverTests(DataPlaneTests):
-    """Re-runs nothing of DataPlaneTests but its setUp; adds the session-forget case."""
+class SocketTuningTests(SynchronousTestCase):
+    def test_innermost_transport_tuned(self) -> None:
+        import socket
 
-    def test_forgotten_session_closes_inbound_link(self) -> None:
-        self.assertIn(A, self.b.plane.server_factory.links)
-        self.b.plane._sessions.forget(A)  # type: ignore[attr-defined]
-        self.pump()
-        self.assertNotIn(A, self.b.plane.server_factory.links)
-        self.assertFalse(self.a.plane.links[B].ready)
+        from tunmesh.dataplane.link import tune_socket
+
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+
+        class TCP:
+            nodelay = False
+
+            def setTcpNoDelay(self, on: bool) -> None:
+                self.nodelay = on
+
+            def getHandle(self) -> socket.socket:
+                return sock
+
+        class TLS:
+            transport = TCP()
+
+        tls = TLS()
+        self.assertTrue(tune_socket(tls, 1 << 20))
+        self.assertTrue(tls.transport.nodelay)
+        self.assertGreaterEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 1 << 20)
+        self.assertFalse(tune_socket(StringTransport()))
+
+    def test_connector_refuses_non_https(self) -> None:
+        from tunmesh.dataplane.link import TLSLinkConnector
+
+        connector = TLSLinkConnector(MemoryReactorClock(), lambda host: None)
+        for url in ("http://b:4567/", "https:///", "ftp://x/"):
+            self.failureResultOf(connector(url, Protocol()), ValueError)

@@ -80,6 +80,9 @@ def build_mesh(
         monotonic=monotonic,
         max_age=float(auth_timing.session_max_age),
         validity=validity,
+        # W11's one init per 10 s per peer, but never slower than the configured rotation itself
+        # (a short session_max_age, as the tests use, must still rotate on time).
+        init_interval=min(10.0, float(auth_timing.session_max_age) / 2),
     )
     membership = Membership(
         settings,
