@@ -8,7 +8,7 @@ stays what ``--logfile`` / ``--nodaemon`` say.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import (
     FilteringLogObserver,
