@@ -83,7 +83,6 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiServi
         dict(monitoring.prometheus.base_labels) if monitoring.prometheus is not None else {},
         enabled=monitoring.method == "prometheus",
     )
-    metrics.gauge("build_info", "tunmesh version running.", ["version"]).labels(version=__version__).set(1)
     health = HealthRegistry()
     top = MultiService()
 
@@ -175,7 +174,6 @@ def build_dataplane(
     """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
     from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
     from tunmesh.logutil import RateLimitedLog
-    from tunmesh.tls.contexts import client_context
 
     net = cfg.networking
     ipv6 = net.ipv6
@@ -195,8 +193,11 @@ def build_dataplane(
     ssl_cfg = cfg.control_api.ssl
     trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
 
+    # The trust bundle is read once, now, as root: link connections are made after the privilege drop.
+    link_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
+
     def context_for(hostname: str) -> Any:
-        return client_context(trust_path, hostname, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
+        return link_policy.creatorForNetloc(hostname.encode("idna"), 0)
 
     timing = cfg.process.timing
     return DataPlane(

@@ -176,6 +176,21 @@ class RegistrationRouteTests(RouteTestCase):
             response, _ = self.request("POST", REGISTER_PATH, body, signed.header_value, url=node.url)
             self.assertEqual(response.code, code, url)
 
+    def test_without_peer_networks_local_and_metadata_hosts_refused(self) -> None:
+        node = Node(self.net, self.clock, 5)
+        cases = [
+            ("https://127.0.0.1:4567", 400),
+            ("https://169.254.169.254:443", 400),
+            ("https://[::1]:4567", 400),
+            ("https://0.0.0.0:4567", 400),
+            ("https://198.18.0.7:4567", 200),
+        ]
+        for seq, (url, code) in enumerate(cases, 1):
+            body = reg_body(info(7, url=url), seq=seq)
+            signed = self.stranger.sign_request(node.id, "POST", REGISTER_PATH, body)
+            response, _ = self.request("POST", REGISTER_PATH, body, signed.header_value, url=node.url)
+            self.assertEqual(response.code, code, url)
+
     def test_unknown_route_and_method(self) -> None:
         response, content = self.request("POST", "/tunmesh/control/v0/nothing", b"{}")
         self.assertEqual((response.code, content), (404, b"Not Found"))

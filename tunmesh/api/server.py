@@ -407,11 +407,11 @@ class HardenedSite(Site):
         try:
             _count(self.metrics, name, doc, **labels)
         except Exception:
-            self._log.failure("metrics update failed for {name}", name=name, log_level=LogLevel.debug)
+            self._log.failure("metrics update failed for {name}", name=name, level=LogLevel.debug)
 
     def report_error(self, reason: Failure, where: str) -> None:
         """One debug line with the traceback, one error line without it (no request data)."""
-        self._log.failure("unexpected error in {where}", failure=reason, where=where, log_level=LogLevel.debug)
+        self._log.failure("unexpected error in {where}", failure=reason, where=where, level=LogLevel.debug)
         self.ratelimited.emit(
             ("error", where, reason.type),
             LogLevel.error,
@@ -488,7 +488,7 @@ class ConnectionLimitFactory(WrappingFactory):
             try:
                 _count(self.metrics, "connections_refused_total", "Connections refused by a cap.", cap=scope)
             except Exception:
-                self._log.failure("metrics update failed", log_level=LogLevel.debug)
+                self._log.failure("metrics update failed", level=LogLevel.debug)
             if self._ratelimited is not None:
                 self._ratelimited.emit(
                     ("cap", scope), LogLevel.warn, "refusing connection from {peer}: {cap} cap reached",

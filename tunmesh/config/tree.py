@@ -86,7 +86,8 @@ class ClusteringLimits:
         "Networks that peer URL hosts must resolve into.",
         (
             "An allow-list for the addresses of peer URLs learned from the mesh, for example the underlay",
-            "network. Empty means any address except loopback, link-local and unspecified ones.",
+            "network. Empty means any host except literal loopback, link-local, unspecified and multicast",
+            "addresses. When set, peer URL hosts must be literal IP addresses inside one of these networks.",
         ),
         default=(),
     )

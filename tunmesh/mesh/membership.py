@@ -334,16 +334,21 @@ class Membership:
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
 
     def _peer_url_allowed(self, url: str) -> bool:
-        """`peer_networks` allow-list for URLs learned from the network (W7); names pass only if empty."""
-        nets = self.settings.peer_networks
-        if not nets:
-            return True
+        """`peer_networks` allow-list for URLs learned from the network (W7).
+
+        Empty list: any host except literal loopback, link-local, unspecified and multicast addresses
+        (SSRF into the node itself or a metadata service). Non-empty: the host must be a literal
+        address inside one of the networks (a name cannot be checked without resolving it).
+        """
         import ipaddress
 
+        nets = self.settings.peer_networks
         try:
             addr = ipaddress.ip_address(url_host(url))
         except ValueError:
-            return False
+            return not nets
+        if not nets:
+            return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast)
         return any(addr in n for n in nets)
 
     # -- outbound: bootstrap -------------------------------------------------------------------------
