@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import signal
 import statistics
 import subprocess
@@ -44,8 +43,6 @@ from tests.netns import (  # noqa: E402
     iperf3_json,
     netns_unavailable_reason,
     process_cpu_seconds,
-    start_node,
-    write_configs,
 )
 
 OVERLAY_MTU = 1400
@@ -138,49 +135,6 @@ def bench_relay(u: Underlay, duration: int, offload: bool) -> dict[str, Any]:
             dev.close()
 
 
-def node_config(i: int, ns: Namespace, workdir: Path, secret: str) -> str:
-    """A minimal two-node config: node 1 bootstraps from node 2 and vice versa, self-signed certs."""
-    from tunmesh.tls.certs import write_self_signed
-
-    cert, key = workdir / f"node{i}.crt", workdir / f"node{i}.key"
-    write_self_signed(cert, key, hostnames=(f"node{i}.tunmesh.test",), ips=(ns.address or "",))
-    os.chmod(key, 0o644)  # read after the privilege drop on reload; the bench dir is private (0700)
-    other = 2 if i == 1 else 1
-    return f"""---
-tun_mesh:
-  config_version: 1.1
-  clustering:
-    control_api_advertise_url: https://{ns.address}:{PORT}
-    bootstrap_groups:
-      default:
-        bootstrap_node_urls:
-          - https://198.18.0.{other}:{PORT}
-    auth:
-      secret: {secret}
-  control_api:
-    listen_address: {ns.address}
-    listen_port: {PORT}
-    ssl:
-      cert_file_path: {cert}
-      key_file_path: {key}
-      verify_hostname: false
-  logging:
-    level: warn
-  monitoring:
-    method: prometheus
-  networking:
-    tun_device_id: tmt-tun0
-    mtu: {OVERLAY_MTU}
-    offload: true
-    ipv4:
-      network_cidr: 100.64.0.0/10
-      node_address_cidr: 100.64.0.{i}/32
-  process:
-    uid: 65534
-    gid: 65534
-"""
-
-
 def bench_tunmesh(u: Underlay, duration: int, workdir: Path) -> dict[str, Any]:
     plugin = REPO / "twisted" / "plugins" / "tunmesh_plugin.py"
     if not plugin.exists():
@@ -189,11 +143,13 @@ def bench_tunmesh(u: Underlay, duration: int, workdir: Path) -> dict[str, Any]:
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         raise BenchError(f"the tunmesh node cannot start yet: import tunmesh.service failed: {last}")
-    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(workdir, 0o711)
-    secret = secrets.token_urlsafe(32)
-    configs = write_configs(workdir, u, lambda i, ns: node_config(i, ns, workdir, secret))
-    nodes = [start_node(ns, cfg, f"https://{ns.address}:{PORT}") for ns, cfg in zip(u.nodes, configs, strict=True)]
+    # The same cluster layout as the namespace tests: one shared self-signed cert, one secret, node 2
+    # bootstraps from node 1; node i owns 100.64.0.i. Offload on (the default).
+    from tests.integration.cluster import Cluster
+    from tests.integration.cluster import node_config as cluster_node_config
+
+    cluster = Cluster(u, workdir, lambda i: cluster_node_config(i, bootstrap=[f"https://198.18.0.1:{PORT}/"]))
+    nodes = [cluster.start(i) for i in (1, 2)]
     try:
         for node in nodes:
             try:

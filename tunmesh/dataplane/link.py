@@ -667,12 +667,16 @@ class LinkClient:
         session = self._sessions.outbound(self.peer_id)
         if session is not None and session.kid != self._kid:
             sealer = self._rotate(session.kid, session.frame_key)
+        # Twisted's TLS transport aggregates small writes and flushes them on the next reactor
+        # iteration (a copy of every frame plus one loop of latency per hop). Frames are already
+        # batched here, so write them through to OpenSSL at once when the transport allows it.
+        send = getattr(transport, "_write", None) or transport.write  # type: ignore[union-attr]
         nbytes = 0
         runs = F.split_batch(packets)
         for run in runs:
             frame, tag = sealer.seal(run, self._flags)
-            transport.write(frame)  # type: ignore[union-attr]
-            transport.write(tag)  # type: ignore[union-attr]
+            send(frame)
+            send(tag)
             nbytes += len(frame) + F.TAG_LEN
         self._lm.frames_tx.inc(len(runs))
         self._lm.bytes_tx.inc(nbytes)
