@@ -171,7 +171,7 @@ sleep 0.5
 ip netns exec tmd-n2 iperf3 -c 100.64.0.1 -t 5 | tail -n 4
 
 say "mesh view of node 1 (tunmesh peers: the cluster-authenticated GET /tunmesh/control/v0/peers)"
-ip netns exec tmd-n1 curl -ks "https://198.18.0.11:4567/tunmesh/control/v0/peers"; echo
+ip netns exec tmd-n1 "$venv/bin/tunmesh" peers --config "$work/node1/config.yaml"
 
 say "done"
 echo "configs and logs: $work/node{1,2,3}/ (config.yaml, node.log)"
