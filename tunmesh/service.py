@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.application import internet
-from twisted.application.service import IServiceCollection, MultiService
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from tunmesh import __version__
@@ -42,11 +44,11 @@ class StartupError(Exception):
     """The node cannot start; ``str()`` is one line naming the config key involved."""
 
 
-def load_or_exit(path_option: str | None) -> TunMeshConfig:
+def load_or_exit(path_option: str | None) -> tuple[TunMeshConfig, Path]:
     """Load and lint the config for twistd; print one line per problem and exit 1 on failure."""
     path = resolve_config_path(path_option, os.environ)
     try:
-        return load_config(path)
+        return load_config(path), path
     except ConfigError as e:
         for problem in e.errors:
             print(f"tunmesh: config error: {problem}", file=sys.stderr)
@@ -58,15 +60,18 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(1)
 
 
-def makeService(cfg: TunMeshConfig, reactor: Any = None, open_tun: Any = None) -> MultiService:  # noqa: N802
-    """Build the node. ``open_tun(networking)`` defaults to the real TUN device (needs root)."""
+def makeService(  # noqa: N802
+    cfg: TunMeshConfig, reactor: Any = None, open_tun: Any = None, config_path: Path | None = None
+) -> MultiService:
+    """Build the node. ``open_tun(networking)`` defaults to the real TUN device (needs root);
+    ``config_path`` is re-read before bootstrap passes when ``reload_config_on_bootstrap`` is set."""
     try:
-        return _make_service(cfg, reactor, open_tun)
+        return _make_service(cfg, reactor, open_tun, config_path)
     except (StartupError, TLSConfigError) as e:
         raise _fail(str(e)) from None
 
 
-def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiService:
+def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: Path | None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -113,7 +118,7 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any) -> MultiServi
         reactor,
         metrics,
         http_client,
-        reload=_reloader(cfg),
+        reload=reloader(cfg, config_path),
         monotonic=time.monotonic,
     )
     mesh_service.register_health(health)
@@ -214,19 +219,19 @@ def build_dataplane(
     )
 
 
-def _reloader(cfg: TunMeshConfig) -> Any:
-    """``reload_config_on_bootstrap``: re-read the file before bootstrap passes (templated URL lists)."""
-    if not cfg.clustering.reload_config_on_bootstrap or cfg.source is None:
+def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], Any] | None:
+    """``reload_config_on_bootstrap``: re-read the file before bootstrap passes (templated URL lists).
+
+    A file that no longer loads raises ``ConfigError``; membership keeps the previous groups and logs it.
+    """
+    if not cfg.clustering.reload_config_on_bootstrap or config_path is None:
         return None
     from tunmesh.mesh.settings import MeshSettings
 
-    source = cfg.source
-
     def reload() -> Any:
-        fresh = load_config(source)
-        return MeshSettings.from_config(fresh).bootstrap_groups
+        return MeshSettings.from_config(load_config(config_path)).bootstrap_groups
 
     return reload
 
 
-__all__ = ["makeService", "load_or_exit", "StartupError", "IServiceCollection"]
+__all__ = ["makeService", "load_or_exit", "reloader", "StartupError"]

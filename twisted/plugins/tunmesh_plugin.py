@@ -21,8 +21,9 @@ class Options(usage.Options):
         from tunmesh.logsetup import configure_twistd
         from tunmesh.service import load_or_exit
 
-        config = load_or_exit(self["config"])
+        config, path = load_or_exit(self["config"])
         self["loaded_config"] = config
+        self["config_path"] = path
         parent = self.parent
         if parent is not None and not parent.get("logger"):
             # twistd's --logger hook: our observer applies tun_mesh/logging/level to every event.
@@ -40,7 +41,7 @@ class TunMeshServiceMaker:
     def makeService(self, options: Options):  # noqa: N802 (Twisted interface name)
         from tunmesh.service import makeService
 
-        return makeService(options["loaded_config"])
+        return makeService(options["loaded_config"], config_path=options["config_path"])
 
 
 serviceMaker = TunMeshServiceMaker()
