@@ -375,6 +375,33 @@ class ReconnectTests(SynchronousTestCase):
         self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "idle_timeout"), 1)
 
 
+class _Aggregator:
+    def __init__(self, write: Any) -> None:
+        self.held: list[bytes] = []
+        self._out = write
+
+    def write(self, data: bytes) -> None:
+        self.held.append(data)
+
+    def flush(self) -> None:
+        if self.held:
+            self._out(b"".join(self.held))
+            self.held = []
+
+
+class AggregatingTransport:
+    """Mimics ``TLSMemoryBIOProtocol``: ``write`` is held for later, ``_write`` is immediate."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._aggregator = _Aggregator(inner.write)
+        self.write = self._aggregator.write
+        self._write = inner.write
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class RotationTests(SynchronousTestCase):
     def test_rotation_on_live_link_without_loss(self) -> None:
         pair = Pair(self)
@@ -391,6 +418,26 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(pair.client._key_id, 2)
         self.assertEqual(len(pair.pumps), 1)  # no reconnect
         self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "unknown_key"), 0)
+
+    def test_rekey_not_overtaken_by_data_on_aggregating_transport(self) -> None:
+        """Twisted's TLS transport holds ``write`` data until the next loop iteration while
+        ``_write`` goes out at once: the REKEY must still reach the peer before its DATA."""
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        assert pair.client._proto is not None
+        aggregating = AggregatingTransport(pair.client._proto.transport)
+        pair.client._proto.transport = aggregating  # type: ignore[assignment]
+        pair.client._keepalive()  # a PING sits in the aggregator
+        self.assertEqual(len(aggregating._aggregator.held), 1)
+        new = os.urandom(32)
+        pair.store_b.install_inbound(A, "kid2", new)
+        pair.store_a.install_outbound(B, "kid2", new)
+        pair.client.send_batch([b"after-rekey"])
+        pair.pump()
+        self.assertEqual(pair.packets(), [b"after-rekey"])
+        self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "unknown_key"), 0)
+        self.assertEqual(aggregating._aggregator.held, [])
 
     def test_rekey_before_receiver_has_session(self) -> None:
         pair = Pair(self)

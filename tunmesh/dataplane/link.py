@@ -69,6 +69,21 @@ def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> bool:
     return True
 
 
+def ordered_writer(transport: Any) -> Callable[[bytes], None]:
+    """The fastest write that keeps the stream in order.
+
+    Twisted's TLS transport aggregates small ``write`` calls and flushes them on the next reactor
+    iteration (a copy of every frame plus one loop of latency per hop); its ``_write`` goes to
+    OpenSSL at once.  Frames are already batched, so they use ``_write`` -- after anything the
+    aggregator still holds is pushed out first, or a REKEY written through it would reach the
+    peer after the DATA frames it keys (and those would be dropped as ``unknown_key``).
+    """
+    aggregator = getattr(transport, "_aggregator", None)
+    if aggregator is not None:
+        aggregator.flush()
+    return getattr(transport, "_write", None) or transport.write  # type: ignore[no-any-return]
+
+
 class LinkMetrics:
     """The link counters, created once and shared by every link of a node."""
 
@@ -667,10 +682,7 @@ class LinkClient:
         session = self._sessions.outbound(self.peer_id)
         if session is not None and session.kid != self._kid:
             sealer = self._rotate(session.kid, session.frame_key)
-        # Twisted's TLS transport aggregates small writes and flushes them on the next reactor
-        # iteration (a copy of every frame plus one loop of latency per hop). Frames are already
-        # batched here, so write them through to OpenSSL at once when the transport allows it.
-        send = getattr(transport, "_write", None) or transport.write  # type: ignore[union-attr]
+        send = ordered_writer(transport)
         nbytes = 0
         runs = F.split_batch(packets)
         for run in runs:
@@ -689,7 +701,7 @@ class LinkClient:
         key = F.derive_link_key(
             frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, kid
         )
-        self._proto.transport.write(F.encode_rekey(key, key_id, kid))  # type: ignore[union-attr]
+        ordered_writer(self._proto.transport)(F.encode_rekey(key, key_id, kid))
         self._key_id = key_id
         self._kid = kid
         self._sealer = F.DataSealer(key_id, key)
