@@ -33,8 +33,8 @@ setup(
         "dev": [
             "hypothesis>=6.90",
             "ruff>=0.5",
-            "mypy>=1.8",
-            "mypy-zope>=1.0",
+            "mypy==2.4.1",
+            "mypy-zope==1.0.17",
             "types-PyYAML",
         ],
     },

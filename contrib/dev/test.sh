@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the tunmesh test suite needs on a fresh Debian machine, then run all of it:
 # Debian tools for the namespace tests, a virtualenv in .venv with the package and its dev extras,
-# ruff, and the trial suite. As root, the network-namespace and privilege tests are required
+# ruff, mypy, and the trial suite. As root, the network-namespace and privilege tests are required
 # (TUNMESH_REQUIRE_NETNS=1): they fail instead of skipping when they cannot run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,6 +33,9 @@ fi
 
 echo "== ruff"
 "$venv/bin/ruff" check tunmesh twisted tests contrib
+
+echo "== mypy"
+"$venv/bin/mypy" tunmesh
 
 echo "== trial"
 export PYTHONPATH="$root_dir${PYTHONPATH:+:$PYTHONPATH}"

@@ -22,10 +22,10 @@ import io
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -158,6 +158,23 @@ def _refusal_bytes(refusal: Refusal, include_body: bool) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + (body if include_body else b"")
 
 
+class _ChannelTransport(Protocol):
+    """What the channel and its requests use of the channel's transport.
+
+    That transport is ``TLSMemoryBIOProtocol`` in service (a ``StringTransport`` in tests):
+    ``ITCPTransport`` plus ``disconnecting``, which no Twisted interface declares, while
+    ``Protocol.transport`` is typed ``ITransport | None``.
+    """
+
+    disconnecting: bool
+
+    def getPeer(self) -> IAddress: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+
 def _count(metrics: Any, name: str, doc: str, **labels: str) -> None:
     """Increment a counter when a metrics object was given; metrics must never break serving."""
     if metrics is None:
@@ -174,6 +191,13 @@ class HardenedRequest(Request):
     max_body: int = 0
     received_body: int = 0
     _constant_written = False
+    # Narrower than Twisted's declarations: HardenedRequest is the requestFactory of HardenedSite,
+    # whose channels are HardenedChannels; ``site`` is set by ``process()``.
+    channel: HardenedChannel
+    site: HardenedSite | None
+    # Twisted's Request has an unannotated ``content = None`` (so mypy infers the type None); it is
+    # the body file from ``gotLength`` on, here always a BytesIO.
+    content: io.BytesIO  # type: ignore[assignment]
 
     def gotLength(self, length: int | None) -> None:
         """Headers are complete: pick the route limit, run ``pre_auth``; always buffer in memory."""
@@ -185,7 +209,7 @@ class HardenedRequest(Request):
             method=channel._command,
             path=path_bytes.decode("latin-1"),
             headers=self.requestHeaders,
-            peer_host=_peer_host(channel.transport.getPeer()),
+            peer_host=_peer_host(channel.tcp_transport().getPeer()),
         )
         self.max_body, pre_auth = site.limits.lookup(head.method, head.path)
         if length is not None and length > self.max_body:
@@ -238,12 +262,13 @@ class HardenedRequest(Request):
 
     def processingFailed(self, reason: Failure) -> Failure:
         """The one error boundary (W18): constant 500, traceback at debug only, counted."""
+        assert self.site is not None  # set by process() before anything is rendered
         self.site.report_error(reason, "api")
         if self._disconnected or self.finished:
             return reason
         if self.startedWriting:
             # Too late for a status; do not leave a half response on a keep-alive connection.
-            self.channel.transport.abortConnection()
+            self.channel.tcp_transport().abortConnection()
             return reason
         self.setResponseCode(http.INTERNAL_SERVER_ERROR)
         self.responseHeaders.removeHeader(b"content-length")
@@ -275,6 +300,13 @@ class HardenedChannel(http.HTTPChannel):
     _deadline: IDelayedCall | None = None
     _phase = "idle"
     refused = False
+    # Twisted's HTTPChannel has an unannotated ``_abortingCall = None`` (so mypy infers the type None);
+    # it holds the delayed call of ``forceAbortClient`` while one is pending.
+    _abortingCall: IDelayedCall | None  # type: ignore[assignment]
+
+    def tcp_transport(self) -> _ChannelTransport:
+        """``self.transport``, which is set (and a TCP/TLS transport) while the channel is connected."""
+        return cast(_ChannelTransport, self.transport)
 
     def connectionAcceptedAt(self, when: float) -> None:
         self._accepted_at = when
@@ -304,13 +336,13 @@ class HardenedChannel(http.HTTPChannel):
             ("deadline", phase),
             LogLevel.info,
             "aborting connection from {peer}: {phase} deadline expired",
-            peer=_peer_host(self.transport.getPeer()),
+            peer=_peer_host(self.tcp_transport().getPeer()),
             phase=phase,
         )
-        self.transport.abortConnection()
+        self.tcp_transport().abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.refused or self.transport.disconnecting:
+        if self.refused or self.tcp_transport().disconnecting:
             # Closing already (refusal, 400, timeout): whatever else arrives is not even parsed.
             return
         if self._phase == "idle":
@@ -366,7 +398,7 @@ class HardenedChannel(http.HTTPChannel):
         self.setTimeout(None)
         self.site.count("http_refused_total", "Requests refused before the body was read.", status=str(refusal.status))
         method = getattr(self, "_command", b"")
-        self.transport.write(_refusal_bytes(refusal, include_body=method.upper() != b"HEAD"))
+        self.tcp_transport().write(_refusal_bytes(refusal, include_body=method.upper() != b"HEAD"))
         self.loseConnection()
         if self.abortTimeout is not None and self._abortingCall is None:
             self._abortingCall = self.site.reactor.callLater(self.abortTimeout, self.forceAbortClient)
@@ -421,7 +453,7 @@ class HardenedSite(Site):
         )
         self.count("errors_total", "Unexpected errors by place.", where=where)
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No access log: it would hold peer paths at line rate and, upstream, Authorization values."""
 
     def startFactory(self) -> None:
@@ -449,7 +481,7 @@ class _CountedWrapper(ProtocolWrapper):
     counted = False
 
 
-class ConnectionLimitFactory(WrappingFactory):
+class ConnectionLimitFactory(WrappingFactory[_CountedWrapper]):
     """Caps connections per peer IP and in total; beyond a cap, ``buildProtocol`` returns None.
 
     A None from ``buildProtocol`` makes the listening port close the socket at once, before any TLS
@@ -481,7 +513,9 @@ class ConnectionLimitFactory(WrappingFactory):
     def connections_from(self, host: str) -> int:
         return self._per_peer.get(host, 0)
 
-    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:
+    # IProtocolFactory.buildProtocol may return None (the port then closes the socket; see the class
+    # docstring); WrappingFactory's annotation leaves that out.
+    def buildProtocol(self, addr: Any) -> _CountedWrapper | None:  # type: ignore[override]
         host = _peer_host(addr)
         if self.total >= self.max_total or self._per_peer.get(host, 0) >= self.max_per_peer:
             scope = "total" if self.total >= self.max_total else "peer"

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from tunmesh.auth import keys
@@ -34,6 +33,7 @@ from tunmesh.auth.tokens import (
     parse_authorization,
     verify_token,
 )
+from tunmesh.logutil import SecondsClock
 
 DEFAULT_JTI_ENTRIES = 16384
 
@@ -58,7 +58,7 @@ class ClusterAuthority:
         self,
         secret: bytes | str,
         node_id: str,
-        clock: IReactorTime,
+        clock: SecondsClock,
         validity: float = 30.0,
         leeway: float = 60.0,
         jti_entries: int = DEFAULT_JTI_ENTRIES,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from twisted.internet.interfaces import IReactorTime
-
 from tunmesh.auth.errors import AuthError
+from tunmesh.logutil import SecondsClock
 
 MAX_CTR = 2**64 - 1
 
@@ -62,7 +61,7 @@ class JtiCache:
     instead of forgetting an id that could still be replayed.
     """
 
-    def __init__(self, max_entries: int, clock: IReactorTime) -> None:
+    def __init__(self, max_entries: int, clock: SecondsClock) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         self.max_entries = max_entries

@@ -6,8 +6,10 @@ docs/internals.md without importing the other packages, and its tests use fakes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
+
+from twisted.logger import LogLevel
 
 
 class CounterChild(Protocol):
@@ -39,9 +41,12 @@ class MetricsLike(Protocol):
 
 
 class RateLimitedLogLike(Protocol):
-    """``tunmesh.logutil.RateLimitedLog``: a few lines per key, then one summary per period."""
+    """``tunmesh.logutil.RateLimitedLog``: a few lines per key, then one summary per period.
 
-    def emit(self, key: object, level: Any, fmt: str, **fields: object) -> None: ...
+    ``emit`` returns whether a line was written.
+    """
+
+    def emit(self, key: Hashable, level: LogLevel, format: str, **fields: Any) -> bool: ...
 
 
 class Session(Protocol):

@@ -15,6 +15,7 @@ import os
 import ssl as _stdlib_ssl
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -324,7 +325,9 @@ def peer_certificate_sha256(transport: object) -> bytes | None:
         return None
     if peer is None:
         return None
-    return certificate_der_sha256(peer.to_cryptography())
+    # ISSLTransport declares the certificate as ``object``; on Twisted's TLS transports it is the
+    # pyOpenSSL X509 of the connection.
+    return certificate_der_sha256(cast(crypto.X509, peer).to_cryptography())
 
 
 def local_certificate_sha256(cert_path: Path) -> bytes:

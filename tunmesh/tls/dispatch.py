@@ -13,6 +13,7 @@ deadlines can be counted from accept too.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -21,6 +22,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IProtocolNegotiationFactory,
     IReactorTime,
+    ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -55,10 +57,19 @@ class ALPNDispatchProtocol(Protocol):
         if self.factory.handshake_timeout is not None:
             self._deadline = clock.callLater(self.factory.handshake_timeout, self._handshake_expired)
 
+    def _tcp_transport(self) -> ITCPTransport:
+        """``self.transport``, set by ``makeConnection`` before anything here runs.
+
+        It is the ``TLSMemoryBIOProtocol`` (or, without TLS, the TCP transport): both provide
+        ``ITCPTransport``, which ``Protocol.transport`` (``ITransport | None``) does not say.
+        """
+        return cast(ITCPTransport, self.transport)
+
     def _handshake_expired(self) -> None:
         self._deadline = None
-        self._log.debug("TLS handshake deadline expired for {peer}", peer=str(self.transport.getPeer()))
-        self.transport.abortConnection()
+        transport = self._tcp_transport()
+        self._log.debug("TLS handshake deadline expired for {peer}", peer=str(transport.getPeer()))
+        transport.abortConnection()
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -76,14 +87,15 @@ class ALPNDispatchProtocol(Protocol):
         factory = self.factory.alternatives.get(negotiated, self.factory.default_factory) if negotiated else (
             self.factory.default_factory
         )
-        inner = factory.buildProtocol(self.transport.getPeer())
+        transport = self._tcp_transport()
+        inner = factory.buildProtocol(transport.getPeer())
         if inner is None:
-            self.transport.loseConnection()
+            transport.loseConnection()
             return
         if IAcceptTimeAware.providedBy(inner):
             inner.connectionAcceptedAt(self._accepted_at)
         self.inner = inner
-        inner.makeConnection(self.transport)
+        inner.makeConnection(transport)
         if IHandshakeListener.providedBy(inner) and not self._lost:
             inner.handshakeCompleted()
 

@@ -22,7 +22,9 @@ class TunService(Service):
     """
 
     log = Logger()
-    name = "tun"
+    # Twisted's Service has an unannotated ``name = None`` (so mypy infers the type None); IService
+    # documents it as the service's name, a str.
+    name = "tun"  # type: ignore[assignment]
 
     def __init__(
         self,
