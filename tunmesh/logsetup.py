@@ -31,4 +31,4 @@ def twistd_observer() -> ILogObserver:
         stream = sys.stdout
     else:
         stream = logfile.LogFile.fromFullPath(str(path or "twistd.log"), rotateLength=10_000_000, maxRotatedFiles=5)
-    return make_observer(str(_twistd_settings["level"]), out=stream)  # type: ignore[arg-type]
+    return make_observer(str(_twistd_settings["level"]), out=stream)

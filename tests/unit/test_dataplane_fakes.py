@@ -72,8 +72,8 @@ class FakeRateLimitedLog:
     def __init__(self) -> None:
         self.events: list[tuple[object, str, dict[str, object]]] = []
 
-    def emit(self, key: object, level: Any, fmt: str, **fields: object) -> bool:
-        self.events.append((key, fmt, fields))
+    def emit(self, key: object, level: Any, format: str, **fields: object) -> bool:
+        self.events.append((key, format, fields))
         return True
 
 

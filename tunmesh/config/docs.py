@@ -33,7 +33,7 @@ DOCS_COMMAND = "python -m tunmesh docs > docs/configuration.md"
 def _sorted_members(cls: type) -> tuple[list[tuple[str, Option]], list[tuple[str, SubGroup]]]:
     leaves = sorted((k, m) for k, m in members(cls) if isinstance(m, Option))
     groups = sorted((k, m) for k, m in members(cls) if isinstance(m, SubGroup))
-    return leaves, groups  # type: ignore[return-value]
+    return leaves, groups
 
 
 def _type_label(opt: Option) -> str:

@@ -48,7 +48,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         seen.add(key)
-    return loader.construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+    return loader.construct_mapping(node, deep=deep)
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -90,7 +90,7 @@ def read_config_text(path: Path) -> str:
 def load_config(
     path: str | os.PathLike[str],
     env: Mapping[str, str] = os.environ,
-    rng: Uniform = random,  # type: ignore[assignment]
+    rng: Uniform = random,
 ) -> TunMeshConfig:
     """Read, validate and lint a config file. Raises ConfigError (or ConfigErrors for several problems)."""
     config_path = Path(path)

@@ -706,7 +706,7 @@ def load_group(cls: type[T], data: Any, path: str, ctx: LoadContext) -> T:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        return ctx.fail(path, f"must be a mapping, got {yaml_type_name(data)}")  # type: ignore[no-any-return]
+        return ctx.fail(path, f"must be a mapping, got {yaml_type_name(data)}")
     fields = members(cls)
     known = [k for k, _ in fields]
     ok = True
@@ -731,12 +731,12 @@ def load_group(cls: type[T], data: Any, path: str, ctx: LoadContext) -> T:
             values[key] = _load_option(key, meta, data, present, sub, ctx)
         ok = ok and values[key] is not INVALID
     if not ok:
-        return INVALID  # type: ignore[no-any-return]
+        return INVALID
     info = group_info(cls)
     if info.resolve is not None:
         resolved = info.resolve(values, present, path, ctx)
         if resolved is INVALID:
-            return INVALID  # type: ignore[no-any-return]
+            return INVALID
         values = resolved
     return cls(**values)
 

@@ -87,7 +87,7 @@ def ordered_writer(transport: Any) -> Callable[[bytes], None]:
     aggregator = getattr(transport, "_aggregator", None)
     if aggregator is not None:
         aggregator.flush()
-    return getattr(transport, "_write", None) or transport.write  # type: ignore[no-any-return]
+    return getattr(transport, "_write", None) or transport.write
 
 
 class LinkMetrics:
@@ -449,7 +449,7 @@ class LinkServerFactory(Factory):
     peer that is later removed are closed with :meth:`close_peer`.
     """
 
-    protocol = LinkServerProtocol  # type: ignore[assignment]
+    protocol = LinkServerProtocol
 
     def __init__(
         self,

@@ -154,7 +154,7 @@ class DataPlane(Service):
             link.stop(PEER_DOWN)
         for peer_id in list(self.server_factory.links):
             self.server_factory.close_peer(peer_id)
-        return super().stopService()  # type: ignore[no-any-return]
+        return super().stopService()
 
     # -- membership -------------------------------------------------------------------------
 
