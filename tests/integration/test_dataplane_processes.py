@@ -3,7 +3,8 @@
 - every pair pings both ways, IPv4 and IPv6;
 - a 200 MB TCP transfer arrives intact (SHA-256) while session keys rotate every few seconds;
 - a packet with a spoofed source, sent into a link by a compromised peer, is dropped and counted;
-- a node killed and restarted carries traffic again.
+- a node killed and restarted carries traffic again;
+- a node without TUN offload and one with it exchange bulk TCP (software segmentation).
 """
 
 from __future__ import annotations
@@ -61,6 +62,27 @@ def wait_ping(cluster: Cluster, i: int, address: str, timeout: float = 30) -> No
         time.sleep(0.5)
 
 
+def transfer(test: TestCase, cluster: Cluster, src: int, dst: int, size: int) -> None:
+    """Send ``size`` random bytes over TCP from node ``src``'s namespace to node ``dst``'s overlay
+    address and check that the receiver got exactly them (length and SHA-256)."""
+    receiver = cluster.ns(dst).popen(
+        [sys.executable, "-c", RECEIVER, overlay_v4(dst)], stdout=-1, stderr=-1, text=True
+    )
+    try:
+        test.assertEqual(receiver.stdout.readline().strip(), "listening")
+        sender = cluster.ns(src).run(
+            [sys.executable, "-c", SENDER, overlay_v4(dst), str(size)], check=False, timeout=300
+        )
+        received, _ = receiver.communicate(timeout=60)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    test.assertEqual(sender.returncode, 0, sender.stderr + cluster.logs())
+    test.assertEqual(received.split(), sender.stdout.split())
+    test.assertEqual(int(received.split()[0]), size)
+
+
 def workdir(name: str) -> Path:
     return Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-{name}-{os.getpid()}"
 
@@ -100,17 +122,7 @@ class ThreeNodeTrafficTests(TestCase):
                 wait_ping(cluster, 2, overlay_v4(1))
                 rotations_before = cluster.metric(1, "tunmesh_mesh_inbound_sessions_total", kind="rotate", result="ok")
                 started = time.monotonic()
-                receiver = cluster.ns(1).popen(
-                    [sys.executable, "-c", RECEIVER, overlay_v4(1)], stdout=-1, stderr=-1, text=True
-                )
-                self.assertEqual(receiver.stdout.readline().strip(), "listening")
-                sender = cluster.ns(2).run(
-                    [sys.executable, "-c", SENDER, overlay_v4(1), str(size)], check=False, timeout=300
-                )
-                received, _ = receiver.communicate(timeout=60)
-                self.assertEqual(sender.returncode, 0, sender.stderr + cluster.logs())
-                self.assertEqual(received.split(), sender.stdout.split())
-                self.assertEqual(int(received.split()[0]), size)
+                transfer(self, cluster, 2, 1, size)
                 elapsed = time.monotonic() - started
                 rotations = (
                     cluster.metric(1, "tunmesh_mesh_inbound_sessions_total", kind="rotate", result="ok")
@@ -119,6 +131,27 @@ class ThreeNodeTrafficTests(TestCase):
                 # Keys of the 2->1 direction rotate about every 1.4 s (1.5 s x U(0.9, 1)), checked each groom tick.
                 self.assertGreaterEqual(rotations, 1, f"no rotation during a {elapsed:.1f}s transfer")
                 self.assertEqual(cluster.metric(1, "tunmesh_link_frames_dropped_total"), 0)
+            finally:
+                cluster.stop_all()
+
+    def test_offload_node_and_plain_node_exchange_bulk_tcp(self) -> None:
+        """Node 1 runs without TUN offload, node 2 with it: node 2's TSO super-packets are segmented
+        in software at node 1, and bulk TCP works both ways."""
+        size = 20 * 1024 * 1024
+        with Underlay(nodes=2, tag="o") as underlay:
+            cluster = Cluster(
+                underlay, workdir("mixed"), lambda i: node_config(i, BOOT, timing=FAST, offload=i != 1)
+            )
+            try:
+                cluster.start_all()
+                cluster.wait_full_mesh()
+                wait_ping(cluster, 2, overlay_v4(1))
+                transfer(self, cluster, 2, 1, size)
+                transfer(self, cluster, 1, 2, size)
+                self.assertGreater(cluster.metric(1, "tunmesh_software_offload_packets_total"), 0)
+                self.assertEqual(
+                    cluster.metric(1, "tunmesh_dropped_packets_total", reason="offload_mismatch"), 0
+                )
             finally:
                 cluster.stop_all()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.unit.test_dataplane_fakes import FakeMetrics, FakeRateLimitedLog, addr, ipv4, ipv6, vnet
 from tunmesh.dataplane import packets as P
 from tunmesh.dataplane.router import Router, RouteTable
+from tunmesh.tun import gso as gso_mod
 
 NET4 = IPv4Network("100.64.0.0/10")
 NET6 = IPv6Network("fd00:64::/64")
@@ -294,10 +296,43 @@ class InboundTests(SynchronousTestCase):
         r, m, _ = make_router(vnet_hdr=True)
         self.assertEqual(r.accept_inbound(PEER_A, [plain], vnet_hdr=False), [bytes(10) + plain])
         self.assertEqual(r.accept_inbound(PEER_A, [gso], vnet_hdr=True), [gso])
-        # plain TUN here, offload sender: header stripped, or dropped when offload is needed
+        # plain TUN here, offload sender: header stripped; GSO / NEEDS_CSUM done in software
         r, m, _ = make_router(vnet_hdr=False)
-        self.assertEqual(r.accept_inbound(PEER_A, [vnet(plain), gso, csum], vnet_hdr=True), [plain])
-        self.assertEqual(m.drops(), {"offload_mismatch": 2})
+        self.assertEqual(
+            r.accept_inbound(PEER_A, [vnet(plain), gso, csum], vnet_hdr=True),
+            [plain, *gso_mod.segment(gso), gso_mod.strip_or_complete_checksum(csum)],
+        )
+        self.assertEqual(m.drops(), {})
+        self.assertEqual(m.value("software_offload_packets"), 3)
+
+    def test_software_segmentation_for_a_tun_without_offload(self) -> None:
+        """A TSO super-packet from an offload peer reaches a plain TUN as MTU-sized, valid segments."""
+        tcp = struct.pack(">HHIIBBHHH", 40000, 5201, 1000, 0, 5 << 4, 0x18, 65535, 0, 0)
+        payload = bytes(range(256)) * 12  # 3072 bytes
+        ip = ipv4(A4, ME4, tcp + payload, proto=6)
+        pseudo = gso_mod._pseudo_sum(4, ip[12:16], ip[16:20], 6, len(tcp) + len(payload))
+        partial = (~gso_mod.checksum(b"", pseudo)) & 0xFFFF  # what the kernel leaves for NEEDS_CSUM
+        ip = ip[:36] + partial.to_bytes(2, "big") + ip[38:]
+        sup = vnet(
+            ip, flags=P.VNET_F_NEEDS_CSUM, gso_type=P.GSO_TCPV4, hdr_len=40, gso_size=1000,
+            csum_start=20, csum_offset=16,
+        )
+        r, m, _ = make_router(vnet_hdr=False, mtu=1040)
+        out = r.accept_inbound(PEER_A, [sup], vnet_hdr=True)
+        self.assertEqual([len(p) for p in out], [1040, 1040, 1040, 112])
+        self.assertEqual(b"".join(p[40:] for p in out), payload)
+        for i, seg in enumerate(out):
+            self.assertEqual(gso_mod.checksum(seg[:20]), 0)  # IPv4 header checksum
+            l4 = gso_mod._pseudo_sum(4, seg[12:16], seg[16:20], 6, len(seg) - 20)
+            self.assertEqual(gso_mod.checksum(seg[20:], l4), 0)  # TCP checksum
+            self.assertEqual(int.from_bytes(seg[24:28], "big"), 1000 + 1000 * i)
+        self.assertEqual(m.drops(), {})
+        # segments larger than our MTU are dropped as oversize; a GSO packet it cannot parse as offload_mismatch
+        r, m, _ = make_router(vnet_hdr=False, mtu=1000)
+        self.assertEqual(r.accept_inbound(PEER_A, [sup], vnet_hdr=True), [])
+        bad = vnet(ipv4(A4, ME4, tcp + payload, proto=17), gso_type=P.GSO_TCPV4, hdr_len=40, gso_size=1000)
+        self.assertEqual(r.accept_inbound(PEER_A, [bad], vnet_hdr=True), [])
+        self.assertEqual(m.drops(), {"oversize": 1, "offload_mismatch": 1})
 
     def test_bad_vnet_header_from_peer(self) -> None:
         r, m, _ = make_router(vnet_hdr=True)

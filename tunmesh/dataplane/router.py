@@ -22,6 +22,7 @@ from tunmesh.dataplane.interfaces import MetricsLike, RateLimitedLogLike
 from tunmesh.dataplane.packets import (
     MALFORMED,
     MAX_IP_PACKET,
+    OVERSIZE,
     PLAIN_VNET_HDR,
     UNSUPPORTED_PROTOCOL,
     VNET_HDR_LEN,
@@ -29,6 +30,7 @@ from tunmesh.dataplane.packets import (
     check_vnet,
     needs_offload,
 )
+from tunmesh.tun.gso import GSOError, segment
 
 Network = IPv4Network | IPv6Network
 
@@ -162,6 +164,10 @@ class Router:
     ) -> None:
         self.routes = route_table
         self.drops = drops if drops is not None else DropCounter(metrics, rate_limited_log)
+        self._software_offload = metrics.counter(
+            "software_offload_packets",
+            "Packets from offload peers segmented or checksummed in software for our TUN without offload.",
+        )
         self.vnet_hdr = vnet_hdr
         self._off = VNET_HDR_LEN if vnet_hdr else 0
         self._mtu = mtu
@@ -236,7 +242,7 @@ class Router:
         ``vnet_hdr`` says whether the sender's packets carry a ``virtio_net_hdr`` (default: the
         same as ours).  Packets are adapted to our TUN: a plain header is prepended, or a header
         stripped when it asks for no offload; packets needing offload we lack are dropped
-        (``offload_mismatch``).
+        (``offload_mismatch``) only when software segmentation refuses them.
         """
         if vnet_hdr is None:
             vnet_hdr = self.vnet_hdr
@@ -271,7 +277,11 @@ class Router:
                 ):
                     reason = DESTINATION_NOT_LOCAL
                 elif strip_hdr and needs_offload(pkt):
-                    reason = OFFLOAD_MISMATCH
+                    # Our TUN has no offload: segment / checksum in software (slow, but the
+                    # connection works; the counter tells the operator to align the nodes).
+                    reason = self._software(pkt[:end] if end != len(pkt) else pkt, mtu, accepted)
+                    if reason is None:
+                        continue
                 else:
                     if end != len(pkt):
                         pkt = pkt[:end]
@@ -285,3 +295,16 @@ class Router:
         if drops:
             self.drops.add_many(drops, peer_id)
         return accepted
+
+    def _software(self, pkt: bytes, mtu: int, accepted: list[bytes]) -> str | None:
+        """Append the plain packets ``pkt`` (GSO and/or NEEDS_CSUM) becomes; the drop reason if none."""
+        try:
+            segments = segment(pkt)
+        except GSOError:
+            return OFFLOAD_MISMATCH
+        for seg in segments:
+            if len(seg) > mtu:
+                return OVERSIZE
+        accepted.extend(segments)
+        self._software_offload.inc(len(segments))
+        return None
