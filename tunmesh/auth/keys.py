@@ -58,6 +58,9 @@ def derive_key(secret: bytes | str, purpose: str, length: int = 32) -> bytes:
     ).derive(to_secret_bytes(secret))
 
 
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
 def b64url(data: bytes) -> str:
     """Unpadded base64url, as used in JWTs."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -68,7 +71,7 @@ def b64url_decode(text: str) -> bytes:
     if not isinstance(text, str) or "=" in text:
         raise ValueError("not unpadded base64url")
     raw = text.encode("ascii")
-    if not all(c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in raw):
+    if raw.translate(None, _B64URL_ALPHABET):  # anything left is outside the alphabet
         raise ValueError("not base64url")
     if len(raw) % 4 == 1:
         raise ValueError("bad base64url length")
