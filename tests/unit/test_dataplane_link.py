@@ -546,6 +546,38 @@ class DataPlaneTests(SynchronousTestCase):
         self.pump()
         self.assertEqual(self.a.tun.take_written(), [reply])
 
+    def _kernel_answers(self, node: Node) -> None:
+        """Make ``node``'s TUN answer each written packet at once, as the kernel does for a ping."""
+        write_batch = node.tun.write_batch
+
+        def answering(packets: list[bytes]) -> tuple[int, int]:
+            result = write_batch(packets)
+            for p in packets:
+                node.tun.inject(ipv4("100.64.0.2", "100.64.0.1", b"re:" + p[20:]))
+            return result
+
+        node.tun.write_batch = answering  # type: ignore[method-assign]
+
+    def test_small_packet_answer_read_in_the_same_iteration(self) -> None:
+        self._kernel_answers(self.b)
+        self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2", b"ping"))
+        self.a.plane._reader.doRead()
+        self.pump()  # B's reader is never woken: the answer goes out from the write
+        self.assertEqual(self.b.metrics.value("tun_rx_packets_total"), 1)
+        self.assertEqual([p[20:] for p in self.a.tun.take_written()], [b"re:ping"])
+
+    def test_bulk_batch_answers_wait_for_the_reader(self) -> None:
+        self._kernel_answers(self.b)
+        for i in range(3):
+            self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2", bytes([i]) * 100))
+        self.a.plane._reader.doRead()
+        self.pump()
+        self.assertEqual(len(self.b.tun.take_written()), 3)
+        self.assertEqual(self.b.metrics.value("tun_rx_packets_total"), 0)
+        self.b.plane._reader.doRead()
+        self.pump()
+        self.assertEqual(len(self.a.tun.take_written()), 3)
+
     def test_read_batch_bounded_per_wakeup(self) -> None:
         for i in range(100):
             self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2", bytes([i])))
