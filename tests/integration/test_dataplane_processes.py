@@ -107,6 +107,10 @@ class ThreeNodeTrafficTests(TestCase):
                             if not ping(cluster, i, address):
                                 failures.append((i, address))
                 self.assertEqual(failures, [], cluster.logs())
+                # every packet link is channel-bound (W5): 3 nodes x 2 outbound links
+                logs = "\n".join(n.log_path.read_text(errors="replace") for n in cluster.nodes.values())
+                self.assertGreaterEqual(logs.count("up (bound to its TLS session)"), 6, cluster.logs())
+                self.assertNotIn("up (no TLS)", logs)
             finally:
                 cluster.stop_all()
 

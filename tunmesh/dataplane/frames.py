@@ -107,34 +107,44 @@ def derive_link_key(
     client_id: str,
     server_id: str,
     kid: str,
+    channel: bytes = b"",
 ) -> bytes:
     """The key of one link (one TCP connection, client → server) under one session.
 
     Both randoms make every connection's key fresh, so frame counters can start at 1 on each
     connection without ever reusing a (key, nonce) pair, and frames recorded on one connection
     are worthless on another.  The ids and kid are length-prefixed (W3: no ambiguous joins).
+    ``channel`` is the TLS exporter value of the connection (:data:`CHANNEL_LEN` bytes; empty
+    only without TLS, in memory tests): a relay terminating TLS on both sides has two different
+    values, so its two halves derive different keys (W5 channel binding).
     """
     info = b"tunmesh link v1"
     for part in (client_id.encode(), server_id.encode(), kid.encode()):
         info += _U32.pack(len(part)) + part
     return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=client_random + server_random, info=info
+        algorithm=hashes.SHA256(), length=32, salt=client_random + server_random + channel, info=info
     ).derive(frame_key)
 
 
 # --- control frames -------------------------------------------------------------------------
 
+#: RFC 5705 / RFC 8446 exporter label and length of the link channel binding.
+CHANNEL_LABEL: Final = b"EXPORTER-tunmesh-link-v1"
+CHANNEL_LEN: Final = 32
+
 
 _HELLO_BOUND = struct.Struct(">BB16sI")
 
 
-def hello_binding(client_random: bytes, key_id: int, flags: int = 0) -> bytes:
-    """The HELLO fields the token signs (its ``bh`` claim): version, flags, random, key id.
+def hello_binding(client_random: bytes, key_id: int, flags: int = 0, channel: bytes = b"") -> bytes:
+    """What the HELLO token signs (its ``bh`` claim): version, flags, random, key id, and the
+    TLS exporter value of the connection.
 
-    Binding the client random ties the token to one connection; a replayed HELLO cannot be
-    completed without the frame key anyway, but this also keeps the token single-use in spirit.
+    Binding the client random ties the token to one connection; the exporter value ties it to
+    this TLS session, so a relay that terminates TLS (W5) cannot forward the HELLO to the real
+    server: the server computes its own session's value and the token does not verify.
     """
-    return _HELLO_BOUND.pack(PROTOCOL_VERSION, flags, client_random, key_id)
+    return _HELLO_BOUND.pack(PROTOCOL_VERSION, flags, client_random, key_id) + channel
 
 
 def encode_hello(token: str, client_random: bytes, key_id: int, flags: int = 0) -> bytes:

@@ -19,7 +19,13 @@ from urllib.parse import urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,6 +79,23 @@ def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> bool:
     except (OSError, AttributeError, NotImplementedError):
         return False
     return True
+
+
+def tls_channel(transport: Any) -> bytes | None:
+    """The link's channel binding: the TLS exporter value (RFC 5705/8446) of ``transport``'s
+    session, ``b""`` when there is no TLS under the link (memory transports in tests), ``None``
+    when there is TLS but no value can be had (not handshaken yet, or an OpenSSL error)."""
+    get_handle = getattr(transport, "getHandle", None) if ISSLTransport.providedBy(transport) else None
+    if get_handle is None:
+        return b""
+    conn = get_handle()
+    if not isinstance(conn, SSL.Connection):
+        return None
+    try:
+        value = conn.export_keying_material(F.CHANNEL_LABEL, F.CHANNEL_LEN)
+    except SSL.Error:
+        return None
+    return value if len(value) == F.CHANNEL_LEN else None
 
 
 def ordered_writer(transport: Any) -> Callable[[bytes], None]:
@@ -248,6 +271,7 @@ class LinkServerProtocol(Protocol):
         self._opener = F.DataOpener()
         self._client_random = b""
         self._server_random = b""
+        self._channel = b""
         self._pending_rekey: tuple[int, str, bytes] | None = None
         self._timer: IDelayedCall | None = None
         self._last_rx = 0.0
@@ -384,8 +408,13 @@ class LinkServerProtocol(Protocol):
         except F.FrameError:
             self._refuse(F.ERR_PROTOCOL, "protocol")
             return
+        channel = tls_channel(self.transport)
+        if channel is None:
+            self._refuse(F.ERR_PROTOCOL, "channel_binding")
+            return
         try:
-            claims = f.authority.verify_link_hello(None, token, body=binding)
+            # The token signs the client's view of the TLS session; ours must be the same.
+            claims = f.authority.verify_link_hello(None, token, body=binding + channel)
         except AuthError as e:
             self._refuse(F.ERR_BAD_TOKEN, f"auth_{e.reason}" if hasattr(e, "reason") else "auth")
             return
@@ -399,8 +428,9 @@ class LinkServerProtocol(Protocol):
             return
         self._client_random = client_random
         self._server_random = os.urandom(F.RANDOM_LEN)
+        self._channel = channel
         key = F.derive_link_key(
-            session.frame_key, client_random, self._server_random, peer_id, f.node_id, kid
+            session.frame_key, client_random, self._server_random, peer_id, f.node_id, kid, channel
         )
         self._opener.install(key_id, key)
         self.peer_id = peer_id
@@ -428,6 +458,7 @@ class LinkServerProtocol(Protocol):
             self.peer_id,
             self.factory.node_id,
             kid,
+            self._channel,
         )
         F.verify_rekey(key, frame)
         self._pending_rekey = None
@@ -505,8 +536,13 @@ class LinkServerFactory(Factory):
 # --- client side ----------------------------------------------------------------------------
 
 
+@implementer(IHandshakeListener)
 class LinkClientProtocol(Protocol):
-    """The wire end of a :class:`LinkClient`: frames in, events out to the owner."""
+    """The wire end of a :class:`LinkClient`: frames in, events out to the owner.
+
+    Over TLS the HELLO waits for the handshake (it signs the session's exporter value);
+    without TLS (memory transports) it goes at once.
+    """
 
     def __init__(self, owner: LinkClient) -> None:
         self.owner = owner
@@ -514,7 +550,12 @@ class LinkClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
-        self.owner._connection_made(self)
+        tls = ISSLTransport.providedBy(self.transport)
+        if self.owner._connection_made(self) and not tls:
+            self.owner._send_hello(self)
+
+    def handshakeCompleted(self) -> None:
+        self.owner._send_hello(self)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -594,6 +635,7 @@ class LinkClient:
         self._last_rx = 0.0
         self._client_random = b""
         self._server_random = b""
+        self._channel = b""
         self._kid = ""
         self._key_id = 0
         self._sealer: F.DataSealer | None = None
@@ -653,15 +695,29 @@ class LinkClient:
 
     # -- protocol events --------------------------------------------------------------------
 
-    def _connection_made(self, proto: LinkClientProtocol) -> None:
+    def _connection_made(self, proto: LinkClientProtocol) -> bool:
+        """TCP is up: own the connection and start the HELLO deadline (it covers the TLS
+        handshake too); False when the link was stopped meanwhile."""
         if self._stopped:
             proto.transport.abortConnection()  # type: ignore[union-attr]
-            return
+            return False
         self._proto = proto
         self._last_rx = self._clock.seconds()
+        self._hello_timer = self._clock.callLater(self.hello_timeout, self._hello_deadline)
+        return True
+
+    def _send_hello(self, proto: LinkClientProtocol) -> None:
+        if self._proto is not proto or self.ready:
+            return
+        channel = tls_channel(proto.transport)
+        if channel is None:
+            self._lm.hello_failed("channel_binding")
+            proto.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._channel = channel
         self._client_random = os.urandom(F.RANDOM_LEN)
         self._key_id = 1
-        binding = F.hello_binding(self._client_random, self._key_id, self._flags)
+        binding = F.hello_binding(self._client_random, self._key_id, self._flags, channel)
         try:
             signed = self._authority.sign_link_hello(self.peer_id, body=binding)
         except AuthError:
@@ -677,7 +733,6 @@ class LinkClient:
         proto.transport.write(  # type: ignore[union-attr]
             F.encode_hello(signed.header_value, self._client_random, self._key_id, self._flags)
         )
-        self._hello_timer = self._clock.callLater(self.hello_timeout, self._hello_deadline)
 
     def _hello_deadline(self) -> None:
         self._hello_timer = None
@@ -722,7 +777,13 @@ class LinkClient:
         frame_key = self._pending_session_key
         assert frame_key is not None
         key = F.derive_link_key(
-            frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, self._kid
+            frame_key,
+            self._client_random,
+            self._server_random,
+            self.node_id,
+            self.peer_id,
+            self._kid,
+            self._channel,
         )
         try:
             F.verify_hello_ok(key, self._key_id, hello_ok)
@@ -734,6 +795,11 @@ class LinkClient:
             return False
         self._sealer = F.DataSealer(self._key_id, key)
         self._direct = DirectTLSWriter.wrap(proto.transport)
+        self.log.info(
+            "packet link to {peer_id} up ({binding})",
+            peer_id=self.peer_id,
+            binding="bound to its TLS session" if self._channel else "no TLS",
+        )
         self.ready = True
         self.paused = False
         self.attempts = 0
@@ -831,7 +897,7 @@ class LinkClient:
         assert self._proto is not None
         key_id = self._key_id + 1
         key = F.derive_link_key(
-            frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, kid
+            frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, kid, self._channel
         )
         ordered_writer(self._proto.transport)(F.encode_rekey(key, key_id, kid))
         self._key_id = key_id
