@@ -414,6 +414,13 @@ class NodeProcess:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
 
+    def kill(self) -> int:
+        """SIGKILL: the node gets no chance to tell its peers (a crash)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode
+
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -133,6 +133,11 @@ class Cluster:
         if node is not None:
             node.stop()
 
+    def kill(self, i: int) -> None:
+        node = self.nodes.pop(i, None)
+        if node is not None:
+            node.kill()
+
     def stop_all(self) -> None:
         for i in list(self.nodes):
             self.stop(i)

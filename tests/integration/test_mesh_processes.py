@@ -1,6 +1,7 @@
 """Membership with real processes: 3 ``twistd tunmesh`` nodes in 3 namespaces form a full mesh through
-gossip (they only know node 1), a killed node is groomed by the others, and a restarted one (new node id,
-same URL and address) is re-admitted and replaces its old entry."""
+gossip (they only know node 1), a killed node is groomed by the others, a cleanly stopped one is removed at
+once (it announces that it leaves), and a restarted one (new node id, same URL and address) is re-admitted
+and replaces its old entry."""
 
 from __future__ import annotations
 
@@ -41,13 +42,13 @@ class ThreeNodeMembershipTests(TestCase):
                 view = cluster.peer_view(2)
                 self.assertEqual(view["peers"][ids[3]]["addresses"][:1], ["100.64.0.3/32"])
 
-                # Node 3 dies: the others groom it (no authenticated contact past stale_threshold).
-                cluster.stop(3)
+                # Node 3 is killed: the others groom it (no authenticated contact past stale_threshold).
+                cluster.kill(3)
                 wait_until(
                     lambda: ids[3] not in cluster.peers_of(1) and ids[3] not in cluster.peers_of(2),
                     30, "node 3 to be groomed", cluster.logs,
                 )
-                self.assertGreaterEqual(cluster.metric(1, "tunmesh_mesh_peers_removed_total"), 1)
+                self.assertEqual(cluster.metric(1, "tunmesh_mesh_peers_removed_total", reason="stale"), 1)
 
                 # Restarted with a new id at the same URL and address: re-admitted by both.
                 cluster.start(3).wait_ready(timeout=60)
@@ -55,6 +56,26 @@ class ThreeNodeMembershipTests(TestCase):
                 self.assertNotEqual(new_ids[3], ids[3])
                 self.assertEqual(new_ids[1], ids[1])
                 self.assertNotIn(ids[3], cluster.peers_of(1))
+            finally:
+                cluster.stop_all()
+
+    def test_clean_stop_is_announced_and_removed_at_once(self) -> None:
+        """SIGTERM: the node tells its peers it leaves; they drop it far below the stale threshold."""
+        slow_stale = {"local": {"reregistration_interval": 1, "stale_threshold": 120}}
+        with Underlay(nodes=3, tag="l") as underlay:
+            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-leave-{os.getpid()}"
+            cluster = Cluster(
+                underlay, workdir, lambda i: node_config(i, bootstrap=["https://198.18.0.1:4567/"], timing=slow_stale)
+            )
+            try:
+                cluster.start_all()
+                ids = cluster.wait_full_mesh(timeout=60)
+                log_path = cluster.nodes[3].log_path
+                cluster.stop(3)
+                for i in (1, 2):
+                    self.assertNotIn(ids[3], cluster.peers_of(i))
+                    self.assertEqual(cluster.metric(i, "tunmesh_mesh_peers_removed_total", reason="left"), 1)
+                self.assertIn("left the mesh: 2 of 2 peers acknowledged", log_path.read_text(errors="replace"))
             finally:
                 cluster.stop_all()
 

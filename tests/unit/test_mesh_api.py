@@ -15,7 +15,14 @@ from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.kex import KexInitiator
 from tunmesh.auth.tokens import TYP_BOOTSTRAP
 from tunmesh.mesh.api import MAX_INIT_SESSION_BODY, MAX_REGISTRATION_BODY
-from tunmesh.mesh.membership import INIT_SESSION_PATH, PEERS_PATH, REGISTER_PATH
+from tunmesh.mesh.membership import (
+    INIT_SESSION_PATH,
+    LEAVE_PATH,
+    PEERS_PATH,
+    REGISTER_PATH,
+    leave_body,
+    leave_path,
+)
 from tunmesh.mesh.structs import NodeInfo
 
 from .test_mesh_structs import info, reg_body
@@ -216,6 +223,7 @@ class AuthFailureTests(RouteTestCase):
             ("POST", INIT_SESSION_PATH),
             ("POST", INIT_SESSION_PATH + "/" + self.n2.id),
             ("GET", PEERS_PATH),
+            ("POST", LEAVE_PATH + "/" + self.n2.id),
         ]
 
     def test_missing_token_every_route(self) -> None:
@@ -234,7 +242,7 @@ class AuthFailureTests(RouteTestCase):
             self.assertEqual(self.failures(), before + 1, path)
         # cluster routes: bad HMAC; session routes: a cluster token where a session one is needed
         self.assertEqual(self.failures("bad_signature"), 3)
-        self.assertEqual(self.failures("wrong_type"), 2)
+        self.assertEqual(self.failures("wrong_type"), 3)
 
     def test_unknown_sender_is_401_not_404(self) -> None:
         signed = self.n2.membership.session_auth.sign_request(self.n1.id, "POST", "/elsewhere", b"{}")
@@ -272,6 +280,45 @@ class AuthFailureTests(RouteTestCase):
         signed = two.sign_request("bootstrap", "POST", INIT_SESSION_PATH, body, typ=TYP_BOOTSTRAP)
         self.assert401(*self.request("POST", INIT_SESSION_PATH, body, signed.header_value))
         self.assertEqual(self.failures("wrong_type"), 1)
+
+
+class LeaveRouteTests(RouteTestCase):
+    def test_leave_with_the_senders_session_removes_it_at_once(self) -> None:
+        path = leave_path(self.n2.id)
+        body = leave_body(self.n2.id)
+        signed = self.n2.membership.session_auth.sign_request(self.n1.id, "POST", path, body)
+        response, content = self.request("POST", path, body, signed.header_value)
+        self.assertEqual(response.code, 200)
+        # signed with the session before it was forgotten
+        self.n2.membership.session_auth.verify_response(
+            self.n1.id, response.headers.getRawHeaders(b"Authorization")[0], signed, content
+        )
+        self.assertNotIn(self.n2.id, self.n1.peer_ids())
+        self.assertIn(("down", self.n2.id), self.n1.observer.events)
+        self.assertEqual(self.n1.counter("tunmesh_mesh_peers_removed_total", reason="left"), 1)
+
+    def test_leave_naming_another_node_is_400_and_removes_nothing(self) -> None:
+        path = leave_path(self.n2.id)
+        body = leave_body(node_id(9))
+        signed = self.n2.membership.session_auth.sign_request(self.n1.id, "POST", path, body)
+        self.assertEqual(self.request("POST", path, body, signed.header_value)[0].code, 400)
+        self.assertIn(self.n2.id, self.n1.peer_ids())
+
+    def test_another_node_cannot_make_a_peer_leave(self) -> None:
+        """A cluster-secret holder (or another member) cannot evict n2: it has no n2 session."""
+        path = leave_path(self.n2.id)
+        body = leave_body(self.n2.id)
+        signed = self.stranger.sign_request(self.n1.id, "POST", path, body)
+        response, content = self.request("POST", path, body, signed.header_value)
+        self.assertEqual((response.code, content), (401, b"Unauthorized"))
+        self.assertIn(self.n2.id, self.n1.peer_ids())
+
+    def test_oversized_leave_413(self) -> None:
+        path = leave_path(self.n2.id)
+        body = b"{" + b" " * 300 + b"}"
+        signed = self.n2.membership.session_auth.sign_request(self.n1.id, "POST", path, body)
+        self.assertEqual(self.request("POST", path, body, signed.header_value)[0].code, 413)
+        self.assertIn(self.n2.id, self.n1.peer_ids())
 
 
 class InitSessionRouteTests(RouteTestCase):

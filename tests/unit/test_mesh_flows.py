@@ -100,7 +100,7 @@ class RestartTests(MeshTestCase):
     def test_restart_with_new_id_replaces_old_entry_at_once(self) -> None:
         nodes = self.mesh(3)
         old = nodes[2]
-        old.stop()
+        old.crash()
         self.nodes.remove(old)
         new = self.node(3, (N1,), ident=node_id(33))
         self.assertEqual(new.url, old.url)
@@ -125,7 +125,7 @@ class RestartTests(MeshTestCase):
         """The new process is reached at another URL, but the old holder's URL now answers as it."""
         nodes = self.mesh(2)
         n1, old = nodes
-        old.stop()
+        old.crash()
         new = self.node(2, (N1,), ident=node_id(22), url="https://n2-new.test:4567")
         self.net.add(old.url, new.resource)  # the old URL now reaches the new process
         new.start()
@@ -141,11 +141,58 @@ class RestartTests(MeshTestCase):
         self.assertEqual(n1.counter("tunmesh_mesh_registrations_total", direction="in", result="address_conflict"), 1)
 
 
+class LeaveTests(MeshTestCase):
+    def test_clean_stop_removes_the_node_everywhere_at_once(self) -> None:
+        nodes = self.mesh(3)
+        gone = nodes[2]
+        d = gone.stop()
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), 2)
+        for n in nodes[:2]:
+            self.assertNotIn(gone.id, n.peer_ids())
+            self.assertIn(("down", gone.id), n.observer.events)
+            self.assertNotIn(gone.id, n.sessions.peers())
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total", reason="left"), 1)
+        self.assertEqual(len(self.logged("peer {peer_id} left the mesh")), 2)
+        self.assertEqual(len(self.logged("left the mesh: {acked} of {total}")), 1)
+        # a stopped node refuses late registrations (gossip hints) instead of being re-admitted
+        self.net.down.add("n3.test:4567")
+        advance(self.clock, 40)
+        self.assertFullMesh(nodes[:2])
+
+    def test_successor_at_a_new_url_takes_the_address_at_once(self) -> None:
+        """A rescheduled pod: new id, new underlay IP, same overlay address, old pod stopped cleanly."""
+        nodes = self.mesh(3)
+        old = nodes[2]
+        old.stop()
+        self.clock.advance(0)
+        self.nodes.remove(old)
+        self.net.down.add("n3.test:4567")
+        new = self.node(3, (N1,), ident=node_id(33), url="https://n3-new.test:4567")
+        new.start()
+        advance(self.clock, 5)
+        self.assertFullMesh([nodes[0], nodes[1], new])
+        for n in nodes[:2]:
+            self.assertEqual(
+                n.counter("tunmesh_mesh_registrations_total", direction="in", result="address_conflict"), 0
+            )
+
+    def test_unreachable_peers_do_not_hold_up_the_stop(self) -> None:
+        nodes = self.mesh(3)
+        self.net.hang.add("n1.test:4567")
+        d = nodes[2].stop()
+        self.clock.advance(0)
+        self.assertNoResult(d)
+        advance(self.clock, 3)
+        self.assertEqual(self.successResultOf(d), 1)  # n2 acknowledged; n1 never answered
+        self.assertIn(nodes[2].id, nodes[0].peer_ids())  # n1 will groom it
+
+
 class GroomTests(MeshTestCase):
     def test_stale_peer_groomed_with_all_its_state(self) -> None:
         nodes = self.mesh(3)
         dead = nodes[2]
-        dead.stop()
+        dead.crash()
         self.net.down.add("n3.test:4567")
         advance(self.clock, 25)
         self.assertIn(dead.id, nodes[0].peer_ids())

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
@@ -209,6 +209,11 @@ class Node:
 
     def stop(self) -> Any:
         return self.service.stopService()
+
+    def crash(self) -> None:
+        """Stop without telling the peers, as a killed process does."""
+        self.membership.leave = lambda timeout=0.0: succeed(0)  # type: ignore[method-assign]
+        self.service.stopService()
 
     def counter(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""

@@ -39,6 +39,7 @@ from tunmesh.mesh.membership import (
     AUTH,
     CONTROL,
     INIT_SESSION_PATH,
+    LEAVE_PATH,
     PEERS_PATH,
     REGISTER_PATH,
     Membership,
@@ -47,6 +48,7 @@ from tunmesh.mesh.structs import dumps_json
 
 MAX_REGISTRATION_BODY = 64 * 1024
 MAX_INIT_SESSION_BODY = 8 * 1024
+MAX_LEAVE_BODY = 256
 
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
@@ -145,6 +147,9 @@ class MeshAPI:
             self._pre_auth(self._session_head, "init_session/<id>"),
         )
         limits.add(b"GET", re.escape(PEERS_PATH), 0, self._pre_auth(self._cluster_head(False), "peers"))
+        limits.add(
+            b"POST", re.escape(LEAVE_PATH) + "/" + _ID, MAX_LEAVE_BODY, self._pre_auth(self._session_head, "leave/<id>")
+        )
 
     def _pre_auth(self, check: HeadCheck, where: str) -> Callable[[Any], Any]:
         def pre_auth(head: Any) -> Any:
@@ -273,6 +278,16 @@ class MeshAPI:
             return response, self._session_signer(token), commit
 
         return self._handle(request, "init_session/<id>", self._session_head, MAX_INIT_SESSION_BODY, process)
+
+    @app.route(LEAVE_PATH + "/<string:sender>", methods=["POST"])
+    def leave(self, request: IRequest, sender: str) -> bytes:
+        """The sender shuts down (session token of its direction): remove it at once."""
+
+        def process(token: VerifiedToken, body: bytes) -> Any:
+            commit = self.membership.accept_leave(token.iss, body)
+            return b"{}", self._session_signer(token), commit
+
+        return self._handle(request, "leave/<id>", self._session_head, MAX_LEAVE_BODY, process)
 
     @app.route(PEERS_PATH, methods=["GET"])
     def peers(self, request: IRequest) -> bytes:

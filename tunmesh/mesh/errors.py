@@ -48,6 +48,12 @@ class PoolFull(MeshError):
     status = 503
 
 
+class Stopping(MeshError):
+    """This node is shutting down (it has told its peers it is leaving)."""
+
+    status = 503
+
+
 class PeerRequestFailed(MeshError):
     """An outbound control request failed: transport error, timeout, bad status or bad signature.
 

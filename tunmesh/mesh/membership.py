@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    TimeoutError,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -42,6 +49,7 @@ from tunmesh.mesh.errors import (
     MeshError,
     PeerRequestFailed,
     SelfRegistration,
+    Stopping,
 )
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
@@ -52,6 +60,9 @@ AUTH = "/tunmesh/auth/v0"
 REGISTER_PATH = CONTROL + "/registrations/register"
 INIT_SESSION_PATH = AUTH + "/init_session"
 PEERS_PATH = CONTROL + "/peers"
+LEAVE_PATH = CONTROL + "/registrations/leave"
+#: how long a stopping node waits for its peers to acknowledge that it leaves
+LEAVE_TIMEOUT = 2.0
 #: extra tries of a bootstrap URL that answered 421 (a load balancer that sent us to ourselves)
 SELF_RETRIES = 2
 
@@ -62,6 +73,14 @@ def register_path(node_id: str) -> str:
 
 def init_session_path(node_id: str) -> str:
     return f"{INIT_SESSION_PATH}/{node_id}"
+
+
+def leave_path(node_id: str) -> str:
+    return f"{LEAVE_PATH}/{node_id}"
+
+
+def leave_body(node_id: str) -> bytes:
+    return b'{"id":"' + node_id.encode("ascii") + b'"}'
 
 
 class PeerObserver(Protocol):
@@ -214,6 +233,9 @@ class Membership:
         routes; `remote` entries are stored as hints for gossip (W6).
         """
         try:
+            if self._stopped:
+                # We told our peers we leave: do not let a late gossip hint re-admit us.
+                raise Stopping("stopping", "node is shutting down")
             registration = Registration.from_json(body, self.settings.bounds)
             if registration.local.id == self.node_id:
                 raise SelfRegistration("self", "registration from our own id")
@@ -611,6 +633,61 @@ class Membership:
         self._notify_down(peer.id)
         self.m_removed.labels(reason=reason).inc()
         self._update_gauges()
+
+    def accept_leave(self, iss: str, body: bytes) -> Callable[[], None]:
+        """`iss` (verified by its session token) announces that it shuts down.
+
+        Returns the `commit` that removes it (to call once the response is signed: removal
+        forgets the session that signs it), now instead of after `stale_threshold`, so its
+        addresses are free for its successor at once.
+        """
+        if body != leave_body(iss):
+            raise InvalidRegistration("bad_leave", "leave body does not name the issuer")
+
+        def commit() -> None:
+            if self.remove_peer(iss, "left"):
+                self.log.info("peer {peer_id} left the mesh", peer_id=iss)
+
+        return commit
+
+    def leave(self, timeout: float = LEAVE_TIMEOUT) -> Deferred[int]:
+        """Tell every peer we hold a session with that we leave (service stop).
+
+        Best effort and bounded: fires with the number of peers that acknowledged, after at most
+        `timeout` seconds; peers that miss it groom us as usual.
+        """
+        requests = []
+        for peer in list(self.pool):
+            if self.sessions.outbound(peer.id) is None:
+                continue
+            path = leave_path(self.node_id)
+            body = leave_body(self.node_id)
+            try:
+                request = self.session_auth.sign_request(peer.id, "POST", path, body)
+            except AuthError:
+                continue
+            d = self.client.post(peer.url, path, body, request.header_value)
+            d.addCallbacks(lambda response: response.status == 200, lambda _failure: False)
+            requests.append(d)
+        if not requests:
+            return succeed(0)
+        total = len(requests)
+        done: Deferred[Any] = DeferredList(requests, consumeErrors=True)
+        done.addCallback(lambda results: sum(1 for _ok, acked in results if acked))
+        done.addTimeout(timeout, self.clock)
+
+        def timed_out(failure: Failure) -> int:
+            failure.trap(TimeoutError)
+            return 0
+
+        done.addErrback(timed_out)
+
+        def report(acked: int) -> int:
+            self.log.info("left the mesh: {acked} of {total} peers acknowledged", acked=acked, total=total)
+            return acked
+
+        done.addCallback(report)
+        return done
 
     def remove_peer(self, peer_id: str, reason: str) -> bool:
         peer = self.pool.get(peer_id)

@@ -40,11 +40,15 @@ class MeshService(Service):
         d.addErrback(lambda f: self.log.failure("groom loop stopped", failure=f))
 
     def stopService(self) -> Any:
+        """Stop the loop and everything in flight, then tell the peers we leave (bounded)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         self.membership.cancel_all()
-        return super().stopService()
+        super().stopService()
+        d = self.membership.leave()
+        d.addErrback(lambda f: self.log.failure("telling peers we leave failed", failure=f))
+        return d
 
     def alive(self) -> bool:
         """Liveness: the loop runs and ticked within three intervals."""
