@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from tunmesh import __version__
 from tunmesh.api.app import ControlAPI
-from tunmesh.api.server import RouteLimits, make_server_factory, make_site
+from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
 from tunmesh.config import ConfigError, load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.health import HealthRegistry
@@ -140,6 +140,9 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
         header_timeout=float(api_limits.header_timeout),
         body_timeout=float(api_limits.body_timeout),
         metrics=metrics,
+        rate_limiter=SourceRateLimiter(
+            reactor, rate=float(api_limits.requests_per_second), burst=int(api_limits.request_burst)
+        ),
     )
     factory = make_server_factory(
         site,

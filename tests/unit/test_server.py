@@ -20,6 +20,7 @@ from tunmesh.api.server import (
     Refusal,
     RequestHead,
     RouteLimits,
+    SourceRateLimiter,
     make_site,
     normalise_target,
 )
@@ -482,3 +483,61 @@ class ConnectionCapTests(SynchronousTestCase):
     def test_bad_caps(self) -> None:
         self.assertRaises(ValueError, ConnectionLimitFactory, Factory.forProtocol(_Echo), 0, 10)
         self.assertRaises(ValueError, ConnectionLimitFactory, Factory.forProtocol(_Echo), 1, 0)
+
+
+class SourceRateLimiterTests(SynchronousTestCase):
+    def test_burst_then_rate(self) -> None:
+        clock = Clock()
+        limiter = SourceRateLimiter(clock, rate=20, burst=5)
+        self.assertEqual([limiter.allow("a") for _ in range(6)], [True] * 5 + [False])
+        clock.advance(0.05)  # one token back
+        self.assertEqual([limiter.allow("a"), limiter.allow("a")], [True, False])
+        clock.advance(10)  # refills to the burst, not beyond
+        self.assertEqual(sum(limiter.allow("a") for _ in range(10)), 5)
+
+    def test_sources_are_independent(self) -> None:
+        limiter = SourceRateLimiter(Clock(), rate=1, burst=1)
+        self.assertTrue(limiter.allow("a"))
+        self.assertFalse(limiter.allow("a"))
+        self.assertTrue(limiter.allow("b"))
+
+    def test_state_is_bounded_least_recent_first(self) -> None:
+        limiter = SourceRateLimiter(Clock(), rate=1, burst=1, max_sources=3)
+        for s in ("a", "b", "c"):
+            limiter.allow(s)
+        limiter.allow("a")  # a is now the most recent
+        limiter.allow("d")  # evicts b
+        self.assertEqual(len(limiter), 3)
+        self.assertTrue(limiter.allow("b"))  # forgotten: a full bucket again
+        self.assertFalse(limiter.allow("a"))
+
+    def test_bad_parameters(self) -> None:
+        for kw in ({"rate": 0}, {"burst": 0}, {"max_sources": 0}):
+            self.assertRaises(ValueError, SourceRateLimiter, Clock(), **kw)
+
+    def test_site_answers_429_for_node_api_paths_only(self) -> None:
+        metrics = Metrics("node-a", enabled=True, process_metrics=False)
+        clock = Clock()
+        root = Resource()
+        tunmesh = Resource()
+        root.putChild(b"tunmesh", tunmesh)
+        tunmesh.putChild(b"x", _App().app.resource())
+        root.putChild(b"hello", _App().app.resource())
+        limiter = SourceRateLimiter(clock, rate=1, burst=2)
+        site = make_site(root, RouteLimits(), clock, metrics=metrics, rate_limiter=limiter)
+
+        def get(path: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+            channel = site.buildProtocol(PEER)
+            transport = StringTransport(peerAddress=PEER)
+            channel.makeConnection(transport)
+            channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: n1\r\n\r\n")
+            return _parse(transport.value())
+
+        statuses = [get(b"/tunmesh/x/hello")[0] for _ in range(3)]
+        self.assertEqual(statuses[:2], [200, 200])
+        status, headers, body = get(b"/tunmesh/x/hello")
+        self.assertEqual((status, headers[b"retry-after"], body), (429, b"1", b"Too Many Requests"))
+        self.assertEqual([get(b"/hello/hello")[0] for _ in range(5)], [200] * 5)  # not under /tunmesh/
+        self.assertIn(b'tunmesh_requests_rate_limited_total{node_id="node-a"} 2.0', metrics.render()[0])
+        clock.advance(1)
+        self.assertEqual(get(b"/tunmesh/x/hello")[0], 200)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -84,6 +85,46 @@ class Refusal:
 
 
 PreAuth = Callable[[RequestHead], "int | Refusal | None"]
+
+
+class SourceRateLimiter:
+    """A token bucket per source address for the node-to-node API (contract §1, as WireGuard's
+    limiter): ``rate`` requests per second with bursts of ``burst``; over it, 429.
+
+    Bounded state: at most ``max_sources`` buckets, least recently seen dropped first (a dropped
+    source starts again with a full bucket, which only ever errs towards allowing).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, rate: float = 20.0, burst: int = 5, max_sources: int = 4096
+    ) -> None:
+        if rate <= 0 or burst < 1 or max_sources < 1:
+            raise ValueError("rate and burst must be positive")
+        self.clock = clock
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def allow(self, source: str) -> bool:
+        now = self.clock.seconds()
+        bucket = self._buckets.pop(source, None)
+        if bucket is None:
+            bucket = [self.burst, now]
+            if len(self._buckets) >= self.max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            tokens, last = bucket
+            bucket[0] = min(self.burst, tokens + (now - last) * self.rate)
+            bucket[1] = now
+        self._buckets[source] = bucket
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 @dataclass(frozen=True)
@@ -211,6 +252,12 @@ class HardenedRequest(Request):
             headers=self.requestHeaders,
             peer_host=_peer_host(channel.tcp_transport().getPeer()),
         )
+        limiter = site.rate_limiter
+        if limiter is not None and head.path.startswith(site.rate_limited_prefix):
+            if not limiter.allow(head.peer_host):
+                site.count("requests_rate_limited_total", "Requests refused by the per-source rate limit.")
+                self.refusal = Refusal(429, 1)
+                return
         self.max_body, pre_auth = site.limits.lookup(head.method, head.path)
         if length is not None and length > self.max_body:
             self.refusal = Refusal(413)
@@ -425,11 +472,15 @@ class HardenedSite(Site):
         body_timeout: float = 30.0,
         idle_timeout: float = 60.0,
         metrics: Any = None,
+        rate_limiter: SourceRateLimiter | None = None,
+        rate_limited_prefix: str = "/tunmesh/",
     ) -> None:
         if header_timeout <= 0 or body_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("timeouts must be positive")
         super().__init__(resource, timeout=idle_timeout, reactor=clock)
         self.limits = limits
+        self.rate_limiter = rate_limiter
+        self.rate_limited_prefix = rate_limited_prefix
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.metrics = metrics
@@ -471,9 +522,12 @@ def make_site(
     body_timeout: float = 30.0,
     metrics: Any = None,
     idle_timeout: float = 60.0,
+    rate_limiter: SourceRateLimiter | None = None,
 ) -> HardenedSite:
-    """The hardened ``Site`` serving ``root``."""
-    return HardenedSite(root, limits, clock, header_timeout, body_timeout, idle_timeout, metrics)
+    """The hardened ``Site`` serving ``root``; ``rate_limiter`` guards the ``/tunmesh/`` routes."""
+    return HardenedSite(
+        root, limits, clock, header_timeout, body_timeout, idle_timeout, metrics, rate_limiter
+    )
 
 
 class _CountedWrapper(ProtocolWrapper):

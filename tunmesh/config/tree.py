@@ -223,6 +223,21 @@ class ControlApiLimits:
     max_connections: int = option(
         UInt(min=1, max=1_000_000), "Maximum simultaneous connections in total.", default=1024
     )
+    requests_per_second: int = option(
+        UInt(min=1, max=100_000),
+        "Node-to-node API requests per second allowed from one source address; more get 429.",
+        (
+            "A token bucket per address for paths under /tunmesh/ (health, readiness and metrics are "
+            "not limited). Raise it when many nodes bootstrap through one load balancer that "
+            "hides their addresses.",
+        ),
+        default=20,
+    )
+    request_burst: int = option(
+        UInt(min=1, max=100_000),
+        "Requests one source address may send at once before requests_per_second applies.",
+        default=5,
+    )
 
 
 @group("Control API (HTTPS) settings.")
