@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from tunmesh import __version__
 from tunmesh.api.app import ControlAPI
 from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
+from tunmesh.clockwatch import ClockStepWatch
 from tunmesh.config import ConfigError, load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.health import HealthRegistry
@@ -90,6 +91,8 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     )
     health = HealthRegistry()
     top = MultiService()
+    # Timers follow the wall clock: keep them on schedule when the host steps it (W10).
+    ClockStepWatch(reactor, metrics).setServiceParent(top)
 
     # 1. TUN, opened now: we are root, and the data plane needs to know whether offload is active.
     tun_service = TunService(cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
