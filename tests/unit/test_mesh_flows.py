@@ -88,6 +88,25 @@ class JoinTests(MeshTestCase):
         self.assertEqual(joiner.health.readiness(), {"mesh": False})
         self.assertGreater(joiner.counter("tunmesh_mesh_bootstrap_attempts_total", result="transport"), 0)
 
+    def test_ready_during_startup_grace_then_not_until_joined(self) -> None:
+        """The original's startup_grace: a first node whose bootstrap URL cannot answer yet (a load
+        balancer routing only to ready pods) is ready for the grace period."""
+        first = self.node(1, ("https://lb.test:4567",), startup_grace=10.0)
+        first.start()
+        advance(self.clock, 9)
+        self.assertTrue(first.membership.ready())
+        advance(self.clock, 2)
+        self.assertFalse(first.membership.ready())
+        self.assertEqual(len(self.logged("startup grace of {grace}s is over")), 1)
+        advance(self.clock, 20)
+        self.assertEqual(len(self.logged("startup grace of {grace}s is over")), 1)  # once
+        # a peer joins through it: ready again, for good
+        joiner = self.node(2, (first.url,))
+        joiner.start()
+        advance(self.clock, 5)
+        self.assertTrue(first.membership.ready())
+        self.assertTrue(joiner.membership.ready())
+
     def test_bootstrap_to_own_url_is_skipped(self) -> None:
         n1 = self.node(1, (N1,))
         n1.start()

@@ -431,8 +431,11 @@ class RegistrationTiming:
     groom_interval: float = _timing(5.0, "Seconds between membership maintenance passes.")
     startup_grace: float = _timing(
         0.0,
-        "Seconds after start during which the node reports healthy without peers.",
-        ("0 (the default) turns the grace period off.",),
+        "Seconds after start during which the node reports ready before it has joined the mesh.",
+        (
+            "For a first node whose bootstrap URL is a load balancer that only routes to ready pods. "
+            "0 (the default) turns the grace period off.",
+        ),
         min=0.0,
     )
     bootstrap_retry_interval: float = _timing(15.0, "Minimum seconds between bootstrap passes of one group.")

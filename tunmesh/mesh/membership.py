@@ -144,6 +144,8 @@ class Membership:
         self._seq = 0
         self._registered_once = False
         self._stopped = False
+        self._started = self._monotonic()
+        self._grace_over_logged = False
         self.last_groom: float | None = None
         self._rlog = RateLimitedLog(self.log, clock)
         self._init_metrics(metrics)
@@ -212,8 +214,23 @@ class Membership:
         return [u for g in self.groups for u in g.spec.urls]
 
     def ready(self) -> bool:
-        """True once a registration was exchanged with a peer, or when nothing is configured to join."""
-        return self._registered_once or not self.bootstrap_urls()
+        """True once a registration was exchanged with a peer, or when nothing is configured to join,
+        or during `startup_grace` after start (the first node of a cluster whose bootstrap URL is a
+        load balancer that only routes to ready pods would otherwise never become ready)."""
+        if self._registered_once or not self.bootstrap_urls():
+            return True
+        return self._monotonic() - self._started < self.settings.startup_grace
+
+    def _check_grace(self) -> None:
+        grace = self.settings.startup_grace
+        if grace <= 0 or self._grace_over_logged or self._registered_once or not self.bootstrap_urls():
+            return
+        if self._monotonic() - self._started >= grace:
+            self._grace_over_logged = True
+            self.log.warn(
+                "startup grace of {grace}s is over and no peer has registered with us: not ready",
+                grace=grace,
+            )
 
     # -- our registration -------------------------------------------------------------------------
 
@@ -788,6 +805,7 @@ class Membership:
         self._stopped = False
         self.last_groom = self._monotonic()
         try:
+            self._check_grace()
             self._bootstrap_groups()
             now = self._monotonic()
             for peer in self.pool:
