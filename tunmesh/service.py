@@ -184,6 +184,7 @@ def build_dataplane(
 ) -> Any:
     """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
     from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
+    from tunmesh.dataplane.peerstats import PeerPacketMetrics
     from tunmesh.logutil import RateLimitedLog
 
     net = cfg.networking
@@ -222,6 +223,11 @@ def build_dataplane(
         metrics,
         packet_expiration=float(timing.network.mesh.packet_expiration),
         max_read_batch=int(cfg.control_api.max_batch_size),
+        peer_metrics=(
+            PeerPacketMetrics(metrics, reactor, float(cfg.monitoring.metric_ttl))
+            if cfg.monitoring.enable_node_packet_metrics and cfg.monitoring.method == "prometheus"
+            else None
+        ),
     )
 
 

@@ -76,6 +76,7 @@ tun_mesh:
     level: info
   monitoring:
     method: prometheus
+    enable_node_packet_metrics: true
     prometheus:
       base_labels:
         env_name: netns_test

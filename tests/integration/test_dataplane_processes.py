@@ -111,6 +111,15 @@ class ThreeNodeTrafficTests(TestCase):
                 logs = "\n".join(n.log_path.read_text(errors="replace") for n in cluster.nodes.values())
                 self.assertGreaterEqual(logs.count("up (bound to its TLS session)"), 6, cluster.logs())
                 self.assertNotIn("up (no TLS)", logs)
+                # per-peer packet metrics (monitoring.enable_node_packet_metrics), by authenticated peer
+                ids = cluster.wait_full_mesh()
+                for j in (2, 3):
+                    self.assertGreater(
+                        cluster.metric(
+                            1, "tunmesh_remote_rx_packets_by_source_node_total", source_node_id=ids[j]
+                        ),
+                        0,
+                    )
             finally:
                 cluster.stop_all()
 

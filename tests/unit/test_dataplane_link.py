@@ -578,6 +578,29 @@ class DataPlaneTests(SynchronousTestCase):
         self.pump()
         self.assertEqual(len(self.a.tun.take_written()), 3)
 
+    def test_per_peer_metrics_fed_from_batches(self) -> None:
+        from tests.unit.test_dataplane_peerstats import samples
+        from tunmesh.dataplane.peerstats import PeerPacketMetrics
+        from tunmesh.metrics import Metrics
+
+        real = Metrics("node", enabled=True, process_metrics=False)
+        self.a.plane.peer_metrics = PeerPacketMetrics(real, self.clock, ttl=60)
+        self.b.plane.peer_metrics = PeerPacketMetrics(real, self.clock, ttl=60)
+        pkts = [ipv4("100.64.0.1", "100.64.0.2", os.urandom(100)) for _ in range(3)]
+        for p in pkts:
+            self.a.tun.inject(p)
+        self.a.plane._reader.doRead()
+        self.pump()
+        size = sum(map(len, pkts))
+        self.assertEqual(samples(real, "tunmesh_remote_tx_packets_by_dest_node_total")[B], 3)
+        self.assertEqual(samples(real, "tunmesh_remote_tx_bytes_by_dest_node_total")[B], size)
+        self.assertEqual(samples(real, "tunmesh_remote_rx_packets_by_source_node_total")[A], 3)
+        self.assertEqual(samples(real, "tunmesh_remote_rx_bytes_by_source_node_total")[A], size)
+        self.b.plane.peer_down(A)
+        self.assertNotIn(A, samples(real, "tunmesh_remote_rx_packets_by_source_node_total"))
+        for n in (self.a, self.b):
+            n.plane.stopService()
+
     def test_read_batch_bounded_per_wakeup(self) -> None:
         for i in range(100):
             self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2", bytes([i])))

@@ -300,7 +300,10 @@ class Monitoring:
         default="none",
     )
     enable_node_packet_metrics: bool = option(
-        Bool(), "Per-peer packet and byte counters and the latency histogram.", default=False
+        Bool(),
+        "Per-peer packet and byte counters (series labelled by peer node id).",
+        ("No latency histogram: the original's compared two hosts' wall clocks.",),
+        default=False,
     )
     metric_ttl: float = _timing(3600.0, "Idle seconds after which per-peer metric series are dropped.")
     prometheus: Prometheus = subgroup(Prometheus)

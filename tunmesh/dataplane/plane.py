@@ -9,7 +9,7 @@ incremented once per batch.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -29,6 +29,8 @@ from tunmesh.dataplane.link import (
     LinkMetrics,
     LinkServerFactory,
 )
+from tunmesh.dataplane.packets import VNET_HDR_LEN
+from tunmesh.dataplane.peerstats import PeerPacketMetrics
 from tunmesh.dataplane.router import NO_ROUTE, Network, Router
 
 TUN_WRITE_ERROR = "tun_write_error"
@@ -83,8 +85,10 @@ class DataPlane(Service):
         hello_timeout: float = HELLO_TIMEOUT,
         keepalive: float = KEEPALIVE,
         rng: Callable[[], float] = random.random,
+        peer_metrics: PeerPacketMetrics | None = None,
     ) -> None:
         self.node_id = node_id
+        self.peer_metrics = peer_metrics
         self.tun = tun
         self.router = router
         self._sessions = sessions
@@ -154,6 +158,8 @@ class DataPlane(Service):
             link.stop(PEER_DOWN)
         for peer_id in list(self.server_factory.links):
             self.server_factory.close_peer(peer_id)
+        if self.peer_metrics is not None:
+            self.peer_metrics.stop()
         return super().stopService()
 
     # -- membership -------------------------------------------------------------------------
@@ -192,6 +198,8 @@ class DataPlane(Service):
         if link is not None:
             link.stop(PEER_REMOVED)
         self.server_factory.close_peer(peer_id)
+        if self.peer_metrics is not None:
+            self.peer_metrics.forget(peer_id)
 
     # -- TUN → peers ------------------------------------------------------------------------
 
@@ -210,12 +218,15 @@ class DataPlane(Service):
         self._rx_packets.inc(len(packets))
         self._rx_bytes.inc(nbytes)
         links = self.links
+        per_peer = self.peer_metrics
         for peer_id, batch in self.router.route_outbound(packets).items():
             link = links.get(peer_id)
             if link is None:
                 self.drops.add(NO_ROUTE, len(batch), peer_id)
             else:
                 link.send_batch(batch)
+                if per_peer is not None:
+                    per_peer.sent(peer_id, len(batch), self._ip_bytes(batch))
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -244,12 +255,21 @@ class DataPlane(Service):
                 self._tx_bytes.inc(sum(len(p) for p in accepted))
         if failed:
             self.drops.add(TUN_WRITE_ERROR, failed, peer_id)
+        if written and self.peer_metrics is not None:
+            self.peer_metrics.received(peer_id, written, self._ip_bytes(accepted))
         if written and self._reading and len(accepted) <= 2 and len(max(accepted, key=len)) <= 2048:
             # A lone small packet is often answered by the kernel before write() returns (an
             # ICMP echo reply, a request/response protocol): read the answer now and send it in
             # this reactor iteration instead of the next epoll round (one loop less per round
             # trip).  Not for bulk batches: reading there splits ACK batches and costs throughput.
             self._read_tun()
+
+    def _ip_bytes(self, packets: Sequence[bytes]) -> int:
+        """IP bytes of a batch (without the virtio headers of an offload TUN)."""
+        total = 0
+        for p in packets:
+            total += len(p)
+        return total - VNET_HDR_LEN * len(packets) if self._vnet else total
 
     def _write_tun(self, packets: list[bytes]) -> tuple[int, int]:
         write_batch = getattr(self.tun, "write_batch", None)
