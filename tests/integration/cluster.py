@@ -39,6 +39,7 @@ def node_config(
     timing: Mapping[str, Any] | None = None,
     session_max_age: float | None = None,
     offload: bool = True,
+    packet_metrics: bool = False,
 ) -> str:
     """The YAML config of node ``i`` (cert, key and secret files sit one directory up)."""
     reg = {"groom_interval": 1, "bootstrap_retry_interval": 1}
@@ -76,7 +77,7 @@ tun_mesh:
     level: info
   monitoring:
     method: prometheus
-    enable_node_packet_metrics: true
+    enable_node_packet_metrics: {"true" if packet_metrics else "false"}
     prometheus:
       base_labels:
         env_name: netns_test

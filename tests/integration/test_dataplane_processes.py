@@ -93,7 +93,9 @@ class ThreeNodeTrafficTests(TestCase):
 
     def test_ping_every_pair_both_ways_ipv4_and_ipv6(self) -> None:
         with Underlay(nodes=3, tag="p") as underlay:
-            cluster = Cluster(underlay, workdir("ping"), lambda i: node_config(i, BOOT, timing=FAST))
+            cluster = Cluster(
+                underlay, workdir("ping"), lambda i: node_config(i, BOOT, timing=FAST, packet_metrics=True)
+            )
             try:
                 cluster.start_all()
                 cluster.wait_full_mesh()
