@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
@@ -174,6 +175,26 @@ class RegistrationRouteTests(RouteTestCase):
         node.membership.pool.upsert(NodeInfo.from_dict(info(8), node.settings.bounds), 1)
         response, content = self.request("POST", REGISTER_PATH, body, signed.header_value, url=node.url)
         self.assertEqual((response.code, content), (503, b"Service Unavailable"))
+
+    def test_unexpected_error_is_a_constant_500_logged_at_a_bounded_rate(self) -> None:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def broken(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("secret-detail")
+
+        self.n1.membership.accept_registration = broken  # type: ignore[method-assign]
+        for _ in range(30):
+            body = reg_body(info(7))
+            signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
+            response, content = self.request("POST", REGISTER_PATH, body, signed.header_value)
+            self.assertEqual((response.code, content), (500, b"Internal Server Error"))
+        self.assertEqual(self.n1.counter("tunmesh_errors_total", where="mesh"), 30)
+        errors = [e for e in events if e.get("log_level") == LogLevel.error and "mesh route" in e["log_format"]]
+        self.assertLess(len(errors), 10)
+        self.assertNotIn("secret-detail", repr(errors))
+        self.flushLoggedErrors(RuntimeError)
 
     def test_registrant_url_outside_peer_networks_400(self) -> None:
         node = Node(self.net, self.clock, 5, peer_networks=(ipaddress.ip_network("198.18.0.0/15"),))

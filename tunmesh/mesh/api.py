@@ -332,5 +332,10 @@ class MeshAPI:
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         self._errors.labels(where="mesh").inc()
         self.log.failure("unhandled error in {path}", failure=failure, level=LogLevel.debug, path=request.path)
-        self.log.error("unhandled error in {path}: {type}", path=request.path, type=failure.type.__name__)
+        self.membership._rlog.emit(
+            ("mesh_api_error", failure.type),
+            LogLevel.error,
+            "unhandled {type} in a mesh route; answered 500",
+            type=failure.type.__name__,
+        )
         return self._refuse(request, 500)
