@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.integration.cluster import Cluster, node_config
+from tests.integration.cluster import Cluster, node_config, running_cluster
 from tests.netns import NetnsError, Underlay, requires_root_netns
 
+BOOT = ["https://198.18.0.1:4567/"]
 FAST = {"local": {"reregistration_interval": 1, "stale_threshold": 5}, "mesh": {"reregistration_interval": 1, "stale_threshold": 5}}
+SLOW_STALE = {"local": {"reregistration_interval": 1, "stale_threshold": 120}}
 
 
 def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:  # type: ignore[no-untyped-def]
@@ -25,75 +30,56 @@ def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:  
         time.sleep(0.5)
 
 
+@contextmanager
+def started_mesh(nodes: int, tag: str, timing: Mapping[str, Any]) -> Iterator[tuple[Cluster, dict[int, str]]]:
+    """``nodes`` nodes bootstrapping from node 1, started and fully meshed; removed afterwards."""
+    with Underlay(nodes=nodes, tag=tag) as underlay:
+        workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-mesh{tag}-{os.getpid()}"
+        with running_cluster(underlay, workdir, lambda i: node_config(i, bootstrap=BOOT, timing=timing)) as cluster:
+            yield cluster, cluster.wait_full_mesh(timeout=60)
+
+
 @requires_root_netns
 class ThreeNodeMembershipTests(TestCase):
     timeout = 240
 
     def test_converge_groom_and_readmit(self) -> None:
-        with Underlay(nodes=3, tag="m") as underlay:
-            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-mesh-{os.getpid()}"
-            cluster = Cluster(
-                underlay, workdir, lambda i: node_config(i, bootstrap=["https://198.18.0.1:4567/"], timing=FAST)
+        with started_mesh(3, "m", FAST) as (cluster, ids):
+            self.assertEqual(len(set(ids.values())), 3)
+            view = cluster.peer_view(2)
+            self.assertEqual(view["peers"][ids[3]]["addresses"][:1], ["100.64.0.3/32"])
+
+            # Node 3 is killed: the others groom it (no authenticated contact past stale_threshold).
+            cluster.kill(3)
+            wait_until(
+                lambda: ids[3] not in cluster.peers_of(1) and ids[3] not in cluster.peers_of(2),
+                30, "node 3 to be groomed", cluster.logs,
             )
-            try:
-                cluster.start_all()
-                ids = cluster.wait_full_mesh(timeout=60)
-                self.assertEqual(len(set(ids.values())), 3)
-                view = cluster.peer_view(2)
-                self.assertEqual(view["peers"][ids[3]]["addresses"][:1], ["100.64.0.3/32"])
+            self.assertEqual(cluster.metric(1, "tunmesh_mesh_peers_removed_total", reason="stale"), 1)
 
-                # Node 3 is killed: the others groom it (no authenticated contact past stale_threshold).
-                cluster.kill(3)
-                wait_until(
-                    lambda: ids[3] not in cluster.peers_of(1) and ids[3] not in cluster.peers_of(2),
-                    30, "node 3 to be groomed", cluster.logs,
-                )
-                self.assertEqual(cluster.metric(1, "tunmesh_mesh_peers_removed_total", reason="stale"), 1)
-
-                # Restarted with a new id at the same URL and address: re-admitted by both.
-                cluster.start(3).wait_ready(timeout=60)
-                new_ids = cluster.wait_full_mesh(timeout=60)
-                self.assertNotEqual(new_ids[3], ids[3])
-                self.assertEqual(new_ids[1], ids[1])
-                self.assertNotIn(ids[3], cluster.peers_of(1))
-            finally:
-                cluster.stop_all()
+            # Restarted with a new id at the same URL and address: re-admitted by both.
+            cluster.start(3).wait_ready(timeout=60)
+            new_ids = cluster.wait_full_mesh(timeout=60)
+            self.assertNotEqual(new_ids[3], ids[3])
+            self.assertEqual(new_ids[1], ids[1])
+            self.assertNotIn(ids[3], cluster.peers_of(1))
 
     def test_clean_stop_is_announced_and_removed_at_once(self) -> None:
         """SIGTERM: the node tells its peers it leaves; they drop it far below the stale threshold."""
-        slow_stale = {"local": {"reregistration_interval": 1, "stale_threshold": 120}}
-        with Underlay(nodes=3, tag="l") as underlay:
-            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-leave-{os.getpid()}"
-            cluster = Cluster(
-                underlay, workdir, lambda i: node_config(i, bootstrap=["https://198.18.0.1:4567/"], timing=slow_stale)
-            )
-            try:
-                cluster.start_all()
-                ids = cluster.wait_full_mesh(timeout=60)
-                log_path = cluster.nodes[3].log_path
-                cluster.stop(3)
-                for i in (1, 2):
-                    self.assertNotIn(ids[3], cluster.peers_of(i))
-                    self.assertEqual(cluster.metric(i, "tunmesh_mesh_peers_removed_total", reason="left"), 1)
-                self.assertIn("left the mesh: 2 of 2 peers acknowledged", log_path.read_text(errors="replace"))
-            finally:
-                cluster.stop_all()
+        with started_mesh(3, "l", SLOW_STALE) as (cluster, ids):
+            log_path = cluster.nodes[3].log_path
+            cluster.stop(3)
+            for i in (1, 2):
+                self.assertNotIn(ids[3], cluster.peers_of(i))
+                self.assertEqual(cluster.metric(i, "tunmesh_mesh_peers_removed_total", reason="left"), 1)
+            self.assertIn("left the mesh: 2 of 2 peers acknowledged", log_path.read_text(errors="replace"))
 
     def test_restart_replaces_old_entry_before_it_goes_stale(self) -> None:
-        slow_stale = {"local": {"reregistration_interval": 1, "stale_threshold": 120}}
-        with Underlay(nodes=2, tag="r") as underlay:
-            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-restart-{os.getpid()}"
-            cluster = Cluster(
-                underlay, workdir, lambda i: node_config(i, bootstrap=["https://198.18.0.1:4567/"], timing=slow_stale)
-            )
-            try:
-                cluster.start_all()
-                ids = cluster.wait_full_mesh(timeout=60)
-                cluster.stop(2)
-                cluster.start(2).wait_ready(timeout=60)
-                # Far below the 120 s stale threshold, node 1 has swapped the old id for the new one.
-                new = cluster.wait_full_mesh(timeout=30)
-                self.assertNotEqual(new[2], ids[2])
-                self.assertEqual(cluster.peers_of(1), {new[2]})
-            finally:
-                cluster.stop_all()
+        with started_mesh(2, "r", SLOW_STALE) as (cluster, ids):
+            cluster.kill(2)  # no leave announced: node 1 must notice the restart itself
+            cluster.start(2).wait_ready(timeout=60)
+            # Far below the 120 s stale threshold, node 1 has swapped the old id for the new one.
+            new = cluster.wait_full_mesh(timeout=30)
+            self.assertNotEqual(new[2], ids[2])
+            self.assertEqual(cluster.peers_of(1), {new[2]})
+            self.assertEqual(cluster.metric(1, "tunmesh_mesh_peers_removed_total", reason="left"), 0)
