@@ -37,11 +37,15 @@ print(n, h.hexdigest(), flush=True)
 """
 
 SENDER = r"""
-import hashlib, random, socket, sys
+import hashlib, random, socket, sys, time
 total = int(sys.argv[2]); rng = random.Random(20261123); h = hashlib.sha256()
-s = socket.create_connection((sys.argv[1], 5201), timeout=30); sent = 0
+seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0  # spread the transfer over at least this long
+s = socket.create_connection((sys.argv[1], 5201), timeout=30); sent = 0; start = time.monotonic()
 while sent < total:
     chunk = rng.randbytes(min(1 << 20, total - sent)); s.sendall(chunk); h.update(chunk); sent += len(chunk)
+    ahead = start + seconds * sent / total - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
 s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
 print(sent, h.hexdigest(), flush=True)
 """
@@ -62,16 +66,17 @@ def wait_ping(cluster: Cluster, i: int, address: str, timeout: float = 30) -> No
         time.sleep(0.5)
 
 
-def transfer(test: TestCase, cluster: Cluster, src: int, dst: int, size: int) -> None:
+def transfer(test: TestCase, cluster: Cluster, src: int, dst: int, size: int, seconds: float = 0.0) -> None:
     """Send ``size`` random bytes over TCP from node ``src``'s namespace to node ``dst``'s overlay
-    address and check that the receiver got exactly them (length and SHA-256)."""
+    address (spread over at least ``seconds``) and check that the receiver got exactly them (length
+    and SHA-256)."""
     receiver = cluster.ns(dst).popen(
         [sys.executable, "-c", RECEIVER, overlay_v4(dst)], stdout=-1, stderr=-1, text=True
     )
     try:
         test.assertEqual(receiver.stdout.readline().strip(), "listening")
         sender = cluster.ns(src).run(
-            [sys.executable, "-c", SENDER, overlay_v4(dst), str(size)], check=False, timeout=300
+            [sys.executable, "-c", SENDER, overlay_v4(dst), str(size), str(seconds)], check=False, timeout=300
         )
         received, _ = receiver.communicate(timeout=60)
     finally:
@@ -137,14 +142,15 @@ class ThreeNodeTrafficTests(TestCase):
                 wait_ping(cluster, 2, overlay_v4(1))
                 rotations_before = cluster.metric(1, "tunmesh_mesh_inbound_sessions_total", kind="rotate", result="ok")
                 started = time.monotonic()
-                transfer(self, cluster, 2, 1, size)
+                # At least 6 s, so that several rotations (every ~1.4 s) happen whatever the link speed.
+                transfer(self, cluster, 2, 1, size, seconds=6.0)
                 elapsed = time.monotonic() - started
                 rotations = (
                     cluster.metric(1, "tunmesh_mesh_inbound_sessions_total", kind="rotate", result="ok")
                     - rotations_before
                 )
                 # Keys of the 2->1 direction rotate about every 1.4 s (1.5 s x U(0.9, 1)), checked each groom tick.
-                self.assertGreaterEqual(rotations, 1, f"no rotation during a {elapsed:.1f}s transfer")
+                self.assertGreaterEqual(rotations, 2, f"{rotations} rotations during a {elapsed:.1f}s transfer")
                 self.assertEqual(cluster.metric(1, "tunmesh_link_frames_dropped_total"), 0)
             finally:
                 cluster.stop_all()
