@@ -99,7 +99,7 @@ class SourceRateLimiter:
         self, clock: IReactorTime, rate: float = 20.0, burst: int = 5, max_sources: int = 4096
     ) -> None:
         if rate <= 0 or burst < 1 or max_sources < 1:
-            raise ValueError("rate and burst must be positive")
+            raise ValueError("rate, burst and max_sources must be positive")
         self.clock = clock
         self.rate = rate
         self.burst = float(burst)

@@ -98,6 +98,13 @@ def tls_channel(transport: Any) -> bytes | None:
     return value if len(value) == F.CHANNEL_LEN else None
 
 
+def flush_aggregator(transport: Any) -> None:
+    """Push out what Twisted's small-write aggregator holds (so later direct writes stay in order)."""
+    aggregator = getattr(transport, "_aggregator", None)
+    if aggregator is not None:
+        aggregator.flush()
+
+
 def ordered_writer(transport: Any) -> Callable[[bytes], None]:
     """The fastest write that keeps the stream in order.
 
@@ -107,9 +114,7 @@ def ordered_writer(transport: Any) -> Callable[[bytes], None]:
     aggregator still holds is pushed out first, or a REKEY written through it would reach the
     peer after the DATA frames it keys (and those would be dropped as ``unknown_key``).
     """
-    aggregator = getattr(transport, "_aggregator", None)
-    if aggregator is not None:
-        aggregator.flush()
+    flush_aggregator(transport)
     return getattr(transport, "_write", None) or transport.write
 
 
@@ -186,12 +191,8 @@ class DirectTLSWriter:
         tls = self._tls
         if tls._appSendBuffer or tls._lostTLSConnection or tls.disconnecting:
             return False
-        aggregator = getattr(tls, "_aggregator", None)
-        if aggregator is not None:
-            aggregator.flush()
-            if tls._appSendBuffer or tls._lostTLSConnection:
-                return False
-        return True
+        flush_aggregator(tls)
+        return not (tls._appSendBuffer or tls._lostTLSConnection)
 
     def write(self, frame: bytes, tag: bytes) -> None:
         """Encrypt ``frame`` then ``tag`` into the TLS stream (sent by :meth:`flush`)."""
@@ -429,9 +430,7 @@ class LinkServerProtocol(Protocol):
         self._client_random = client_random
         self._server_random = os.urandom(F.RANDOM_LEN)
         self._channel = channel
-        key = F.derive_link_key(
-            session.frame_key, client_random, self._server_random, peer_id, f.node_id, kid, channel
-        )
+        key = self._link_key(session.frame_key, peer_id, kid)
         self._opener.install(key_id, key)
         self.peer_id = peer_id
         self._decoder.max_frame = F.MAX_FRAME
@@ -444,6 +443,12 @@ class LinkServerProtocol(Protocol):
         )
         f.link_opened(self)
 
+    def _link_key(self, frame_key: bytes, peer_id: str, kid: str) -> bytes:
+        """This connection's key under session ``kid`` of ``peer_id`` (the client)."""
+        return F.derive_link_key(
+            frame_key, self._client_random, self._server_random, peer_id, self.factory.node_id, kid, self._channel
+        )
+
     def _rekey(self, frame: bytes) -> None:
         assert self.peer_id is not None
         key_id, kid = F.decode_rekey(frame)
@@ -451,15 +456,7 @@ class LinkServerProtocol(Protocol):
         if session is None:
             self._pending_rekey = (key_id, kid, frame)
             return
-        key = F.derive_link_key(
-            session.frame_key,
-            self._client_random,
-            self._server_random,
-            self.peer_id,
-            self.factory.node_id,
-            kid,
-            self._channel,
-        )
+        key = self._link_key(session.frame_key, self.peer_id, kid)
         F.verify_rekey(key, frame)
         self._pending_rekey = None
         self._opener.install(key_id, key)
@@ -776,15 +773,7 @@ class LinkClient:
         self._hello_timer = None
         frame_key = self._pending_session_key
         assert frame_key is not None
-        key = F.derive_link_key(
-            frame_key,
-            self._client_random,
-            self._server_random,
-            self.node_id,
-            self.peer_id,
-            self._kid,
-            self._channel,
-        )
+        key = self._link_key(frame_key, self._kid)
         try:
             F.verify_hello_ok(key, self._key_id, hello_ok)
         except F.FrameError:
@@ -872,33 +861,40 @@ class LinkClient:
         session = self._sessions.outbound(self.peer_id)
         if session is not None and session.kid != self._kid:
             sealer = self._rotate(session.kid, session.frame_key)
-        nbytes = 0
-        runs = F.split_batch(packets)
         direct = self._direct
         if direct is not None and direct.usable():
-            for run in runs:
-                frame, tag = sealer.seal(run, self._flags)
-                direct.write(frame, tag)
-                nbytes += len(frame) + F.TAG_LEN
-            direct.flush()
+            write_frame = direct.write
         else:
+            direct = None
             send = ordered_writer(transport)
-            for run in runs:
-                frame, tag = sealer.seal(run, self._flags)
+
+            def write_frame(frame: bytes, tag: bytes) -> None:
                 send(frame)
                 send(tag)
-                nbytes += len(frame) + F.TAG_LEN
+
+        nbytes = 0
+        runs = F.split_batch(packets)
+        for run in runs:
+            frame, tag = sealer.seal(run, self._flags)
+            write_frame(frame, tag)
+            nbytes += len(frame) + F.TAG_LEN
+        if direct is not None:
+            direct.flush()
         self._lm.frames_tx.inc(len(runs))
         self._lm.bytes_tx.inc(nbytes)
+
+    def _link_key(self, frame_key: bytes, kid: str) -> bytes:
+        """This connection's key under our outbound session ``kid`` (same derivation as the server's)."""
+        return F.derive_link_key(
+            frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, kid, self._channel
+        )
 
     def _rotate(self, kid: str, frame_key: bytes) -> F.DataSealer:
         """Switch to the new outbound session on the live link (make-before-break: the peer
         accepts the previous key until it has seen this REKEY, so nothing is lost)."""
         assert self._proto is not None
         key_id = self._key_id + 1
-        key = F.derive_link_key(
-            frame_key, self._client_random, self._server_random, self.node_id, self.peer_id, kid, self._channel
-        )
+        key = self._link_key(frame_key, kid)
         ordered_writer(self._proto.transport)(F.encode_rekey(key, key_id, kid))
         self._key_id = key_id
         self._kid = kid

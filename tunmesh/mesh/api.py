@@ -34,6 +34,7 @@ from werkzeug.routing import RequestRedirect
 
 from tunmesh.auth.errors import AuthError, KexError
 from tunmesh.auth.tokens import PendingToken, VerifiedToken
+from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.errors import MeshError
 from tunmesh.mesh.membership import (
     AUTH,
@@ -116,6 +117,7 @@ class MeshAPI:
         self._errors = membership.metrics.counter(
             "errors", "Unexpected exceptions caught at a boundary.", ("where",)
         )
+        self._rlog = RateLimitedLog(self.log, membership.clock)
 
     # -- mounting ----------------------------------------------------------------------------------
 
@@ -332,7 +334,7 @@ class MeshAPI:
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         self._errors.labels(where="mesh").inc()
         self.log.failure("unhandled error in {path}", failure=failure, level=LogLevel.debug, path=request.path)
-        self.membership._rlog.emit(
+        self._rlog.emit(
             ("mesh_api_error", failure.type),
             LogLevel.error,
             "unhandled {type} in a mesh route; answered 500",

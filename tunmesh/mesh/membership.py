@@ -222,15 +222,15 @@ class Membership:
         return self._monotonic() - self._started < self.settings.startup_grace
 
     def _check_grace(self) -> None:
+        """One WARN when a startup grace has run out before we joined (`ready` turned false)."""
         grace = self.settings.startup_grace
-        if grace <= 0 or self._grace_over_logged or self._registered_once or not self.bootstrap_urls():
+        if grace <= 0 or self._grace_over_logged or self.ready():
             return
-        if self._monotonic() - self._started >= grace:
-            self._grace_over_logged = True
-            self.log.warn(
-                "startup grace of {grace}s is over and no peer has registered with us: not ready",
-                grace=grace,
-            )
+        self._grace_over_logged = True
+        self.log.warn(
+            "startup grace of {grace}s is over and no peer has registered with us: not ready",
+            grace=grace,
+        )
 
     # -- our registration -------------------------------------------------------------------------
 
@@ -673,12 +673,12 @@ class Membership:
         Best effort and bounded: fires with the number of peers that acknowledged, after at most
         `timeout` seconds; peers that miss it groom us as usual.
         """
+        path = leave_path(self.node_id)
+        body = leave_body(self.node_id)
         requests = []
         for peer in list(self.pool):
             if self.sessions.outbound(peer.id) is None:
                 continue
-            path = leave_path(self.node_id)
-            body = leave_body(self.node_id)
             try:
                 request = self.session_auth.sign_request(peer.id, "POST", path, body)
             except AuthError:
