@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # tunmesh local demo: a 3-node mesh in 3 network namespaces ("pods") on one machine.
 #
-#   sudo bash contrib/demo/run.sh          set up, start 3 nodes, wait for the mesh, ping + transfer, clean up
-#   sudo bash contrib/demo/run.sh --keep   same, but leave the mesh running (logs and configs stay)
-#   sudo bash contrib/demo/run.sh down     stop a kept mesh and remove everything
+#   bash contrib/demo/run.sh          set up, start 3 nodes, wait for the mesh, ping + transfer, clean up
+#   bash contrib/demo/run.sh --keep   same, but leave the mesh running (logs and configs stay)
+#   bash contrib/demo/run.sh down     stop a kept mesh and remove everything
 #
 # Underlay: bridge in namespace tmd-u, nodes tmd-n1..3 at 198.18.0.11-13/24 (benchmarking range).
 # Overlay:  100.64.0.0/24 (node i at 100.64.0.i) and fd7e:7e57::/64 (node i at fd7e:7e57::i), via TUN tun1.
@@ -177,5 +177,5 @@ say "done"
 echo "configs and logs: $work/node{1,2,3}/ (config.yaml, node.log)"
 if [ "$keep" = 1 ]; then
     echo "the mesh is still running; try: ip netns exec tmd-n1 ping 100.64.0.2"
-    echo "stop it with: sudo bash contrib/demo/run.sh down"
+    echo "stop it with: bash contrib/demo/run.sh down"
 fi
