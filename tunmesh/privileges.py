@@ -12,6 +12,12 @@ capabilities and C{NoNewPrivs: 1}.
 
 Consequence for operators: the cert and key are read before the drop, so a
 renewed certificate needs a restart (or files readable by the service UID).
+
+After the drop the node works or exits: L{PrivilegeDropService} imports, as
+root, what the node would otherwise import later (L{tunmesh.preload}), then
+runs a self-check as the new uid (L{tunmesh.selfcheck}); a failed check ends
+the process with status 1 and one line naming the cause, instead of a node
+that answers 500 to every request.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -35,6 +42,17 @@ Prctl = Callable[[int, int], int]
 
 class PrivilegeError(Exception):
     """The process could not drop to, or did not end up at, the requested IDs."""
+
+
+class StartupCheckFailed(SystemExit):
+    """
+    The self-check after the drop failed: the process exits with status 1.
+    C{message} is the one line already written to stderr and logged.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -210,6 +228,11 @@ class PrivilegeDropService(Service):
     Drops privileges in C{privilegedStartService}.  Add it as the B{last}
     child of the node's MultiService: children start in order, so the TUN
     device and the listening port are opened (as root) before it runs.
+
+    Before the drop it calls C{preload} (as root: import what the node needs
+    later); after it, C{self_check} (as the new uid).  A C{self_check} that
+    raises ends the process: one line C{tunmesh: startup error: <cause>} on
+    stderr and in the log, then L{StartupCheckFailed} (exit status 1).
     """
 
     log = Logger()
@@ -220,14 +243,25 @@ class PrivilegeDropService(Service):
         gid: int | None = None,
         *,
         drop: Callable[[int, int | None], DropResult] = drop_privileges,
+        preload: Callable[[], None] | None = None,
+        self_check: Callable[[], None] | None = None,
+        stderr: TextIO | None = None,
     ) -> None:
         self.uid = uid
         self.gid = gid
         self._drop = drop
+        self._preload = preload
+        self._self_check = self_check
+        self._stderr = stderr
         self.result: DropResult | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        if self._preload is not None:
+            try:
+                self._preload()
+            except Exception as e:
+                self._exit(str(e))
         try:
             self.result = self._drop(self.uid, self.gid)
         except PrivilegeError as e:
@@ -245,3 +279,18 @@ class PrivilegeDropService(Service):
                 uid=self.result.uid,
                 gid=self.result.gid,
             )
+        if self._self_check is not None:
+            try:
+                self._self_check()
+            except Exception as e:
+                self._exit(str(e))
+
+    def _exit(self, cause: str) -> None:
+        line = f"tunmesh: startup error: {' '.join(cause.split())}"
+        self.log.critical("{line}", line=line)
+        # twistd has redirected sys.stderr into the log by now: write to the process's own stderr.
+        stream = self._stderr or sys.__stderr__
+        if stream is not None:
+            stream.write(line + "\n")
+            stream.flush()
+        raise StartupCheckFailed(line)

@@ -8,7 +8,8 @@ still root, then ``startService``:
                   by ALPN on the same port, the packet links; bound in ``privilegedStartService``,
 3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
 4. ``dataplane``  TUN <-> router <-> peer links,
-5. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open).
+5. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open), then a
+                  self-check as that uid: the node works or exits with one line naming the cause.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from tunmesh.config.tree import TunMeshConfig
 from tunmesh.health import HealthRegistry
 from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
+from tunmesh.preload import preload
 from tunmesh.privileges import PrivilegeDropService
+from tunmesh.selfcheck import node_self_check
 from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, MeshTLSPolicy, TLSConfigError, server_context
 
 LINK_ALPN = b"tunmesh-link/1"
@@ -167,8 +170,9 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     mesh_service.setServiceParent(top)
     dataplane.setServiceParent(top)
 
-    # 6. Drop root last.
-    PrivilegeDropService(cfg.process.uid, cfg.process.gid).setServiceParent(top)
+    # 6. Drop root last; then the node serves a few requests in memory as the new uid, or exits.
+    self_check = node_self_check(site, cfg, config_path)
+    PrivilegeDropService(cfg.process.uid, cfg.process.gid, preload=preload, self_check=self_check).setServiceParent(top)
 
     log.info(
         "tunmesh {version} node {node_id} advertising {url}",
