@@ -265,16 +265,19 @@ class SelfCheck:
         self.probes = tuple(probes)
         self.codec_names = tuple(codec_names)
         self.exercises = tuple(exercises)
-        self._paths = paths
+        # Gathered now, as root: sysconfig imports its data module on first use.
+        self.installation = paths()
         self._access = access
         self._read_file = read_file
         self._getuid = getuid
 
     def __call__(self) -> None:
         uid = self._getuid()
-        blockers = blocking_paths(self._paths(), self._access)
-        cause = f"; {describe_blockers(uid, blockers)}" if blockers else ""
+        blockers: list[tuple[str, str, str]] = []
+        cause = ""
         try:
+            blockers = blocking_paths(self.installation, self._access)
+            cause = f"; {describe_blockers(uid, blockers)}" if blockers else ""
             self._run(uid, cause)
         except SelfCheckError:
             raise

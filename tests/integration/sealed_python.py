@@ -108,6 +108,7 @@ def build_sealed_python(root: Path) -> SealedPython:
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO_ROOT / "twisted" / "plugins" / "tunmesh_plugin.py",
                  site_packages / "twisted" / "plugins" / "tunmesh_plugin.py")
+    (site_packages / "sitecustomize.py").write_text(LATE_IMPORT_AUDIT)
     return SealedPython(root=root, python=python, stdlib=stdlib, site_packages=site_packages)
 
 
@@ -130,6 +131,33 @@ def sealed_python() -> Iterator[SealedPython]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: ``sitecustomize`` for the sealed tree: with ``$TMT_LATE_IMPORTS`` set, every module imported while the
+#: effective uid is not 0 (after the drop) is appended to ``$TMT_LATE_IMPORTS.<pid>``, a file opened at
+#: start-up (as root), whether or not the import succeeds. Names only: formatting a stack would import.
+LATE_IMPORT_AUDIT = """\
+import os, sys
+_path = os.environ.get("TMT_LATE_IMPORTS")
+if _path:
+    _fd = os.open(f"{_path}.{os.getpid()}", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _late_import(event, args, _fd=_fd, _geteuid=os.geteuid, _write=os.write, _modules=sys.modules):
+        if event == "import" and _geteuid() != 0 and args[0] not in _modules:
+            _write(_fd, args[0].encode() + b"\\n")
+
+    sys.addaudithook(_late_import)
+"""
+
+
+def late_imports(prefix: Path) -> dict[str, list[str]]:
+    """What the audit hook recorded under ``prefix`` (``{file name: [module, ...]}``, empty files left out)."""
+    found = {}
+    for path in sorted(prefix.parent.glob(prefix.name + ".*")):
+        names = path.read_text().split()
+        if names:
+            found[path.name] = names
+    return found
+
+
 def sealed_env() -> dict[str, str]:
     """The environment for the sealed interpreter: no ``PYTHON*`` variables leaking the test's own paths."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -139,8 +167,10 @@ class SealedCluster(Cluster):
     """A :class:`Cluster` whose nodes run ``twistd tunmesh`` on a :class:`SealedPython` (cwd: the node's
     own directory, so nothing is imported from this checkout)."""
 
-    def __init__(self, tree: SealedPython, *args: object, **kwargs: object) -> None:
+    def __init__(self, tree: SealedPython, *args: object, env: dict[str, str] | None = None,
+                 **kwargs: object) -> None:
         self.tree = tree
+        self.env = {**sealed_env(), **(env or {})}
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def start(self, i: int) -> NodeProcess:
@@ -149,11 +179,11 @@ class SealedCluster(Cluster):
         argv = [str(self.tree.python), "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", f"--logfile={log_path}", "tunmesh", "--config", str(d / "config.yaml")]
         with open(log_path.with_suffix(".stdout"), "wb") as out:
-            proc = self.ns(i).popen(argv, cwd=str(d), env=sealed_env(), stdout=out, stderr=subprocess.STDOUT)
+            proc = self.ns(i).popen(argv, cwd=str(d), env=self.env, stdout=out, stderr=subprocess.STDOUT)
         node = NodeProcess(self.ns(i), d / "config.yaml", log_path, f"https://198.18.0.{i}:{PORT}", proc)
         self.nodes[i] = node
         return node
 
 
-__all__ = ["SealedCluster", "SealedPython", "build_sealed_python", "requirement_closure", "sealed_env",
+__all__ = ["LATE_IMPORT_AUDIT", "SealedCluster", "late_imports", "SealedPython", "build_sealed_python", "requirement_closure", "sealed_env",
            "sealed_python"]
