@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pwd
@@ -12,17 +13,20 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tunmesh.preload import PreloadError
 from tunmesh.privileges import (
     PR_GET_NO_NEW_PRIVS,
     PR_SET_NO_NEW_PRIVS,
     DropResult,
     PrivilegeDropService,
     PrivilegeError,
+    StartupCheckFailed,
     drop_privileges,
     libc_prctl,
     parse_proc_status,
     read_proc_status,
 )
+from tunmesh.selfcheck import SelfCheckError
 
 PwEntry = namedtuple("PwEntry", "pw_uid pw_gid")
 
@@ -307,6 +311,63 @@ class PrivilegeDropServiceTests(SynchronousTestCase):
         service = PrivilegeDropService(1000, 1000, drop=failing)
         self.assertRaises(PrivilegeError, service.privilegedStartService)
         self.assertTrue(any(e.get("log_level") == LogLevel.critical for e in self.events))
+
+
+class PrivilegeDropSelfCheckTests(SynchronousTestCase):
+    """Preload as root before the drop, self-check after it; a failed check ends the process with one line."""
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.order: list[str] = []
+        self.stderr = io.StringIO()
+
+    def service(self, check: Any = None, preload: Any = None) -> PrivilegeDropService:
+        def fake_drop(uid: int, gid: int | None) -> DropResult:
+            self.order.append("drop")
+            return DropResult(uid=uid, gid=uid, already_unprivileged=False)
+
+        return PrivilegeDropService(
+            1000,
+            drop=fake_drop,
+            preload=preload or (lambda: self.order.append("preload")),
+            self_check=check or (lambda: self.order.append("check")),
+            stderr=self.stderr,
+        )
+
+    def test_preload_before_the_drop_and_the_check_after(self) -> None:
+        self.service().privilegedStartService()
+        self.assertEqual(self.order, ["preload", "drop", "check"])
+        self.assertEqual(self.stderr.getvalue(), "")
+
+    def test_a_failed_check_exits_1_with_one_line_on_stderr_and_in_the_log(self) -> None:
+        def check() -> None:
+            raise SelfCheckError("as uid 1000, GET /health answered 500 (LookupError: unknown encoding: idna)")
+
+        e = self.assertRaises(StartupCheckFailed, self.service(check).privilegedStartService)
+        self.assertIsInstance(e, SystemExit)
+        self.assertEqual(e.code, 1)
+        line = "tunmesh: startup error: as uid 1000, GET /health answered 500 (LookupError: unknown encoding: idna)"
+        self.assertEqual(self.stderr.getvalue(), line + "\n")
+        self.assertEqual(e.message, line)
+        critical = [ev for ev in self.events if ev.get("log_level") == LogLevel.critical]
+        self.assertEqual([ev.get("line") for ev in critical], [line])
+
+    def test_a_multi_line_cause_still_makes_one_line(self) -> None:
+        def check() -> None:
+            raise RuntimeError("first\nsecond")
+
+        self.assertRaises(StartupCheckFailed, self.service(check).privilegedStartService)
+        self.assertEqual(self.stderr.getvalue(), "tunmesh: startup error: first second\n")
+
+    def test_a_failed_preload_exits_before_the_drop(self) -> None:
+        def preload() -> None:
+            raise PreloadError("cannot import encodings.idna before the privilege drop: gone")
+
+        self.assertRaises(StartupCheckFailed, self.service(preload=preload).privilegedStartService)
+        self.assertEqual(self.order, [])
+        self.assertIn("encodings.idna", self.stderr.getvalue())
 
 
 def _require_root() -> None:
