@@ -2,8 +2,8 @@
 After the privilege drop, the node works or it exits (security contract W19, ``docs/security.md``).
 
 :class:`SelfCheck` runs right after the drop, as ``process.uid``, before the reactor starts. It serves a few
-real requests through the node's own ``Site`` in memory (``/health``, ``/ready``, ``node_info``, a 404, a
-POST with a JSON body), so the whole request path runs as the new uid: werkzeug's routing and its codec
+real requests through the node's own ``Site`` in memory (``/health``, ``/ready``, ``/metrics``,
+``node_info``, a 405, a 404, a POST with a JSON body), so the whole request path runs as the new uid: werkzeug's routing and its codec
 lookups, klein's error handling, the JSON renderers, Content-Type parsing. It also looks up the codecs the
 node uses, signs and verifies a cluster token with a throwaway key, generates an X25519 key (the session
 exchange) and reads the files the node re-reads later. The first failure raises :class:`SelfCheckError`,
@@ -60,11 +60,14 @@ class Probe:
 
 
 #: The requests the self-check serves through the node's ``Site``. ``/health`` and ``/ready`` may
-#: answer 503: the check runs before the services have started.
+#: answer 503: the check runs before the services have started; ``/metrics`` is 404 when monitoring is
+#: off. None of them counts in a metric or touches membership.
 DEFAULT_PROBES: Sequence[Probe] = (
     Probe(b"GET", b"/health", frozenset({200, 503})),
     Probe(b"GET", b"/ready", frozenset({200, 503})),
+    Probe(b"GET", b"/metrics", frozenset({200, 404})),
     Probe(b"GET", b"/tunmesh/control/v0/node_info", frozenset({200})),
+    Probe(b"DELETE", b"/health", frozenset({405})),
     Probe(b"GET", b"/tunmesh-self-check", frozenset({404})),
     Probe(b"POST", b"/tunmesh-self-check", frozenset({404, 405}), b"{}", b"application/json; charset=utf-8"),
 )

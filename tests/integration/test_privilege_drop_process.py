@@ -94,15 +94,21 @@ class SealedInterpreterTests(TestCase):
                             line = OneLineExit.check(self, cluster.nodes[i])
                             self.assertIn(f"uid {UNPRIVILEGED_UID}", line)
                     return
-                self.check_serves_requests(cluster)
-                self.check_mesh_and_overlay(cluster, underlay)
-                self.assertEqual(late_imports(audit), {}, "modules imported after the privilege drop")
+                try:
+                    self.check_serves_requests(cluster)
+                    self.check_mesh_and_overlay(cluster, underlay)
+                    self.check_refusals(cluster.nodes[1])
+                except Exception as e:  # say whether a late import was behind it
+                    raise AssertionError(f"{e}\nlate imports: {late_imports(audit)}\n{cluster.logs()}") from e
                 logs = cluster.logs()
                 for word in ("unexpected", "LookupError", "ImportError", "ModuleNotFoundError", STARTUP_ERROR):
                     self.assertNotIn(word, logs)
                 self.assertIn(f"self-check as uid {UNPRIVILEGED_UID} passed", logs)
                 # ... and the log names what the uid cannot read, for the day something new is imported late.
                 self.assertIn(f"uid {UNPRIVILEGED_UID} cannot read {tree.root} (on the way to", logs)
+                # Node 2 leaves (SIGTERM: the leave announcement); nothing was imported late, up to here.
+                cluster.stop(2)
+                self.assertEqual(late_imports(audit), {}, "modules imported after the privilege drop")
             finally:
                 cluster.stop_all()
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -120,6 +126,24 @@ class SealedInterpreterTests(TestCase):
                 check=False, timeout=30,
             )
             self.assertEqual(r.stdout, "401", (i, node.log_tail()))
+
+    def check_refusals(self, node: NodeProcess) -> None:
+        """The constant-body answers: 405, 413 before the body, 429 over the per-source rate limit."""
+        self.assertEqual(self.curl(node, "-X", "DELETE", node.base_url + "/health"), "405")
+        big = "x" * 8192
+        self.assertEqual(self.curl(node, "-H", "Content-Type: application/json", "--data", big,
+                                   node.base_url + "/anything"), "413")
+        # One curl, one keep-alive connection, 12 requests: faster than the 20/s refill after a burst of 5.
+        url = node.base_url + "/tunmesh/control/v0/node_info"
+        r = node.ns.run(["curl", "-k", "-s", "-m", "10", "-w", "%{http_code} ",
+                         *[a for _ in range(12) for a in ("-o", "/dev/null", url)]], check=False, timeout=30)
+        self.assertIn("429", r.stdout.split())
+
+    @staticmethod
+    def curl(node: NodeProcess, *args: str) -> str:
+        r = node.ns.run(["curl", "-k", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", *args],
+                        check=False, timeout=30)
+        return r.stdout
 
     def check_mesh_and_overlay(self, cluster: Cluster, underlay: Underlay) -> None:
         """Registration, gossip, the session exchange and the packet link all ran as uid 65534: a TCP

@@ -114,7 +114,9 @@ class NodeSiteTests(SynchronousTestCase):
             {
                 (b"GET", b"/health"): 503,  # before startService: the port is not running yet
                 (b"GET", b"/ready"): 503,
+                (b"GET", b"/metrics"): 404,  # monitoring is off in the minimal config
                 (b"GET", b"/tunmesh/control/v0/node_info"): 200,
+                (b"DELETE", b"/health"): 405,
                 (b"GET", b"/tunmesh-self-check"): 404,
                 (b"POST", b"/tunmesh-self-check"): 404,
             },
