@@ -89,9 +89,9 @@ def preload(
     import_module: Callable[[str], object] = importlib.import_module,
 ) -> None:
     """
-    Import C{modules}, look up C{codec_names} and call C{warm_ups}, as root, before the drop.
+    Import ``modules``, look up ``codec_names`` and call ``warm_ups``, as root, before the drop.
 
-    @raise PreloadError: one of them failed (the installation is broken: refusing now is better than a
+    :raises PreloadError: one of them failed (the installation is broken: refusing now is better than a
         node that fails its first request).
     """
     for name in modules:

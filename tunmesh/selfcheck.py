@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IProducer, ITransport
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 from zope.interface import implementer
 
+from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.preload import PRELOAD_CODECS
 
@@ -132,8 +135,9 @@ def _status_of(response: bytes) -> int:
     return 0
 
 
-def request_through(site: Any, probe: Probe) -> ProbeResult:
-    """Serve ``probe`` through ``site`` (a ``Site``) on a :class:`MemoryTransport`, synchronously."""
+def request_through(site: Site, probe: Probe) -> ProbeResult:
+    """Serve ``probe`` through ``site`` on a :class:`MemoryTransport`, synchronously (the node's handlers
+    answer these without waiting on the reactor, which is not running yet)."""
     failures: list[str] = []
 
     @implementer(ILogObserver)
@@ -215,21 +219,18 @@ def describe_blockers(uid: int, blockers: list[tuple[str, str, str]]) -> str:
 # --------------------------------------------------------------------------- the check
 
 
+class _WallClock:
+    def seconds(self) -> float:
+        return time.time()
+
+
 def _token_round_trip() -> None:
-    from tunmesh.auth.cluster import ClusterAuthority
-
-    class _Clock:
-        def seconds(self) -> float:
-            return time.time()
-
-    authority = ClusterAuthority(os.urandom(32), "self-check", _Clock())
+    authority = ClusterAuthority(os.urandom(32), "self-check", _WallClock())
     signed = authority.sign_request("self-check", "POST", "/tunmesh/self-check", b"{}")
     authority.verify_request_head(signed.header_value, "POST", "/tunmesh/self-check").verify_body(b"{}")
 
 
 def _x25519() -> None:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
     X25519PrivateKey.generate().exchange(X25519PrivateKey.generate().public_key())
 
 
@@ -249,7 +250,7 @@ class SelfCheck:
 
     def __init__(
         self,
-        site: Any,
+        site: Site,
         reread_files: Sequence[tuple[Path, str]] = (),
         *,
         probes: Sequence[Probe] = DEFAULT_PROBES,
@@ -334,7 +335,7 @@ def reread_files(cfg: TunMeshConfig, config_path: Path | None) -> list[tuple[Pat
     return files
 
 
-def node_self_check(site: Any, cfg: TunMeshConfig, config_path: Path | None) -> SelfCheck:
+def node_self_check(site: Site, cfg: TunMeshConfig, config_path: Path | None) -> SelfCheck:
     """The self-check of one node: its ``Site`` and the files its config makes it re-read."""
     return SelfCheck(site, reread_files(cfg, config_path))
 
