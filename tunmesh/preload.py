@@ -25,7 +25,25 @@ from twisted.logger import Logger
 log = Logger(namespace="tunmesh.preload")
 
 #: Codecs used by name on the node's paths (looked up again by the self-check, as the dropped uid).
-PRELOAD_CODECS: Sequence[str] = ("idna", "punycode", "ascii", "latin-1", "utf-8")
+#: ``json.loads`` of bytes picks the codec from the first bytes (``json.detect_encoding``): PyJWT runs it on
+#: every HMAC key (``HMACAlgorithm.prepare_key`` looks for a JWK), so a derived key starting with a zero
+#: byte needs ``utf-16-be`` or ``utf-32-be`` -- one cluster key or session key in a hundred or so -- and a
+#: peer's body starting with one does too.
+PRELOAD_CODECS: Sequence[str] = (
+    "idna",
+    "punycode",
+    "ascii",
+    "latin-1",
+    "utf-8",
+    # every answer of json.detect_encoding
+    "utf-8-sig",
+    "utf-16",
+    "utf-16-be",
+    "utf-16-le",
+    "utf-32",
+    "utf-32-be",
+    "utf-32-le",
+)
 
 #: Modules imported lazily on the node's paths, with where.
 PRELOAD_MODULES: Sequence[str] = (

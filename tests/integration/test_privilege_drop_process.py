@@ -87,7 +87,10 @@ class SealedInterpreterTests(TestCase):
             try:
                 cluster.start(1)
                 cluster.start(2)
-                outcomes = {i: wait_ready_or_exit(cluster.nodes[i], timeout=60) for i in (1, 2)}
+                try:
+                    outcomes = {i: wait_ready_or_exit(cluster.nodes[i], timeout=60) for i in (1, 2)}
+                except NetnsError as e:
+                    raise AssertionError(f"{e}\nlate imports: {late_imports(audit)}\n{cluster.logs()}") from e
                 if "exited" in outcomes.values():
                     for i, outcome in outcomes.items():
                         if outcome == "exited":

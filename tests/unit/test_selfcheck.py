@@ -3,6 +3,8 @@ or says in one line why not."""
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,16 @@ class PreloadTests(SynchronousTestCase):
 
         self.assertEqual([m for m in PRELOAD_MODULES if m not in sys.modules], [])
         self.assertIn("idna", PRELOAD_CODECS)
+
+    def test_every_encoding_json_can_detect_is_preloaded(self) -> None:
+        # PyJWT json.loads() every HMAC key; a key starting with a zero byte needed utf-16/32 after the drop.
+        samples = [codecs.BOM_UTF32_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE,
+                   codecs.BOM_UTF8, b"\x00\x01ab", b"\x00\x00\x00a", b"a\x00b\x00", b"a\x00\x00\x00",
+                   b"a\x00", b"{}", b"\x00"]
+        detected = {codecs.lookup(json.detect_encoding(b)).name for b in samples}
+        preloaded = {codecs.lookup(name).name for name in PRELOAD_CODECS}
+        self.assertEqual(detected - preloaded, set())
+        self.assertEqual(len(detected), 8)
 
     def test_a_missing_module_is_named(self) -> None:
         e = self.assertRaises(PreloadError, preload, modules=["tunmesh.no_such_module"])
