@@ -116,6 +116,22 @@ class SealedInterpreterTests(TestCase):
                 cluster.stop_all()
                 shutil.rmtree(workdir, ignore_errors=True)
 
+    def test_an_interpreter_missing_a_needed_codec_refuses_before_the_drop_with_one_line(self) -> None:
+        with sealed_python() as tree, Underlay(nodes=1, tag="pm") as underlay:
+            for cached in (tree.stdlib / "encodings").glob("**/utf_16_be*"):
+                cached.unlink()
+            workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-privmiss-{os.getpid()}"
+            cluster = SealedCluster(tree, underlay, workdir, lambda i: node_config(i, bootstrap=[]))
+            try:
+                node = cluster.start(1)
+                self.assertEqual(wait_ready_or_exit(node, timeout=60), "exited")
+                line = OneLineExit.check(self, node)
+                self.assertIn("codec 'utf-16-be' unavailable before the privilege drop", line)
+                self.assertNotIn("dropped root", node.log_path.read_text())
+            finally:
+                cluster.stop_all()
+                shutil.rmtree(workdir, ignore_errors=True)
+
     def check_serves_requests(self, cluster: Cluster) -> None:
         for i, node in cluster.nodes.items():
             for path, want in (("/health", 200), ("/ready", 200), ("/metrics", 200),
