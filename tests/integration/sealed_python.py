@@ -21,7 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from tests.integration.cluster import PORT, Cluster
-from tests.netns import REPO_ROOT, NodeProcess
+from tests.netns import REPO_ROOT, NodeProcess, Underlay
 
 _STDLIB_SKIP = shutil.ignore_patterns("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages",
                                       "dist-packages", "lib2to3")
@@ -167,11 +167,11 @@ class SealedCluster(Cluster):
     """A :class:`Cluster` whose nodes run ``twistd tunmesh`` on a :class:`SealedPython` (cwd: the node's
     own directory, so nothing is imported from this checkout)."""
 
-    def __init__(self, tree: SealedPython, *args: object, env: dict[str, str] | None = None,
-                 **kwargs: object) -> None:
+    def __init__(self, tree: SealedPython, underlay: Underlay, workdir: Path, make_config: Callable[[int], str],
+                 env: dict[str, str] | None = None) -> None:
         self.tree = tree
         self.env = {**sealed_env(), **(env or {})}
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(underlay, workdir, make_config)
 
     def start(self, i: int) -> NodeProcess:
         d = self.workdir / f"node{i}"

@@ -7,14 +7,15 @@ import codecs
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from twisted.internet.interfaces import ITransport
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
 from tests.unit.test_config_helpers import SECRET, del_key, minimal_data, set_key
@@ -64,7 +65,7 @@ class Broken(Resource):
         raise LookupError("unknown encoding: idna")
 
 
-def broken_site() -> Any:
+def broken_site() -> Site:
     return make_site(Broken(), RouteLimits(), MemoryReactorClock())
 
 
@@ -93,7 +94,11 @@ class NodeFixture:
 
         self.top = makeService(self.cfg, reactor=MemoryReactorClock(), open_tun=open_tun,
                                config_path=self.config_path)
-        test.addCleanup(lambda: [d.close() for d in devices])
+        def close_devices() -> None:
+            for device in devices:
+                device.close()
+
+        test.addCleanup(close_devices)
         self.drop = next(s for s in self.top if isinstance(s, PrivilegeDropService))
 
     @property
@@ -103,7 +108,7 @@ class NodeFixture:
         return check
 
 
-class NodeSiteTests(SynchronousTestCase):
+class NodeSiteTests(TestCase):
     """The check as the node runs it: its own Site, served in memory."""
 
     def setUp(self) -> None:
@@ -157,7 +162,7 @@ class NodeSiteTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ITransport, MemoryTransport()))
 
 
-class FailureMessageTests(SynchronousTestCase):
+class FailureMessageTests(TestCase):
     """Each failure is one line naming the uid and the cause."""
 
     def assert_one_line(self, error: SelfCheckError) -> str:
@@ -188,7 +193,7 @@ class FailureMessageTests(SynchronousTestCase):
         self.assertEqual(str(self.assertRaises(SelfCheckError, check)), "as uid 7, GET /anything answered 404")
 
     def test_a_codec_missing_after_the_drop_is_named(self) -> None:
-        check = SelfCheck(None, probes=[], codec_names=["tunmesh-no-such-codec"], paths=readable_installation,
+        check = SelfCheck(broken_site(), probes=[], codec_names=["tunmesh-no-such-codec"], paths=readable_installation,
                           access=deny(), getuid=lambda: 7)
         text = self.assert_one_line(self.assertRaises(SelfCheckError, check))
         self.assertTrue(text.startswith("as uid 7, codec 'tunmesh-no-such-codec' is unavailable"), text)
@@ -197,7 +202,7 @@ class FailureMessageTests(SynchronousTestCase):
         def fails() -> None:
             raise ModuleNotFoundError("No module named 'cryptography.hazmat.backends.openssl'")
 
-        check = SelfCheck(None, probes=[], exercises=[("an X25519 key exchange", fails)],
+        check = SelfCheck(broken_site(), probes=[], exercises=[("an X25519 key exchange", fails)],
                           paths=readable_installation, access=deny(STDLIB), getuid=lambda: 7)
         text = self.assert_one_line(self.assertRaises(SelfCheckError, check))
         self.assertEqual(
@@ -210,7 +215,7 @@ class FailureMessageTests(SynchronousTestCase):
         def read(path: Path) -> None:
             raise PermissionError(13, "Permission denied", str(path))
 
-        check = SelfCheck(None, [(Path("/etc/tunmesh/config.yaml"), "re-read later")], probes=[],
+        check = SelfCheck(broken_site(), [(Path("/etc/tunmesh/config.yaml"), "re-read later")], probes=[],
                           paths=readable_installation, access=deny(), read_file=read, getuid=lambda: 7)
         self.assertEqual(
             str(self.assertRaises(SelfCheckError, check)),
@@ -222,14 +227,14 @@ class FailureMessageTests(SynchronousTestCase):
             def buildProtocol(self, addr: object) -> None:  # noqa: N802
                 raise RuntimeError("no protocol\nfor you")
 
-        check = SelfCheck(NoSite(), probes=DEFAULT_PROBES[:1], paths=readable_installation, access=deny(),
+        check = SelfCheck(cast(Site, NoSite()), probes=DEFAULT_PROBES[:1], paths=readable_installation, access=deny(),
                           getuid=lambda: 7)
         text = str(self.assertRaises(SelfCheckError, check))
         self.assertTrue(text.startswith("self-check as uid 7 failed: "), text)
 
     def test_an_unreadable_installation_that_works_is_a_warning(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        SelfCheck(None, probes=[], paths=readable_installation, access=deny("/root"), getuid=lambda: 7)()
+        SelfCheck(broken_site(), probes=[], paths=readable_installation, access=deny("/root"), getuid=lambda: 7)()
         warnings = [e for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["clause"],
