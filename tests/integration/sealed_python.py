@@ -108,7 +108,8 @@ def build_sealed_python(root: Path) -> SealedPython:
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO_ROOT / "twisted" / "plugins" / "tunmesh_plugin.py",
                  site_packages / "twisted" / "plugins" / "tunmesh_plugin.py")
-    (site_packages / "sitecustomize.py").write_text(LATE_IMPORT_AUDIT)
+    (site_packages / "tmt_late_imports.py").write_text(LATE_IMPORT_AUDIT)
+    (site_packages / "tmt_late_imports.pth").write_text("import tmt_late_imports\n")
     return SealedPython(root=root, python=python, stdlib=stdlib, site_packages=site_packages)
 
 
@@ -126,14 +127,17 @@ def sealed_python() -> Iterator[SealedPython]:
         )
         if probe.returncode != 0 or str(root) not in probe.stdout:
             raise RuntimeError(f"the sealed interpreter does not run from {root}: {probe.stdout}{probe.stderr}")
+        _check_audit_hook(tree)
         yield tree
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-#: ``sitecustomize`` for the sealed tree: with ``$TMT_LATE_IMPORTS`` set, every module imported while the
-#: effective uid is not 0 (after the drop) is appended to ``$TMT_LATE_IMPORTS.<pid>``, a file opened at
-#: start-up (as root), whether or not the import succeeds. Names only: formatting a stack would import.
+#: The audit hook of the sealed tree, module ``tmt_late_imports`` loaded by ``tmt_late_imports.pth`` (not a
+#: ``sitecustomize``: Debian's stdlib has one, which would shadow it). With ``$TMT_LATE_IMPORTS`` set, every
+#: module imported while the effective uid is not 0 (after the drop) is appended to
+#: ``$TMT_LATE_IMPORTS.<pid>``, a file opened at start-up (as root), whether or not the import succeeds.
+#: Names only: formatting a stack would import.
 LATE_IMPORT_AUDIT = """\
 import os, sys
 _path = os.environ.get("TMT_LATE_IMPORTS")
@@ -156,6 +160,17 @@ def late_imports(prefix: Path) -> dict[str, list[str]]:
         if names:
             found[path.name] = names
     return found
+
+
+def _check_audit_hook(tree: SealedPython) -> None:
+    """The hook records an import after a drop to uid 65534 (a test relying on it must be able to fail)."""
+    prefix = tree.root / "audit-check"
+    code = "import os; os.setgid(65534); os.setuid(65534)\ntry:\n    import colorsys\nexcept ImportError:\n    pass\n"
+    subprocess.run([str(tree.python), "-c", code], capture_output=True, timeout=60, cwd="/",
+                   env={**sealed_env(), "TMT_LATE_IMPORTS": str(prefix)}, check=True)
+    recorded = late_imports(prefix)
+    if list(recorded.values()) != [["colorsys"]]:
+        raise RuntimeError(f"the late-import audit hook does not work in {tree.root}: {recorded}")
 
 
 def sealed_env() -> dict[str, str]:
