@@ -22,6 +22,7 @@ from tests.integration.sealed_python import SealedCluster, late_imports, sealed_
 from tests.netns import NetnsError, NodeProcess, Underlay, requires_root_netns
 
 BOOT = ["https://198.18.0.1:4567/"]
+SESSION_MAX_AGE = 4
 STARTUP_ERROR = "tunmesh: startup error:"
 
 
@@ -82,7 +83,9 @@ class SealedInterpreterTests(TestCase):
 
             workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-privdrop-{os.getpid()}"
             audit = workdir / "late-imports"
-            cluster = SealedCluster(tree, underlay, workdir, lambda i: node_config(i, bootstrap=BOOT),
+            # Sessions rotate every few seconds: the rotation path runs as the dropped uid too.
+            cluster = SealedCluster(tree, underlay, workdir,
+                                    lambda i: node_config(i, bootstrap=BOOT, session_max_age=SESSION_MAX_AGE),
                                     env={"TMT_LATE_IMPORTS": str(audit)})
             try:
                 cluster.start(1)
@@ -101,6 +104,7 @@ class SealedInterpreterTests(TestCase):
                     self.check_serves_requests(cluster)
                     self.check_mesh_and_overlay(cluster, underlay)
                     self.check_refusals(cluster.nodes[1])
+                    self.check_sessions_rotate(cluster)
                 except Exception as e:  # say whether a late import was behind it
                     raise AssertionError(f"{e}\nlate imports: {late_imports(audit)}\n{cluster.logs()}") from e
                 logs = cluster.logs()
@@ -157,6 +161,18 @@ class SealedInterpreterTests(TestCase):
         r = node.ns.run(["curl", "-k", "-s", "-m", "10", "-w", "%{http_code} ",
                          *[a for _ in range(12) for a in ("-o", "/dev/null", url)]], check=False, timeout=30)
         self.assertIn("429", r.stdout.split())
+
+    def check_sessions_rotate(self, cluster: Cluster) -> None:
+        def installed() -> int:
+            return sum(n.log_path.read_text(errors="replace").count("outbound session to")
+                       for n in cluster.nodes.values())
+
+        before = installed()
+        deadline = time.monotonic() + 4 * SESSION_MAX_AGE
+        while installed() < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.assertGreaterEqual(installed(), before + 2, "no session rotation")
+        cluster.wait_full_mesh(timeout=30)
 
     @staticmethod
     def curl(node: NodeProcess, *args: str) -> str:
