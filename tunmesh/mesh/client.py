@@ -42,10 +42,26 @@ class RawResponse:
     retry_after: str | None
 
     def is_json(self) -> bool:
-        """`application/json` compared as a media type (parameters such as charset ignored)."""
-        if self.content_type is None:
+        """``application/json`` with no parameter or ``charset=utf-8`` (:func:`is_json_media_type`)."""
+        return self.content_type is not None and is_json_media_type(self.content_type)
+
+
+def is_json_media_type(value: str) -> bool:
+    """``application/json``, bare or with ``charset=utf-8`` (any case, optional quotes); nothing else.
+
+    Bodies are decoded as UTF-8 (RFC 8259), so a body labelled ``charset=utf-16`` would be read as
+    something it does not claim to be: refused (issue 12).
+    """
+    media, _, params = value.partition(";")
+    if media.strip().lower() != JSON:
+        return False
+    for param in params.split(";"):
+        if not param.strip():
+            continue
+        name, _, pval = param.partition("=")
+        if name.strip().lower() != "charset" or pval.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return False
-        return self.content_type.split(";", 1)[0].strip().lower() == JSON
+    return True
 
 
 class _TooLarge(Exception):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from tunmesh import strictjson
 from tunmesh.mesh.errors import InvalidRegistration
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -88,29 +89,12 @@ def url_host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json object hook: duplicate keys make a document ambiguous, so they are refused."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InvalidRegistration("bad_json", f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise InvalidRegistration("bad_json", f"non-standard constant {name}")
-
-
 def loads_json(body: bytes) -> Any:
-    """Decode a JSON body strictly (UTF-8, no duplicate keys, no NaN/Infinity)."""
+    """Decode a JSON body with the one strict decoder (:mod:`tunmesh.strictjson`)."""
     try:
-        text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constants)
-    except InvalidRegistration:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidRegistration("bad_json", type(exc).__name__) from None
+        return strictjson.loads(body)
+    except strictjson.StrictJSONError as exc:
+        raise InvalidRegistration("bad_json", exc.reason) from None
 
 
 def dumps_json(value: Any) -> bytes:
