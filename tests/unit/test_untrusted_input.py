@@ -338,3 +338,31 @@ class LinkFrameFuzzTests(SynchronousTestCase):
             frame_body = bytes([kinds[i % len(kinds)]]) + body
             proto.dataReceived(len(frame_body).to_bytes(4, "big") + frame_body)
         proto.dataReceived(b"".join(bodies))
+
+
+class GossipEntryTests(RouteTestCase):
+    """Issue 12, defect 4: one gossip entry this node refuses is dropped and counted, not a 400."""
+
+    def test_bad_gossip_entries_dropped_alone(self) -> None:
+        good_hint = info(8)
+        bad = [
+            dict(info(9), listen_url="ftp://n9.test:4567"),
+            dict(info(10), listen_url="https://user@n10.test:4567"),
+            dict(info(11), listen_url="https://n11.test:4567/path"),
+            dict(info(12), listen_url="https://" + ("a" * 60 + ".") * 40 + "test:4567"),
+            dict(info(13), node_addresses={"ipv4": {"cidr": "not-a-cidr"}}),
+            "not an object",
+        ]
+        body = reg_body(info(7), remote=[bad[0], good_hint, *bad[1:]])
+        signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
+        response, _ = self.request("POST", REGISTER_PATH, body, signed.header_value)
+        self.assertEqual(response.code, 200)
+        self.assertIn(info(7)["id"], self.n1.peer_ids())
+        self.assertEqual(self.n1.counter("tunmesh_mesh_gossip_entries_dropped_total"), len(bad))
+        self.assertEqual(self.n1.counter("tunmesh_mesh_gossip_entries_dropped_total", reason="bad_url"), 4)
+
+    def test_sender_entry_stays_strict(self) -> None:
+        body = reg_body(dict(info(7), listen_url="ftp://n7.test:4567"), remote=[info(8)])
+        signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
+        response, _ = self.request("POST", REGISTER_PATH, body, signed.header_value)
+        self.assertEqual(response.code, 400)

@@ -170,6 +170,11 @@ class Membership:
             "mesh_bootstrap_attempts", "Bootstrap registrations by URL, by result.", ("result",)
         )
         self.m_removed = metrics.counter("mesh_peers_removed", "Peers removed, by reason.", ("reason",))
+        self.m_gossip_dropped = metrics.counter(
+            "mesh_gossip_entries_dropped",
+            "Gossip entries (remote nodes in a registration) refused alone, by reason.",
+            ("reason",),
+        )
         self.m_peers = metrics.gauge("mesh_peers", "Peers in the node pool.")
         self.m_sessions_gauge = metrics.gauge("mesh_sessions", "Peers with a usable outbound session.")
 
@@ -243,6 +248,19 @@ class Membership:
 
     # -- inbound ------------------------------------------------------------------------------------
 
+    def _count_dropped_gossip(self, registration: Registration, iss: str) -> None:
+        for reason in registration.dropped:
+            self.m_gossip_dropped.labels(reason=reason).inc()
+        if registration.dropped:
+            self._rlog.emit(
+                ("gossip_dropped", iss),
+                LogLevel.info,
+                "registration from {iss}: {count} gossip entries dropped ({reasons})",
+                iss=iss,
+                count=len(registration.dropped),
+                reasons=",".join(sorted(set(registration.dropped))),
+            )
+
     def accept_registration(self, iss: str, body: bytes, direction: str = "in") -> tuple[Registration, Peer]:
         """Process a registration whose token verified with issuer `iss`.
 
@@ -261,6 +279,7 @@ class Membership:
             if not self._peer_url_allowed(registration.local.listen_url):
                 raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
             result = self.pool.upsert(registration.local, registration.seq, registration.remote)
+            self._count_dropped_gossip(registration, iss)
         except ClaimConflict as exc:
             self.m_registrations.labels(direction=direction, result=exc.reason).inc()
             self.log.warn(

@@ -176,6 +176,8 @@ class Registration:
     remote: tuple[NodeInfo, ...]
     stamp: int
     seq: int
+    #: reasons of the ``remote`` entries dropped while parsing (each one counted by the receiver)
+    dropped: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,13 +204,20 @@ class Registration:
             raise InvalidRegistration("bad_type", "remote: not a list")
         if len(remote_raw) > bounds.max_nodes + 1:
             raise InvalidRegistration("too_many_nodes", f"remote: {len(remote_raw)} entries")
-        remote = tuple(
-            NodeInfo.from_dict(item, bounds, f"remote/{i}") for i, item in enumerate(remote_raw)
-        )
+        # Gossip entries are hints about third parties: one this node refuses (a URL scheme, length or
+        # host its limits do not allow, a bad CIDR) is dropped alone, so nodes whose limits differ
+        # still register with each other (issue 12, defect 4). The sender's own entry stays strict.
+        remote: list[NodeInfo] = []
+        dropped: list[str] = []
+        for i, item in enumerate(remote_raw):
+            try:
+                remote.append(NodeInfo.from_dict(item, bounds, f"remote/{i}"))
+            except InvalidRegistration as exc:
+                dropped.append(exc.reason)
         stamp = _count(obj.get("stamp"), "stamp")
         seq_raw = obj.get("seq")
         seq = stamp if seq_raw is None else _count(seq_raw, "seq")
-        return cls(local, remote, stamp, seq)
+        return cls(local, tuple(remote), stamp, seq, tuple(dropped))
 
 
 def _count(value: object, where: str) -> int:
