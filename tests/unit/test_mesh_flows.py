@@ -116,7 +116,8 @@ class JoinTests(MeshTestCase):
 
 
 class RestartTests(MeshTestCase):
-    def test_restart_with_new_id_replaces_old_entry_at_once(self) -> None:
+    def test_restart_with_new_id_replaces_old_entry_once_its_url_answers(self) -> None:
+        """The new id's claim is refused (409) until the URL, probed at once, answers with it (W6)."""
         nodes = self.mesh(3)
         old = nodes[2]
         old.crash()
@@ -127,13 +128,13 @@ class RestartTests(MeshTestCase):
         self.clock.advance(0)
         self.clock.advance(0)
         n1 = nodes[0]
-        # n1 dropped the old id the moment the new one registered: routes, sessions, observers
+        # n1 probed the URL, which answered as the new id: old id dropped (routes, sessions, observers)
         self.assertNotIn(old.id, n1.peer_ids())
         self.assertIn(new.id, n1.peer_ids())
         self.assertIn(("down", old.id), n1.observer.events)
         self.assertNotIn(old.id, n1.sessions.peers())
         self.assertEqual(n1.pool.holder(ipaddress.ip_network("100.64.1.3/32")), new.id)
-        self.assertEqual(n1.counter("tunmesh_mesh_peers_removed_total", reason="replaced"), 1)
+        self.assertEqual(n1.counter("tunmesh_mesh_peers_removed_total", reason="restarted"), 1)
         # well before any stale threshold (30 s) every node has only the new id
         advance(self.clock, 12)
         self.assertFullMesh([nodes[0], nodes[1], new])

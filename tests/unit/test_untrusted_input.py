@@ -10,6 +10,7 @@ through each entry point: the JSON decoder, token decoding, the HTTP pre-auth ch
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 from typing import Any
@@ -31,7 +32,7 @@ from tunmesh.mesh.membership import INIT_SESSION_PATH, LEAVE_PATH, REGISTER_PATH
 from .test_dataplane_link import Pair
 from .test_mesh_api import RouteTestCase
 from .test_mesh_structs import info, reg_body
-from .test_mesh_support import SECRET
+from .test_mesh_support import SECRET, advance
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -366,3 +367,25 @@ class GossipEntryTests(RouteTestCase):
         signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
         response, _ = self.request("POST", REGISTER_PATH, body, signed.header_value)
         self.assertEqual(response.code, 400)
+
+
+class InsiderEvictionTests(RouteTestCase):
+    """Issue 12, defect 2 (W6): a new id at a live node's URL is refused until the URL answers as it."""
+
+    def test_claim_for_a_live_nodes_url_is_409_and_never_evicts(self) -> None:
+        victim = self.n2
+        route = ipaddress.ip_network(victim.address.split("/")[0] + "/32")
+        for attempt in range(5):
+            claim = dict(info(7), listen_url=victim.url)
+            body = reg_body(claim, stamp=attempt + 1, seq=attempt + 1)
+            signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
+            response, _ = self.request("POST", REGISTER_PATH, body, signed.header_value)
+            self.assertEqual(response.code, 409)
+            advance(self.clock, 1)
+            # the probe of the URL reached the live victim, which answered with its own id
+            self.assertIn(victim.id, self.n1.peer_ids())
+            self.assertNotIn(info(7)["id"], self.n1.peer_ids())
+            self.assertEqual(self.n1.pool.holder(route), victim.id)
+        self.assertNotIn(("down", victim.id), self.n1.observer.events)
+        self.assertEqual(self.n1.counter("tunmesh_mesh_peers_removed_total"), 0)
+        self.assertEqual(self.n1.counter("tunmesh_mesh_registrations_total", direction="in", result="url_conflict"), 5)
