@@ -389,3 +389,22 @@ class InsiderEvictionTests(RouteTestCase):
         self.assertNotIn(("down", victim.id), self.n1.observer.events)
         self.assertEqual(self.n1.counter("tunmesh_mesh_peers_removed_total"), 0)
         self.assertEqual(self.n1.counter("tunmesh_mesh_registrations_total", direction="in", result="url_conflict"), 5)
+
+
+class ClockSkewDiagnosticsTests(RouteTestCase):
+    """Issue 12, defect 7: a time refusal logs the skew the token showed."""
+
+    def test_future_token_logs_the_skew(self) -> None:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.clock.advance(3600)  # the stranger's clock (this Clock) runs an hour ahead of...
+        body = reg_body(info(7))
+        signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
+        self.clock.advance(-3600)  # ...node 1's, which checks the token now
+        response, _ = self.request("POST", REGISTER_PATH, body, signed.header_value)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(self.failures("clock_skew"), 1)
+        lines = [e for e in events if "check NTP" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertAlmostEqual(lines[0]["skew"], 3600.0, delta=1)

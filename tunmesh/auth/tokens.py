@@ -331,11 +331,11 @@ def _check_claims(
     if exp - iat > MAX_LIFETIME:
         raise AuthError("lifetime_too_long")
     if iat > now + leeway:
-        raise AuthError("clock_skew")
+        raise AuthError("clock_skew", skew=iat - now)
     if "nbf" in claims and _number(claims["nbf"]) > now + leeway:
-        raise AuthError("clock_skew")
+        raise AuthError("clock_skew", skew=iat - now)
     if exp + leeway <= now:
-        raise AuthError("expired")
+        raise AuthError("expired", skew=iat - now)
     bh = claims.get("bh")
     if not isinstance(bh, str) or not _BH.match(bh):
         raise AuthError("malformed")

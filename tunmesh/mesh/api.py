@@ -167,7 +167,7 @@ class MeshAPI:
             try:
                 check(_authorization(head.headers), method, head.path)
             except AuthError as exc:
-                self.membership.auth_failed(exc.reason, where)
+                self.membership.auth_failed(exc, where)
                 if exc.status == 429:
                     from tunmesh.api.server import Refusal
 
@@ -221,13 +221,13 @@ class MeshAPI:
                 return self._refuse(request, 413)
             token = pending.verify_body(body)
         except AuthError as exc:
-            self.membership.auth_failed(exc.reason, where)
+            self.membership.auth_failed(exc, where)
             return self._refuse(request, exc.status, exc.retry_after)
         self.membership.touch(token.iss)
         try:
             response_body, sign, commit = process(token, body)
         except AuthError as exc:
-            self.membership.auth_failed(exc.reason, where)
+            self.membership.auth_failed(exc, where)
             return self._refuse(request, exc.status, exc.retry_after)
         except (MeshError, KexError) as exc:
             return self._refuse(request, exc.status, getattr(exc, "retry_after", None))

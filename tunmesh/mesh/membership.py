@@ -178,9 +178,22 @@ class Membership:
         self.m_peers = metrics.gauge("mesh_peers", "Peers in the node pool.")
         self.m_sessions_gauge = metrics.gauge("mesh_sessions", "Peers with a usable outbound session.")
 
-    def auth_failed(self, reason: str, where: str) -> None:
-        """Count an auth failure and log it rate-limited (never the token)."""
+    def auth_failed(self, error: AuthError, where: str) -> None:
+        """Count an auth failure and log it rate-limited (never the token); time refusals say the skew."""
+        reason = error.reason
         self.m_auth_failures.labels(reason=reason).inc()
+        if error.skew is not None:
+            self._rlog.emit(
+                ("auth", reason, where),
+                LogLevel.warn,
+                "authentication failed on {where}: {reason}: the sender's token was issued {skew:+.1f}s "
+                "from this node's clock (leeway {leeway}s); check NTP on both nodes",
+                where=where,
+                reason=reason,
+                skew=error.skew,
+                leeway=self.cluster.leeway,
+            )
+            return
         self._rlog.emit(
             ("auth", reason, where),
             LogLevel.warn,
@@ -379,7 +392,7 @@ class Membership:
         try:
             return self.cluster.verify_response(response.authorization, expected, request, response.body)
         except AuthError as exc:
-            self.auth_failed(exc.reason, where)
+            self.auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
 
     def _verify_session(
@@ -388,7 +401,7 @@ class Membership:
         try:
             return self.session_auth.verify_response(peer_id, response.authorization, request, response.body)
         except AuthError as exc:
-            self.auth_failed(exc.reason, where)
+            self.auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
 
     def _peer_url_allowed(self, url: str) -> bool:
