@@ -1,8 +1,10 @@
 """Generated documentation: the self-documenting example config and the Markdown reference.
 
 Both walk the declaration in ``tunmesh.config.tree``, so a new option is documented by declaring it. The
-example keeps the original Tun Mesh layout (leaves sorted, then sub-groups under a banner; required values
-as ``[Deployment Unique Value]``; optional ones commented out with their default).
+example keeps the original Tun Mesh layout (leaves sorted, then sub-groups under a banner; optional values
+commented out with their default). Values to choose are quoted placeholders such as ``"<REQUIRED: url>"``: YAML
+strings that the loader refuses with "placeholder ... not replaced" naming the key (the original's
+``[Deployment Unique Value]`` parsed as a list).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from tunmesh import __version__
 from tunmesh.config.lint import RULES
 from tunmesh.config.loader import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH
 from tunmesh.config.schema import (
-    PLACEHOLDER,
     Enum,
     GroupType,
     ListOf,
@@ -23,6 +24,7 @@ from tunmesh.config.schema import (
     group_info,
     group_shown_required,
     members,
+    placeholder,
 )
 from tunmesh.config.tree import ADVERTISE_URL_ENV, ROOT_KEY, SECRET_ENV, TunMeshConfig
 
@@ -97,8 +99,10 @@ def _example_leaf(w: _Writer, depth: int, key: str, opt: Option, commented: bool
     elif isinstance(kind, ListOf):
         w.value(depth, f"{key}:", commented)
         for item in ("1", "2", "...", "n"):
-            text = "..." if item == "..." else f"[Deployment Unique Value {item}]"
-            w.value(depth + 1, f"- {text}", commented)
+            if item == "...":
+                w.comment(depth + 1, "- ...")
+            else:
+                w.value(depth + 1, f"- {_quoted(placeholder(f'{kind.item.label} {item}', opt.required))}", commented)
     elif isinstance(kind, MapOf) and isinstance(kind.value, GroupType):
         w.value(depth, f"{key}:", commented)
         w.value(depth + 1, "default:", commented)
@@ -106,12 +110,18 @@ def _example_leaf(w: _Writer, depth: int, key: str, opt: Option, commented: bool
     elif isinstance(kind, MapOf):
         w.value(depth, f"{key}:", commented)
         for item in ("1", "2", "n"):
-            w.value(depth + 1, f"[Deployment Unique Key {item}]: [Deployment Unique Value {item}]", commented)
+            name = _quoted(placeholder(f"name {item}", opt.required))
+            value = _quoted(placeholder(f"{kind.value.label} {item}", opt.required))
+            w.value(depth + 1, f"{name}: {value}", commented)
     elif opt.required or opt.default is None:
-        w.value(depth, f"{key}: {PLACEHOLDER}", commented)
+        w.value(depth, f"{key}: {_quoted(placeholder(kind.label, opt.required))}", commented)
     else:
         w.value(depth, f"{key}: {kind.example_value(opt.default)}", commented)
     w.blank()
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"'
 
 
 def _example_group(w: _Writer, depth: int, key: str, cls: type, commented: bool, optional: bool = False) -> None:
