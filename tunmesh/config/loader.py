@@ -139,16 +139,16 @@ def load_config_data(
             "", f"{where}the config must be a mapping with a top-level {ROOT_KEY!r} key, got {yaml_type_name(data)}"
         )
     ignored = sorted(str(k) for k in data if k != ROOT_KEY)
-    if ROOT_KEY not in data:
-        close = suggest(ROOT_KEY, ignored)
-        hint = f" (found {close!r}: did you mean {ROOT_KEY}?)" if close else ""
-        raise ConfigError(ROOT_KEY, f"{where}missing required top-level key{hint}")
     for key in ignored:
         warning = ConfigWarning(key, f"unknown top-level key, ignored: every setting lives under {ROOT_KEY}")
         if warnings is not None:
             warnings.append(warning)
         else:
             log.warn("config warning: {path}: {message}", path=warning.path, message=warning.message)
+    if ROOT_KEY not in data:
+        close = suggest(ROOT_KEY, ignored)
+        hint = f" (found {close!r}: did you mean {ROOT_KEY}?)" if close else ""
+        raise ConfigError(ROOT_KEY, f"{where}missing required top-level key{hint}")
     cfg = load_group(TunMeshConfig, data[ROOT_KEY], ROOT_KEY, ctx)
     if cfg is INVALID or ctx.errors:
         raise_collected(ctx.errors)
