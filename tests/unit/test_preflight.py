@@ -104,6 +104,19 @@ class TLSPreflightTests(BothWays, SynchronousTestCase):
         code, lines, opened = self.daemon(path)
         self.assertEqual((code, lines, len(opened)), (0, [], 1))
 
+    def test_make_service_refuses_before_it_opens_the_tun(self) -> None:
+        """Direct ``makeService`` (no twistd): the refused config never reaches the TUN opener."""
+        _, key = write_pair(self.ssl, now=_now())
+        cfg = self.load(minimal_data())
+        write_key(key, rsa_key(1024))
+        opened: list[Any] = []
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        with self.assertRaises(SystemExit) as caught:
+            makeService(cfg, reactor=MemoryReactorClock(), open_tun=opened.append)
+        self.assertEqual((caught.exception.code, opened), (1, []))
+        self.assertEqual(err.getvalue(), f"tunmesh: config error: {KEY}: RSA key of 1024 bits; at least 2048 required\n")
+
     def test_key_that_does_not_match_the_certificate(self) -> None:
         cert, key = write_pair(self.ssl, now=_now())
         write_key(key, ec_key())
