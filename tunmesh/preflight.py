@@ -163,30 +163,40 @@ def _tls(cfg: TunMeshConfig, now: datetime.datetime) -> Iterator[ConfigError | C
         chain = load_certificates(ssl_cfg.cert_file_path)
     except TLSConfigError as e:
         yield ConfigError(e.path, e.message)
+        if ssl_cfg.ca_file_path is None:
+            return  # the certificate file is also the trust anchor: one line about it is enough
     except CertificateFileError as e:  # pragma: no cover - server_context read the same file just before
         yield ConfigError(CERT_FILE_KEY, str(e))
+        return
     else:
         for index, cert in enumerate(chain):
             yield from _validity(cert, index, CERT_FILE_KEY, ssl_cfg.cert_file_path, now, fatal=True)
-    if ssl_cfg.ca_file_path is None:
-        return  # the certificate is its own trust anchor: checked above
+    yield from _trust(ssl_cfg.ca_file_path, ssl_cfg.cert_file_path, now)
+
+
+def _trust(ca_path: Path | None, cert_path: Path, now: datetime.datetime) -> Iterator[ConfigError | ConfigWarning]:
+    """The trust bundle as the daemon loads it (``MeshTLSPolicy``): the CA file, else the node's certificate.
+
+    ``load_trust_bundle`` refuses the system CA store, also as ``cert_file_path`` (say a certificate kept in
+    ``/etc/ssl/certs``) when there is no CA file.
+    """
+    trust_path, trust_key = (ca_path, CA_FILE_KEY) if ca_path is not None else (cert_path, CERT_FILE_KEY)
     try:
-        anchors = load_trust_bundle(ssl_cfg.ca_file_path, CA_FILE_KEY)
+        anchors = load_trust_bundle(trust_path, trust_key)
     except TLSConfigError as e:
         yield ConfigError(e.path, e.message)
         return
+    if ca_path is None:
+        return  # the node's own certificate: its validity is checked above
     if len(anchors) > TRUST_BUNDLE_WARN_COUNT:
         yield ConfigWarning(
-            CA_FILE_KEY,
-            f"{ssl_cfg.ca_file_path} holds {len(anchors)} certificates; a mesh normally needs one CA or one certificate",
+            CA_FILE_KEY, f"{ca_path} holds {len(anchors)} certificates; a mesh normally needs one CA or one certificate"
         )
     if all(not _valid_at(c, now) for c in anchors):
-        yield ConfigError(
-            CA_FILE_KEY, f"{ssl_cfg.ca_file_path}: no certificate in it is valid now, so no peer can be verified"
-        )
+        yield ConfigError(CA_FILE_KEY, f"{ca_path}: no certificate in it is valid now, so no peer can be verified")
         return
     for index, anchor in enumerate(anchors):
-        yield from _validity(anchor, index, CA_FILE_KEY, ssl_cfg.ca_file_path, now)
+        yield from _validity(anchor, index, CA_FILE_KEY, ca_path, now)
 
 
 def _valid_at(cert: x509.Certificate, now: datetime.datetime) -> bool:

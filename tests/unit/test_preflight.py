@@ -165,6 +165,17 @@ class TLSPreflightTests(BothWays, SynchronousTestCase):
         self.assertTrue(lines[0].startswith(f"tunmesh: config error: {CA}: {system} is the system CA store;"), lines)
         self.assertRefusedBothWays(self.config(data), lines)
 
+    def test_certificate_kept_in_a_system_ca_directory_refused_as_trust_anchor(self) -> None:
+        """Without ca_file_path the certificate is the trust anchor, and the daemon refuses a system store."""
+        from tunmesh.tls import contexts
+
+        cert, _ = write_pair(self.ssl, now=_now())
+        self.patch(contexts, "_system_trust_paths", lambda: frozenset({self.ssl}))
+        self.assertRefusedBothWays(self.config(), [
+            f"tunmesh: config error: {CERT}: {cert} is the system CA store; anyone with a public certificate "
+            "could relay the mesh. Use a private CA or the nodes' own certificate"
+        ])
+
     def test_expired_certificate(self) -> None:
         cert, _ = write_pair(self.ssl, now=_now(), start_days=-30, valid_days=29)
         code, _, lines = self.check(self.config())
@@ -212,6 +223,18 @@ class TLSPreflightTests(BothWays, SynchronousTestCase):
             found = ([e.message.split(") ", 1)[1] for e in report.errors],
                      [w.message.split(") ", 1)[1].split(",")[0] for w in report.warnings])
             self.assertEqual(found, expect, after)
+
+    def test_large_ca_bundle_is_a_warning(self) -> None:
+        write_pair(self.ssl, now=_now())
+        now = _now()
+        cas = [certificate(ec_key(), not_before=now - datetime.timedelta(days=1),
+                           not_after=now + datetime.timedelta(days=365), name=f"ca{i}", ca=True) for i in range(11)]
+        bundle = write_cert(self.base / "ca.pem", *cas)
+        code, _, lines = self.check(self.config(set_key(minimal_data(), "control_api/ssl/ca_file_path", "ca.pem")))
+        self.assertEqual((code, lines), (0, [
+            f"tunmesh: config warning: {CA}: {bundle} holds 11 certificates; a mesh normally needs one CA or one "
+            "certificate"
+        ]))
 
     def test_ca_bundle_with_only_expired_certificates(self) -> None:
         write_pair(self.ssl, now=_now())
