@@ -260,7 +260,8 @@ values below, the preflight checks:
   curve of at least {MIN_EC_BITS} bits, and it matches the certificate;
 - validity: a certificate in `cert_file_path` that has expired or is not yet valid is an error, one expiring
   within {EXPIRY_WARNING_DAYS} days a warning; in `ca_file_path`, an expired certificate is a warning, and a bundle with no valid
-  certificate an error; the system CA store is refused as `ca_file_path`;
+  certificate an error; the system CA store is refused as trust anchor (`ca_file_path`, or
+  `cert_file_path` without a CA);
 - files read after the privilege drop must be readable by `process.uid` (with `process.gid`, no supplementary
   groups): with `reload_config_on_bootstrap`, the config file and the files it names. Run as root, the check
   is made by a child process that takes those ids; run as another user, it is estimated from permission bits.
