@@ -9,6 +9,9 @@ still root, then ``startService``:
 3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
 4. ``dataplane``  TUN <-> router <-> peer links,
 5. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open).
+
+Before any of them, ``makeService`` runs the preflight (``tunmesh.preflight``: the checks of ``tunmesh
+check-config``, same lines), so a refused config exits before the TUN device exists.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from tunmesh import __version__
 from tunmesh.api.app import ControlAPI
 from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
 from tunmesh.clockwatch import ClockStepWatch
-from tunmesh.config import ConfigError, load_config, resolve_config_path
+from tunmesh.config import load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.health import HealthRegistry
 from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
+from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
 from tunmesh.privileges import PrivilegeDropService
 from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, MeshTLSPolicy, TLSConfigError, server_context
 
@@ -46,14 +50,14 @@ class StartupError(Exception):
 
 
 def load_or_exit(path_option: str | None) -> tuple[TunMeshConfig, Path]:
-    """Load and lint the config for twistd; print one line per problem and exit 1 on failure."""
+    """Load and lint the config for twistd (preflight phase 1); print one line per problem, exit 1 on failure."""
     path = resolve_config_path(path_option, os.environ)
-    try:
-        return load_config(path), path
-    except ConfigError as e:
-        for problem in e.errors:
-            print(f"tunmesh: config error: {problem}", file=sys.stderr)
-        raise SystemExit(1) from None
+    report = load_checked(path, os.environ)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    if report.config is None:
+        raise SystemExit(1)
+    return report.config, path
 
 
 def _fail(message: str) -> SystemExit:
@@ -68,11 +72,26 @@ def makeService(  # noqa: N802
     ``config_path`` is re-read before bootstrap passes when ``reload_config_on_bootstrap`` is set."""
     try:
         return _make_service(cfg, reactor, open_tun, config_path)
+    except PreflightFailed as e:
+        for line in e.report.lines():
+            print(line, file=sys.stderr)
+        raise SystemExit(1) from None
     except (StartupError, TLSConfigError) as e:
         raise _fail(str(e)) from None
 
 
+def _preflight(cfg: TunMeshConfig, config_path: Path | None) -> None:
+    """Preflight phase 2 (``tunmesh.preflight``), the checks ``tunmesh check-config`` runs too: raises
+    ``PreflightFailed``; warnings are printed like check-config prints them, and logged."""
+    for warning in require_files(cfg, config_path).warnings:
+        print(warning_line(warning), file=sys.stderr)
+        log.warn("config warning: {path}: {message}", path=warning.path, message=warning.message)
+
+
 def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: Path | None) -> MultiService:
+    # 0. PREFLIGHT, before anything is created (TUN, port, threads): a refused config leaves nothing behind.
+    _preflight(cfg, config_path)
+
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 

@@ -55,6 +55,8 @@ DEFAULT_ALPN: tuple[bytes, ...] = (b"http/1.1",)
 #: More certificates than this in a trust bundle is suspicious: a mesh needs one CA or one cert (W5(b)).
 TRUST_BUNDLE_WARN_COUNT = 10
 MIN_RSA_BITS = 2048
+#: Elliptic curves below 256 bits (secp192r1, secp224r1, the binary sect163/233 curves) are refused.
+MIN_EC_BITS = 256
 
 _log = Logger()
 
@@ -144,6 +146,10 @@ def _load_private_key(key_path: Path) -> rsa.RSAPrivateKey | ec.EllipticCurvePri
             raise TLSConfigError(KEY_FILE_KEY, f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} required")
         return key
     if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.key_size < MIN_EC_BITS:
+            raise TLSConfigError(
+                KEY_FILE_KEY, f"EC key on curve {key.curve.name} ({key.curve.key_size} bits); at least {MIN_EC_BITS} required"
+            )
         return key
     raise TLSConfigError(KEY_FILE_KEY, f"{key_path}: only RSA and ECDSA keys are supported")
 
@@ -342,6 +348,8 @@ __all__ = [
     "CA_FILE_KEY",
     "CERT_FILE_KEY",
     "KEY_FILE_KEY",
+    "MIN_EC_BITS",
+    "MIN_RSA_BITS",
     "TLS12_CIPHERS",
     "MeshClientTLSCreator",
     "MeshTLSPolicy",
