@@ -38,7 +38,16 @@ from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
 from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
 from tunmesh.privileges import PrivilegeDropService
-from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, MeshTLSPolicy, TLSConfigError, server_context
+from tunmesh.tls.certs import load_certificates
+from tunmesh.tls.contexts import (
+    CA_FILE_KEY,
+    CERT_FILE_KEY,
+    MeshTLSPolicy,
+    TLSConfigError,
+    load_trust_bundle,
+    server_context,
+)
+from tunmesh.tls.expiry import CertExpiryWatch
 
 LINK_ALPN = b"tunmesh-link/1"
 
@@ -127,6 +136,11 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
     server_tls = server_context(ssl_cfg.cert_file_path, ssl_cfg.key_file_path, alpn=(LINK_ALPN, b"http/1.1"))
     trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
+    expiry = CertExpiryWatch(metrics, reactor)
+    expiry.set_certificates(
+        load_certificates(ssl_cfg.cert_file_path)[0], load_trust_bundle(trust_path, trust_key)
+    )
+    expiry.setServiceParent(top)
     http_client = MeshClient.with_tls(
         reactor,
         MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key),

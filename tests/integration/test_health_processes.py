@@ -25,6 +25,9 @@ class TunHealthTests(TestCase):
             node = cluster.nodes[2]
             code, body = node.get("/health")
             self.assertEqual(code, 200, body)
+            # The certificate's expiry is exported (issue 12, 3b): the test cert is valid for years.
+            expiry = cluster.metric(2, "tunmesh_cert_expiry_timestamp_seconds", which="node")
+            self.assertGreater(expiry, time.time() + 300 * 86400)
             links = cluster.ns(2).run(["ip", "-j", "link", "show", "type", "tun"]).stdout
             names = [link["ifname"] for link in json.loads(links)]
             self.assertEqual(len(names), 1, links)
