@@ -180,6 +180,17 @@ class LeaveTests(MeshTestCase):
         advance(self.clock, 40)
         self.assertFullMesh(nodes[:2])
 
+    def test_stop_result_comes_from_the_reactor_loop_not_from_a_protocol_callback(self) -> None:
+        """twistd continues its shutdown (``disconnectAll``) synchronously when the stop Deferred fires;
+        fired from inside the last acknowledgement's ``dataReceived`` that tore down the TLS connection
+        under its own feet (``'NoneType' object has no attribute 'bio_read'``)."""
+        lone = self.node(1, ())
+        lone.start()
+        d = lone.stop()  # no peers: the leave itself completes at once
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), 0)
+
     def test_successor_at_a_new_url_takes_the_address_at_once(self) -> None:
         """A rescheduled pod: new id, new underlay IP, same overlay address, old pod stopped cleanly."""
         nodes = self.mesh(3)

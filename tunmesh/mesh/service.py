@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from tunmesh.auth.cluster import ClusterAuthority
@@ -40,14 +40,35 @@ class MeshService(Service):
         d.addErrback(lambda f: self.log.failure("groom loop stopped", failure=f))
 
     def stopService(self) -> Any:
-        """Stop the loop and everything in flight, then tell the peers we leave (bounded)."""
+        """Stop the loop and everything in flight, tell the peers we leave (bounded), close the
+        client's pooled connections, and fire with the number of peers that acknowledged.
+
+        The result is delivered from the reactor loop (``callLater(0)``), never from inside the
+        protocol callback that delivered the last acknowledgement: twistd continues its shutdown
+        synchronously when this fires, and the reactor's ``disconnectAll`` would otherwise tear down
+        the very TLS connection whose ``dataReceived`` is still on the stack (``'NoneType' object
+        has no attribute 'bio_read'``).
+        """
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         self.membership.cancel_all()
         super().stopService()
         d = self.membership.leave()
-        d.addErrback(lambda f: self.log.failure("telling peers we leave failed", failure=f))
+
+        def leave_failed(failure: Any) -> int:
+            self.log.failure("telling peers we leave failed", failure=failure)
+            return 0
+
+        d.addErrback(leave_failed)
+
+        def close_client(acked: int) -> Any:
+            closed = self.membership.client.close()
+            closed.addErrback(lambda f: self.log.failure("closing the mesh client failed", failure=f))
+            return closed.addCallback(lambda _: acked)
+
+        d.addCallback(close_client)
+        d.addCallback(lambda acked: deferLater(self.clock, 0, lambda: acked))
         return d
 
     def alive(self) -> bool:
