@@ -1,4 +1,5 @@
-"""The ``tunmesh`` command: config tooling (example-config, check-config, gen-secret, gen-cert, docs).
+"""The ``tunmesh`` command: ``run`` (a node) and config tooling (example-config, check-config, gen-secret,
+gen-cert, peers, docs).
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -61,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
     peers.add_argument("url", nargs="?", metavar="URL", help="node API URL, e.g. https://198.18.0.11:4567/")
     commands.add_parser("docs", help="print the Markdown configuration reference")
+    run = commands.add_parser(
+        "run",
+        help="run a node in the foreground (what `twistd -n tunmesh` runs)",
+        description="Runs the node until SIGTERM/SIGINT (it then tells its peers it leaves). SIGHUP reloads "
+        "the TLS files, bootstrap groups and log level from the config file. Needs root to create the TUN "
+        "device; drops to process.uid once the device and the port are open.",
+    )
+    run.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
+    run.add_argument("--logfile", metavar="PATH", help="log to PATH instead of stdout")
     return parser
 
 
@@ -171,4 +181,8 @@ def main(
         return _gen_cert(args, err)
     elif args.command == "docs":
         out.write(config_reference_markdown())
+    elif args.command == "run":
+        from tunmesh.tap import run as run_node
+
+        run_node(args.config, args.logfile)
     return 0

@@ -8,7 +8,8 @@ still root, then ``startService``:
                   by ALPN on the same port, the packet links; bound in ``privilegedStartService``,
 3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
 4. ``dataplane``  TUN <-> router <-> peer links,
-5. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open).
+5. ``reload``     SIGHUP: re-read the TLS files, bootstrap groups and log level (``tunmesh.reload``),
+6. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open).
 
 Before any of them, ``makeService`` runs the preflight (``tunmesh.preflight``: the checks of ``tunmesh
 check-config``, same lines), so a refused config exits before the TUN device exists.
@@ -27,7 +28,7 @@ from twisted.application import internet
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from tunmesh import __version__
+from tunmesh import __version__, logsetup
 from tunmesh.api.app import ControlAPI
 from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
 from tunmesh.clockwatch import ClockStepWatch
@@ -38,11 +39,13 @@ from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
 from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
 from tunmesh.privileges import PrivilegeDropService
+from tunmesh.reload import NodeReloader, ReloadOnSignal
 from tunmesh.tls.certs import load_certificates
 from tunmesh.tls.contexts import (
     CA_FILE_KEY,
     CERT_FILE_KEY,
     MeshTLSPolicy,
+    ReloadableServerTLS,
     TLSConfigError,
     load_trust_bundle,
     server_context,
@@ -134,18 +137,15 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     # 2. TLS material, read as root (the key may be readable by root only).
     ssl_cfg = cfg.control_api.ssl
     trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
-    server_tls = server_context(ssl_cfg.cert_file_path, ssl_cfg.key_file_path, alpn=(LINK_ALPN, b"http/1.1"))
+    server_tls = ReloadableServerTLS(make_server_tls(ssl_cfg.cert_file_path, ssl_cfg.key_file_path))
     trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
     expiry = CertExpiryWatch(metrics, reactor)
     expiry.set_certificates(
         load_certificates(ssl_cfg.cert_file_path)[0], load_trust_bundle(trust_path, trust_key)
     )
     expiry.setServiceParent(top)
-    http_client = MeshClient.with_tls(
-        reactor,
-        MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key),
-        timeout=float(cfg.process.timing.request_timeout),
-    )
+    http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key)
+    http_client = MeshClient.with_tls(reactor, http_policy, timeout=float(cfg.process.timing.request_timeout))
 
     # 3. Membership and sessions.
     membership, mesh_api, mesh_service = build_mesh(
@@ -160,7 +160,8 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     mesh_service.register_health(health)
 
     # 4. Data plane, fed by membership's authenticated peers.
-    dataplane = build_dataplane(cfg, identity.node_id, device, membership, reactor, metrics, trust_path)
+    link_policy = link_tls_policy(cfg, trust_path)
+    dataplane = build_dataplane(cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
     membership.add_observer(dataplane)
 
     # 5. The one port.
@@ -200,6 +201,18 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     mesh_service.setServiceParent(top)
     dataplane.setServiceParent(top)
 
+    # SIGHUP: TLS files, trust, bootstrap groups and log level, without dropping a link (tunmesh.reload).
+    node_reloader = NodeReloader(
+        config_path,
+        cfg,
+        server_tls=server_tls,
+        make_server_tls=make_server_tls,
+        client_policies=(http_policy, link_policy),
+        groups=membership,
+        set_log_level=logsetup.set_level,
+    )
+    ReloadOnSignal(node_reloader, reactor).setServiceParent(top)
+
     # 6. Drop root last.
     PrivilegeDropService(cfg.process.uid, cfg.process.gid).setServiceParent(top)
 
@@ -213,7 +226,7 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
 
 
 def build_dataplane(
-    cfg: TunMeshConfig, node_id: str, device: Any, membership: Any, reactor: Any, metrics: Any, trust_path: Any
+    cfg: TunMeshConfig, node_id: str, device: Any, membership: Any, reactor: Any, metrics: Any, link_policy: Any
 ) -> Any:
     """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
     from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
@@ -235,11 +248,6 @@ def build_dataplane(
         rate_limited_log=RateLimitedLog(Logger(namespace="tunmesh.dataplane"), reactor),
         vnet_hdr=offload,
     )
-    ssl_cfg = cfg.control_api.ssl
-    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
-
-    # The trust bundle is read once, now, as root: link connections are made after the privilege drop.
-    link_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
 
     def context_for(hostname: str) -> Any:
         return link_policy.creatorForNetloc(hostname.encode("idna"), 0)
@@ -262,6 +270,21 @@ def build_dataplane(
             else None
         ),
     )
+
+
+def link_tls_policy(cfg: TunMeshConfig, trust_path: Path) -> MeshTLSPolicy:
+    """Client TLS of the packet links (ALPN ``tunmesh-link/1``).
+
+    The trust bundle is read once, now, as root: link connections are made after the privilege drop
+    (a SIGHUP reload replaces it, read as ``process.uid``)."""
+    ssl_cfg = cfg.control_api.ssl
+    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
+    return MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
+
+
+def make_server_tls(cert_path: Path, key_path: Path) -> Any:
+    """The port's TLS: the certificate and key, offering the packet links and HTTP/1.1 by ALPN."""
+    return server_context(cert_path, key_path, alpn=(LINK_ALPN, b"http/1.1"))
 
 
 def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], Any] | None:

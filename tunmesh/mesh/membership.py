@@ -765,10 +765,16 @@ class Membership:
         except Exception as exc:
             self.log.error("config reload before bootstrap failed, keeping the old groups: {error}", error=exc)
             return
+        self.set_bootstrap_groups(specs)
+
+    def set_bootstrap_groups(self, specs: Sequence[BootstrapGroupSpec]) -> bool:
+        """Use ``specs`` from the next bootstrap pass on (config reload); unchanged groups keep their
+        progress. Returns whether anything changed."""
         old = {g.spec.name: g for g in self.groups}
-        self.groups = [
-            old[s.name] if s.name in old and old[s.name].spec == s else GroupState(s) for s in specs
-        ]
+        groups = [old[s.name] if s.name in old and old[s.name].spec == s else GroupState(s) for s in specs]
+        changed = [g.spec for g in groups] != [g.spec for g in self.groups]
+        self.groups = groups
+        return changed
 
     def _bootstrap_groups(self) -> None:
         pending = [g for g in self.groups if not self.group_bootstrapped(g)]

@@ -15,7 +15,7 @@ import os
 import ssl as _stdlib_ssl
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -307,6 +307,22 @@ class MeshTLSPolicy:
         self._alpn = tuple(alpn)
         self._creators: dict[str, MeshClientTLSCreator] = {}
 
+    @property
+    def trust(self) -> tuple[x509.Certificate, ...]:
+        """The trust anchors new connections are verified against."""
+        return tuple(self._trust)
+
+    @property
+    def verify_hostname(self) -> bool:
+        return self._verify_hostname
+
+    def replace_trust(self, trust: Sequence[x509.Certificate], verify_hostname: bool) -> None:
+        """Verify connections made from now on against ``trust`` (from :func:`load_trust_bundle`);
+        established connections keep the verification they had (SIGHUP reload)."""
+        self._trust = list(trust)
+        self._verify_hostname = verify_hostname
+        self._creators.clear()
+
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         name = hostname.decode("ascii") if isinstance(hostname, bytes) else hostname
         creator = self._creators.get(name)
@@ -318,6 +334,24 @@ class MeshTLSPolicy:
                 context, name, self._verify_hostname, self._alpn
             )
         return creator
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """The server side of the port, replaceable while the node runs (SIGHUP reload).
+
+    Connections accepted after :meth:`replace` use the new certificate and key; established ones
+    keep the session they negotiated. ``current`` is a creator from :func:`server_context`.
+    """
+
+    def __init__(self, current: IOpenSSLServerConnectionCreator) -> None:
+        self.current = current
+
+    def replace(self, creator: IOpenSSLServerConnectionCreator) -> None:
+        self.current = creator
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802 (Twisted's name)
+        return self.current.serverConnectionForTLS(tlsProtocol)
 
 
 def peer_certificate_sha256(transport: object) -> bytes | None:
@@ -360,4 +394,5 @@ __all__ = [
     "local_certificate_sha256",
     "peer_certificate_sha256",
     "server_context",
+    "ReloadableServerTLS",
 ]
