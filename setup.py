@@ -13,6 +13,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
+    # The project root as the one package root: an editable install (`pip install -e .`) then puts the
+    # root on sys.path (a .pth line) instead of an import hook. Twisted finds plugins by scanning every
+    # sys.path entry for twisted/plugins/ (twisted.plugin.pluginPackagePaths); an import hook is
+    # invisible to that scan, and `twistd tunmesh` said "Unknown command: tunmesh".
+    package_dir={"": "."},
     packages=find_packages(include=["tunmesh", "tunmesh.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/tunmesh_plugin.py"]},
     install_requires=[
