@@ -61,3 +61,44 @@ class RunOptionsTests(SynchronousTestCase):
         self.assertIn("--config FILE", out.getvalue())
         self.assertIn("SIGHUP", out.getvalue())
 
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """``makeService`` only builds: a memory reactor and a fake TUN, no root, nothing started."""
+
+    def test_node_has_the_sighup_reload_wired_to_its_tls_and_membership(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from tunmesh.config import load_config
+        from tunmesh.reload import ReloadOnSignal
+        from tunmesh.tun.fake import FakeTun
+
+        base = Path(self.mktemp()).resolve()
+        (base / "ssl").mkdir(parents=True)
+        write_self_signed(base / "ssl" / "cert.pem", base / "ssl" / "key.pem")
+        path = base / "config.yaml"
+        path.write_text(yaml.safe_dump(minimal_data()))
+        tuns: list[FakeTun] = []
+
+        def open_tun(networking: object) -> FakeTun:
+            tuns.append(FakeTun())
+            return tuns[-1]
+
+        top = service.makeService(load_config(path), MemoryReactorClock(), open_tun, config_path=path)
+        self.addCleanup(lambda: [t.close() for t in tuns])
+        reload = top.getServiceNamed("reload")
+        self.assertIsInstance(reload, ReloadOnSignal)
+        self.assertEqual(reload.reloader.config_path, path)
+        self.assertEqual(reload.reloader.reload().changed, ())
+        data = minimal_data()
+        data["tun_mesh"]["clustering"]["bootstrap_groups"]["default"]["bootstrap_node_urls"] = ["https://n9.test:4567"]
+        data["tun_mesh"]["logging"] = {"level": "debug"}
+        path.write_text(yaml.safe_dump(data))
+        self.addCleanup(logsetup.set_level, logsetup.current_level())
+        report = reload.reloader.reload()
+        self.assertEqual(set(report.changed), {"tun_mesh/clustering/bootstrap_groups", "tun_mesh/logging/level"})
+        membership = top.getServiceNamed("mesh").membership
+        self.assertEqual([g.spec.urls for g in membership.groups], [("https://n9.test:4567",)])
+        self.assertEqual(logsetup.current_level(), "debug")
+        names = [s.name for s in top]
+        self.assertLess(names.index("reload"), len(names) - 1)  # before the privilege drop (the last child)
