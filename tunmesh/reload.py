@@ -33,11 +33,14 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 from tunmesh.config import ConfigError, load_config
+from tunmesh.config.errors import ConfigWarning
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
+from tunmesh.tls.certs import load_certificates
 from tunmesh.tls.contexts import (
     CA_FILE_KEY,
     CERT_FILE_KEY,
+    KEY_FILE_KEY,
     MeshTLSPolicy,
     ReloadableServerTLS,
     TLSConfigError,
@@ -56,6 +59,25 @@ class BootstrapGroupsTarget(Protocol):
     """What the reloader needs of ``Membership``."""
 
     def set_bootstrap_groups(self, specs: Sequence[BootstrapGroupSpec]) -> bool: ...
+
+
+class CertificatesTarget(Protocol):
+    """What the reloader tells ``tunmesh.tls.expiry.CertExpiryWatch`` after a change."""
+
+    def set_certificates(self, node: Any, trust: Sequence[Any]) -> None: ...
+
+
+TLSCheck = Callable[[TunMeshConfig], Sequence[ConfigError | ConfigWarning]]
+
+
+def preflight_tls(cfg: TunMeshConfig) -> Sequence[ConfigError | ConfigWarning]:
+    """The start-up TLS checks of ``tunmesh.preflight`` (key strength, key/certificate match, validity,
+    CA-bundle policy), so a reload refuses what a start would refuse. The files are read as the running
+    uid; the preflight's check of what ``process.uid`` can read is moot here (a read failure is the answer)."""
+    from tunmesh.preflight import check_files
+
+    report = check_files(cfg, None, read_check=lambda uid, gid, paths: [])
+    return (*report.errors, *report.warnings)
 
 
 @frozen
@@ -123,7 +145,11 @@ class NodeReloader:
     :param client_policies: every client TLS policy of the node (control requests, packet links).
     :param groups: receives the new bootstrap groups.
     :param set_log_level: applies a ``logging.level`` value.
+    :param certificates: told the node certificate and trust anchors in use after a change (the expiry
+        watch), or ``None``.
     :param load: reads and validates the file (``tunmesh.config.load_config``).
+    :param check_tls: the start-up checks of the TLS files (:func:`preflight_tls`): errors refuse the part
+        whose key they name, warnings are logged.
     """
 
     log = Logger()
@@ -138,7 +164,9 @@ class NodeReloader:
         client_policies: Sequence[MeshTLSPolicy],
         groups: BootstrapGroupsTarget,
         set_log_level: Callable[[str], None],
+        certificates: CertificatesTarget | None = None,
         load: Callable[[Path], TunMeshConfig] = load_config,
+        check_tls: TLSCheck = preflight_tls,
     ) -> None:
         self.config_path = config_path
         self._server_tls = server_tls
@@ -147,6 +175,9 @@ class NodeReloader:
         self._groups = groups
         self._set_log_level = set_log_level
         self._load = load
+        self._certificates = certificates
+        self._check_tls = check_tls
+        self._tls_problems: dict[str, str] = {}
         ssl = running.control_api.ssl
         self._cert_files = (ssl.cert_file_path, ssl.key_file_path)
         try:
@@ -175,12 +206,24 @@ class NodeReloader:
             for problem in e.errors:
                 self.log.error("reload refused, keeping the running configuration: {problem}", problem=str(problem))
             return ReloadReport(refused=(ROOT,))
+        self._tls_problems = {}
+        for tls_problem in self._check_tls(cfg):
+            if isinstance(tls_problem, ConfigWarning):
+                self.log.warn("reload: {key}: {detail}", key=tls_problem.path, detail=tls_problem.message)
+            else:
+                self._tls_problems.setdefault(tls_problem.path, tls_problem.message)
         changed: list[str] = []
         refused: list[str] = []
         for apply in (self._apply_server_tls, self._apply_trust, self._apply_groups, self._apply_level):
             key, ok = apply(cfg)
             if key is not None:
                 (changed if ok else refused).append(key)
+        if self._certificates is not None and ({CERT_FILE_KEY, CA_FILE_KEY} & set(changed)):
+            try:
+                leaf = load_certificates(self._cert_files[0])[0]
+                self._certificates.set_certificates(leaf, self._policies[0].trust if self._policies else ())
+            except Exception:
+                self.log.failure("reload: updating the certificate expiry watch failed")
         restart = self._restart_needed(cfg)
         if restart:
             self.log.warn(
@@ -200,12 +243,15 @@ class NodeReloader:
             digest = _file_digest(*files)
             if files == self._cert_files and digest == self._cert_digest:
                 return None, True
+            for name in (CERT_FILE_KEY, KEY_FILE_KEY):
+                if name in self._tls_problems:
+                    raise TLSConfigError(name, self._tls_problems[name])
             creator = self._make_server_tls(*files)
         except (OSError, TLSConfigError) as e:
             where = e.path if isinstance(e, TLSConfigError) else key
             message = e.message if isinstance(e, TLSConfigError) else f"cannot read: {e}"
             self.log.error(
-                "reload: {key}: {message}; new connections keep the current certificate", key=where, message=message
+                "reload: {key}: {detail}; new connections keep the current certificate", key=where, detail=message
             )
             return where, False
         self._server_tls.replace(creator)
@@ -220,12 +266,14 @@ class NodeReloader:
         verify = cfg.control_api.ssl.verify_hostname
         key = name
         try:
+            if name in self._tls_problems:
+                raise TLSConfigError(name, self._tls_problems[name])
             trust = load_trust_bundle(path, name)
         except TLSConfigError as e:
             self.log.error(
-                "reload: {key}: {message}; new connections keep the current trust anchors",
+                "reload: {key}: {detail}; new connections keep the current trust anchors",
                 key=e.path,
-                message=e.message,
+                detail=e.message,
             )
             return e.path, False
         digest = _trust_digest(trust)
@@ -326,4 +374,4 @@ class ReloadOnSignal(Service):
             self.log.failure("reload failed; the node keeps running with its current configuration")
 
 
-__all__ = ["NodeReloader", "ReloadOnSignal", "ReloadReport", "RELOADABLE"]
+__all__ = ["NodeReloader", "ReloadOnSignal", "ReloadReport", "RELOADABLE", "preflight_tls"]

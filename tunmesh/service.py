@@ -210,6 +210,7 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
         client_policies=(http_policy, link_policy),
         groups=membership,
         set_log_level=logsetup.set_level,
+        certificates=expiry,
     )
     ReloadOnSignal(node_reloader, reactor).setServiceParent(top)
 

@@ -122,6 +122,41 @@ class ReloaderTests(SynchronousTestCase):
         self.assertTrue(any(line.startswith(f"reload: {CERT_FILE_KEY}:") for line in errors), errors)
         self.assertTrue(all("keep" in line for line in errors), errors)
 
+    def test_what_a_start_refuses_a_reload_refuses(self) -> None:
+        """The preflight's TLS checks: an expired certificate (which OpenSSL itself would load)."""
+        import datetime
+
+        from tests.unit.tls_support import write_pair
+
+        before = self.server_tls.current
+        now = datetime.datetime.now(datetime.UTC)
+        expired = self.base / "expired"
+        expired.mkdir()
+        cert, key = write_pair(expired, now=now, start_days=-30, valid_days=10)
+        self.cert.write_bytes(cert.read_bytes())
+        self.key.write_bytes(key.read_bytes())
+        report = self.reloader.reload()
+        self.assertIn(CERT_FILE_KEY, report.refused)
+        self.assertIs(self.server_tls.current, before)
+        errors = self.logged(LogLevel.error)
+        self.assertTrue(any("expired" in line and CERT_FILE_KEY in line for line in errors), errors)
+
+    def test_expiry_watch_told_the_new_certificates(self) -> None:
+        told: list[tuple[Any, Any]] = []
+
+        class Watch:
+            def set_certificates(self, node: Any, trust: Any) -> None:
+                told.append((node, tuple(trust)))
+
+        self.reloader._certificates = Watch()
+        new_cert, new_key = self.new_pair("d")
+        self.cert.write_bytes(new_cert.read_bytes())
+        self.key.write_bytes(new_key.read_bytes())
+        self.reloader.reload()
+        self.assertEqual(len(told), 1)
+        self.assertEqual(told[0][0], load_certs(new_cert)[0])
+        self.assertEqual(told[0][1], tuple(load_certs(new_cert)))  # the certificate is its own trust anchor
+
     def test_key_that_does_not_match_is_refused_by_its_key_path(self) -> None:
         before = self.server_tls.current
         _, other_key = self.new_pair("c")
