@@ -26,9 +26,9 @@ from tunmesh.cli import main
 from tunmesh.config.docs import example_config
 from tunmesh.preflight import EXPIRY_WARNING_DAYS, check_files, preflight
 from tunmesh.service import makeService
+from tunmesh.tap import Options
 from tunmesh.tun.fake import FakeTun
 from tunmesh.uidaccess import Access, _estimate, effective_gid, readable_as
-from twisted.plugins.tunmesh_plugin import Options
 
 KEY = "tun_mesh/control_api/ssl/key_file_path"
 CERT = "tun_mesh/control_api/ssl/cert_file_path"
