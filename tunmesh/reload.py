@@ -216,8 +216,9 @@ class NodeReloader:
         refused: list[str] = []
         for apply in (self._apply_server_tls, self._apply_trust, self._apply_groups, self._apply_level):
             key, ok = apply(cfg)
-            if key is not None:
-                (changed if ok else refused).append(key)
+            target = changed if ok else refused
+            if key is not None and key not in target:  # the certificate may also be the trust anchor
+                target.append(key)
         if self._certificates is not None and ({CERT_FILE_KEY, CA_FILE_KEY} & set(changed)):
             try:
                 leaf = load_certificates(self._cert_files[0])[0]
@@ -266,9 +267,12 @@ class NodeReloader:
         verify = cfg.control_api.ssl.verify_hostname
         key = name
         try:
+            trust = load_trust_bundle(path, name)
+            digest = _trust_digest(trust)
+            if digest == self._trust_digest and verify == self._verify_hostname:
+                return None, True  # what runs now: not re-judged
             if name in self._tls_problems:
                 raise TLSConfigError(name, self._tls_problems[name])
-            trust = load_trust_bundle(path, name)
         except TLSConfigError as e:
             self.log.error(
                 "reload: {key}: {detail}; new connections keep the current trust anchors",
@@ -276,9 +280,6 @@ class NodeReloader:
                 detail=e.message,
             )
             return e.path, False
-        digest = _trust_digest(trust)
-        if digest == self._trust_digest and verify == self._verify_hostname:
-            return None, True
         for policy in self._policies:
             policy.replace_trust(trust, verify)
         self._trust_digest, self._verify_hostname = digest, verify
