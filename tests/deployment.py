@@ -265,7 +265,8 @@ def compose_schema() -> dict[str, Any]:
 
 
 def compose_schema_problems(doc: Any) -> list[str]:
-    validator = jsonschema.Draft202012Validator(compose_schema())
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
     return [f"compose: {'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
