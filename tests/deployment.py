@@ -111,7 +111,10 @@ PODMONITOR_SCHEMA: dict[str, Any] = {
                             "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
                             "path": {"type": "string", "pattern": "^/"},
                             "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?)$"},
+                            "interval": {
+                                "type": "string",
+                                "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?)$",
+                            },
                             "scrapeTimeout": {"type": "string"},
                             "honorLabels": {"type": "boolean"},
                             "relabelings": {"type": "array"},
@@ -296,7 +299,9 @@ def env_names_read() -> frozenset[str]:
 
 def _node_address_required() -> bool:
     """Whether this tree's schema still needs ``networking.ipv4.node_address_cidr`` (before dynamic addressing)."""
-    return any(key == "node_address_cidr" and isinstance(m, Option) and m.required for key, m in members(Ipv4))
+    return any(
+        key == "node_address_cidr" and isinstance(m, Option) and m.required for key, m in members(Ipv4)
+    )
 
 
 def _walk_strings(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -346,7 +351,11 @@ def load_mounted_config(
     if problems:
         return None, problems
     ipv4 = (((data or {}).get("tun_mesh") or {}).get("networking") or {}).get("ipv4") or {}
-    if _node_address_required() and "node_address_cidr" not in ipv4 and isinstance(ipv4.get("network_cidr"), str):
+    if (
+        _node_address_required()
+        and "node_address_cidr" not in ipv4
+        and isinstance(ipv4.get("network_cidr"), str)
+    ):
         # This tree predates dynamic addressing (node_address_cidr optional): stand in what a pod would pick,
         # so every other key is still checked. Inert once the schema makes the key optional.
         try:
@@ -384,7 +393,9 @@ def _resolve_env(
             for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value):
                 if ref not in env:
                     problems.append(f"{who}: env {name} refers to $({ref}), not defined before it")
-            env[name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+            env[name] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value
+            )
             continue
         source = entry.get("valueFrom", {})
         if "fieldRef" in source:
@@ -418,12 +429,17 @@ def _materialize(
         if vol is None:
             problems.append(f"{who}: volumeMount {mount['name']} has no volume")
             continue
-        for source_key, kind, name_key in (("configMap", "ConfigMap", "name"), ("secret", "Secret", "secretName")):
+        for source_key, kind, name_key in (
+            ("configMap", "ConfigMap", "name"),
+            ("secret", "Secret", "secretName"),
+        ):
             if source_key not in vol:
                 continue
             obj = by_kind.get((kind, vol[source_key][name_key]))
             if obj is None:
-                problems.append(f"{who}: volume {mount['name']}: {kind} {vol[source_key][name_key]} does not exist")
+                problems.append(
+                    f"{who}: volume {mount['name']}: {kind} {vol[source_key][name_key]} does not exist"
+                )
                 continue
             data = obj.get("data", {})
             items = vol[source_key].get("items") or [{"key": k, "path": k} for k in data]
@@ -434,7 +450,9 @@ def _materialize(
                     problems.append(f"{who}: volume {mount['name']}: {kind} has no key {item['key']}")
                     continue
                 raw = data[item["key"]]
-                (target / item["path"]).write_bytes(base64.b64decode(raw) if kind == "Secret" else raw.encode())
+                (target / item["path"]).write_bytes(
+                    base64.b64decode(raw) if kind == "Secret" else raw.encode()
+                )
     return problems
 
 
@@ -485,7 +503,9 @@ def _tunmesh_container_problems(
     host = [volumes.get(m["name"], {}).get("hostPath") for m in tun_mounts]
     plugin = [r for r in c.get("resources", {}).get("limits", {}) if "tun" in r]
     if not plugin and host != [{"path": TUN_DEVICE, "type": "CharDevice"}]:
-        problems.append(f"{who}: {TUN_DEVICE} needs a hostPath CharDevice mount (or a device-plugin resource)")
+        problems.append(
+            f"{who}: {TUN_DEVICE} needs a hostPath CharDevice mount (or a device-plugin resource)"
+        )
     # The node drops to process.uid/gid: mounted secrets must stay readable by it (SIGHUP re-reads them).
     gid = cfg.process.gid
     fs_group = pod_spec.get("securityContext", {}).get("fsGroup")
@@ -521,7 +541,9 @@ def kubernetes_problems(objects: list[dict[str, Any]], scratch: Path) -> list[st
         if w["kind"] == "StatefulSet":
             svc = by_kind.get(("Service", w["spec"].get("serviceName", "")))
             if svc is None or svc["spec"].get("clusterIP") != "None":
-                problems.append(f"{who}: serviceName {w['spec'].get('serviceName')} is not a headless Service")
+                problems.append(
+                    f"{who}: serviceName {w['spec'].get('serviceName')} is not a headless Service"
+                )
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for c in spec.get("containers", []):
             for m in c.get("volumeMounts", []):
@@ -540,7 +562,9 @@ def kubernetes_problems(objects: list[dict[str, Any]], scratch: Path) -> list[st
         problems += mat
         if mat:
             continue
-        cfg, cfg_problems = load_mounted_config(cwho, root, [m["mountPath"] for m in c.get("volumeMounts", [])], env)
+        cfg, cfg_problems = load_mounted_config(
+            cwho, root, [m["mountPath"] for m in c.get("volumeMounts", [])], env
+        )
         problems += cfg_problems
         if cfg is None:
             continue
@@ -569,7 +593,9 @@ def kubernetes_problems(objects: list[dict[str, Any]], scratch: Path) -> list[st
                         problems.append(f"{_name(svc)}: selector does not select the pods of {who}")
                     sp = [p for p in s.get("ports", []) if p.get("port") == url.port]
                     if not sp or _port_number(c, sp[0].get("targetPort", sp[0]["port"])) != port:
-                        problems.append(f"{_name(svc)}: port {url.port} does not reach listen_port {port} of {who}")
+                        problems.append(
+                            f"{_name(svc)}: port {url.port} does not reach listen_port {port} of {who}"
+                        )
 
     # NetworkPolicies that select the tunmesh pods open the tunmesh port, to tunmesh pods only.
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
@@ -586,7 +612,9 @@ def kubernetes_problems(objects: list[dict[str, Any]], scratch: Path) -> list[st
                 from_mesh = all(
                     "namespaceSelector" not in peer
                     and "ipBlock" not in peer
-                    and all(_matches(peer.get("podSelector", {}).get("matchLabels"), lb) for _, lb, _, _ in pods)
+                    and all(
+                        _matches(peer.get("podSelector", {}).get("matchLabels"), lb) for _, lb, _, _ in pods
+                    )
                     for peer in rule["from"]
                 )
                 if opens and from_mesh:
@@ -710,7 +738,9 @@ def check_compose(directory: Path, scratch: Path) -> list[str]:
         configs.append(cfg)
         url = urlsplit(cfg.clustering.control_api_advertise_url)
         if url.hostname != addr or url.port != cfg.control_api.listen_port:
-            problems.append(f"{who}: advertise URL {url.geturl()} is not {addr}:{cfg.control_api.listen_port}")
+            problems.append(
+                f"{who}: advertise URL {url.geturl()} is not {addr}:{cfg.control_api.listen_port}"
+            )
     for cfg in configs[:1]:
         for group in cfg.clustering.bootstrap_groups.values():
             for raw in group.bootstrap_node_urls:
@@ -729,7 +759,6 @@ def broken(docs: list[Any], kind: str, edit: Any) -> None:
             edit(d)
             return
     raise AssertionError(f"no {kind} in the file")
-
 
 
 # ------------------------------------------------------------------------------------------------ docs

@@ -7,6 +7,7 @@ is for. The checks themselves live in :mod:`tests.deployment`.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,24 @@ class ShippedManifestsTests(_Case):
         self.assertTrue({"TUNMESH_CONFIG_PATH", "TUNMESH_CLUSTER_SECRET", "TUNMESH_ADVERTISE_URL"} <= names)
         self.assertNotIn("TUNMESH_ADVERTISE", names)
 
-    def test_no_secret_file_is_committed(self) -> None:
+    def test_no_secret_file_is_committed_and_generated_ones_are_ignored(self) -> None:
+        git = shutil.which("git")
+        if git is None or not (d.REPO / ".git").exists():
+            raise unittest.SkipTest("not a git checkout")
         for rel in d.SECRET_DIRS:
-            present = sorted(p.name for p in (d.CONTRIB / rel).iterdir())
-            self.assertEqual(present, [".gitignore"], rel)
+            where = f"contrib/{rel}"
+            tracked = subprocess.run(
+                [git, "ls-files", where], cwd=d.REPO, capture_output=True, text=True, check=True
+            ).stdout.split()
+            self.assertEqual(tracked, [f"{where}/.gitignore"])
+            ignored = subprocess.run(
+                [git, "check-ignore", *(f"{where}/{f}" for f in d.SECRET_FILES)],
+                cwd=d.REPO,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            self.assertEqual(ignored, [f"{where}/{f}" for f in d.SECRET_FILES])
 
 
 class KustomizeBreakageTests(_Case):
@@ -147,13 +162,18 @@ class KustomizeBreakageTests(_Case):
 class KubernetesSchemaBreakageTests(_Case):
     def test_a_wrongly_typed_field_is_caught(self) -> None:
         root = self.copy()
-        self.breakYaml(root, f"{BASE}/deployment.yaml", "Deployment", lambda w: w["spec"].update(replicas="three"))
+        self.breakYaml(
+            root, f"{BASE}/deployment.yaml", "Deployment", lambda w: w["spec"].update(replicas="three")
+        )
         self.assertCaught(root, "spec.replicas")
 
     def test_an_unknown_field_is_caught(self) -> None:
         root = self.copy()
         self.breakYaml(
-            root, f"{BASE}/statefulset.yaml", "StatefulSet", lambda w: _tunmesh(w).update(imagePullPolcy="Always")
+            root,
+            f"{BASE}/statefulset.yaml",
+            "StatefulSet",
+            lambda w: _tunmesh(w).update(imagePullPolcy="Always"),
         )
         self.assertCaught(root, "imagePullPolcy")
 
@@ -178,7 +198,9 @@ class KubernetesSchemaBreakageTests(_Case):
 class KubernetesCrossReferenceBreakageTests(_Case):
     def test_a_volume_mount_without_its_volume_is_caught(self) -> None:
         root = self.copy()
-        self.breakYaml(root, f"{BASE}/deployment.yaml", "Deployment", lambda w: _volume(w, "tls").update(name="tlz"))
+        self.breakYaml(
+            root, f"{BASE}/deployment.yaml", "Deployment", lambda w: _volume(w, "tls").update(name="tlz")
+        )
         self.assertCaught(root, "volumeMount tls has no volume")
 
     def test_an_app_container_mount_without_its_volume_is_caught(self) -> None:
@@ -212,7 +234,9 @@ class KubernetesCrossReferenceBreakageTests(_Case):
 
     def test_a_config_file_the_pod_does_not_mount_is_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, f"{BASE}/config.yaml", "/etc/tunmesh/secret/cluster-secret", "/run/secrets/cluster")
+        self.breakText(
+            root, f"{BASE}/config.yaml", "/etc/tunmesh/secret/cluster-secret", "/run/secrets/cluster"
+        )
         self.assertCaught(root, "names /run/secrets/cluster, which no volumeMount provides")
 
     def test_a_config_path_outside_the_mounts_is_caught(self) -> None:
@@ -234,7 +258,12 @@ class KubernetesCrossReferenceBreakageTests(_Case):
         root = self.copy()
         self.breakText(root, f"{BASE}/config.yaml", "listen_port: 4567", "listen_port: 4568")
         problems = self.check(root, KUSTOMIZATION)
-        for expected in ("no containerPort 4568", "readinessProbe port", "livenessProbe port", "advertise URL port"):
+        for expected in (
+            "no containerPort 4568",
+            "readinessProbe port",
+            "livenessProbe port",
+            "advertise URL port",
+        ):
             self.assertTrue(any(expected in p for p in problems), (expected, problems))
 
     def test_a_probe_on_the_wrong_path_or_scheme_is_caught(self) -> None:
@@ -251,7 +280,10 @@ class KubernetesCrossReferenceBreakageTests(_Case):
     def test_an_env_name_tunmesh_does_not_read_is_caught(self) -> None:
         root = self.copy()
         self.breakYaml(
-            root, f"{BASE}/deployment.yaml", "Deployment", lambda w: _env(w)[1].update(name="TUNMESH_ADVERTISE")
+            root,
+            f"{BASE}/deployment.yaml",
+            "Deployment",
+            lambda w: _env(w)[1].update(name="TUNMESH_ADVERTISE"),
         )
         self.assertCaught(root, "env TUNMESH_ADVERTISE is not read by tunmesh")
 
@@ -276,7 +308,9 @@ class KubernetesCrossReferenceBreakageTests(_Case):
             root,
             f"{BASE}/statefulset.yaml",
             "StatefulSet",
-            lambda w: _tunmesh(w)["securityContext"].update(readOnlyRootFilesystem=False, allowPrivilegeEscalation=True),
+            lambda w: _tunmesh(w)["securityContext"].update(
+                readOnlyRootFilesystem=False, allowPrivilegeEscalation=True
+            ),
         )
         self.assertCaught(root, "readOnlyRootFilesystem must be true")
         self.assertCaught(root, "allowPrivilegeEscalation must be false")
@@ -294,7 +328,10 @@ class KubernetesCrossReferenceBreakageTests(_Case):
     def test_secrets_unreadable_after_the_privilege_drop_are_caught(self) -> None:
         root = self.copy()
         self.breakYaml(
-            root, f"{BASE}/deployment.yaml", "Deployment", lambda w: w["spec"]["template"]["spec"].pop("securityContext")
+            root,
+            f"{BASE}/deployment.yaml",
+            "Deployment",
+            lambda w: w["spec"]["template"]["spec"].pop("securityContext"),
         )
         self.assertCaught(root, "is not readable by process.uid/gid 10001/10001")
 
@@ -317,7 +354,9 @@ class KubernetesCrossReferenceBreakageTests(_Case):
 
     def test_a_bootstrap_service_that_misses_the_pods_is_caught(self) -> None:
         root = self.copy()
-        self.breakYaml(root, f"{BASE}/service.yaml", "Service", lambda s: s["spec"].update(selector={"app": "x"}))
+        self.breakYaml(
+            root, f"{BASE}/service.yaml", "Service", lambda s: s["spec"].update(selector={"app": "x"})
+        )
         self.assertCaught(root, "selector does not select the pods of Deployment/tunmesh-example-app")
 
     def test_a_bootstrap_service_that_hides_unready_pods_or_is_not_headless_is_caught(self) -> None:
@@ -333,7 +372,9 @@ class KubernetesCrossReferenceBreakageTests(_Case):
 
     def test_a_bootstrap_url_that_names_no_service_is_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, f"{BASE}/config.yaml", "https://tunmesh-bootstrap:4567/", "https://tunmesh-boot:4567/")
+        self.breakText(
+            root, f"{BASE}/config.yaml", "https://tunmesh-bootstrap:4567/", "https://tunmesh-boot:4567/"
+        )
         self.assertCaught(root, "no Service named tunmesh-boot")
 
     def test_a_service_port_that_misses_the_listen_port_is_caught(self) -> None:
@@ -356,7 +397,10 @@ class KubernetesCrossReferenceBreakageTests(_Case):
     def test_a_network_policy_on_another_port_is_caught(self) -> None:
         root = self.copy()
         self.breakYaml(
-            root, f"{BASE}/networkpolicy.yaml", "NetworkPolicy", lambda p: p["spec"]["ingress"][0]["ports"][0].update(port=80)
+            root,
+            f"{BASE}/networkpolicy.yaml",
+            "NetworkPolicy",
+            lambda p: p["spec"]["ingress"][0]["ports"][0].update(port=80),
         )
         self.assertCaught(root, "no NetworkPolicy opens the tunmesh port")
 
@@ -372,7 +416,10 @@ class KubernetesCrossReferenceBreakageTests(_Case):
     def test_a_network_policy_rule_open_to_everyone_is_caught(self) -> None:
         root = self.copy()
         self.breakYaml(
-            root, f"{BASE}/networkpolicy.yaml", "NetworkPolicy", lambda p: p["spec"]["ingress"].append({"ports": []})
+            root,
+            f"{BASE}/networkpolicy.yaml",
+            "NetworkPolicy",
+            lambda p: p["spec"]["ingress"].append({"ports": []}),
         )
         self.assertCaught(root, "opens the pods to everyone")
 
@@ -398,12 +445,16 @@ class ComposeBreakageTests(_Case):
 
     def test_a_key_outside_the_compose_spec_is_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, self.rel, "    network_mode: \"service:tunmesh-1\"", "    network-mode: \"service:tunmesh-1\"")
+        self.breakText(
+            root, self.rel, '    network_mode: "service:tunmesh-1"', '    network-mode: "service:tunmesh-1"'
+        )
         self.assertCaught(root, "network-mode", COMPOSE)
 
     def test_an_app_on_a_missing_sidecar_is_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, self.rel, "network_mode: \"service:tunmesh-3\"", "network_mode: \"service:tunmesh-9\"")
+        self.breakText(
+            root, self.rel, 'network_mode: "service:tunmesh-3"', 'network_mode: "service:tunmesh-9"'
+        )
         self.assertCaught(root, "network_mode service:tunmesh-9 is not a tunmesh sidecar", COMPOSE)
         self.assertCaught(root, "expected three app + sidecar groups, found 2", COMPOSE)
 
@@ -415,8 +466,15 @@ class ComposeBreakageTests(_Case):
 
     def test_an_advertise_url_that_is_not_the_containers_address_is_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, self.rel, "TUNMESH_ADVERTISE_URL: https://198.18.30.12:4567/", "TUNMESH_ADVERTISE_URL: https://198.18.30.11:4567/")
-        self.assertCaught(root, "tunmesh-2: advertise URL https://198.18.30.11:4567/ is not 198.18.30.12:4567", COMPOSE)
+        self.breakText(
+            root,
+            self.rel,
+            "TUNMESH_ADVERTISE_URL: https://198.18.30.12:4567/",
+            "TUNMESH_ADVERTISE_URL: https://198.18.30.11:4567/",
+        )
+        self.assertCaught(
+            root, "tunmesh-2: advertise URL https://198.18.30.11:4567/ is not 198.18.30.12:4567", COMPOSE
+        )
 
     def test_a_duplicate_address_is_caught(self) -> None:
         root = self.copy()
@@ -425,7 +483,12 @@ class ComposeBreakageTests(_Case):
 
     def test_an_env_name_tunmesh_does_not_read_is_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, self.rel, "TUNMESH_CONFIG_PATH: /etc/tunmesh/config.yaml", "TUNMESH_CONFIG: /etc/tunmesh/config.yaml")
+        self.breakText(
+            root,
+            self.rel,
+            "TUNMESH_CONFIG_PATH: /etc/tunmesh/config.yaml",
+            "TUNMESH_CONFIG: /etc/tunmesh/config.yaml",
+        )
         self.assertCaught(root, "env TUNMESH_CONFIG is not read by tunmesh", COMPOSE)
 
     def test_a_missing_bind_mount_source_is_caught(self) -> None:
@@ -436,17 +499,29 @@ class ComposeBreakageTests(_Case):
     def test_a_config_file_the_sidecar_cannot_load_is_caught(self) -> None:
         root = self.copy()
         (root / COMPOSE / "secrets" / "tls.key").write_text("not a key\n")
-        self.breakText(root, f"{COMPOSE}/config.yaml", "secret_file: /etc/tunmesh/secrets/cluster-secret", "secret: short")
+        self.breakText(
+            root,
+            f"{COMPOSE}/config.yaml",
+            "secret_file: /etc/tunmesh/secrets/cluster-secret",
+            "secret: short",
+        )
         self.assertCaught(root, "config: tun_mesh/clustering/auth", COMPOSE)
 
     def test_a_bootstrap_url_that_is_no_sidecar_is_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, f"{COMPOSE}/config.yaml", "https://198.18.30.13:4567/", "https://198.18.30.14:4567/")
+        self.breakText(
+            root, f"{COMPOSE}/config.yaml", "https://198.18.30.13:4567/", "https://198.18.30.14:4567/"
+        )
         self.assertCaught(root, "bootstrap URL https://198.18.30.14:4567/ is no sidecar", COMPOSE)
 
     def test_extra_capabilities_or_a_writable_root_are_caught(self) -> None:
         root = self.copy()
-        self.breakText(root, self.rel, "cap_add: [NET_ADMIN, SETUID, SETGID]", "cap_add: [NET_ADMIN, SETUID, SETGID, SYS_ADMIN]")
+        self.breakText(
+            root,
+            self.rel,
+            "cap_add: [NET_ADMIN, SETUID, SETGID]",
+            "cap_add: [NET_ADMIN, SETUID, SETGID, SYS_ADMIN]",
+        )
         self.breakText(root, self.rel, "  read_only: true\n  volumes:", "  read_only: false\n  volumes:")
         self.assertCaught(root, "must drop ALL capabilities", COMPOSE)
         self.assertCaught(root, "read_only must be true", COMPOSE)
@@ -459,8 +534,8 @@ class DocsArePortableTests(unittest.TestCase):
     def test_a_machine_specific_path_is_found(self) -> None:
         docs = Path(self.mktemp())
         docs.mkdir()
-        (docs / "a.md").write_text("See `/work/shared/reference/x.md` and ~/notes, /etc/tunmesh/config.yaml.\n")
-        (docs / "b.md").write_text("ok\n\n(/root/.pyenv/bin/python)\n")
-        self.assertEqual(
-            d.machine_specific_paths(docs), ["a.md:1: /work/shared", "b.md:3: /root/.pyenv"]
+        (docs / "a.md").write_text(
+            "See `/work/shared/reference/x.md` and ~/notes, /etc/tunmesh/config.yaml.\n"
         )
+        (docs / "b.md").write_text("ok\n\n(/root/.pyenv/bin/python)\n")
+        self.assertEqual(d.machine_specific_paths(docs), ["a.md:1: /work/shared", "b.md:3: /root/.pyenv"])
