@@ -522,7 +522,7 @@ class ComposeBreakageTests(_Case):
             "cap_add: [NET_ADMIN, SETUID, SETGID]",
             "cap_add: [NET_ADMIN, SETUID, SETGID, SYS_ADMIN]",
         )
-        self.breakText(root, self.rel, "  read_only: true\n  volumes:", "  read_only: false\n  volumes:")
+        self.breakText(root, self.rel, "  read_only: true\n  # The sidecar", "  read_only: false\n  # The sidecar")
         self.assertCaught(root, "must drop ALL capabilities", COMPOSE)
         self.assertCaught(root, "read_only must be true", COMPOSE)
 
