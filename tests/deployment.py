@@ -13,7 +13,8 @@ shipped manifests have none and that a deliberately broken copy has exactly the 
 - The compose file is validated against the compose-spec JSON schema vendored by ``check-jsonschema``.
 - Cross-references: volumes, ConfigMap/Secret names and keys, env names (only what tunmesh reads),
   ports and probes against the config's ``listen_port``, selectors, the NetworkPolicy, and the mounted
-  config itself, loaded with :func:`tunmesh.config.load_config_data` against the files the pod would see.
+  config itself, loaded with :func:`tunmesh.config.load_config_data` against the files the pod would see and
+  checked by the daemon's preflight (:func:`tunmesh.preflight.check_files`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tunmesh.cli import generate_secret
 from tunmesh.config import CONFIG_PATH_ENV, ConfigError, TunMeshConfig, load_config_data, resolve_config_path
 from tunmesh.config.schema import Option, SubGroup, members
 from tunmesh.config.tree import Ipv4
+from tunmesh.preflight import check_files
 from tunmesh.tls.certs import write_self_signed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -367,6 +369,10 @@ def load_mounted_config(
         cfg = load_config_data(data, host_config.parent, env=dict(env), source=config_path)
     except ConfigError as e:
         return None, [f"{who}: config: {p}" for p in e.errors]
+    # What the daemon refuses before it opens the TUN: key/certificate, key strength, validity, trust bundle.
+    refused = check_files(cfg, host_config).errors
+    if refused:
+        return None, [f"{who}: preflight: {p}" for p in refused]
     return cfg, []
 
 

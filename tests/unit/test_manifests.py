@@ -15,6 +15,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from tests import deployment as d
+from tunmesh.tls.certs import write_self_signed
 
 KUSTOMIZATION = "kubernetes"
 MONITORING = "kubernetes/monitoring"
@@ -248,6 +249,14 @@ class KubernetesCrossReferenceBreakageTests(_Case):
             lambda w: _env(w)[2].update(value="/etc/tunmesh.yaml"),
         )
         self.assertCaught(root, "config file /etc/tunmesh.yaml is in no mounted volume")
+
+    def test_a_key_that_does_not_match_the_certificate_is_caught(self) -> None:
+        root = self.copy()
+        other = Path(self.mktemp())
+        other.mkdir()
+        write_self_signed(other / "c.pem", other / "k.pem")
+        shutil.copy(other / "k.pem", root / BASE / "secrets" / "tls.key")
+        self.assertCaught(root, "preflight: tun_mesh/control_api/ssl/key_file_path")
 
     def test_an_invalid_config_is_caught(self) -> None:
         root = self.copy()
@@ -522,7 +531,9 @@ class ComposeBreakageTests(_Case):
             "cap_add: [NET_ADMIN, SETUID, SETGID]",
             "cap_add: [NET_ADMIN, SETUID, SETGID, SYS_ADMIN]",
         )
-        self.breakText(root, self.rel, "  read_only: true\n  # The sidecar", "  read_only: false\n  # The sidecar")
+        self.breakText(
+            root, self.rel, "  read_only: true\n  # The sidecar", "  read_only: false\n  # The sidecar"
+        )
         self.assertCaught(root, "must drop ALL capabilities", COMPOSE)
         self.assertCaught(root, "read_only must be true", COMPOSE)
 
