@@ -41,6 +41,11 @@ setup(
             "mypy==2.4.1",
             "mypy-zope==1.0.17",
             "types-PyYAML",
+            # Offline validation of contrib/kubernetes (Kubernetes JSON schemas) and contrib/compose
+            # (the compose-spec schema that check-jsonschema vendors): tests/unit/test_manifests.py.
+            "kubernetes-validate>=1.30",
+            "check-jsonschema>=0.28",
+            "jsonschema>=4.18",
         ],
     },
     entry_points={"console_scripts": ["tunmesh = tunmesh.cli:main"]},
