@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from tunmesh import __version__, logsetup
 from tunmesh.api.app import ControlAPI
 from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
+from tunmesh.clocks import use_monotonic_timers
 from tunmesh.clockwatch import ClockStepWatch
 from tunmesh.config import load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
@@ -108,6 +109,8 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+        # Every timer of the node on the monotonic clock (issue 13, W10): before anything schedules one.
+        use_monotonic_timers(reactor)
 
     from tunmesh.mesh.client import MeshClient
     from tunmesh.mesh.service import build_mesh
@@ -122,8 +125,9 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     )
     health = HealthRegistry()
     top = MultiService()
-    # Timers follow the wall clock: keep them on schedule when the host steps it (W10).
-    ClockStepWatch(reactor, metrics).setServiceParent(top)
+    # Wall-clock steps are detected and logged; they cannot move timers, which are monotonic (W10).
+    clock_watch = ClockStepWatch(reactor, metrics)
+    clock_watch.setServiceParent(top)
 
     # 1. TUN, opened now: we are root, and the data plane needs to know whether offload is active.
     tun_service = TunService(cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
@@ -158,6 +162,7 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
         monotonic=time.monotonic,
     )
     mesh_service.register_health(health)
+    clock_watch.add_observer(membership.clock_stepped)
 
     # 4. Data plane, fed by membership's authenticated peers.
     link_policy = link_tls_policy(cfg, trust_path)

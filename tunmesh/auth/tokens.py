@@ -335,7 +335,9 @@ def _check_claims(
     if "nbf" in claims and _number(claims["nbf"]) > now + leeway:
         raise AuthError("clock_skew", skew=iat - now)
     if exp + leeway <= now:
-        raise AuthError("expired", skew=iat - now)
+        # Tokens are used within milliseconds of minting and live at most MAX_LIFETIME, so one this
+        # far behind says the sender's clock is behind ours (issue 13): ``clock_skew``, with the skew.
+        raise AuthError("clock_skew", skew=iat - now)
     bh = claims.get("bh")
     if not isinstance(bh, str) or not _BH.match(bh):
         raise AuthError("malformed")

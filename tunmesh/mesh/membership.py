@@ -866,6 +866,19 @@ class Membership:
         except Exception:
             self.log.failure("groom tick failed")
 
+    def clock_stepped(self, step: float) -> None:
+        """This host's wall clock stepped (``ClockStepWatch``): requests refused while our tokens were off
+        by the step (``clock_skew`` at the peers) may succeed now, so forget their backoff and retry at
+        once instead of waiting out a backoff grown while the clock was wrong (issue 13)."""
+        if self._stopped:
+            return
+        self.url_backoff.reset()
+        self.peer_backoff.reset()
+        for peer in self.pool:
+            peer.failures, peer.next_attempt = 0, 0.0
+        self.log.info("wall clock stepped by {step:+.1f}s: retrying peers and bootstrap URLs now", step=step)
+        self.clock.callLater(0, self.groom)
+
     def cancel_all(self) -> None:
         """Stop everything in flight (service stop); scheduled follow-ups become no-ops."""
         self._stopped = True

@@ -14,6 +14,8 @@ from twisted.logger import Logger
 
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.sessions import SessionStore
+from tunmesh.clocks import WallClock
+from tunmesh.logutil import SecondsClock
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.membership import Membership
@@ -93,15 +95,18 @@ def build_mesh(
     http_client: MeshClient,
     reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    wall: SecondsClock | None = None,
 ) -> tuple[Membership, MeshAPI, MeshService]:
     """Everything the mesh needs from a config, for `makeService`."""
     settings = MeshSettings.from_config(cfg)
+    wall = wall if wall is not None else WallClock()
     auth_timing = cfg.process.timing.auth
     validity = min(float(auth_timing.validity_window), 60.0)
-    cluster = ClusterAuthority(cfg.clustering.auth.secret, node_id, reactor, validity=validity)
+    # Tokens carry wall time (judged by other hosts' clocks); timers and ages use reactor/monotonic time.
+    cluster = ClusterAuthority(cfg.clustering.auth.secret, node_id, wall, validity=validity)
     sessions = SessionStore(
         node_id,
-        reactor,
+        wall,
         monotonic=monotonic,
         max_age=float(auth_timing.session_max_age),
         validity=validity,
@@ -118,6 +123,7 @@ def build_mesh(
         reactor,
         metrics,
         monotonic=monotonic,
+        wall=wall.seconds,
         rng=random.SystemRandom(),
         reload=reload,
     )
