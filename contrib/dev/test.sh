@@ -9,7 +9,7 @@ root_dir=$(pwd)
 
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pair in ip:iproute2 iperf3:iperf3 nft:nftables ping:iputils-ping curl:curl openssl:openssl; do
+    for pair in ip:iproute2 iperf3:iperf3 nft:nftables ping:iputils-ping curl:curl openssl:openssl faketime:faketime; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then
