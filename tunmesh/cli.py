@@ -77,13 +77,14 @@ def _parser() -> argparse.ArgumentParser:
 def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     import json
     import ssl
-    import time
     import urllib.error
     import urllib.request
     import uuid
 
+    from tunmesh import strictjson
     from tunmesh.auth.cluster import ClusterAuthority
     from tunmesh.auth.errors import AuthError
+    from tunmesh.clocks import WallClock
 
     try:
         cfg = load_config(resolve_config_path(args.config, env), env=env)
@@ -96,15 +97,14 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     context = ssl.create_default_context(cafile=str(ssl_cfg.ca_file_path or ssl_cfg.cert_file_path))
     context.check_hostname = bool(ssl_cfg.verify_hostname)
 
-    class _Clock:
-        def seconds(self) -> float:
-            return time.time()
-
     path = "/tunmesh/control/v0/peers"
     try:
         with urllib.request.urlopen(base + "/tunmesh/control/v0/node_info", context=context, timeout=10) as r:
-            node_id = json.loads(r.read())["id"]
-        authority = ClusterAuthority(cfg.clustering.auth.secret, str(uuid.uuid4()), _Clock())
+            info = strictjson.loads(r.read())  # unauthenticated: decoded with the total decoder
+        node_id = info.get("id") if isinstance(info, dict) else None
+        if not isinstance(node_id, str):
+            raise ValueError("node_info has no node id")
+        authority = ClusterAuthority(cfg.clustering.auth.secret, str(uuid.uuid4()), WallClock())
         signed = authority.sign_request(node_id, "GET", path, b"")
         request = urllib.request.Request(base + path, headers={"Authorization": signed.header_value})
         with urllib.request.urlopen(request, context=context, timeout=10) as r:
@@ -119,7 +119,7 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     except AuthError as e:
         print(f"{PROG}: peers: the answer from {base} is not signed by the cluster ({e.reason})", file=err)
         return 1
-    json.dump(json.loads(body), out, indent=2, sort_keys=True)
+    json.dump(strictjson.loads(body), out, indent=2, sort_keys=True)
     out.write("\n")
     return 0
 
