@@ -1,4 +1,5 @@
-"""The ``tunmesh`` command: config tooling (example-config, check-config, gen-secret, gen-cert, docs).
+"""The ``tunmesh`` command: config tooling (example-config, check-config, gen-secret, gen-cert, docs) and the
+``health`` probe.
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -61,7 +62,31 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
     peers.add_argument("url", nargs="?", metavar="URL", help="node API URL, e.g. https://198.18.0.11:4567/")
     commands.add_parser("docs", help="print the Markdown configuration reference")
+    health = commands.add_parser(
+        "health",
+        help="probe the local node's /health as its config says (for HEALTHCHECK and exec probes)",
+        description="GETs /health on the config's listen_address (wildcard: loopback) and listen_port over "
+        "TLS, trusting ca_file_path or the node's certificate. Exit 0 when it answers 200, else 1 with one line.",
+    )
+    health.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="default 3")
     return parser
+
+
+def _health(args: argparse.Namespace, env: Mapping[str, str], err: TextIO) -> int:
+    from tunmesh.probe import check_health
+
+    try:
+        cfg = load_config(resolve_config_path(args.config, env), env=env)
+    except ConfigError as e:
+        more = f" (and {len(e.errors) - 1} more: see tunmesh check-config)" if len(e.errors) > 1 else ""
+        print(f"{PROG}: health: config error: {e.errors[0]}{more}", file=err)
+        return 1
+    problem = check_health(cfg, timeout=args.timeout)
+    if problem is not None:
+        print(f"{PROG}: health: {problem}", file=err)
+        return 1
+    return 0
 
 
 def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
@@ -171,4 +196,6 @@ def main(
         return _gen_cert(args, err)
     elif args.command == "docs":
         out.write(config_reference_markdown())
+    elif args.command == "health":
+        return _health(args, environ, err)
     return 0

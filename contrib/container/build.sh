@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Build the tunmesh container image with podman, without pulling anything from an image registry.
+#
+#   bash contrib/container/build.sh            # base image only if missing, then the tunmesh image
+#
+# 1. The Dockerfile's base (`FROM`, docker.io/library/debian:bookworm-slim) is made locally when podman does not
+#    have it yet: `debootstrap --variant=minbase` (Debian bookworm, plus python3 and python3-venv), imported with
+#    `podman import` under that name. This takes about a minute and is done once; the image stays cached.
+# 2. `podman build --pull=never` builds the Dockerfile (apt-get and pip inside RUN steps reach the package
+#    registries through --network host; the host's CA bundle is mounted at build time only). A first build takes
+#    2-5 minutes on a 2-core machine (pip compiles python-pytun); an unchanged tree rebuilds from the layer cache
+#    in seconds.
+# 3. It prints the image name and size.
+#
+# Environment: TUNMESH_IMAGE (default localhost/tunmesh:dev), DEBIAN_MIRROR (default http://deb.debian.org/debian),
+# PODMAN_RUNTIME (default runc: crun refuses some hybrid cgroup hosts), TUNMESH_REBUILD_BASE=1 to remake the base.
+# Needs root (or a working rootless podman), podman and, for the base, debootstrap.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+image=${TUNMESH_IMAGE:-localhost/tunmesh:dev}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+runtime=${PODMAN_RUNTIME:-runc}
+base=$(awk 'toupper($1) == "FROM" { print $2; exit }' Dockerfile)
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+
+for tool in podman; do
+    command -v "$tool" >/dev/null || { echo "build.sh: $tool not found (Debian: apt-get install podman runc debootstrap)" >&2; exit 1; }
+done
+
+if [ "${TUNMESH_REBUILD_BASE:-0}" = 1 ] || ! podman image exists "$base"; then
+    command -v debootstrap >/dev/null || { echo "build.sh: debootstrap not found (apt-get install debootstrap)" >&2; exit 1; }
+    rootfs=$(mktemp -d /var/tmp/tmt-rootfs.XXXXXX)
+    trap 'rm -rf "$rootfs"' EXIT
+    echo "build.sh: making base image $base with debootstrap (bookworm, minbase) from $mirror"
+    start=$SECONDS
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
+        || { tail -20 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
+    rm -f "$rootfs.log"
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    # An imported tar has no config: give it the PATH and command of the registry image.
+    tar -C "$rootfs" -c . | podman import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["bash"]' - "$base" >/dev/null
+    rm -rf "$rootfs"
+    trap - EXIT
+    echo "build.sh: base image $base made in $((SECONDS - start)) s"
+fi
+
+start=$SECONDS
+build_args=(--pull=never --format docker --network host --runtime "$runtime"
+            --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 -t "$image" -f Dockerfile)
+# pip inside the build needs a CA bundle the base image may lack: the host's, mounted for the build only.
+[ -r "$ca_bundle" ] && build_args+=(-v "$ca_bundle:$ca_bundle:ro")
+podman build "${build_args[@]}" .
+echo "build.sh: built $image in $((SECONDS - start)) s"
+podman image inspect --format 'build.sh: image {{index .RepoTags 0}} size {{.Size}} bytes' "$image"
+podman image list --format 'build.sh: image {{.Repository}}:{{.Tag}} {{.Size}}' "$image"
