@@ -27,15 +27,20 @@ RUN apt-get update \
  && python3 -m venv /opt/tunmesh
 WORKDIR /src
 # Dependencies first, in their own layer: a source change does not download or compile them again.
+# PIP_CERT (optional build arg): a CA bundle for pip behind an intercepting proxy; build.sh passes the host's.
+ARG PIP_CERT
 COPY setup.py contrib/container/requirements.py ./
 RUN python3 requirements.py setup.py > requirements.txt \
- && /opt/tunmesh/bin/pip install -r requirements.txt
+ && /opt/tunmesh/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY tunmesh ./tunmesh
 COPY twisted ./twisted
+# Then the package; pip, setuptools and the dependencies' own test suites are not needed at run time.
 RUN /opt/tunmesh/bin/pip install --no-deps . \
  && /opt/tunmesh/bin/pip check \
- && /opt/tunmesh/bin/pip uninstall -y pip
+ && /opt/tunmesh/bin/pip uninstall -y setuptools pip \
+ && find /opt/tunmesh/lib -depth -type d \( -name test -o -name tests \) -path "*/site-packages/*" -exec rm -rf {} + \
+ && /opt/tunmesh/bin/python -c "import tunmesh.service, tunmesh.cli, twisted.plugins.tunmesh_plugin"
 
 FROM docker.io/library/debian:bookworm-slim AS runtime
 ENV PATH=/opt/tunmesh/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -4,8 +4,10 @@
 #   bash contrib/container/build.sh            # base image only if missing, then the tunmesh image
 #
 # 1. The Dockerfile's base (`FROM`, docker.io/library/debian:bookworm-slim) is made locally when podman does not
-#    have it yet: `debootstrap --variant=minbase` (Debian bookworm, plus python3 and python3-venv), imported with
-#    `podman import` under that name. This takes about a minute and is done once; the image stays cached.
+#    have it yet, like the registry's slim image: `debootstrap --variant=minbase` (Debian bookworm) with the slim
+#    variant's dpkg excludes (no docs, man pages, locales), imported with `podman import` under that name. No
+#    Python in it: the Dockerfile installs Debian's python3, as it must on the registry image. About a minute,
+#    once; the image stays cached.
 # 2. `podman build --pull=never` builds the Dockerfile (apt-get and pip inside RUN steps reach the package
 #    registries through --network host; the host's CA bundle is mounted at build time only). A first build takes
 #    2-5 minutes on a 2-core machine (pip compiles python-pytun); an unchanged tree rebuilds from the layer cache
@@ -34,10 +36,24 @@ if [ "${TUNMESH_REBUILD_BASE:-0}" = 1 ] || ! podman image exists "$base"; then
     trap 'rm -rf "$rootfs"' EXIT
     echo "build.sh: making base image $base with debootstrap (bookworm, minbase) from $mirror"
     start=$SECONDS
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
+    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
         || { tail -20 "$rootfs.log" >&2; rm -f "$rootfs.log"; exit 1; }
     rm -f "$rootfs.log"
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    # What the registry's slim variant leaves out, for this image's files and for every later apt-get install.
+    cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'SLIM'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/overrides/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/man/*
+SLIM
+    find "$rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+    find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+    rm -rf "$rootfs"/usr/share/{groff,info,linda,lintian/overrides,locale,man}/* \
+           "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
     # An imported tar has no config: give it the PATH and command of the registry image.
     tar -C "$rootfs" -c . | podman import \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -50,9 +66,12 @@ fi
 start=$SECONDS
 build_args=(--pull=never --format docker --network host --runtime "$runtime"
             --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 -t "$image" -f Dockerfile)
-# pip inside the build needs a CA bundle the base image may lack: the host's, mounted for the build only.
-[ -r "$ca_bundle" ] && build_args+=(-v "$ca_bundle:$ca_bundle:ro")
+# Where HTTPS goes through an intercepting proxy (this sandbox), pip needs the host's CA bundle: mounted for the
+# build only, beside the image's own bundle (a mount over it would break the ca-certificates package's setup).
+if [ -r "$ca_bundle" ]; then
+    build_args+=(-v "$ca_bundle:/run/host-ca-bundle.crt:ro" --build-arg PIP_CERT=/run/host-ca-bundle.crt)
+fi
 podman build "${build_args[@]}" .
 echo "build.sh: built $image in $((SECONDS - start)) s"
-podman image inspect --format 'build.sh: image {{index .RepoTags 0}} size {{.Size}} bytes' "$image"
-podman image list --format 'build.sh: image {{.Repository}}:{{.Tag}} {{.Size}}' "$image"
+size=$(podman image inspect --format '{{.Size}}' "$image")
+echo "build.sh: image $image: $size bytes ($((size / 1000000)) MB)"

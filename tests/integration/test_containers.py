@@ -15,6 +15,7 @@ the test's temp directory. Where podman cannot run, the test is skipped, or fail
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import unittest
@@ -206,10 +207,10 @@ class ContainerPodTests(SynchronousTestCase):
             pods = self.start_pods(underlay)
             logs = self.logs(pods)
             for pod in pods:
-                wait_for(lambda pod=pod: self.ready(pod), 90, f"{pod.sidecar} /ready", logs)
+                wait_for(functools.partial(self.ready, pod), 90, f"{pod.sidecar} /ready", logs)
             pairs = [(a, b) for a in pods for b in pods if a is not b]
             for a, b in pairs:
-                wait_for(lambda a=a, b=b: self.pings(a, b.index), 60, f"ping app{a.index} -> {overlay(b.index)}", logs)
+                wait_for(functools.partial(self.pings, a, b.index), 60, f"ping app{a.index} -> {overlay(b.index)}", logs)
             self.report(f"pods up: {PODS} pods ({PODS} tunmesh + {PODS} app containers), all {len(pairs)} app pairs "
                         f"ping over the overlay {time.monotonic() - started:.1f} s after the first podman run")
 
@@ -232,14 +233,16 @@ class ContainerPodTests(SynchronousTestCase):
             # it rejoins and traffic resumes.
             restarted = pods[1]
             restarted.stop_sidecar()
-            self.assertEqual(restarted.sidecar_state(".State.Status"), "exited")
+            # Exit status 0: it left on SIGTERM within the stop timeout (podman would SIGKILL it after: 137).
+            self.assertEqual((restarted.sidecar_state(".State.Status"), restarted.sidecar_state(".State.ExitCode")),
+                             ("exited", "0"), restarted.sidecar_logs())
             wait_for(lambda: not self.pings(pods[0], 2), 20, "traffic to pod 2 to stop", logs)
             health = podman(["healthcheck", "run", restarted.sidecar], check=False)
             self.assertNotEqual(health.returncode, 0)
             stopped_at = time.monotonic()
             restarted.restart_sidecar()
             for a, b in [(pods[0], restarted), (restarted, pods[0]), (pods[2], restarted), (restarted, pods[2])]:
-                wait_for(lambda a=a, b=b: self.pings(a, b.index), 60, f"ping app{a.index} -> app{b.index} after the restart", logs)
+                wait_for(functools.partial(self.pings, a, b.index), 60, f"ping app{a.index} -> app{b.index} after the restart", logs)
             resumed = time.monotonic() - stopped_at
             ids = process_ids(int(restarted.sidecar_state(".State.Pid")))
             self.assertEqual(ids["Uid"], [IMAGE_UID] * 4)
