@@ -46,14 +46,26 @@ def container_unavailable_reason() -> str | None:
     reason = netns_unavailable_reason()
     if reason is not None:
         return reason
-    for tool, package in (("podman", "podman"), (RUNTIME, RUNTIME), ("debootstrap", "debootstrap")):
+    for tool in ("podman", RUNTIME):
         if shutil.which(tool) is None:
-            return f"needs {tool} (Debian: apt-get install {package}; contrib/dev/test.sh installs it as root)"
+            return f"needs {tool} (Debian: apt-get install {tool}; contrib/dev/test.sh installs it as root)"
     r = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True,
                        text=True, timeout=60)
     if r.returncode != 0:
         return f"`podman info` failed: {r.stderr.strip()[-500:]}"
+    base = base_image_name()
+    if shutil.which("debootstrap") is None and podman(["image", "exists", base], check=False).returncode != 0:
+        return f"needs debootstrap to make the base image {base} (Debian: apt-get install debootstrap)"
     return None
+
+
+def base_image_name() -> str:
+    """The Dockerfile's first ``FROM`` image (made by build.sh when podman does not have it)."""
+    for line in (REPO_ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() == "FROM":
+            return words[1]
+    raise NetnsError("no FROM line in the Dockerfile")
 
 
 def podman(argv: Sequence[str], check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
