@@ -6,7 +6,7 @@ containers of a Kubernetes pod share the pause container's. Podman's own network
 
 The images are built by ``contrib/container/build.sh`` (the base image is made with debootstrap when missing,
 no image registry) and stay cached between runs. Container names carry the test process's pid
-(``tmt-c<pid>-...``), so :func:`cleanup_stale_containers` removes what a crashed run left without touching a
+(``tmt-ctr<pid>-...``), so :func:`cleanup_stale_containers` removes what a crashed run left without touching a
 concurrent one.
 """
 
@@ -38,7 +38,7 @@ SIDECAR_PRIVILEGES = (
 )
 IMAGE_UID = 10001
 BUILD_TIMEOUT = 1800.0
-_NAME_PID = re.compile(r"^tmt-c(\d+)-")
+_NAME_PID = re.compile(r"^tmt-ctr(\d+)-")
 
 
 def container_unavailable_reason() -> str | None:
@@ -104,7 +104,7 @@ def build_images() -> BuiltImages:
 
 
 def cleanup_stale_containers() -> list[str]:
-    """Remove ``tmt-c<pid>-`` containers whose creating process is gone; returns their names."""
+    """Remove ``tmt-ctr<pid>-`` containers whose creating process is gone; returns their names."""
     names = podman(["ps", "-a", "--format", "{{.Names}}"], check=False).stdout.split()
     removed = []
     for name in names:
@@ -135,7 +135,7 @@ class Pod:
         self.index = index
         self.ns = ns
         self.config_dir = config_dir
-        prefix = f"tmt-c{os.getpid()}-"
+        prefix = f"tmt-ctr{os.getpid()}-"
         self.sidecar = f"{prefix}tunmesh-{index}"
         self.app = f"{prefix}app-{index}"
         self.network = f"ns:/run/netns/{ns.name}"

@@ -143,6 +143,7 @@ class ContainerPodTests(SynchronousTestCase):
         self.workdir = Path(self.mktemp()).absolute()
         self.workdir.mkdir(parents=True)
         self.report_path = self.workdir / "containers.log"
+        self.pods: list[Pod] = []
 
     def report(self, line: str) -> None:
         print(f"[containers] {line}", flush=True)
@@ -158,7 +159,7 @@ class ContainerPodTests(SynchronousTestCase):
         for i, ns in enumerate(underlay.nodes, 1):
             write_pod_files(self.workdir / f"pod{i}", i, shared)
             pod = Pod(i, ns, self.workdir / f"pod{i}")
-            self.addCleanup(pod.remove)
+            self.pods.append(pod)
             pods.append(pod)
         for pod in pods:
             pod.start_app()
@@ -202,55 +203,60 @@ class ContainerPodTests(SynchronousTestCase):
         built = build_images()
         self.report(f"image {built.image}: {built.size_bytes} bytes ({built.size_bytes / 1e6:.0f} MB), "
                     f"build.sh + app image {built.seconds:.0f} s")
-        with Underlay(nodes=PODS, tag="c") as underlay:
-            started = time.monotonic()
-            pods = self.start_pods(underlay)
-            logs = self.logs(pods)
-            for pod in pods:
-                wait_for(functools.partial(self.ready, pod), 90, f"{pod.sidecar} /ready", logs)
-            pairs = [(a, b) for a in pods for b in pods if a is not b]
-            for a, b in pairs:
-                wait_for(functools.partial(self.pings, a, b.index), 60, f"ping app{a.index} -> {overlay(b.index)}", logs)
-            self.report(f"pods up: {PODS} pods ({PODS} tunmesh + {PODS} app containers), all {len(pairs)} app pairs "
-                        f"ping over the overlay {time.monotonic() - started:.1f} s after the first podman run")
+        with Underlay(nodes=PODS, tag="ctr") as underlay:
+            try:
+                self.run_pods(underlay)
+            finally:  # containers first, while their namespaces still exist
+                for pod in self.pods:
+                    pod.remove()
 
-            # Least privilege, as run: the node process dropped to 10001 with no effective capability left,
-            # on a read-only root, and the image's HEALTHCHECK finds the non-default port in the config.
-            for pod in pods:
-                ids = process_ids(int(pod.sidecar_state(".State.Pid")))
-                self.assertEqual((ids["Uid"], ids["Gid"], ids["CapEff"]), ([IMAGE_UID] * 4, [IMAGE_UID] * 4, [0]))
-                self.assertEqual(pod.sidecar_state(".HostConfig.ReadonlyRootfs"), "true")
-                self.assertEqual(pod.sidecar_state(".Config.Healthcheck.Test"), "[CMD tunmesh health]")
-                health = podman(["healthcheck", "run", pod.sidecar], check=False)
-                self.assertEqual(health.returncode, 0, health.stdout + health.stderr)
-                self.assertEqual(pod.sidecar_state(".State.Health.Status"), "healthy")
-            self.report(f"sidecars: uid/gid {IMAGE_UID}, CapEff 0, read-only root, HEALTHCHECK healthy on port {PORT}")
+    def run_pods(self, underlay: Underlay) -> None:
+        started = time.monotonic()
+        pods = self.start_pods(underlay)
+        logs = self.logs(pods)
+        for pod in pods:
+            wait_for(functools.partial(self.ready, pod), 90, f"{pod.sidecar} /ready", logs)
+        pairs = [(a, b) for a in pods for b in pods if a is not b]
+        for a, b in pairs:
+            wait_for(functools.partial(self.pings, a, b.index), 60, f"ping app{a.index} -> {overlay(b.index)}", logs)
+        self.report(f"pods up: {PODS} pods ({PODS} tunmesh + {PODS} app containers), all {len(pairs)} app pairs "
+                    f"ping over the overlay {time.monotonic() - started:.1f} s after the first podman run")
 
-            sent, received = self.transfer(pods[0], pods[2])
-            self.assertEqual(sent, received)
+        # Least privilege, as run: the node process dropped to 10001 with no effective capability left,
+        # on a read-only root, and the image's HEALTHCHECK finds the non-default port in the config.
+        for pod in pods:
+            ids = process_ids(int(pod.sidecar_state(".State.Pid")))
+            self.assertEqual((ids["Uid"], ids["Gid"], ids["CapEff"]), ([IMAGE_UID] * 4, [IMAGE_UID] * 4, [0]))
+            self.assertEqual(pod.sidecar_state(".HostConfig.ReadonlyRootfs"), "true")
+            self.assertEqual(pod.sidecar_state(".Config.Healthcheck.Test"), "[CMD tunmesh health]")
+            health = podman(["healthcheck", "run", pod.sidecar], check=False)
+            self.assertEqual(health.returncode, 0, health.stdout + health.stderr)
+            self.assertEqual(pod.sidecar_state(".State.Health.Status"), "healthy")
+        self.report(f"sidecars: uid/gid {IMAGE_UID}, CapEff 0, read-only root, HEALTHCHECK healthy on port {PORT}")
 
-            # Pod 2's sidecar stops (SIGTERM: it leaves the mesh) and traffic to pod 2 stops with it; started again,
-            # it rejoins and traffic resumes.
-            restarted = pods[1]
-            restarted.stop_sidecar()
-            # Exit status 0: it left on SIGTERM within the stop timeout (podman would SIGKILL it after: 137).
-            self.assertEqual((restarted.sidecar_state(".State.Status"), restarted.sidecar_state(".State.ExitCode")),
-                             ("exited", "0"), restarted.sidecar_logs())
-            wait_for(lambda: not self.pings(pods[0], 2), 20, "traffic to pod 2 to stop", logs)
-            health = podman(["healthcheck", "run", restarted.sidecar], check=False)
-            self.assertNotEqual(health.returncode, 0)
-            stopped_at = time.monotonic()
-            restarted.restart_sidecar()
-            for a, b in [(pods[0], restarted), (restarted, pods[0]), (pods[2], restarted), (restarted, pods[2])]:
-                wait_for(functools.partial(self.pings, a, b.index), 60, f"ping app{a.index} -> app{b.index} after the restart", logs)
-            resumed = time.monotonic() - stopped_at
-            ids = process_ids(int(restarted.sidecar_state(".State.Pid")))
-            self.assertEqual(ids["Uid"], [IMAGE_UID] * 4)
-            sent, received = self.transfer(restarted, pods[0])
-            self.assertEqual(sent, received)
-            self.report(f"restart: tunmesh-2 stopped (ping to pod 2 failed), started again, ping both ways with "
-                        f"pods 1 and 3 {resumed:.1f} s after `podman start`, transfer checked")
-            self.report(f"figures written to {self.report_path}")
+        sent, received = self.transfer(pods[0], pods[2])
+        self.assertEqual(sent, received)
+
+        # Pod 2's sidecar stops (SIGTERM: it leaves the mesh) and traffic to pod 2 stops with it; started again,
+        # it rejoins and traffic resumes.
+        restarted = pods[1]
+        restarted.stop_sidecar()
+        # Exit status 0: it left on SIGTERM within the stop timeout (podman would SIGKILL it after: 137).
+        self.assertEqual((restarted.sidecar_state(".State.Status"), restarted.sidecar_state(".State.ExitCode")),
+                         ("exited", "0"), restarted.sidecar_logs())
+        wait_for(lambda: not self.pings(pods[0], 2), 20, "traffic to pod 2 to stop", logs)
+        stopped_at = time.monotonic()
+        restarted.restart_sidecar()
+        for a, b in [(pods[0], restarted), (restarted, pods[0]), (pods[2], restarted), (restarted, pods[2])]:
+            wait_for(functools.partial(self.pings, a, b.index), 60, f"ping app{a.index} -> app{b.index} after the restart", logs)
+        resumed = time.monotonic() - stopped_at
+        ids = process_ids(int(restarted.sidecar_state(".State.Pid")))
+        self.assertEqual(ids["Uid"], [IMAGE_UID] * 4)
+        sent, received = self.transfer(restarted, pods[0])
+        self.assertEqual(sent, received)
+        self.report(f"restart: tunmesh-2 stopped (ping to pod 2 failed), started again, ping both ways with "
+                    f"pods 1 and 3 {resumed:.1f} s after `podman start`, transfer checked")
+        self.report(f"figures written to {self.report_path}")
 
 
 __all__ = ["ContainerPodTests"]
