@@ -31,14 +31,15 @@ WORKDIR /src
 ARG PIP_CERT
 COPY setup.py contrib/container/requirements.py ./
 RUN python3 requirements.py setup.py > requirements.txt \
- && /opt/tunmesh/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} -r requirements.txt
+ && /opt/tunmesh/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} -r requirements.txt "setuptools>=64" wheel
 COPY pyproject.toml README.md ./
 COPY tunmesh ./tunmesh
 COPY twisted ./twisted
-# Then the package; pip, setuptools and the dependencies' own test suites are not needed at run time.
-RUN /opt/tunmesh/bin/pip install --no-deps . \
+# Then the package, offline (the build tools came with the dependencies); pip, setuptools, wheel and the
+# dependencies' own test suites are not needed at run time.
+RUN /opt/tunmesh/bin/pip install --no-deps --no-build-isolation --no-index . \
  && /opt/tunmesh/bin/pip check \
- && /opt/tunmesh/bin/pip uninstall -y setuptools pip \
+ && /opt/tunmesh/bin/pip uninstall -y wheel setuptools pip \
  && find /opt/tunmesh/lib -depth -type d \( -name test -o -name tests \) -path "*/site-packages/*" -exec rm -rf {} + \
  && /opt/tunmesh/bin/python -c "import tunmesh.service, tunmesh.cli, twisted.plugins.tunmesh_plugin"
 
