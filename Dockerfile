@@ -14,7 +14,8 @@
 #   --cap-drop ALL --cap-add NET_ADMIN --cap-add SETUID --cap-add SETGID --device /dev/net/tun --read-only
 # (Kubernetes: securityContext.capabilities.add [NET_ADMIN, SETUID, SETGID], a /dev/net/tun hostPath or a
 # device plugin, and readOnlyRootFilesystem: true). Config files: root-owned, group 10001, mode 0640 (root
-# reads them before the drop without CAP_DAC_OVERRIDE, the node after it). See docs/container.md.
+# reads them before the drop without CAP_DAC_OVERRIDE, the node after it). See docs/container.md and
+# docs/deployment.md.
 
 FROM docker.io/library/debian:bookworm-slim AS build
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
