@@ -28,9 +28,9 @@ from tests.netns import REPO_ROOT, Namespace, NetnsError, netns_unavailable_reas
 IMAGE = os.environ.get("TUNMESH_IMAGE", "localhost/tunmesh:dev")
 APP_IMAGE = "localhost/tunmesh-testapp:dev"
 RUNTIME = os.environ.get("PODMAN_RUNTIME", "runc")
-#: The sandbox quirks of containers.md: runc (crun refuses the hybrid cgroup layout) and rlimits at or below
-#: the current hard limits (no CAP_SYS_RESOURCE to raise them).
-PODMAN_RUN = ("podman", "run", "--runtime", RUNTIME, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
+#: Host quirks some machines need (docs/container.md): runc (crun refuses a hybrid cgroup layout) and rlimits at
+#: or below the current hard limits (podman cannot raise them without CAP_SYS_RESOURCE).
+RUN_FLAGS = ("--runtime", RUNTIME, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
 #: Least privilege for the sidecar, as documented in the Dockerfile and docs/container.md.
 SIDECAR_PRIVILEGES = (
     "--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--cap-add", "SETUID", "--cap-add", "SETGID",
@@ -92,8 +92,7 @@ def build_images() -> BuiltImages:
     if r.returncode != 0:
         raise NetnsError(f"contrib/container/build.sh failed ({r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}")
     app = subprocess.run(
-        ["podman", "build", "--pull=never", "--network", "host", "--runtime", RUNTIME,
-         "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "-t", APP_IMAGE,
+        ["podman", "build", "--pull=never", "--network", "host", *RUN_FLAGS, "-t", APP_IMAGE,
          "-f", str(REPO_ROOT / "tests/integration/app.Containerfile"), str(REPO_ROOT / "tests/integration")],
         capture_output=True, text=True, timeout=BUILD_TIMEOUT,
     )
@@ -141,7 +140,7 @@ class Pod:
         self.network = f"ns:/run/netns/{ns.name}"
 
     def start_sidecar(self) -> None:
-        podman([*PODMAN_RUN[1:], "-d", "--name", self.sidecar, "--network", self.network, *SIDECAR_PRIVILEGES,
+        podman(["run", *RUN_FLAGS, "-d", "--name", self.sidecar, "--network", self.network, *SIDECAR_PRIVILEGES,
                 # No systemd here to time the HEALTHCHECK: the test runs it with `podman healthcheck run`.
                 "--health-interval", "disable",
                 "-v", f"{self.config_dir}:/etc/tunmesh:ro", IMAGE])
@@ -154,7 +153,7 @@ class Pod:
 
     def start_app(self) -> None:
         # ping carries the file capability cap_net_raw, which podman 4 no longer grants by default.
-        podman([*PODMAN_RUN[1:], "-d", "--name", self.app, "--network", self.network, "--cap-add", "NET_RAW",
+        podman(["run", *RUN_FLAGS, "-d", "--name", self.app, "--network", self.network, "--cap-add", "NET_RAW",
                 APP_IMAGE])
 
     def exec_app(self, argv: Sequence[str], check: bool = True, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
