@@ -63,6 +63,7 @@ SLIM
     echo "build.sh: base image $base made in $((SECONDS - start)) s"
 fi
 
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 start=$SECONDS
 build_args=(--pull=never --format docker --network host --runtime "$runtime"
             --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 -t "$image" -f Dockerfile)
@@ -73,5 +74,10 @@ if [ -r "$ca_bundle" ]; then
 fi
 podman build "${build_args[@]}" .
 echo "build.sh: built $image in $((SECONDS - start)) s"
+# The image this build replaced, once it has no name left, with its layers no other image uses (not the new
+# build's cache), so repeated builds do not pile up untagged images. Kept while a container uses it.
+if [ -n "$previous" ] && [ "$(podman image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect --format '{{.Size}}' "$image")
 echo "build.sh: image $image: $size bytes ($((size / 1000000)) MB)"
