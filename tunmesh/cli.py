@@ -1,5 +1,5 @@
-"""The ``tunmesh`` command: ``run`` (a node) and config tooling (example-config, check-config, gen-secret,
-gen-cert, peers, docs).
+"""The ``tunmesh`` command: ``run`` (a node), the ``health`` probe, and config tooling (example-config,
+check-config, gen-secret, gen-cert, peers, docs).
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -71,7 +71,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
     run.add_argument("--logfile", metavar="PATH", help="log to PATH instead of stdout")
+    health = commands.add_parser(
+        "health",
+        help="probe the local node's /health as its config says (for HEALTHCHECK and exec probes)",
+        description="GETs /health on the config's listen_address (wildcard: loopback) and listen_port over "
+        "TLS, trusting ca_file_path or the node's certificate. Exit 0 when it answers 200, else 1 with one line.",
+    )
+    health.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="default 3")
     return parser
+
+
+def _health(args: argparse.Namespace, env: Mapping[str, str], err: TextIO) -> int:
+    from tunmesh.probe import check_health
+
+    try:
+        cfg = load_config(resolve_config_path(args.config, env), env=env)
+    except ConfigError as e:
+        more = f" (and {len(e.errors) - 1} more: see tunmesh check-config)" if len(e.errors) > 1 else ""
+        print(f"{PROG}: health: config error: {e.errors[0]}{more}", file=err)
+        return 1
+    problem = check_health(cfg, timeout=args.timeout)
+    if problem is not None:
+        print(f"{PROG}: health: {problem}", file=err)
+        return 1
+    return 0
 
 
 def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
@@ -185,4 +209,6 @@ def main(
         from tunmesh.tap import run as run_node
 
         run_node(args.config, args.logfile)
+    elif args.command == "health":
+        return _health(args, environ, err)
     return 0
