@@ -13,6 +13,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
+    # The project root as the one package root: an editable install (`pip install -e .`) then puts the
+    # root on sys.path (a .pth line) instead of an import hook. Twisted finds plugins by scanning every
+    # sys.path entry for twisted/plugins/ (twisted.plugin.pluginPackagePaths); an import hook is
+    # invisible to that scan, and `twistd tunmesh` said "Unknown command: tunmesh".
+    package_dir={"": "."},
     packages=find_packages(include=["tunmesh", "tunmesh.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/tunmesh_plugin.py"]},
     install_requires=[
@@ -36,6 +41,11 @@ setup(
             "mypy==2.4.1",
             "mypy-zope==1.0.17",
             "types-PyYAML",
+            # Offline validation of contrib/kubernetes (Kubernetes JSON schemas) and contrib/compose
+            # (the compose-spec schema that check-jsonschema vendors): tests/unit/test_manifests.py.
+            "kubernetes-validate>=1.30",
+            "check-jsonschema>=0.28",
+            "jsonschema>=4.18",
         ],
     },
     entry_points={"console_scripts": ["tunmesh = tunmesh.cli:main"]},

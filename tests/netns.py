@@ -433,14 +433,20 @@ class NodeProcess:
 
 
 def start_node(ns: Namespace, config: Path, base_url: str, log_path: Path | None = None,
-               env: dict[str, str] | None = None) -> NodeProcess:
-    """Start ``twistd -n --pidfile= --logfile=LOG tunmesh --config FILE`` (see ``TWISTD``) in ``ns``
-    with this interpreter (the venv), the repository first on ``PYTHONPATH`` so the plugin is found."""
+               env: dict[str, str] | None = None, via: str = "twistd") -> NodeProcess:
+    """Start ``twistd -n --pidfile= --logfile=LOG tunmesh --config FILE`` (see ``TWISTD``), or with
+    ``via="run"`` the console command ``tunmesh run --config FILE --logfile LOG``, in ``ns`` with this
+    interpreter (the venv), the repository first on ``PYTHONPATH`` so this checkout's code runs."""
     log_path = log_path or config.with_suffix(".log")
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH")]))
     full_env.update(env or {})
-    argv = [*TWISTD, "-n", "--pidfile=", f"--logfile={log_path}", "tunmesh", "--config", str(config)]
+    if via == "run":
+        argv = [sys.executable, "-m", "tunmesh", "run", "--config", str(config), "--logfile", str(log_path)]
+    elif via == "twistd":
+        argv = [*TWISTD, "-n", "--pidfile=", f"--logfile={log_path}", "tunmesh", "--config", str(config)]
+    else:
+        raise ValueError(f"via must be 'twistd' or 'run', not {via!r}")
     out = open(log_path.with_suffix(".stdout"), "wb")
     try:
         proc = ns.popen(argv, cwd=str(REPO_ROOT), env=full_env, stdout=out, stderr=subprocess.STDOUT)

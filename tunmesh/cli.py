@@ -1,4 +1,5 @@
-"""The ``tunmesh`` command: config tooling (example-config, check-config, gen-secret, gen-cert, docs).
+"""The ``tunmesh`` command: ``run`` (a node), the ``health`` probe, and config tooling (example-config,
+check-config, gen-secret, gen-cert, peers, docs).
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -33,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("example-config", help="print an annotated example config")
     check = commands.add_parser(
         "check-config",
-        help="validate a config file and print the resolved config (secrets redacted)",
-        description="FILE defaults to $TUNMESH_CONFIG_PATH, then /etc/tunmesh/config.yaml.",
+        help="run the daemon's start-up checks on a config file and print the resolved config (secrets redacted)",
+        description="FILE defaults to $TUNMESH_CONFIG_PATH, then /etc/tunmesh/config.yaml. Checks what the "
+        "daemon refuses at start (keys, values, TLS files, certificate validity, files process.uid must read). "
+        "Exit status: 0 usable (warnings are printed to stderr), 1 refused (one line per problem).",
     )
     check.add_argument("file", nargs="?", metavar="FILE", help="config file to check")
     commands.add_parser("gen-secret", help="print a new random cluster secret")
@@ -59,19 +62,53 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
     peers.add_argument("url", nargs="?", metavar="URL", help="node API URL, e.g. https://198.18.0.11:4567/")
     commands.add_parser("docs", help="print the Markdown configuration reference")
+    run = commands.add_parser(
+        "run",
+        help="run a node in the foreground (what `twistd -n tunmesh` runs)",
+        description="Runs the node until SIGTERM/SIGINT (it then tells its peers it leaves). SIGHUP reloads "
+        "the TLS files, bootstrap groups and log level from the config file. Needs root to create the TUN "
+        "device; drops to process.uid once the device and the port are open.",
+    )
+    run.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
+    run.add_argument("--logfile", metavar="PATH", help="log to PATH instead of stdout")
+    health = commands.add_parser(
+        "health",
+        help="probe the local node's /health as its config says (for HEALTHCHECK and exec probes)",
+        description="GETs /health on the config's listen_address (wildcard: loopback) and listen_port over "
+        "TLS, trusting ca_file_path or the node's certificate. Exit 0 when it answers 200, else 1 with one line.",
+    )
+    health.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="default 3")
     return parser
+
+
+def _health(args: argparse.Namespace, env: Mapping[str, str], err: TextIO) -> int:
+    from tunmesh.probe import check_health
+
+    try:
+        cfg = load_config(resolve_config_path(args.config, env), env=env)
+    except ConfigError as e:
+        more = f" (and {len(e.errors) - 1} more: see tunmesh check-config)" if len(e.errors) > 1 else ""
+        print(f"{PROG}: health: config error: {e.errors[0]}{more}", file=err)
+        return 1
+    problem = check_health(cfg, timeout=args.timeout)
+    if problem is not None:
+        print(f"{PROG}: health: {problem}", file=err)
+        return 1
+    return 0
 
 
 def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     import json
     import ssl
-    import time
     import urllib.error
     import urllib.request
     import uuid
 
+    from tunmesh import strictjson
     from tunmesh.auth.cluster import ClusterAuthority
     from tunmesh.auth.errors import AuthError
+    from tunmesh.clocks import WallClock
 
     try:
         cfg = load_config(resolve_config_path(args.config, env), env=env)
@@ -84,15 +121,14 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     context = ssl.create_default_context(cafile=str(ssl_cfg.ca_file_path or ssl_cfg.cert_file_path))
     context.check_hostname = bool(ssl_cfg.verify_hostname)
 
-    class _Clock:
-        def seconds(self) -> float:
-            return time.time()
-
     path = "/tunmesh/control/v0/peers"
     try:
         with urllib.request.urlopen(base + "/tunmesh/control/v0/node_info", context=context, timeout=10) as r:
-            node_id = json.loads(r.read())["id"]
-        authority = ClusterAuthority(cfg.clustering.auth.secret, str(uuid.uuid4()), _Clock())
+            info = strictjson.loads(r.read())  # unauthenticated: decoded with the total decoder
+        node_id = info.get("id") if isinstance(info, dict) else None
+        if not isinstance(node_id, str):
+            raise ValueError("node_info has no node id")
+        authority = ClusterAuthority(cfg.clustering.auth.secret, str(uuid.uuid4()), WallClock())
         signed = authority.sign_request(node_id, "GET", path, b"")
         request = urllib.request.Request(base + path, headers={"Authorization": signed.header_value})
         with urllib.request.urlopen(request, context=context, timeout=10) as r:
@@ -107,7 +143,7 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     except AuthError as e:
         print(f"{PROG}: peers: the answer from {base} is not signed by the cluster ({e.reason})", file=err)
         return 1
-    json.dump(json.loads(body), out, indent=2, sort_keys=True)
+    json.dump(strictjson.loads(body), out, indent=2, sort_keys=True)
     out.write("\n")
     return 0
 
@@ -127,14 +163,18 @@ def _gen_cert(args: argparse.Namespace, err: TextIO) -> int:
 
 
 def _check_config(file: str | None, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    path = resolve_config_path(file, env)
-    try:
-        cfg = load_config(path, env=env)
-    except ConfigError as e:
-        for problem in e.errors:
-            print(f"{PROG}: config error: {problem}", file=err)
+    """``tunmesh.preflight.preflight``: the checks the daemon runs before it starts, with the same lines.
+
+    Exit 1 on any error; warnings are printed but leave the status 0.
+    """
+    from tunmesh.preflight import preflight
+
+    report = preflight(resolve_config_path(file, env), env)
+    for line in report.lines():
+        print(line, file=err)
+    if report.config is None or not report.ok:
         return 1
-    out.write(dump_config(cfg, redact=True))
+    out.write(dump_config(report.config, redact=True))
     return 0
 
 
@@ -165,4 +205,10 @@ def main(
         return _gen_cert(args, err)
     elif args.command == "docs":
         out.write(config_reference_markdown())
+    elif args.command == "run":
+        from tunmesh.tap import run as run_node
+
+        run_node(args.config, args.logfile)
+    elif args.command == "health":
+        return _health(args, environ, err)
     return 0

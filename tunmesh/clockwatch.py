@@ -1,39 +1,34 @@
-"""Wall-clock step detection (contract W10).
+"""Wall-clock step detection (contract W10): a detector, not a timer mover.
 
-Twisted schedules ``callLater`` timers on the wall clock (``reactor.seconds()`` is ``time.time``).
-When the host steps its clock back by an hour (NTP at boot, a VM restored from a snapshot), every
-pending timer (the groom loop, renewals, session rotation, link keepalives) would wait an hour
-more: the node would fall silent and be groomed by its peers. Stepping forward fires them early.
-
-:class:`ClockStepWatch` compares, once a second, how far the wall clock moved with how far the
-monotonic clock moved. A difference above ``threshold`` is a step: it is logged, counted in
-``tunmesh_clock_steps_total``, and every pending timer is moved by the step, so it fires when it
-would have without the step. The tick comes from a thread sleeping on the monotonic clock and is
-handed to the reactor with ``callFromThread`` (which wakes it), so a stalled timer queue cannot
-stall the watch itself. Staleness, session ages and token replay windows never depend on the wall
-clock (they use the monotonic clock and counters), so only timers need fixing.
+The node's timers run on the monotonic clock (:func:`tunmesh.clocks.use_monotonic_timers`), so a
+wall-clock step cannot move them. What a step still changes is how this node's tokens look to its
+peers (``iat``/``exp`` are wall time, judged with a leeway of 60 s): a step larger than that makes
+peers refuse this node (``clock_skew``) until the clocks agree again. :class:`ClockStepWatch` compares,
+every ``interval`` seconds, how far the wall clock moved with how far the monotonic clock moved; a
+difference above ``threshold`` is logged (with what it means for the mesh) and counted in
+``tunmesh_clock_steps_total``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 #: A wall-clock jump larger than this (seconds, beyond the monotonic clock's progress) is a step.
 STEP_THRESHOLD = 2.0
 #: Seconds between checks.
-CHECK_INTERVAL = 1.0
+CHECK_INTERVAL = 5.0
+#: Token leeway: steps beyond it make peers refuse this node's tokens (see tunmesh.auth.tokens).
+TOKEN_LEEWAY = 60.0
 
 
-class ClockStepWatch(Service):
-    """Keeps the reactor's timers on schedule across wall-clock steps."""
+class ClockStepWatch(TimerService):
+    """Detects wall-clock steps; logs and counts them. Timers are not touched (they are monotonic)."""
 
-    name = "clockwatch"  # type: ignore[assignment]  # Twisted declares Service.name as None
     log = Logger()
 
     def __init__(
@@ -48,70 +43,52 @@ class ClockStepWatch(Service):
     ) -> None:
         if threshold <= 0 or interval <= 0:
             raise ValueError("threshold and interval must be positive")
-        self.reactor = reactor
+        super().__init__(interval, self.check)
+        self.setName("clockwatch")
+        self.clock = reactor
         self.threshold = threshold
-        self.interval = interval
         self._wall = wall
         self._monotonic = monotonic
         self._last_wall = wall()
         self._last_mono = monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.offset = 0.0  # the sum of the steps seen: wall time minus where it would be without them
+        self._observers: list[Callable[[float], object]] = []
         self._steps = (
-            metrics.counter("clock_steps", "Wall-clock steps detected (timers were rescheduled).")
+            metrics.counter("clock_steps", "Wall-clock steps detected (timers are monotonic: unaffected).")
             if metrics is not None
             else None
         )
 
+    def add_observer(self, observer: Callable[[float], object]) -> None:
+        """``observer(step)`` is called after each step (membership retries peers at once)."""
+        self._observers.append(observer)
+
+    def startService(self) -> None:
+        self._last_wall, self._last_mono = self._wall(), self._monotonic()
+        super().startService()
+
     def check(self) -> float:
-        """Compare the clocks since the last check (in the reactor thread); returns the step
-        corrected (0.0 when none)."""
+        """Compare the clocks since the last check; returns the step seen (0.0 when none)."""
         wall, mono = self._wall(), self._monotonic()
         step = (wall - self._last_wall) - (mono - self._last_mono)
         self._last_wall, self._last_mono = wall, mono
         if abs(step) <= self.threshold:
             return 0.0
-        moved = self._move_timers(step)
+        self.offset += step
         if self._steps is not None:
             self._steps.inc()
-        self.log.warn(
-            "wall clock stepped by {step:+.1f}s; {moved} pending timers rescheduled",
-            step=step,
-            moved=moved,
-        )
-        return step
-
-    def _move_timers(self, step: float) -> int:
-        """Each pending timer was due at wall time T before the step: it is due at T + step now."""
-        now = self.reactor.seconds()
-        moved = 0
-        for call in list(self.reactor.getDelayedCalls()):
-            if not call.active():
-                continue
-            call.reset(max(0.0, call.getTime() + step - now))
-            moved += 1
-        return moved
-
-    # -- the ticking thread ------------------------------------------------------------------------
-
-    def startService(self) -> None:
-        super().startService()
-        self._last_wall, self._last_mono = self._wall(), self._monotonic()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="tunmesh-clockwatch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        # Event.wait sleeps on the monotonic clock: a wall-clock step does not delay it.
-        while not self._stop.wait(self.interval):
+        if abs(step) > TOKEN_LEEWAY or abs(self.offset) > TOKEN_LEEWAY:
+            self.log.warn(
+                "wall clock stepped by {step:+.1f}s: timers are unaffected (monotonic), but peers refuse "
+                "this node's tokens while its clock differs from theirs by more than {leeway:.0f}s",
+                step=step,
+                leeway=TOKEN_LEEWAY,
+            )
+        else:
+            self.log.info("wall clock stepped by {step:+.1f}s; timers unaffected (monotonic)", step=step)
+        for observer in self._observers:
             try:
-                self.reactor.callFromThread(self.check)
-            except Exception:  # the reactor is shutting down
-                return
-
-    def stopService(self) -> Any:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
-        return super().stopService()
+                observer(step)
+            except Exception:
+                self.log.failure("clock step observer {observer!r} failed", observer=observer)
+        return step

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, LogLevelFilterPredicate
 from twisted.python import logfile
 
-from tunmesh.logutil import make_observer
+from tunmesh.logutil import make_observer, parse_level
 
 _twistd_settings: dict[str, object] = {"level": "info", "path": None, "nodaemon": True}
+#: The level filter of the observer twistd installs; :func:`set_level` changes it at run time.
+_level_filter = LogLevelFilterPredicate()
 
 
 def configure_twistd(level: str, path: str | None, nodaemon: bool) -> str:
@@ -31,4 +33,18 @@ def twistd_observer() -> ILogObserver:
         stream = sys.stdout
     else:
         stream = logfile.LogFile.fromFullPath(str(path or "twistd.log"), rotateLength=10_000_000, maxRotatedFiles=5)
-    return make_observer(str(_twistd_settings["level"]), out=stream)
+    return make_observer(str(_twistd_settings["level"]), out=stream, predicate=_level_filter)
+
+
+def current_level() -> str:
+    """The level the node's observer filters at (config spelling)."""
+    return str(_twistd_settings["level"])
+
+
+def set_level(level: str) -> None:
+    """Filter the node's log at ``level`` from now on (``tun_mesh/logging/level``, SIGHUP reload).
+
+    Raises ``ValueError`` for a level that is not one of the config's spellings.
+    """
+    _level_filter.setLogLevelForNamespace("", parse_level(level))
+    _twistd_settings["level"] = level

@@ -194,12 +194,24 @@ def parse_level(level: str) -> LogLevel:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}") from None
 
 
-def make_observer(level: str, json: bool = False, out: IO[str] | None = None) -> ILogObserver:
+def make_observer(
+    level: str,
+    json: bool = False,
+    out: IO[str] | None = None,
+    predicate: LogLevelFilterPredicate | None = None,
+) -> ILogObserver:
     """
     An observer writing events at C{level} or above to C{out} (stderr), as
     text lines or as one JSON object per line, for the twistd plugin.
+
+    Pass C{predicate} to keep a handle on the level filter (its default level
+    is set to C{level} here and may be changed later, as a SIGHUP reload does).
     """
     min_level = parse_level(level)
     stream = sys.stderr if out is None else out
     inner = jsonFileLogObserver(stream, recordSeparator="") if json else textFileLogObserver(stream)
-    return FilteringLogObserver(inner, [LogLevelFilterPredicate(defaultLogLevel=min_level)])
+    if predicate is None:
+        predicate = LogLevelFilterPredicate(defaultLogLevel=min_level)
+    else:
+        predicate.setLogLevelForNamespace("", min_level)
+    return FilteringLogObserver(inner, [predicate])

@@ -8,8 +8,12 @@ still root, then ``startService``:
                   by ALPN on the same port, the packet links; bound in ``privilegedStartService``,
 3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
 4. ``dataplane``  TUN <-> router <-> peer links,
-5. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open), then a
+5. ``reload``     SIGHUP: re-read the TLS files, bootstrap groups and log level (``tunmesh.reload``),
+6. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open), then a
                   self-check as that uid: the node works or exits with one line naming the cause.
+
+Before any of them, ``makeService`` runs the preflight (``tunmesh.preflight``: the checks of ``tunmesh
+check-config``, same lines), so a refused config exits before the TUN device exists.
 """
 
 from __future__ import annotations
@@ -25,19 +29,32 @@ from twisted.application import internet
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from tunmesh import __version__
+from tunmesh import __version__, logsetup
 from tunmesh.api.app import ControlAPI
 from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
+from tunmesh.clocks import use_monotonic_timers
 from tunmesh.clockwatch import ClockStepWatch
-from tunmesh.config import ConfigError, load_config, resolve_config_path
+from tunmesh.config import load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.health import HealthRegistry
 from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
+from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
 from tunmesh.preload import preload
 from tunmesh.privileges import PrivilegeDropService
+from tunmesh.reload import NodeReloader, ReloadOnSignal
 from tunmesh.selfcheck import node_self_check
-from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, MeshTLSPolicy, TLSConfigError, server_context
+from tunmesh.tls.certs import load_certificates
+from tunmesh.tls.contexts import (
+    CA_FILE_KEY,
+    CERT_FILE_KEY,
+    MeshTLSPolicy,
+    ReloadableServerTLS,
+    TLSConfigError,
+    load_trust_bundle,
+    server_context,
+)
+from tunmesh.tls.expiry import CertExpiryWatch
 
 LINK_ALPN = b"tunmesh-link/1"
 
@@ -49,14 +66,14 @@ class StartupError(Exception):
 
 
 def load_or_exit(path_option: str | None) -> tuple[TunMeshConfig, Path]:
-    """Load and lint the config for twistd; print one line per problem and exit 1 on failure."""
+    """Load and lint the config for twistd (preflight phase 1); print one line per problem, exit 1 on failure."""
     path = resolve_config_path(path_option, os.environ)
-    try:
-        return load_config(path), path
-    except ConfigError as e:
-        for problem in e.errors:
-            print(f"tunmesh: config error: {problem}", file=sys.stderr)
-        raise SystemExit(1) from None
+    report = load_checked(path, os.environ)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    if report.config is None:
+        raise SystemExit(1)
+    return report.config, path
 
 
 def _fail(message: str) -> SystemExit:
@@ -71,15 +88,32 @@ def makeService(  # noqa: N802
     ``config_path`` is re-read before bootstrap passes when ``reload_config_on_bootstrap`` is set."""
     try:
         return _make_service(cfg, reactor, open_tun, config_path)
+    except PreflightFailed as e:
+        for line in e.report.lines():
+            print(line, file=sys.stderr)
+        raise SystemExit(1) from None
     except (StartupError, TLSConfigError) as e:
         raise _fail(str(e)) from None
 
 
+def _preflight(cfg: TunMeshConfig, config_path: Path | None) -> None:
+    """Preflight phase 2 (``tunmesh.preflight``), the checks ``tunmesh check-config`` runs too: raises
+    ``PreflightFailed``; warnings are printed like check-config prints them, and logged."""
+    for warning in require_files(cfg, config_path).warnings:
+        print(warning_line(warning), file=sys.stderr)
+        log.warn("config warning: {path}: {message}", path=warning.path, message=warning.message)
+
+
 def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: Path | None) -> MultiService:
+    # 0. PREFLIGHT, before anything is created (TUN, port, threads): a refused config leaves nothing behind.
+    _preflight(cfg, config_path)
+
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+        # Every timer of the node on the monotonic clock (issue 13, W10): before anything schedules one.
+        use_monotonic_timers(reactor)
 
     from tunmesh.mesh.client import MeshClient
     from tunmesh.mesh.service import build_mesh
@@ -94,8 +128,9 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     )
     health = HealthRegistry()
     top = MultiService()
-    # Timers follow the wall clock: keep them on schedule when the host steps it (W10).
-    ClockStepWatch(reactor, metrics).setServiceParent(top)
+    # Wall-clock steps are detected and logged; they cannot move timers, which are monotonic (W10).
+    clock_watch = ClockStepWatch(reactor, metrics)
+    clock_watch.setServiceParent(top)
 
     # 1. TUN, opened now: we are root, and the data plane needs to know whether offload is active.
     tun_service = TunService(cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
@@ -109,13 +144,15 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     # 2. TLS material, read as root (the key may be readable by root only).
     ssl_cfg = cfg.control_api.ssl
     trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
-    server_tls = server_context(ssl_cfg.cert_file_path, ssl_cfg.key_file_path, alpn=(LINK_ALPN, b"http/1.1"))
+    server_tls = ReloadableServerTLS(make_server_tls(ssl_cfg.cert_file_path, ssl_cfg.key_file_path))
     trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
-    http_client = MeshClient.with_tls(
-        reactor,
-        MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key),
-        timeout=float(cfg.process.timing.request_timeout),
+    expiry = CertExpiryWatch(metrics, reactor)
+    expiry.set_certificates(
+        load_certificates(ssl_cfg.cert_file_path)[0], load_trust_bundle(trust_path, trust_key)
     )
+    expiry.setServiceParent(top)
+    http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key)
+    http_client = MeshClient.with_tls(reactor, http_policy, timeout=float(cfg.process.timing.request_timeout))
 
     # 3. Membership and sessions.
     membership, mesh_api, mesh_service = build_mesh(
@@ -128,9 +165,11 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
         monotonic=time.monotonic,
     )
     mesh_service.register_health(health)
+    clock_watch.add_observer(membership.clock_stepped)
 
     # 4. Data plane, fed by membership's authenticated peers.
-    dataplane = build_dataplane(cfg, identity.node_id, device, membership, reactor, metrics, trust_path)
+    link_policy = link_tls_policy(cfg, trust_path)
+    dataplane = build_dataplane(cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
     membership.add_observer(dataplane)
 
     # 5. The one port.
@@ -170,6 +209,19 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     mesh_service.setServiceParent(top)
     dataplane.setServiceParent(top)
 
+    # SIGHUP: TLS files, trust, bootstrap groups and log level, without dropping a link (tunmesh.reload).
+    node_reloader = NodeReloader(
+        config_path,
+        cfg,
+        server_tls=server_tls,
+        make_server_tls=make_server_tls,
+        client_policies=(http_policy, link_policy),
+        groups=membership,
+        set_log_level=logsetup.set_level,
+        certificates=expiry,
+    )
+    ReloadOnSignal(node_reloader, reactor).setServiceParent(top)
+
     # 6. Drop root last; then the node serves a few requests in memory as the new uid, or exits.
     self_check = node_self_check(site, cfg, config_path)
     PrivilegeDropService(cfg.process.uid, cfg.process.gid, preload=preload, self_check=self_check).setServiceParent(top)
@@ -184,7 +236,7 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
 
 
 def build_dataplane(
-    cfg: TunMeshConfig, node_id: str, device: Any, membership: Any, reactor: Any, metrics: Any, trust_path: Any
+    cfg: TunMeshConfig, node_id: str, device: Any, membership: Any, reactor: Any, metrics: Any, link_policy: Any
 ) -> Any:
     """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
     from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
@@ -206,11 +258,6 @@ def build_dataplane(
         rate_limited_log=RateLimitedLog(Logger(namespace="tunmesh.dataplane"), reactor),
         vnet_hdr=offload,
     )
-    ssl_cfg = cfg.control_api.ssl
-    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
-
-    # The trust bundle is read once, now, as root: link connections are made after the privilege drop.
-    link_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
 
     def context_for(hostname: str) -> Any:
         return link_policy.creatorForNetloc(hostname.encode("idna"), 0)
@@ -233,6 +280,21 @@ def build_dataplane(
             else None
         ),
     )
+
+
+def link_tls_policy(cfg: TunMeshConfig, trust_path: Path) -> MeshTLSPolicy:
+    """Client TLS of the packet links (ALPN ``tunmesh-link/1``).
+
+    The trust bundle is read once, now, as root: link connections are made after the privilege drop
+    (a SIGHUP reload replaces it, read as ``process.uid``)."""
+    ssl_cfg = cfg.control_api.ssl
+    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
+    return MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
+
+
+def make_server_tls(cert_path: Path, key_path: Path) -> Any:
+    """The port's TLS: the certificate and key, offering the packet links and HTTP/1.1 by ALPN."""
+    return server_context(cert_path, key_path, alpn=(LINK_ALPN, b"http/1.1"))
 
 
 def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], Any] | None:

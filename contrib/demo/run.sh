@@ -67,7 +67,6 @@ fi
 [ -x "$venv/bin/python" ] || "$base_python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e .
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 
 teardown
 if [ "$keep" = 0 ]; then trap 'say "cleaning up"; teardown' EXIT; fi

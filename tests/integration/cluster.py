@@ -118,9 +118,12 @@ class Cluster:
     def ns(self, i: int) -> Any:
         return self.underlay.nodes[i - 1]
 
-    def start(self, i: int) -> NodeProcess:
+    def start(self, i: int, via: str = "twistd") -> NodeProcess:
+        """Start node i with ``twistd tunmesh`` or (``via="run"``) ``tunmesh run``."""
         d = self.workdir / f"node{i}"
-        node = start_node(self.ns(i), d / "config.yaml", f"https://198.18.0.{i}:{PORT}", log_path=d / "node.log")
+        node = start_node(
+            self.ns(i), d / "config.yaml", f"https://198.18.0.{i}:{PORT}", log_path=d / "node.log", via=via
+        )
         self.nodes[i] = node
         return node
 

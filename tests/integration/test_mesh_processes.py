@@ -73,6 +73,17 @@ class ThreeNodeMembershipTests(TestCase):
                 self.assertNotIn(ids[3], cluster.peers_of(i))
                 self.assertEqual(cluster.metric(i, "tunmesh_mesh_peers_removed_total", reason="left"), 1)
             self.assertIn("left the mesh: 2 of 2 peers acknowledged", log_path.read_text(errors="replace"))
+            # Each SIGTERM'd node leaves without a traceback (the stop used to fire from inside the last
+            # acknowledgement's dataReceived, and the reactor cut that TLS connection under it).
+            logs = {3: log_path}
+            for i in (2, 1):
+                logs[i] = cluster.nodes[i].log_path
+                cluster.stop(i)
+            for i, path in logs.items():
+                text = path.read_text(errors="replace") + path.with_suffix(".stdout").read_text(errors="replace")
+                self.assertIn("Main loop terminated", text, f"node {i}")
+                for bad in ("Unhandled Error", "Traceback"):
+                    self.assertNotIn(bad, text, f"node {i} log:\n{text[-3000:]}")
 
     def test_restart_replaces_old_entry_before_it_goes_stale(self) -> None:
         with started_mesh(2, "r", SLOW_STALE) as (cluster, ids):

@@ -207,18 +207,25 @@ class ClusterTokenTests(SynchronousTestCase):
             self.assertEqual(self.reason("Bearer " + token), "malformed", token)
         self.assertEqual(self.reason("Bearer " + f"{h}.{p}.{s[:-2]}AA"), "bad_signature")
 
-    def test_expired(self) -> None:
+    def test_expired_is_clock_skew_with_the_skew(self) -> None:
+        """A token past ``exp + leeway`` says the sender's clock is behind ours (issue 13)."""
         token = self.a.sign_request("node-b", "POST", PATH, BODY).header_value
         self.clock.advance(30 + 59)
         self.b.verify_request_head(token, "POST", PATH)  # within leeway
         self.clock.advance(1)
-        self.assertEqual(self.reason(token), "expired")
+        self.assertEqual(self.reason(token), "clock_skew")
+        with self.assertRaises(AuthError) as ctx:
+            self.b.verify_request_head(token, "POST", PATH)
+        self.assertEqual(ctx.exception.skew, -90)
 
     def test_future_iat(self) -> None:
         ok = forge(REQUEST_KEY, header(), claims(iat=NOW + 60, exp=NOW + 90))
         self.b.verify_request_head(ok, "POST", PATH).verify_body(BODY)
         bad = forge(REQUEST_KEY, header(), claims(iat=NOW + 61, exp=NOW + 91, jti="B" * 22))
         self.assertEqual(self.reason(bad), "clock_skew")
+        with self.assertRaises(AuthError) as ctx:
+            self.b.verify_request_head(bad, "POST", PATH)
+        self.assertEqual(ctx.exception.skew, 61)
         nbf = forge(REQUEST_KEY, header(), claims(nbf=NOW + 120, jti="C" * 22))
         self.assertEqual(self.reason(nbf), "clock_skew")
 
@@ -240,7 +247,7 @@ class ClusterTokenTests(SynchronousTestCase):
         self.clock.advance(89)
         self.assertEqual(self.reason(token), "replay")
         self.clock.advance(1)
-        self.assertEqual(self.reason(token), "expired")
+        self.assertEqual(self.reason(token), "clock_skew")
 
     def test_tampered_body_does_not_burn_jti(self) -> None:
         token = self.a.sign_request("node-b", "POST", PATH, BODY).header_value

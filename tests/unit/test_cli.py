@@ -148,3 +148,44 @@ class GenCertTests(SynchronousTestCase):
         self.assertEqual(rc, 1)
         self.assertTrue(err.getvalue().startswith("tunmesh: gen-cert: "))
         self.assertEqual(err.getvalue().count("\n"), 1)
+
+
+class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
+    """``tunmesh peers`` reads an unauthenticated ``node_info`` first: hostile JSON is one line, exit 1."""
+
+    def serve(self, body: bytes) -> str:
+        import http.server
+        import ssl
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.base / "ssl" / "cert.pem", self.base / "ssl" / "key.pem")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return f"https://127.0.0.1:{server.server_address[1]}"
+
+    def test_hostile_node_info_is_one_line_not_a_traceback(self) -> None:
+        path = self.base / "config.yaml"
+        path.write_text(SAMPLE_YAML)
+        for body in (b"[" * 5000 + b"]" * 5000, b"1" * 500, b"[]", b'{"id": 7}'):
+            url = self.serve(body)
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["peers", "--config", str(path), url], stdout=out, stderr=err, env={})
+            self.assertEqual(code, 1, body[:20])
+            self.assertEqual(len(err.getvalue().strip().splitlines()), 1, err.getvalue())
+            self.assertIn("cannot query", err.getvalue())

@@ -1,127 +1,120 @@
-"""ClockStepWatch: wall-clock steps are detected and pending timers keep their schedule (W10)."""
+"""Time in a node (issue 13, W10): timers on the monotonic clock; wall-clock steps detected, not acted on.
+
+``Clock`` plays the reactor, whose ``seconds()`` is the monotonic clock once
+:func:`tunmesh.clocks.use_monotonic_timers` ran; the wall clock is a separate function the tests step.
+"""
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+import time
 
+from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tunmesh.clockwatch import ClockStepWatch
+from tunmesh.clocks import WallClock, use_monotonic_timers
+from tunmesh.clockwatch import CHECK_INTERVAL, ClockStepWatch
 from tunmesh.metrics import Metrics
 
+WALL0 = 1_700_000_000.0
 
-class SteppableClock(Clock):
-    """A reactor clock whose wall time can be stepped while a monotonic clock goes on."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.rightNow = 1_700_000_000.0
-        self.mono = 50.0
+class Steps:
+    """A wall clock that moves with the monotonic one (``Clock``) plus the steps the host makes."""
 
-    def run(self, seconds: float) -> None:
-        """Let time pass: both clocks move, timers fire."""
-        self.mono += seconds
-        self.advance(seconds)
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.offset = WALL0
+
+    def __call__(self) -> float:
+        return self.clock.seconds() + self.offset
 
     def step(self, seconds: float) -> None:
-        """The host sets its clock: only the wall clock moves, nothing fires yet."""
-        self.rightNow += seconds
+        self.offset += seconds
 
 
 class CheckTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = SteppableClock()
+        self.clock = Clock()
+        self.wall = Steps(self.clock)
         self.metrics = Metrics("node-a", enabled=True, process_metrics=False)
-        self.watch = ClockStepWatch(
-            self.clock, self.metrics, wall=self.clock.seconds, monotonic=lambda: self.clock.mono
-        )
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.watch = ClockStepWatch(self.clock, self.metrics, wall=self.wall, monotonic=self.clock.seconds)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def steps_counted(self) -> bytes:
         return self.metrics.render()[0]
 
-    def test_backward_step_does_not_stall_timers(self) -> None:
-        fired: list[float] = []
-        self.clock.callLater(10, lambda: fired.append(self.clock.mono))
-        self.clock.run(4)
-        self.clock.step(-3600)  # an hour back: the timer would now wait 3606 s
-        self.assertEqual(self.watch.check(), -3600)
-        self.clock.run(5.9)
-        self.assertEqual(fired, [])
-        self.clock.run(0.2)
-        self.assertEqual(fired, [60.1])  # 10 s after it was scheduled, on the monotonic clock
-        self.assertIn(b'tunmesh_clock_steps_total{node_id="node-a"} 1.0', self.steps_counted())
-        self.assertTrue(any("wall clock stepped" in e.get("log_format", "") for e in self.events))
+    def test_steps_of_an_hour_are_detected_logged_and_counted(self) -> None:
+        self.watch.startService()
+        self.addCleanup(self.watch.stopService)
+        for step in (+3600, -3600, -86400, +86400):
+            self.wall.step(step)
+            self.clock.advance(CHECK_INTERVAL)
+        self.assertIn(b'tunmesh_clock_steps_total{node_id="node-a"} 4.0', self.steps_counted())
+        lines = [e for e in self.events if "wall clock stepped" in e.get("log_format", "")]
+        self.assertEqual([round(e["step"]) for e in lines], [3600, -3600, -86400, 86400])
+        self.assertIn("peers refuse", lines[0]["log_format"])
 
-    def test_forward_step_does_not_fire_timers_early(self) -> None:
+    def test_timers_keep_their_schedule_whatever_the_wall_clock_does(self) -> None:
+        """The watch never touches timers: they run on the reactor's (monotonic) clock."""
         fired: list[float] = []
-        self.clock.callLater(100, lambda: fired.append(self.clock.mono))
-        self.clock.step(+3600)
-        self.assertEqual(self.watch.check(), 3600)
-        self.clock.run(99)
-        self.assertEqual(fired, [])
-        self.clock.run(1)
-        self.assertEqual(fired, [150.0])
-
-    def test_looping_call_keeps_its_period_across_a_backward_step(self) -> None:
         ticks: list[float] = []
-        loop = LoopingCall(lambda: ticks.append(self.clock.mono))
+        self.watch.startService()
+        self.addCleanup(self.watch.stopService)
+        self.clock.callLater(100, lambda: fired.append(self.clock.seconds()))
+        loop = LoopingCall(lambda: ticks.append(self.clock.seconds()))
         loop.clock = self.clock
-        loop.start(1.0, now=False)
-        self.clock.run(1)
-        self.clock.run(1)
-        self.clock.step(-600)
-        self.watch.check()
-        for _ in range(3):
-            self.clock.run(1)
+        loop.start(10.0, now=False)
+        for step in (+3600, -3600, +10, -10, -86400):
+            self.clock.advance(CHECK_INTERVAL)
+            self.wall.step(step)
+        for _ in range(15):
+            self.clock.advance(5)
         loop.stop()
-        self.assertEqual(ticks, [51.0, 52.0, 53.0, 54.0, 55.0])
+        self.assertEqual(fired, [100.0])
+        self.assertEqual(ticks, [10.0 * i for i in range(1, 11)])
+        self.assertEqual(self.watch.offset, 3600 - 3600 + 10 - 10 - 86400)
 
-    def test_drift_below_the_threshold_is_ignored(self) -> None:
-        call = self.clock.callLater(10, lambda: None)
-        self.clock.run(1)
-        self.clock.step(1.5)
-        self.assertEqual(self.watch.check(), 0.0)
-        self.assertEqual(call.getTime(), 1_700_000_010.0)  # untouched
+    def test_small_steps_below_the_leeway_are_info_and_drift_is_ignored(self) -> None:
+        self.watch.startService()
+        self.addCleanup(self.watch.stopService)
+        self.wall.step(1.5)
+        self.clock.advance(CHECK_INTERVAL)
         self.assertIn(b'tunmesh_clock_steps_total{node_id="node-a"} 0.0', self.steps_counted())
-
-    def test_cancelled_and_called_timers_are_left_alone(self) -> None:
-        cancelled = self.clock.callLater(5, lambda: None)
-        cancelled.cancel()
-        self.clock.callLater(1, lambda: None)
-        self.clock.run(1)
-        self.clock.step(-100)
-        self.watch.check()  # would raise AlreadyCancelled / AlreadyCalled if it touched them
+        self.wall.step(10)
+        self.clock.advance(CHECK_INTERVAL)
+        lines = [e for e in self.events if "wall clock stepped" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertNotIn("peers refuse", lines[0]["log_format"])
 
     def test_bad_parameters(self) -> None:
         for kw in ({"threshold": 0}, {"interval": 0}):
             self.assertRaises(ValueError, ClockStepWatch, self.clock, **kw)
 
 
-class _ThreadReactor:
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
-        self.called = threading.Event()
+class MonotonicReactorTests(SynchronousTestCase):
+    """``use_monotonic_timers`` on a real (not installed) reactor."""
 
-    def callFromThread(self, f: Any) -> None:  # noqa: N802 (Twisted name)
-        self.calls.append(f)
-        self.called.set()
+    def test_reactor_seconds_become_monotonic_and_pending_timers_keep_their_delay(self) -> None:
+        reactor = SelectReactor()
+        self.addCleanup(reactor.disconnectAll)
+        early = reactor.callLater(30, lambda: None)
+        late = reactor.callLater(60, lambda: None)
+        self.assertTrue(use_monotonic_timers(reactor))
+        self.assertIs(reactor.seconds, time.monotonic)
+        self.assertLess(abs(reactor.seconds() - (time.monotonic())), 0.5)
+        self.assertLess(abs(early.getTime() - time.monotonic() - (30)), 0.5)
+        self.assertLess(abs(late.getTime() - time.monotonic() - (60)), 0.5)
+        self.assertLess(abs(reactor.timeout() - (30)), 0.5)
+        fresh = reactor.callLater(5, lambda: None)
+        self.assertLess(abs(fresh.getTime() - time.monotonic() - (5)), 0.5)
+        early.reset(1)  # uses the call's own seconds(): monotonic too
+        self.assertLess(abs(early.getTime() - time.monotonic() - (1)), 0.5)
+        self.assertFalse(use_monotonic_timers(reactor))  # once only
+        for call in (early, late, fresh):
+            call.cancel()
 
-
-class ThreadTests(SynchronousTestCase):
-    def test_ticks_come_from_a_thread_and_stop_with_the_service(self) -> None:
-        reactor = _ThreadReactor()
-        watch = ClockStepWatch(reactor, interval=0.01)
-        watch.startService()
-        self.assertTrue(reactor.called.wait(10))
-        watch.stopService()
-        self.assertIsNone(watch._thread)
-        count = len(reactor.calls)
-        self.assertEqual(reactor.calls[0], watch.check)
-        threading.Event().wait(0.05)
-        self.assertEqual(len(reactor.calls), count)  # no tick after stop
+    def test_wall_clock_is_wall_time(self) -> None:
+        self.assertLess(abs(WallClock().seconds() - (time.time())), 0.5)

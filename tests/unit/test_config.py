@@ -186,7 +186,7 @@ class GroupSemanticsTests(ConfigTestMixin, SynchronousTestCase):
 
     def test_unknown_key(self) -> None:
         errors = self.errors_of(set_key(minimal_data(), "logging/colour", "red"))
-        self.assertEqual(errors, ["tun_mesh/logging: unknown keys ['colour']; expected keys ['level']"])
+        self.assertEqual(errors, ["tun_mesh/logging/colour: unknown key; expected one of level"])
 
     def test_missing_required_key(self) -> None:
         errors = self.errors_of(del_key(minimal_data(), "networking/ipv4/network_cidr"))
@@ -283,7 +283,9 @@ class GroupSemanticsTests(ConfigTestMixin, SynchronousTestCase):
         )
 
     def test_top_level_key_required(self) -> None:
-        self.assertEqual(self.errors_of({"tunmesh": {}}), ["tun_mesh: missing required top-level key"])
+        self.assertEqual(self.errors_of({"tunmesh": {}}),
+                         ["tun_mesh: missing required top-level key (found 'tunmesh': did you mean tun_mesh?)"])
+        self.assertEqual(self.errors_of({"other": {}}), ["tun_mesh: missing required top-level key"])
 
     def test_other_top_level_keys_ignored(self) -> None:
         data = minimal_data()

@@ -32,16 +32,16 @@ def _all_paths(cls: type, prefix: str) -> list[str]:
 class ExampleConfigTests(ConfigTestMixin, SynchronousTestCase):
     def fill(self, text: str) -> str:
         """Fill the required placeholders the way a user would, by editing the text."""
-        text = text.replace("control_api_advertise_url: [Deployment Unique Value]",
+        text = text.replace('control_api_advertise_url: "<REQUIRED: url>"',
                             "control_api_advertise_url: https://node1.example:4567")
-        text = text.replace("secret: [Deployment Unique Value]", f"secret: {SECRET}")
-        text = text.replace("cert_file_path: [Deployment Unique Value]", "cert_file_path: ssl/cert.pem")
-        text = text.replace("key_file_path: [Deployment Unique Value]", "key_file_path: ssl/key.pem")
-        text = text.replace("    network_cidr: [Deployment Unique Value]", "    network_cidr: 10.10.0.0/16")
-        text = text.replace("    node_address_cidr: [Deployment Unique Value]", "    node_address_cidr: 10.10.1.5/24")
-        text = text.replace("uid: [Deployment Unique Value]", "uid: 1000")
-        text = re.sub(r"(?m)^( +)- \[Deployment Unique Value 1\]$", r"\1- https://node2.example:4567", text)
-        text = re.sub(r"(?m)^ +- (\[Deployment Unique Value [2n]\]|\.\.\.)\n", "", text)
+        text = text.replace('secret: "<REQUIRED: string>"', f"secret: {SECRET}")
+        text = text.replace('cert_file_path: "<REQUIRED: file>"', "cert_file_path: ssl/cert.pem")
+        text = text.replace('key_file_path: "<REQUIRED: file>"', "key_file_path: ssl/key.pem")
+        text = text.replace('    network_cidr: "<REQUIRED: ipv4_network>"', "    network_cidr: 10.10.0.0/16")
+        text = text.replace('    node_address_cidr: "<REQUIRED: ipv4_interface>"', "    node_address_cidr: 10.10.1.5/24")
+        text = text.replace('uid: "<REQUIRED: uint>"', "uid: 1000")
+        text = re.sub(r'(?m)^( +)- "<REQUIRED: url 1>"$', r"\1- https://node2.example:4567", text)
+        text = re.sub(r'(?m)^ +- "<REQUIRED: url [2n]>"\n', "", text)
         return text
 
     def test_example_is_yaml_with_placeholders(self) -> None:

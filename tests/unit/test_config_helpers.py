@@ -9,6 +9,7 @@ from typing import Any
 
 from tunmesh.config import ConfigError, load_config_data
 from tunmesh.config.tree import TunMeshConfig
+from tunmesh.tls.certs import write_self_signed
 
 SECRET = "Qx7vR2mN9pL4kT8wZ3yB6cF1hJ5dG0sAe"
 
@@ -47,10 +48,9 @@ tun_mesh:
 
 
 def make_files(base: Path) -> None:
-    """The cert and key files the sample refers to (contents are the TLS package's business)."""
+    """The cert and key files the sample refers to: a real pair, since ``check-config`` parses them."""
     (base / "ssl").mkdir(exist_ok=True)
-    (base / "ssl" / "cert.pem").write_text("cert\n")
-    (base / "ssl" / "key.pem").write_text("key\n")
+    write_self_signed(base / "ssl" / "cert.pem", base / "ssl" / "key.pem", hostnames=("node1.example",), days=365)
 
 
 def minimal_data() -> dict[str, Any]:

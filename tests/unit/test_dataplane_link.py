@@ -667,6 +667,23 @@ class DataPlaneTests(SynchronousTestCase):
         self.assertNotIn(A, self.b.plane.server_factory.links)
         self.assertFalse(self.a.plane.links[B].ready)
 
+    def test_tun_read_failure_closes_device_so_liveness_fails(self) -> None:
+        """Issue 12, defect 3: a TUN deleted from outside must turn ``/health`` false, not only log."""
+        from tunmesh.tun.service import TunService
+
+        service = TunService(None, open_device=lambda networking: self.a.tun)
+        service.startService()
+        self.assertTrue(service.is_open())
+
+        def deleted(*args: Any, **kw: Any) -> list[bytes]:
+            raise OSError(77, "File descriptor in bad state")
+
+        self.a.tun.read_batch = deleted  # type: ignore[method-assign]
+        self.a.plane._reader.doRead()
+        self.assertNotIn(self.a.plane._reader, self.a.reactor.readers)
+        self.assertTrue(self.a.tun.closed)
+        self.assertFalse(service.is_open())
+
     def test_tun_closed_stops_reading(self) -> None:
         self.a.tun.close()
         self.a.plane._reader.doRead()

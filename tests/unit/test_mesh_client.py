@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -67,6 +68,46 @@ class ClientTests(SynchronousTestCase):
         client = MeshClient(FakeNetwork(), Clock(), 2.0)
         failure = self.failureResultOf(client.post("https://a.test:1", "/p", b"{}", "Bearer t"), PeerRequestFailed)
         self.assertEqual(failure.value.reason, "transport")
+
+
+class _Pool:
+    """The part of ``HTTPConnectionPool`` that ``MeshClient.close`` uses."""
+
+    def __init__(self) -> None:
+        self.closing: list[Deferred[None]] = []
+
+    def closeCachedConnections(self) -> Deferred[None]:  # noqa: N802 (Twisted's name)
+        d: Deferred[None] = Deferred()
+        self.closing.append(d)
+        return d
+
+
+class CloseTests(SynchronousTestCase):
+    def test_close_waits_for_the_pooled_connections_to_close(self) -> None:
+        pool = _Pool()
+        client = MeshClient(StubTreq(Fixed(200, b"")), Clock(), 5.0, pool=pool)
+        d = client.close()
+        self.assertEqual(len(pool.closing), 1)
+        self.assertNoResult(d)
+        pool.closing[0].callback(None)
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_close_gives_up_after_its_timeout(self) -> None:
+        pool = _Pool()
+        clock = Clock()
+        client = MeshClient(StubTreq(Fixed(200, b"")), clock, 5.0, pool=pool)
+        d = client.close(timeout=1.0)
+        clock.advance(1.0)
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_close_cancels_requests_in_flight(self) -> None:
+        net = FakeNetwork()
+        net.add("https://a.test:1", Fixed(200, b""))
+        net.hang.add("a.test:1")
+        client = MeshClient(net, Clock(), 2.0)
+        request = client.post("https://a.test:1", "/p", b"{}", "Bearer t")
+        self.successResultOf(client.close())
+        self.assertEqual(self.failureResultOf(request, PeerRequestFailed).value.reason, "cancelled")
 
 
 class UnsignedAnswerTests(SynchronousTestCase):

@@ -9,10 +9,11 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.auth.errors import AuthError
+from tunmesh.clockwatch import CHECK_INTERVAL, ClockStepWatch
 from tunmesh.mesh.membership import GroupState
 from tunmesh.mesh.settings import BootstrapGroupSpec
 
-from .test_mesh_support import FakeNetwork, Node, advance, node_id
+from .test_mesh_support import FakeNetwork, Node, SteppedWall, advance, node_id
 
 N1 = "https://n1.test:4567"
 START = 1_700_000_000.0
@@ -116,7 +117,8 @@ class JoinTests(MeshTestCase):
 
 
 class RestartTests(MeshTestCase):
-    def test_restart_with_new_id_replaces_old_entry_at_once(self) -> None:
+    def test_restart_with_new_id_replaces_old_entry_once_its_url_answers(self) -> None:
+        """The new id's claim is refused (409) until the URL, probed at once, answers with it (W6)."""
         nodes = self.mesh(3)
         old = nodes[2]
         old.crash()
@@ -127,13 +129,13 @@ class RestartTests(MeshTestCase):
         self.clock.advance(0)
         self.clock.advance(0)
         n1 = nodes[0]
-        # n1 dropped the old id the moment the new one registered: routes, sessions, observers
+        # n1 probed the URL, which answered as the new id: old id dropped (routes, sessions, observers)
         self.assertNotIn(old.id, n1.peer_ids())
         self.assertIn(new.id, n1.peer_ids())
         self.assertIn(("down", old.id), n1.observer.events)
         self.assertNotIn(old.id, n1.sessions.peers())
         self.assertEqual(n1.pool.holder(ipaddress.ip_network("100.64.1.3/32")), new.id)
-        self.assertEqual(n1.counter("tunmesh_mesh_peers_removed_total", reason="replaced"), 1)
+        self.assertEqual(n1.counter("tunmesh_mesh_peers_removed_total", reason="restarted"), 1)
         # well before any stale threshold (30 s) every node has only the new id
         advance(self.clock, 12)
         self.assertFullMesh([nodes[0], nodes[1], new])
@@ -178,6 +180,17 @@ class LeaveTests(MeshTestCase):
         self.net.down.add("n3.test:4567")
         advance(self.clock, 40)
         self.assertFullMesh(nodes[:2])
+
+    def test_stop_result_comes_from_the_reactor_loop_not_from_a_protocol_callback(self) -> None:
+        """twistd continues its shutdown (``disconnectAll``) synchronously when the stop Deferred fires;
+        fired from inside the last acknowledgement's ``dataReceived`` that tore down the TLS connection
+        under its own feet (``'NoneType' object has no attribute 'bio_read'``)."""
+        lone = self.node(1, ())
+        lone.start()
+        d = lone.stop()  # no peers: the leave itself completes at once
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), 0)
 
     def test_successor_at_a_new_url_takes_the_address_at_once(self) -> None:
         """A rescheduled pod: new id, new underlay IP, same overlay address, old pod stopped cleanly."""
@@ -402,3 +415,67 @@ class ReloadTests(MeshTestCase):
         group = n2.membership.groups[0]
         self.assertEqual(group.attempts, 2)
         self.assertTrue(n2.membership.group_bootstrapped(group))
+
+
+class WallClockStepTests(MeshTestCase):
+    """Issue 13: one node's wall clock steps while its timers (this ``Clock``) run on; the mesh never
+    needs a restart. Tokens carry wall time; every timer, age and staleness is on the timers' clock."""
+
+    def stepped_mesh(self) -> tuple[list[Node], SteppedWall]:
+        wall = SteppedWall(self.clock)
+        nodes = [self.node(1, ()), self.node(2), self.node(3, wall=wall, session_max_age=40.0)]
+        # Node 3's step watch, wired as makeService wires it.
+        watch = ClockStepWatch(self.clock, wall=wall.seconds, monotonic=self.clock.seconds)
+        watch.add_observer(nodes[2].membership.clock_stepped)
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        for n in nodes:
+            n.start()
+        advance(self.clock, 12)
+        self.assertFullMesh(nodes)
+        return nodes, wall
+
+    def auth_failures(self, nodes: list[Node]) -> float:
+        return sum(n.counter("tunmesh_auth_failures_total") for n in nodes)
+
+    def test_steps_within_the_leeway_change_nothing(self) -> None:
+        nodes, wall = self.stepped_mesh()
+        for step in (+10, -10, -10, +10):
+            wall.step(step)
+            advance(self.clock, 30)
+            self.assertFullMesh(nodes)
+        self.assertEqual(self.auth_failures(nodes), 0)
+        self.assertEqual(sum(n.counter("tunmesh_mesh_peers_removed_total") for n in nodes), 0)
+
+    def test_large_steps_recover_by_themselves_within_one_stale_threshold(self) -> None:
+        nodes, wall = self.stepped_mesh()
+        n3 = nodes[2]
+        stale = n3.settings.local_timing.stale_threshold
+        for step in (+3600, -3600, +86400, -86400):
+            sent_before = n3.counter("tunmesh_mesh_registrations_total", direction="out")
+            wall.step(step)
+            advance(self.clock, stale + 10)
+            # Its timers ran all along: it kept registering (refused: its tokens are off by the step).
+            self.assertGreater(n3.counter("tunmesh_mesh_registrations_total", direction="out") + n3.counter(
+                "tunmesh_mesh_bootstrap_attempts_total"), sent_before)
+            self.assertGreater(nodes[0].counter("tunmesh_auth_failures_total", reason="clock_skew"), 0)
+            wall.step(-step)  # NTP puts it back: the watch sees it, node 3 retries at once
+            advance(self.clock, 8)
+            self.assertFullMesh(nodes)
+            self.assertTrue(n3.membership.ready())
+            self.assertTrue(n3.service.alive())
+        skews = [e for e in self.logged("check NTP")]
+        self.assertTrue(any(abs(abs(e["skew"]) - 3600) < 5 for e in skews))
+
+    def test_a_detected_step_forgets_backoff_so_peers_are_retried_at_once(self) -> None:
+        nodes, wall = self.stepped_mesh()
+        m3 = nodes[2].membership
+        for _ in range(8):  # failures while the clock was wrong: about a minute of backoff
+            m3.url_backoff.failure(N1)
+            m3.peer_backoff.failure(("renew", nodes[0].id))
+        self.assertFalse(m3.url_backoff.allowed(N1))
+        wall.step(-3600)
+        self.clock.advance(CHECK_INTERVAL)
+        self.assertTrue(m3.url_backoff.allowed(N1))
+        self.assertTrue(m3.peer_backoff.allowed(("renew", nodes[0].id)))
+        self.assertEqual(len(self.logged("retrying peers and bootstrap URLs now")), 1)

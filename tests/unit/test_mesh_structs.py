@@ -216,16 +216,21 @@ class PoolTests(SynchronousTestCase):
         self.assertNotIn(node_id(2), self.pool)
         self.assertEqual(self.pool.holder(ipaddress.ip_network("100.64.1.2/32")), node_id(3))
 
-    def test_restart_same_url_replaces_at_once(self) -> None:
+    def test_new_id_at_a_live_url_needs_evidence(self) -> None:
+        """A claim alone never evicts a live node (issue 12, defect 2): 409 naming the holder to probe."""
         self.pool.upsert(self.node(2), 1)
+        exc = self.assertRaises(ClaimConflict, self.pool.upsert, self.node(2, ident=9), 1)
+        self.assertEqual((exc.status, exc.holder.id), (409, node_id(2)))  # same URL and address
+        exc = self.assertRaises(ClaimConflict, self.pool.upsert, self.node(3, url="https://n2.test:4567"), 1)
+        self.assertEqual((exc.reason, exc.holder.id), ("url_conflict", node_id(2)))
+        self.assertEqual({p.id for p in self.pool}, {node_id(2)})
+
+    def test_new_id_at_a_stale_url_replaces(self) -> None:
+        self.pool.upsert(self.node(2), 1)
+        self.clock.advance(31)
         result = self.pool.upsert(self.node(2, ident=9), 1)
         self.assertEqual([p.id for p in result.replaced], [node_id(2)])
         self.assertEqual({p.id for p in self.pool}, {node_id(9)})
-
-    def test_same_url_other_address_replaces(self) -> None:
-        self.pool.upsert(self.node(2), 1)
-        result = self.pool.upsert(self.node(3, url="https://n2.test:4567"), 1)
-        self.assertEqual([p.id for p in result.replaced], [node_id(2)])
 
     def test_sequence(self) -> None:
         self.pool.upsert(self.node(2), 5)

@@ -158,18 +158,21 @@ class Node:
         session_max_age: float = 3600.0,
         secret: str = SECRET,
         reload: Any = None,
+        wall: Any = None,
         **overrides: Any,
     ) -> None:
         self.net = net
         self.clock = clock
+        #: the wall clock tokens and stamps use; by default the same ``Clock`` as the timers
+        self.wall = wall if wall is not None else clock
         self.id = ident or node_id(n)
         self.url = url or f"https://n{n}.test:4567"
         self.address = address or f"100.64.1.{n}/24"
         self.settings = make_settings(self.url, self.address, bootstrap, **overrides)
         self.metrics = Metrics(self.id, process_metrics=False)
-        self.cluster = ClusterAuthority(secret, self.id, clock)
+        self.cluster = ClusterAuthority(secret, self.id, self.wall)
         self.sessions = SessionStore(
-            self.id, clock, monotonic=clock.seconds, max_age=session_max_age, rng=random.Random(n)
+            self.id, self.wall, monotonic=clock.seconds, max_age=session_max_age, rng=random.Random(n)
         )
         self.client = MeshClient(net, clock, timeout=self.settings.request_timeout)
         self.membership = Membership(
@@ -181,7 +184,7 @@ class Node:
             clock,
             self.metrics,
             monotonic=clock.seconds,
-            wall=clock.seconds,
+            wall=self.wall.seconds,
             rng=random.Random(100 + n),
             reload=reload,
         )
@@ -223,6 +226,20 @@ class Node:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     total += float(sample.value)
         return total
+
+
+class SteppedWall:
+    """A node's wall clock: the timers' ``Clock`` plus the steps its host made (NTP, VM resume)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.offset = 0.0
+
+    def seconds(self) -> float:
+        return self.clock.seconds() + self.offset
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 def advance(clock: Clock, seconds: float, step: float = 1.0) -> None:

@@ -51,7 +51,9 @@ class _LinkClient(Protocol):
         self.lost.callback(None)
 
 
-class LoopbackTests(TestCase):
+class LoopbackServer(TestCase):
+    """The full server factory listening on 127.0.0.1 with a self-signed certificate."""
+
     timeout = 20
 
     def setUp(self) -> None:
@@ -63,6 +65,9 @@ class LoopbackTests(TestCase):
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+
+
+class LoopbackTests(LoopbackServer):
 
     @inlineCallbacks
     def test_treq_get_with_mesh_policy(self) -> Any:
@@ -83,3 +88,40 @@ class LoopbackTests(TestCase):
         self.assertEqual(answer, b"link:frame")
         self.assertEqual(client.peer_hash, certificate_sha256(self.cert))
         yield client.lost
+
+
+class FailureDiagnosticsTests(LoopbackServer):
+    """Issue 12, defect 7: a certificate failure is reported as one, not as ``RequestTransmissionFailed``."""
+
+    @inlineCallbacks
+    def test_unknown_ca_reported_as_certificate_failure(self) -> Any:
+        from tunmesh.mesh.client import MeshClient
+        from tunmesh.mesh.errors import PeerRequestFailed
+
+        other_cert, _ = self_signed(temp_dir(self), "other", hostnames=("tunmesh.local",), ips=("127.0.0.1",))
+        client = MeshClient.with_tls(reactor, MeshTLSPolicy(other_cert, verify_hostname=True), timeout=5)
+        try:
+            yield client.post(self.url, "/hello", b"{}", "Bearer x")
+        except PeerRequestFailed as exc:
+            self.assertEqual(exc.reason, "tls")
+            self.assertIn("certificate verify failed", exc.detail)
+            self.assertIn("ca_file_path", exc.detail)
+            self.assertNotIn("RequestTransmissionFailed", exc.detail)
+        else:
+            self.fail("a peer with an unknown CA was accepted")
+
+    @inlineCallbacks
+    def test_refused_connection_says_so(self) -> Any:
+        from tunmesh.mesh.client import MeshClient
+        from tunmesh.mesh.errors import PeerRequestFailed
+
+        port = self.port.getHost().port
+        yield self.port.stopListening()
+        client = MeshClient.with_tls(reactor, MeshTLSPolicy(self.cert, verify_hostname=True), timeout=5)
+        try:
+            yield client.post(f"https://127.0.0.1:{port}", "/hello", b"{}", "Bearer x")
+        except PeerRequestFailed as exc:
+            self.assertEqual(exc.reason, "transport")
+            self.assertIn("connection refused", exc.detail)
+        else:
+            self.fail("a closed port answered")

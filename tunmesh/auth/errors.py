@@ -44,12 +44,14 @@ class AuthError(Exception):
     `retry_after` (seconds) is set for `rate_limited` so the boundary can send `Retry-After`.
     """
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, skew: float | None = None) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown auth failure reason {reason!r}")
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        #: for time refusals: the sender's clock minus ours, as its token showed it (``iat - now``)
+        self.skew = skew
 
     @property
     def status(self) -> int:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tunmesh import strictjson
 from tunmesh.auth.errors import KexError
 from tunmesh.auth.keys import b64url, b64url_decode, length_prefixed, random_id
 from tunmesh.auth.tokens import valid_kid, valid_node_id
@@ -50,8 +51,8 @@ def _json_object(body: bytes) -> dict:
     if len(body) > MAX_BODY:
         raise KexError("malformed")
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        value = strictjson.loads(body)
+    except strictjson.StrictJSONError:
         raise KexError("malformed") from None
     if not isinstance(value, dict):
         raise KexError("malformed")

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from tunmesh.auth import keys
@@ -54,6 +53,7 @@ from tunmesh.auth.tokens import (
     valid_node_id,
     verify_token,
 )
+from tunmesh.logutil import SecondsClock
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -128,7 +128,7 @@ class SessionStore:
     def __init__(
         self,
         node_id: str,
-        clock: IReactorTime,
+        clock: SecondsClock,
         monotonic: Callable[[], float] = time.monotonic,
         max_age: float = 3600.0,
         validity: float = 30.0,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any
 
 import jwt
 
+from tunmesh import strictjson
 from tunmesh.auth.errors import AuthError
 from tunmesh.auth.keys import b64url, b64url_decode
 from tunmesh.auth.replay import MAX_CTR
@@ -120,9 +120,15 @@ def _path_only(path: bytes | str) -> str:
 
 
 def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AuthError("malformed")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float (PyJWT's own decoder allows them)
+        raise AuthError("malformed") from None
+    if not math.isfinite(number):
+        raise AuthError("malformed")
+    return number
 
 
 @dataclass(frozen=True)
@@ -211,8 +217,8 @@ def _json_segment(segment: str) -> dict[str, Any]:
     if not _SEGMENT.match(segment):
         raise AuthError("malformed")
     try:
-        value = json.loads(b64url_decode(segment))
-    except (ValueError, UnicodeDecodeError):
+        value = strictjson.loads(b64url_decode(segment))
+    except ValueError:  # StrictJSONError is one; so is a bad base64 alphabet
         raise AuthError("malformed") from None
     if not isinstance(value, dict):
         raise AuthError("malformed")
@@ -325,11 +331,13 @@ def _check_claims(
     if exp - iat > MAX_LIFETIME:
         raise AuthError("lifetime_too_long")
     if iat > now + leeway:
-        raise AuthError("clock_skew")
+        raise AuthError("clock_skew", skew=iat - now)
     if "nbf" in claims and _number(claims["nbf"]) > now + leeway:
-        raise AuthError("clock_skew")
+        raise AuthError("clock_skew", skew=iat - now)
     if exp + leeway <= now:
-        raise AuthError("expired")
+        # Tokens are used within milliseconds of minting and live at most MAX_LIFETIME, so one this
+        # far behind says the sender's clock is behind ours (issue 13): ``clock_skew``, with the skew.
+        raise AuthError("clock_skew", skew=iat - now)
     bh = claims.get("bh")
     if not isinstance(bh, str) or not _BH.match(bh):
         raise AuthError("malformed")

@@ -1,6 +1,6 @@
 """tunmesh configuration: schema (declared once in ``tree``), loader, linter, example and docs generators."""
 
-from tunmesh.config.errors import ConfigError, ConfigErrors
+from tunmesh.config.errors import ConfigError, ConfigErrors, ConfigWarning
 from tunmesh.config.loader import (
     CONFIG_PATH_ENV,
     DEFAULT_CONFIG_PATH,
@@ -18,6 +18,7 @@ __all__ = [
     "SECRET_ENV",
     "ConfigError",
     "ConfigErrors",
+    "ConfigWarning",
     "TunMeshConfig",
     "dump_config",
     "load_config",

@@ -1,8 +1,10 @@
 """Generated documentation: the self-documenting example config and the Markdown reference.
 
 Both walk the declaration in ``tunmesh.config.tree``, so a new option is documented by declaring it. The
-example keeps the original Tun Mesh layout (leaves sorted, then sub-groups under a banner; required values
-as ``[Deployment Unique Value]``; optional ones commented out with their default).
+example keeps the original Tun Mesh layout (leaves sorted, then sub-groups under a banner; optional values
+commented out with their default). Values to choose are quoted placeholders such as ``"<REQUIRED: url>"``: YAML
+strings that the loader refuses with "placeholder ... not replaced" naming the key (the original's
+``[Deployment Unique Value]`` parsed as a list).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from tunmesh import __version__
 from tunmesh.config.lint import RULES
 from tunmesh.config.loader import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH
 from tunmesh.config.schema import (
-    PLACEHOLDER,
     Enum,
     GroupType,
     ListOf,
@@ -23,8 +24,11 @@ from tunmesh.config.schema import (
     group_info,
     group_shown_required,
     members,
+    placeholder,
 )
 from tunmesh.config.tree import ADVERTISE_URL_ENV, ROOT_KEY, SECRET_ENV, TunMeshConfig
+from tunmesh.preflight import EXPIRY_WARNING_DAYS
+from tunmesh.tls.contexts import MIN_EC_BITS, MIN_RSA_BITS
 
 _INDENT = "  "
 DOCS_COMMAND = "python -m tunmesh docs > docs/configuration.md"
@@ -97,8 +101,10 @@ def _example_leaf(w: _Writer, depth: int, key: str, opt: Option, commented: bool
     elif isinstance(kind, ListOf):
         w.value(depth, f"{key}:", commented)
         for item in ("1", "2", "...", "n"):
-            text = "..." if item == "..." else f"[Deployment Unique Value {item}]"
-            w.value(depth + 1, f"- {text}", commented)
+            if item == "...":
+                w.comment(depth + 1, "- ...")
+            else:
+                w.value(depth + 1, f"- {_quoted(placeholder(f'{kind.item.label} {item}', opt.required))}", commented)
     elif isinstance(kind, MapOf) and isinstance(kind.value, GroupType):
         w.value(depth, f"{key}:", commented)
         w.value(depth + 1, "default:", commented)
@@ -106,12 +112,18 @@ def _example_leaf(w: _Writer, depth: int, key: str, opt: Option, commented: bool
     elif isinstance(kind, MapOf):
         w.value(depth, f"{key}:", commented)
         for item in ("1", "2", "n"):
-            w.value(depth + 1, f"[Deployment Unique Key {item}]: [Deployment Unique Value {item}]", commented)
+            name = _quoted(placeholder(f"name {item}", opt.required))
+            value = _quoted(placeholder(f"{kind.value.label} {item}", opt.required))
+            w.value(depth + 1, f"{name}: {value}", commented)
     elif opt.required or opt.default is None:
-        w.value(depth, f"{key}: {PLACEHOLDER}", commented)
+        w.value(depth, f"{key}: {_quoted(placeholder(kind.label, opt.required))}", commented)
     else:
         w.value(depth, f"{key}: {kind.example_value(opt.default)}", commented)
     w.blank()
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"'
 
 
 def _example_group(w: _Writer, depth: int, key: str, cls: type, commented: bool, optional: bool = False) -> None:
@@ -230,12 +242,29 @@ _INTRO = f"""# Configuration reference
 
 tunmesh reads one YAML file. Its location is the `--config` option, else the environment variable
 `{CONFIG_PATH_ENV}`, else `{DEFAULT_CONFIG_PATH}`. Every setting lives under the top-level key `{ROOT_KEY}`
-(other top-level keys are ignored with a warning). The format is version 1.1 of the original Tun Mesh: existing
-configs load unchanged; keys added by tunmesh are optional.
+(other top-level keys are ignored with a warning line). The format is version 1.1 of the original Tun Mesh:
+existing configs load unchanged; keys added by tunmesh are optional.
 
-Print an annotated example with `tunmesh example-config` (a copy is in `contrib/example-config.yaml`) and check
-a file with `tunmesh check-config FILE`: it prints the resolved config (secrets redacted) or one line per problem.
-The daemon refuses exactly the same things.
+Print an annotated example with `tunmesh example-config` (a copy is in `contrib/example-config.yaml`). Values to
+fill in are quoted placeholders such as `"<REQUIRED: url>"`; one left in place (or the original's
+`[Deployment Unique Value]`) is an error, "placeholder ... not replaced with a real value", naming the key.
+
+Check a file with `tunmesh check-config FILE`. It runs the daemon's start-up checks (the preflight) and prints
+the resolved config (secrets redacted), or one line per problem on stderr:
+`tunmesh: config error: <key path>: <message>` (exit status 1) or `tunmesh: config warning: ...` (the status
+stays 0). The daemon runs the same checks before it creates the TUN device and prints the same lines, so what
+`check-config` accepts the daemon accepts, and a refused config leaves nothing behind. Beyond the keys and
+values below, the preflight checks:
+
+- TLS files: the certificate and key parse, the key is unencrypted RSA of at least {MIN_RSA_BITS} bits or ECDSA on a
+  curve of at least {MIN_EC_BITS} bits, and it matches the certificate;
+- validity: a certificate in `cert_file_path` that has expired or is not yet valid is an error, one expiring
+  within {EXPIRY_WARNING_DAYS} days a warning; in `ca_file_path`, an expired certificate is a warning, and a bundle with no valid
+  certificate an error; the system CA store is refused as trust anchor (`ca_file_path`, or
+  `cert_file_path` without a CA);
+- files read after the privilege drop must be readable by `process.uid` (with `process.gid`, no supplementary
+  groups): with `reload_config_on_bootstrap`, the config file and the files it names. Run as root, the check
+  is made by a child process that takes those ids; run as another user, it is estimated from permission bits.
 
 ## Rules for every key
 
@@ -254,7 +283,9 @@ The daemon refuses exactly the same things.
 - `ipv4_network`, `ipv4_interface`, ...: CIDR notation with the prefix length (`10.0.0.0/24`, `10.0.0.5/24`).
   A network must not have host bits set.
 - Error messages name the key path (`tun_mesh/clustering/bootstrap_groups/<name>/bootstrap_retries: ...`) and
-  never show the value of a secret.
+  never show the value of a secret. An unknown key is reported at its own path, with the closest known key
+  (`unknown key; did you mean listen_port?`) or the list of keys of that group. A bad value taken from an
+  environment variable names the variable (`(from the environment variable TUNMESH_CLUSTER_SECRET)`).
 
 ## Environment variables
 

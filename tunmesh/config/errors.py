@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import attrs
+
 
 class ConfigError(ValueError):
     """One config problem at one key path (``tun_mesh/a/b``).
@@ -41,6 +43,20 @@ class ConfigErrors(ConfigError):
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self._errors)
+
+
+@attrs.frozen
+class ConfigWarning:
+    """A config problem that does not stop the node (an ignored top-level key, a certificate about to expire).
+
+    Same shape as ``ConfigError``: ``str()`` is ``tun_mesh/a/b: message``.
+    """
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 def raise_collected(errors: Iterable[ConfigError]) -> None:

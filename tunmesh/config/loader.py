@@ -15,9 +15,18 @@ from typing import Any
 import yaml
 from twisted.logger import Logger
 
-from tunmesh.config.errors import ConfigError, raise_collected
+from tunmesh.config.errors import ConfigError, ConfigWarning, raise_collected
 from tunmesh.config.lint import lint
-from tunmesh.config.schema import INVALID, LoadContext, Uniform, dump_group, load_group, yaml_type_name
+from tunmesh.config.schema import (
+    INVALID,
+    LoadContext,
+    Uniform,
+    dump_group,
+    from_env,
+    load_group,
+    suggest,
+    yaml_type_name,
+)
 from tunmesh.config.tree import ROOT_KEY, TunMeshConfig
 
 CONFIG_PATH_ENV = "TUNMESH_CONFIG_PATH"
@@ -91,11 +100,17 @@ def load_config(
     path: str | os.PathLike[str],
     env: Mapping[str, str] = os.environ,
     rng: Uniform = random,
+    warnings: list[ConfigWarning] | None = None,
 ) -> TunMeshConfig:
-    """Read, validate and lint a config file. Raises ConfigError (or ConfigErrors for several problems)."""
+    """Read, validate and lint a config file. Raises ConfigError (or ConfigErrors for several problems).
+
+    Problems that do not stop the node are appended to ``warnings`` when it is given, else logged.
+    """
     config_path = Path(path)
     data = parse_yaml(read_config_text(config_path), str(config_path))
-    return load_config_data(data, config_path.absolute().parent, env=env, rng=rng, source=str(config_path))
+    return load_config_data(
+        data, config_path.absolute().parent, env=env, rng=rng, source=str(config_path), warnings=warnings
+    )
 
 
 def load_config_data(
@@ -104,11 +119,14 @@ def load_config_data(
     env: Mapping[str, str] | None = None,
     rng: Uniform | None = None,
     source: str | None = None,
+    warnings: list[ConfigWarning] | None = None,
 ) -> TunMeshConfig:
     """Validate an already parsed YAML document (the mapping holding ``tun_mesh``) and lint the result.
 
     ``env`` defaults to no environment at all, so tests stay independent of the caller's environment;
-    ``rng`` resolves timing ranges (default: a fresh ``random.Random``).
+    ``rng`` resolves timing ranges (default: a fresh ``random.Random``). Top-level keys other than
+    ``tun_mesh`` are ignored with a warning: appended to ``warnings`` when given, else logged.
+    A cross-key problem with a value taken from the environment names the variable.
     """
     ctx = LoadContext(
         base_dir=Path(base_dir).absolute(),
@@ -120,16 +138,27 @@ def load_config_data(
         raise ConfigError(
             "", f"{where}the config must be a mapping with a top-level {ROOT_KEY!r} key, got {yaml_type_name(data)}"
         )
-    if ROOT_KEY not in data:
-        raise ConfigError(ROOT_KEY, f"{where}missing required top-level key")
     ignored = sorted(str(k) for k in data if k != ROOT_KEY)
-    if ignored:
-        log.warn("Ignoring top-level config keys {keys} outside {root}", keys=ignored, root=ROOT_KEY)
+    for key in ignored:
+        warning = ConfigWarning(key, f"unknown top-level key, ignored: every setting lives under {ROOT_KEY}")
+        if warnings is not None:
+            warnings.append(warning)
+        else:
+            log.warn("config warning: {path}: {message}", path=warning.path, message=warning.message)
+    if ROOT_KEY not in data:
+        close = suggest(ROOT_KEY, ignored)
+        hint = f" (found {close!r}: did you mean {ROOT_KEY}?)" if close else ""
+        raise ConfigError(ROOT_KEY, f"{where}missing required top-level key{hint}")
     cfg = load_group(TunMeshConfig, data[ROOT_KEY], ROOT_KEY, ctx)
     if cfg is INVALID or ctx.errors:
         raise_collected(ctx.errors)
-    raise_collected(lint(cfg))
+    raise_collected(_name_env(problem, ctx.env_sources) for problem in lint(cfg))
     return cfg
+
+
+def _name_env(problem: ConfigError, env_sources: Mapping[str, str]) -> ConfigError:
+    variable = env_sources.get(problem.path)
+    return ConfigError(problem.path, f"{problem.message} {from_env(variable)}") if variable else problem
 
 
 def dump_config(cfg: TunMeshConfig, redact: bool = True) -> str:

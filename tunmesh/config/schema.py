@@ -10,6 +10,7 @@ cannot. Messages show the offending value, except for options marked secret, whe
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -28,8 +29,38 @@ from tunmesh.config.errors import ConfigError
 #: Returned by a loader that has already reported its problem; parents skip building their value.
 INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "<invalid>", "__bool__": lambda self: False})()
 
-#: Placeholder used in the example config for values every deployment must choose.
-PLACEHOLDER = "[Deployment Unique Value]"
+#: Placeholders of the example config: quoted YAML strings such as ``"<REQUIRED: url>"`` (values every
+#: deployment must choose) and ``"<OPTIONAL: file>"`` (commented-out options without a default).
+PLACEHOLDER_RE = re.compile(r"<(?:REQUIRED|OPTIONAL)(?:: [^<>]*)?>")
+#: What older example configs (and the original Tun Mesh's) wrote: ``[Deployment Unique Value]``, which YAML
+#: reads as a one-item list.
+_LEGACY_PLACEHOLDER_RE = re.compile(r"Deployment Unique (?:Value|Key)(?: \w+)?")
+
+
+def placeholder(label: str, required: bool = True) -> str:
+    """The example config's placeholder for an option of type ``label`` (a string once parsed)."""
+    return f"<{'REQUIRED' if required else 'OPTIONAL'}: {label}>"
+
+
+def is_placeholder(value: object) -> bool:
+    """True for an example-config placeholder left in a file, in the current or the legacy list form."""
+    if isinstance(value, str):
+        return PLACEHOLDER_RE.fullmatch(value.strip()) is not None
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return _LEGACY_PLACEHOLDER_RE.fullmatch(value[0].strip()) is not None
+    return False
+
+
+def placeholder_message(value: object) -> str:
+    """The one error for a placeholder: the key path is added by the caller."""
+    shown = value.strip() if isinstance(value, str) else f"[{value[0]}]"  # type: ignore[index]
+    return f"placeholder {shown!r} not replaced with a real value"
+
+
+def suggest(name: str, choices: Iterable[str]) -> str | None:
+    """The closest known key to a misspelt ``name``, or None when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.7)
+    return close[0] if close else None
 
 _INT64_MAX = 2**63 - 1
 
@@ -52,6 +83,9 @@ class LoadContext:
     env: Mapping[str, str]
     rng: Uniform
     errors: list[ConfigError] = attrs.Factory(list)
+    #: Key path -> environment variable, for every value taken from the environment (cross-key checks
+    #: that fail on such a value name the variable too).
+    env_sources: dict[str, str] = attrs.Factory(dict)
 
     def fail(self, path: str, message: str) -> Any:
         self.errors.append(ConfigError(path, message))
@@ -105,6 +139,8 @@ class OptionType:
     nullable = False
 
     def load(self, value: Any, path: str, ctx: LoadContext, secret: bool = False) -> Any:
+        if is_placeholder(value):
+            return ctx.fail(path, placeholder_message(value))
         try:
             return self.convert(value, ctx, secret)
         except Invalid as e:
@@ -479,6 +515,8 @@ class ListOf(OptionType):
     def load(self, value: Any, path: str, ctx: LoadContext, secret: bool = False) -> Any:
         if value is None and self.nullable:
             return ()
+        if is_placeholder(value):
+            return ctx.fail(path, placeholder_message(value))
         if not isinstance(value, list):
             return ctx.fail(path, f"must be a list, got {yaml_type_name(value)}")
         if self.max_items is not None and len(value) > self.max_items:
@@ -517,6 +555,8 @@ class MapOf(OptionType):
     def load(self, value: Any, path: str, ctx: LoadContext, secret: bool = False) -> Any:
         if value is None and self.nullable:
             return types.MappingProxyType({})
+        if is_placeholder(value):
+            return ctx.fail(path, placeholder_message(value))
         if not isinstance(value, Mapping):
             return ctx.fail(path, f"must be a mapping, got {yaml_type_name(value)}")
         if self.max_items is not None and len(value) > self.max_items:
@@ -525,6 +565,10 @@ class MapOf(OptionType):
         ok = True
         for key, item in value.items():
             name = str(key)
+            if is_placeholder(key):
+                ctx.fail(path, f"key {placeholder_message(key)}")
+                ok = False
+                continue
             if isinstance(key, (Mapping, list)) or not self.key_pattern.fullmatch(name):
                 ctx.fail(path, f"key {show(name, False)} is not valid: {self.key_help}")
                 ok = False
@@ -690,6 +734,14 @@ def group_shown_required(cls: type) -> bool:
     return False
 
 
+def unknown_key_message(key: str, known: Sequence[str]) -> str:
+    """``unknown key; did you mean listen_port?``, or the list of known keys when nothing is close."""
+    close = suggest(key, known)
+    if close is not None:
+        return f"unknown key; did you mean {close}?"
+    return f"unknown key; expected one of {', '.join(sorted(known))}"
+
+
 def _missing_message(key: str, opt: Option) -> str:
     alternatives = [key, *opt.alternatives]
     message = "missing required key" if len(alternatives) == 1 else "missing: set one of " + " or ".join(alternatives)
@@ -705,14 +757,15 @@ def load_group(cls: type[T], data: Any, path: str, ctx: LoadContext) -> T:
     """
     if data is None:
         data = {}
+    if is_placeholder(data):
+        return ctx.fail(path, placeholder_message(data))
     if not isinstance(data, Mapping):
         return ctx.fail(path, f"must be a mapping, got {yaml_type_name(data)}")
     fields = members(cls)
     known = [k for k, _ in fields]
     ok = True
-    unknown = [str(k) for k in data if k not in known]
-    if unknown:
-        ctx.fail(path, f"unknown keys {sorted(unknown)}; expected keys {sorted(known)}")
+    for key in sorted(str(k) for k in data if k not in known):
+        ctx.fail(f"{path}/{key}", unknown_key_message(key, known))
         ok = False
     values: dict[str, Any] = {}
     present = frozenset(k for k in known if data.get(k) is not None)
@@ -745,10 +798,13 @@ def _load_option(key: str, opt: Option, data: Mapping[Any, Any], present: frozen
                  ctx: LoadContext) -> Any:
     env_value = ctx.env.get(opt.env) if opt.env else None
     if env_value:
+        assert opt.env is not None
         loaded = opt.type.load(env_value, path, ctx, opt.secret)
         if loaded is INVALID:
             last = ctx.errors.pop()
-            ctx.fail(last.path, f"{last.message} (from the environment variable {opt.env})")
+            ctx.fail(last.path, f"{last.message} {from_env(opt.env)}")
+        else:
+            ctx.env_sources[path] = opt.env
         return loaded
     if key not in data:
         if opt.required and not present.intersection(opt.alternatives):
@@ -762,6 +818,11 @@ def _load_option(key: str, opt: Option, data: Mapping[Any, Any], present: frozen
             return ctx.fail(path, "null value: a value is required")
         return ctx.fail(path, f"null value: remove the key to use the default ({opt.type.example_value(opt.default)})")
     return opt.type.load(value, path, ctx, opt.secret)
+
+
+def from_env(variable: str) -> str:
+    """The suffix naming where a bad value came from."""
+    return f"(from the environment variable {variable})"
 
 
 REDACTED = "<redacted>"

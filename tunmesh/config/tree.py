@@ -163,7 +163,11 @@ class Clustering:
     reload_config_on_bootstrap: bool = option(
         Bool(),
         "Re-read the config file before each bootstrap pass.",
-        ("Picks up externally templated bootstrap URL lists; other settings are not changed at runtime.",),
+        (
+            "Picks up externally templated bootstrap URL lists; other settings are not changed at runtime.",
+            "The reload runs as process.uid, so the config file and the files it names must be readable by",
+            "that uid (checked at start, by check-config and the daemon).",
+        ),
         default=False,
     )
     bootstrap_groups: Mapping[str, BootstrapGroup] = option(

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,6 +35,7 @@ from tunmesh.auth.errors import AuthError
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
+from tunmesh.logutil import RateLimitedLog
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -313,6 +314,26 @@ class LinkServerProtocol(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
+        """Untrusted bytes in: any failure ends as a counted refusal, never in Twisted (W18)."""
+        try:
+            self._data_received(data)
+        except Exception as exc:
+            self.factory.unexpected_log.emit(
+                "link_rx",
+                LogLevel.error,
+                "link input from {peer} refused: unexpected {error_type}: {error}",
+                peer=self.peer_id or "an unauthenticated client",
+                error_type=type(exc).__name__,
+                error=str(exc)[:200],
+            )
+            if not self._closed:
+                if self.peer_id is None:
+                    self._refuse(F.ERR_PROTOCOL, "internal_error")
+                else:
+                    self.factory.link_metrics.frame_dropped("internal_error")
+                    self._abort()
+
+    def _data_received(self, data: bytes) -> None:
         if self._closed:
             return
         lm = self.factory.link_metrics
@@ -504,6 +525,7 @@ class LinkServerFactory(Factory):
         self.hello_timeout = hello_timeout
         self.keepalive = keepalive
         self.links: dict[str, LinkServerProtocol] = {}
+        self.unexpected_log = RateLimitedLog(Logger(namespace="tunmesh.dataplane.link"), clock)
 
     def buildProtocol(self, addr: Any) -> LinkServerProtocol:
         return LinkServerProtocol(self)

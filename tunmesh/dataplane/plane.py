@@ -207,8 +207,8 @@ class DataPlane(Service):
         try:
             packets = self.tun.read_batch(self.max_read_batch)
         except OSError as e:
-            self.log.error("TUN read failed, no longer reading: {error}", error=e)
             self._stop_reading()
+            self._close_lost_tun(str(e))
             return
         if not packets:
             return
@@ -235,7 +235,17 @@ class DataPlane(Service):
 
     def _tun_lost(self, reason: Failure) -> None:
         self._reading = False
-        self.log.error("TUN device lost: {reason}", reason=reason.getErrorMessage())
+        self._close_lost_tun(reason.getErrorMessage())
+
+    def _close_lost_tun(self, error: str) -> None:
+        """The device failed (deleted from outside, or its descriptor broke): close it, so liveness
+        (``/health`` ``tun``) turns false and an orchestrator restarts the node (issue 12, defect 3)."""
+        self.log.error(
+            "TUN {name} failed, no longer forwarding ({error}); /health now reports tun: false",
+            name=getattr(self.tun, "name", "?"),
+            error=error,
+        )
+        self.tun.close()
 
     # -- peers → TUN ------------------------------------------------------------------------
 

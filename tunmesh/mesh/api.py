@@ -35,6 +35,7 @@ from werkzeug.routing import RequestRedirect
 from tunmesh.auth.errors import AuthError, KexError
 from tunmesh.auth.tokens import PendingToken, VerifiedToken
 from tunmesh.logutil import RateLimitedLog
+from tunmesh.mesh.client import is_json_media_type
 from tunmesh.mesh.errors import MeshError
 from tunmesh.mesh.membership import (
     AUTH,
@@ -94,16 +95,23 @@ class _FullPath(Resource):
         return self._inner.render(request)
 
 
-def _header(headers: Any, name: bytes) -> bytes | None:
-    values = headers.getRawHeaders(name)
-    return values[0] if values else None
+def _authorization(headers: Any) -> bytes | None:
+    """The one ``Authorization`` value; two or more are refused (``malformed``, 401).
+
+    With several, the early check and the handler could read different ones (issue 12).
+    """
+    values = headers.getRawHeaders(b"Authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthError("malformed")
+    value: bytes = values[0]
+    return value
 
 
 def _is_json(content_type: bytes | None) -> bool:
-    """`application/json`, with or without parameters (charset...)."""
-    if content_type is None:
-        return False
-    return content_type.split(b";", 1)[0].strip().lower() == _JSON
+    """``application/json``, with no parameter or ``charset=utf-8`` only (the body is decoded as UTF-8)."""
+    return content_type is not None and is_json_media_type(content_type.decode("latin-1"))
 
 
 class MeshAPI:
@@ -157,9 +165,9 @@ class MeshAPI:
         def pre_auth(head: Any) -> Any:
             method = head.method.decode("ascii", "replace") if isinstance(head.method, bytes) else head.method
             try:
-                check(_header(head.headers, b"Authorization"), method, head.path)
+                check(_authorization(head.headers), method, head.path)
             except AuthError as exc:
-                self.membership.auth_failed(exc.reason, where)
+                self.membership.auth_failed(exc, where)
                 if exc.status == 429:
                     from tunmesh.api.server import Refusal
 
@@ -205,7 +213,7 @@ class MeshAPI:
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("ascii", "replace")
         try:
-            pending = head(request.getHeader(b"Authorization"), method, path)
+            pending = head(_authorization(request.requestHeaders), method, path)
             if needs_body and not _is_json(request.getHeader(b"Content-Type")):
                 return self._refuse(request, 415)
             body = request.content.read(max_body + 1) if request.content is not None else b""
@@ -213,13 +221,13 @@ class MeshAPI:
                 return self._refuse(request, 413)
             token = pending.verify_body(body)
         except AuthError as exc:
-            self.membership.auth_failed(exc.reason, where)
+            self.membership.auth_failed(exc, where)
             return self._refuse(request, exc.status, exc.retry_after)
         self.membership.touch(token.iss)
         try:
             response_body, sign, commit = process(token, body)
         except AuthError as exc:
-            self.membership.auth_failed(exc.reason, where)
+            self.membership.auth_failed(exc, where)
             return self._refuse(request, exc.status, exc.retry_after)
         except (MeshError, KexError) as exc:
             return self._refuse(request, exc.status, getattr(exc, "retry_after", None))

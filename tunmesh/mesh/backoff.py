@@ -58,6 +58,10 @@ class Backoff:
     def success(self, key: Hashable) -> None:
         self._state.pop(key, None)
 
+    def reset(self) -> None:
+        """Forget every failure (after a wall-clock step: failures may have been caused by it)."""
+        self._state.clear()
+
     def failures(self, key: Hashable) -> int:
         state = self._state.get(key)
         return 0 if state is None else state.failures

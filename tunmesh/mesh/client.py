@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from treq import collect as treq_collect
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,10 +42,70 @@ class RawResponse:
     retry_after: str | None
 
     def is_json(self) -> bool:
-        """`application/json` compared as a media type (parameters such as charset ignored)."""
-        if self.content_type is None:
+        """``application/json`` with no parameter or ``charset=utf-8`` (:func:`is_json_media_type`)."""
+        return self.content_type is not None and is_json_media_type(self.content_type)
+
+
+def is_json_media_type(value: str) -> bool:
+    """``application/json``, bare or with ``charset=utf-8`` (any case, optional quotes); nothing else.
+
+    Bodies are decoded as UTF-8 (RFC 8259), so a body labelled ``charset=utf-16`` would be read as
+    something it does not claim to be: refused (issue 12).
+    """
+    media, _, params = value.partition(";")
+    if media.strip().lower() != JSON:
+        return False
+    for param in params.split(";"):
+        if not param.strip():
+            continue
+        name, _, pval = param.partition("=")
+        if name.strip().lower() != "charset" or pval.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return False
-        return self.content_type.split(";", 1)[0].strip().lower() == JSON
+    return True
+
+
+def _inner_errors(error: BaseException) -> list[BaseException]:
+    """``error`` and what Twisted's HTTP client wrapped in it (``ResponseNeverReceived.reasons``...)."""
+    found = [error]
+    for reason in getattr(error, "reasons", None) or ():
+        inner = reason.value if isinstance(reason, Failure) else reason
+        if isinstance(inner, BaseException):
+            found.extend(_inner_errors(inner))
+    return found
+
+
+def describe_failure(failure: Failure) -> tuple[str, str]:
+    """``(reason, detail)`` of a failed request: the certificate or connection problem, with a hint.
+
+    Twisted reports a refused TLS handshake as ``ResponseNeverReceived`` or
+    ``RequestTransmissionFailed`` with the OpenSSL error inside; the operator needs the inside
+    (issue 12, defect 7). ``reason`` is a short metric label: ``tls`` or ``transport``.
+    """
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+    from twisted.internet import error as net_error
+
+    errors = _inner_errors(failure.value)
+    for exc in errors:
+        if isinstance(exc, SSL.Error):
+            texts = [str(item[2]) for item in (exc.args[0] if exc.args and isinstance(exc.args[0], list) else [])
+                     if isinstance(item, tuple) and len(item) == 3]
+            text = "; ".join(texts) or str(exc)
+            hint = ""
+            if "certificate verify failed" in text:
+                hint = " (the peer's certificate is not signed by control_api/ssl/ca_file_path, or has expired)"
+            elif "alert" in text:
+                hint = " (the peer refused our certificate or TLS parameters)"
+            return "tls", f"TLS handshake failed: {text}{hint}"
+        if isinstance(exc, VerificationError):
+            return "tls", "the peer's certificate does not name the host of its URL (check its subjectAltNames)"
+    for exc in errors:
+        if isinstance(exc, (net_error.ConnectionRefusedError, ConnectionRefusedError)):
+            return "transport", "connection refused (is tunmesh listening on that port?)"
+        if isinstance(exc, (net_error.TimeoutError, net_error.TCPTimedOutError)):
+            return "transport", "connection timed out (check the address, the port and network policies)"
+    inner = errors[-1]
+    return "transport", f"{type(failure.value).__name__}: {type(inner).__name__} {str(inner)[:160]}".rstrip()
 
 
 class _TooLarge(Exception):
@@ -71,8 +131,11 @@ class MeshClient:
         clock: IReactorTime,
         timeout: float,
         max_response: int = MAX_RESPONSE_BYTES,
+        *,
+        pool: Any = None,
     ) -> None:
         self._http = http
+        self._pool = pool
         self._clock = clock
         self.timeout = timeout
         self._max_response = max_response
@@ -88,7 +151,7 @@ class MeshClient:
         pool.maxPersistentPerHost = 3
         pool.cachedConnectionTimeout = 10
         agent = Agent(reactor, contextFactory=tls_policy, pool=pool, connectTimeout=timeout)
-        return cls(HTTPClient(agent), reactor, timeout)  # type: ignore[arg-type]
+        return cls(HTTPClient(agent), reactor, timeout, pool=pool)  # type: ignore[arg-type]
 
     @property
     def in_flight(self) -> int:
@@ -109,7 +172,8 @@ class MeshClient:
                     raise PeerRequestFailed("timeout", url)
                 if result.check(CancelledError):
                     raise PeerRequestFailed("cancelled", url)
-                raise PeerRequestFailed("transport", f"{url}: {result.type.__name__}")
+                reason, detail = describe_failure(result)
+                raise PeerRequestFailed(reason, f"{url}: {detail}")
             return result
 
         d.addBoth(done)
@@ -146,3 +210,22 @@ class MeshClient:
         """Cancel every request in flight (service stop)."""
         for d in list(self._in_flight):
             d.cancel()
+
+    def close(self, timeout: float = 1.0) -> Deferred[None]:
+        """Cancel what is in flight and close the pooled keep-alive connections (service stop, after
+        the leave announcement), so they end before the reactor stops rather than being cut by it.
+
+        Fires once they are closed, or after ``timeout`` seconds.
+        """
+        self.cancel_all()
+        if self._pool is None:
+            return succeed(None)
+        d: Deferred[None] = self._pool.closeCachedConnections()
+        d.addTimeout(timeout, self._clock)
+
+        def gave_up(failure: Failure) -> None:
+            failure.trap(TimeoutError)
+            self.log.warn("pooled connections not closed after {timeout}s", timeout=timeout)
+
+        d.addErrback(gave_up)
+        return d

@@ -170,12 +170,30 @@ class Membership:
             "mesh_bootstrap_attempts", "Bootstrap registrations by URL, by result.", ("result",)
         )
         self.m_removed = metrics.counter("mesh_peers_removed", "Peers removed, by reason.", ("reason",))
+        self.m_gossip_dropped = metrics.counter(
+            "mesh_gossip_entries_dropped",
+            "Gossip entries (remote nodes in a registration) refused alone, by reason.",
+            ("reason",),
+        )
         self.m_peers = metrics.gauge("mesh_peers", "Peers in the node pool.")
         self.m_sessions_gauge = metrics.gauge("mesh_sessions", "Peers with a usable outbound session.")
 
-    def auth_failed(self, reason: str, where: str) -> None:
-        """Count an auth failure and log it rate-limited (never the token)."""
+    def auth_failed(self, error: AuthError, where: str) -> None:
+        """Count an auth failure and log it rate-limited (never the token); time refusals say the skew."""
+        reason = error.reason
         self.m_auth_failures.labels(reason=reason).inc()
+        if error.skew is not None:
+            self._rlog.emit(
+                ("auth", reason, where),
+                LogLevel.warn,
+                "authentication failed on {where}: {reason}: the sender's token was issued {skew:+.1f}s "
+                "from this node's clock (leeway {leeway}s); check NTP on both nodes",
+                where=where,
+                reason=reason,
+                skew=error.skew,
+                leeway=self.cluster.leeway,
+            )
+            return
         self._rlog.emit(
             ("auth", reason, where),
             LogLevel.warn,
@@ -243,6 +261,19 @@ class Membership:
 
     # -- inbound ------------------------------------------------------------------------------------
 
+    def _count_dropped_gossip(self, registration: Registration, iss: str) -> None:
+        for reason in registration.dropped:
+            self.m_gossip_dropped.labels(reason=reason).inc()
+        if registration.dropped:
+            self._rlog.emit(
+                ("gossip_dropped", iss),
+                LogLevel.info,
+                "registration from {iss}: {count} gossip entries dropped ({reasons})",
+                iss=iss,
+                count=len(registration.dropped),
+                reasons=",".join(sorted(set(registration.dropped))),
+            )
+
     def accept_registration(self, iss: str, body: bytes, direction: str = "in") -> tuple[Registration, Peer]:
         """Process a registration whose token verified with issuer `iss`.
 
@@ -261,6 +292,7 @@ class Membership:
             if not self._peer_url_allowed(registration.local.listen_url):
                 raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
             result = self.pool.upsert(registration.local, registration.seq, registration.remote)
+            self._count_dropped_gossip(registration, iss)
         except ClaimConflict as exc:
             self.m_registrations.labels(direction=direction, result=exc.reason).inc()
             self.log.warn(
@@ -360,7 +392,7 @@ class Membership:
         try:
             return self.cluster.verify_response(response.authorization, expected, request, response.body)
         except AuthError as exc:
-            self.auth_failed(exc.reason, where)
+            self.auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
 
     def _verify_session(
@@ -369,7 +401,7 @@ class Membership:
         try:
             return self.session_auth.verify_response(peer_id, response.authorization, request, response.body)
         except AuthError as exc:
-            self.auth_failed(exc.reason, where)
+            self.auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
 
     def _peer_url_allowed(self, url: str) -> bool:
@@ -733,10 +765,16 @@ class Membership:
         except Exception as exc:
             self.log.error("config reload before bootstrap failed, keeping the old groups: {error}", error=exc)
             return
+        self.set_bootstrap_groups(specs)
+
+    def set_bootstrap_groups(self, specs: Sequence[BootstrapGroupSpec]) -> bool:
+        """Use ``specs`` from the next bootstrap pass on (config reload); unchanged groups keep their
+        progress. Returns whether anything changed."""
         old = {g.spec.name: g for g in self.groups}
-        self.groups = [
-            old[s.name] if s.name in old and old[s.name].spec == s else GroupState(s) for s in specs
-        ]
+        groups = [old[s.name] if s.name in old and old[s.name].spec == s else GroupState(s) for s in specs]
+        changed = [g.spec for g in groups] != [g.spec for g in self.groups]
+        self.groups = groups
+        return changed
 
     def _bootstrap_groups(self) -> None:
         pending = [g for g in self.groups if not self.group_bootstrapped(g)]
@@ -827,6 +865,19 @@ class Membership:
             self._update_gauges()
         except Exception:
             self.log.failure("groom tick failed")
+
+    def clock_stepped(self, step: float) -> None:
+        """This host's wall clock stepped (``ClockStepWatch``): requests refused while our tokens were off
+        by the step (``clock_skew`` at the peers) may succeed now, so forget their backoff and retry at
+        once instead of waiting out a backoff grown while the clock was wrong (issue 13)."""
+        if self._stopped:
+            return
+        self.url_backoff.reset()
+        self.peer_backoff.reset()
+        for peer in self.pool:
+            peer.failures, peer.next_attempt = 0, 0.0
+        self.log.info("wall clock stepped by {step:+.1f}s: retrying peers and bootstrap URLs now", step=step)
+        self.clock.callLater(0, self.groom)
 
     def cancel_all(self) -> None:
         """Stop everything in flight (service stop); scheduled follow-ups become no-ops."""

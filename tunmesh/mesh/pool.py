@@ -136,8 +136,9 @@ class NodePool:
         """Record an authenticated registration of `info` by itself.
 
         Raises `RegistrationConflict` (409) for an older sequence, an id whose URL or addresses changed
-        while it is live, or an address held by another live peer; `PoolFull` (503) at `max_nodes`.
-        A stale holder, or a holder with the same URL (a restart: new id, same URL), is replaced at once.
+        while it is live, or an address or URL held by another live peer (`ClaimConflict`: the caller
+        probes the holder's URL, and a holder whose URL now answers with another id is removed as
+        restarted, W6); `PoolFull` (503) at `max_nodes`. A stale holder is replaced at once.
         """
         now = self._monotonic()
         routes = self.check_claims(info)
@@ -160,12 +161,18 @@ class NodePool:
             if holder_id is None or holder_id == info.id:
                 continue
             holder = self._peers[holder_id]
-            if holder.is_stale(now) or holder.url == info.listen_url:
+            if holder.is_stale(now):
                 replaced[holder_id] = holder
             else:
                 raise ClaimConflict(holder, f"{route} held by live {holder_id}, claimed by {info.id}")
         for peer in self._peers.values():
             if peer.id != info.id and peer.url == info.listen_url:
+                # A new id at a live peer's URL is a restart only once that URL answers with the new id
+                # (the caller probes it, W6); a claim alone never evicts a live node (issue 12).
+                if not peer.is_stale(now):
+                    raise ClaimConflict(
+                        peer, f"{info.listen_url} held by live {peer.id}, claimed by {info.id}", "url_conflict"
+                    )
                 replaced[peer.id] = peer
         if existing is None and len(self._peers) - len(replaced) >= self._settings.max_nodes:
             raise PoolFull("max_nodes", f"{len(self._peers)} peers")
@@ -210,6 +217,6 @@ class NodePool:
 class ClaimConflict(RegistrationConflict):
     """An address claim collides with a live holder (409); `holder` is probed for a restart."""
 
-    def __init__(self, holder: Peer, detail: str) -> None:
-        super().__init__("address_conflict", detail)
+    def __init__(self, holder: Peer, detail: str, reason: str = "address_conflict") -> None:
+        super().__init__(reason, detail)
         self.holder = holder

@@ -9,11 +9,13 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.sessions import SessionStore
+from tunmesh.clocks import WallClock
+from tunmesh.logutil import SecondsClock
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.membership import Membership
@@ -40,14 +42,35 @@ class MeshService(Service):
         d.addErrback(lambda f: self.log.failure("groom loop stopped", failure=f))
 
     def stopService(self) -> Any:
-        """Stop the loop and everything in flight, then tell the peers we leave (bounded)."""
+        """Stop the loop and everything in flight, tell the peers we leave (bounded), close the
+        client's pooled connections, and fire with the number of peers that acknowledged.
+
+        The result is delivered from the reactor loop (``callLater(0)``), never from inside the
+        protocol callback that delivered the last acknowledgement: twistd continues its shutdown
+        synchronously when this fires, and the reactor's ``disconnectAll`` would otherwise tear down
+        the very TLS connection whose ``dataReceived`` is still on the stack (``'NoneType' object
+        has no attribute 'bio_read'``).
+        """
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         self.membership.cancel_all()
         super().stopService()
         d = self.membership.leave()
-        d.addErrback(lambda f: self.log.failure("telling peers we leave failed", failure=f))
+
+        def leave_failed(failure: Any) -> int:
+            self.log.failure("telling peers we leave failed", failure=failure)
+            return 0
+
+        d.addErrback(leave_failed)
+
+        def close_client(acked: int) -> Any:
+            closed = self.membership.client.close()
+            closed.addErrback(lambda f: self.log.failure("closing the mesh client failed", failure=f))
+            return closed.addCallback(lambda _: acked)
+
+        d.addCallback(close_client)
+        d.addCallback(lambda acked: deferLater(self.clock, 0, lambda: acked))
         return d
 
     def alive(self) -> bool:
@@ -72,15 +95,18 @@ def build_mesh(
     http_client: MeshClient,
     reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    wall: SecondsClock | None = None,
 ) -> tuple[Membership, MeshAPI, MeshService]:
     """Everything the mesh needs from a config, for `makeService`."""
     settings = MeshSettings.from_config(cfg)
+    wall = wall if wall is not None else WallClock()
     auth_timing = cfg.process.timing.auth
     validity = min(float(auth_timing.validity_window), 60.0)
-    cluster = ClusterAuthority(cfg.clustering.auth.secret, node_id, reactor, validity=validity)
+    # Tokens carry wall time (judged by other hosts' clocks); timers and ages use reactor/monotonic time.
+    cluster = ClusterAuthority(cfg.clustering.auth.secret, node_id, wall, validity=validity)
     sessions = SessionStore(
         node_id,
-        reactor,
+        wall,
         monotonic=monotonic,
         max_age=float(auth_timing.session_max_age),
         validity=validity,
@@ -97,6 +123,7 @@ def build_mesh(
         reactor,
         metrics,
         monotonic=monotonic,
+        wall=wall.seconds,
         rng=random.SystemRandom(),
         reload=reload,
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from tunmesh import strictjson
 from tunmesh.mesh.errors import InvalidRegistration
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -88,29 +89,12 @@ def url_host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json object hook: duplicate keys make a document ambiguous, so they are refused."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InvalidRegistration("bad_json", f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise InvalidRegistration("bad_json", f"non-standard constant {name}")
-
-
 def loads_json(body: bytes) -> Any:
-    """Decode a JSON body strictly (UTF-8, no duplicate keys, no NaN/Infinity)."""
+    """Decode a JSON body with the one strict decoder (:mod:`tunmesh.strictjson`)."""
     try:
-        text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constants)
-    except InvalidRegistration:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidRegistration("bad_json", type(exc).__name__) from None
+        return strictjson.loads(body)
+    except strictjson.StrictJSONError as exc:
+        raise InvalidRegistration("bad_json", exc.reason) from None
 
 
 def dumps_json(value: Any) -> bytes:
@@ -192,6 +176,8 @@ class Registration:
     remote: tuple[NodeInfo, ...]
     stamp: int
     seq: int
+    #: reasons of the ``remote`` entries dropped while parsing (each one counted by the receiver)
+    dropped: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,13 +204,20 @@ class Registration:
             raise InvalidRegistration("bad_type", "remote: not a list")
         if len(remote_raw) > bounds.max_nodes + 1:
             raise InvalidRegistration("too_many_nodes", f"remote: {len(remote_raw)} entries")
-        remote = tuple(
-            NodeInfo.from_dict(item, bounds, f"remote/{i}") for i, item in enumerate(remote_raw)
-        )
+        # Gossip entries are hints about third parties: one this node refuses (a URL scheme, length or
+        # host its limits do not allow, a bad CIDR) is dropped alone, so nodes whose limits differ
+        # still register with each other (issue 12, defect 4). The sender's own entry stays strict.
+        remote: list[NodeInfo] = []
+        dropped: list[str] = []
+        for i, item in enumerate(remote_raw):
+            try:
+                remote.append(NodeInfo.from_dict(item, bounds, f"remote/{i}"))
+            except InvalidRegistration as exc:
+                dropped.append(exc.reason)
         stamp = _count(obj.get("stamp"), "stamp")
         seq_raw = obj.get("seq")
         seq = stamp if seq_raw is None else _count(seq_raw, "seq")
-        return cls(local, remote, stamp, seq)
+        return cls(local, tuple(remote), stamp, seq, tuple(dropped))
 
 
 def _count(value: object, where: str) -> int:

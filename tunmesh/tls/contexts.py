@@ -15,7 +15,7 @@ import os
 import ssl as _stdlib_ssl
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -55,6 +55,8 @@ DEFAULT_ALPN: tuple[bytes, ...] = (b"http/1.1",)
 #: More certificates than this in a trust bundle is suspicious: a mesh needs one CA or one cert (W5(b)).
 TRUST_BUNDLE_WARN_COUNT = 10
 MIN_RSA_BITS = 2048
+#: Elliptic curves below 256 bits (secp192r1, secp224r1, the binary sect163/233 curves) are refused.
+MIN_EC_BITS = 256
 
 _log = Logger()
 
@@ -144,6 +146,10 @@ def _load_private_key(key_path: Path) -> rsa.RSAPrivateKey | ec.EllipticCurvePri
             raise TLSConfigError(KEY_FILE_KEY, f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} required")
         return key
     if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.key_size < MIN_EC_BITS:
+            raise TLSConfigError(
+                KEY_FILE_KEY, f"EC key on curve {key.curve.name} ({key.curve.key_size} bits); at least {MIN_EC_BITS} required"
+            )
         return key
     raise TLSConfigError(KEY_FILE_KEY, f"{key_path}: only RSA and ECDSA keys are supported")
 
@@ -301,6 +307,22 @@ class MeshTLSPolicy:
         self._alpn = tuple(alpn)
         self._creators: dict[str, MeshClientTLSCreator] = {}
 
+    @property
+    def trust(self) -> tuple[x509.Certificate, ...]:
+        """The trust anchors new connections are verified against."""
+        return tuple(self._trust)
+
+    @property
+    def verify_hostname(self) -> bool:
+        return self._verify_hostname
+
+    def replace_trust(self, trust: Sequence[x509.Certificate], verify_hostname: bool) -> None:
+        """Verify connections made from now on against ``trust`` (from :func:`load_trust_bundle`);
+        established connections keep the verification they had (SIGHUP reload)."""
+        self._trust = list(trust)
+        self._verify_hostname = verify_hostname
+        self._creators.clear()
+
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         name = hostname.decode("ascii") if isinstance(hostname, bytes) else hostname
         creator = self._creators.get(name)
@@ -312,6 +334,24 @@ class MeshTLSPolicy:
                 context, name, self._verify_hostname, self._alpn
             )
         return creator
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """The server side of the port, replaceable while the node runs (SIGHUP reload).
+
+    Connections accepted after :meth:`replace` use the new certificate and key; established ones
+    keep the session they negotiated. ``current`` is a creator from :func:`server_context`.
+    """
+
+    def __init__(self, current: IOpenSSLServerConnectionCreator) -> None:
+        self.current = current
+
+    def replace(self, creator: IOpenSSLServerConnectionCreator) -> None:
+        self.current = creator
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802 (Twisted's name)
+        return self.current.serverConnectionForTLS(tlsProtocol)
 
 
 def peer_certificate_sha256(transport: object) -> bytes | None:
@@ -342,6 +382,8 @@ __all__ = [
     "CA_FILE_KEY",
     "CERT_FILE_KEY",
     "KEY_FILE_KEY",
+    "MIN_EC_BITS",
+    "MIN_RSA_BITS",
     "TLS12_CIPHERS",
     "MeshClientTLSCreator",
     "MeshTLSPolicy",
@@ -352,4 +394,5 @@ __all__ = [
     "local_certificate_sha256",
     "peer_certificate_sha256",
     "server_context",
+    "ReloadableServerTLS",
 ]
