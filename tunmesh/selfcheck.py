@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.config.tree import TunMeshConfig
+from tunmesh.preflight import files_read_after_drop
 from tunmesh.preload import PRELOAD_CODECS
 
 log = Logger(namespace="tunmesh.selfcheck")
@@ -324,15 +325,10 @@ class SelfCheck:
 
 
 def reread_files(cfg: TunMeshConfig, config_path: Path | None) -> list[tuple[Path, str]]:
-    """The files a node opens again after the drop, with the config key that makes it do so."""
-    files: list[tuple[Path, str]] = []
-    if cfg.clustering.reload_config_on_bootstrap and config_path is not None:
-        why = "re-read before bootstrap passes: tun_mesh/clustering/reload_config_on_bootstrap"
-        files.append((Path(config_path), why))
-        secret_file = cfg.clustering.auth.secret_file
-        if secret_file is not None:
-            files.append((Path(secret_file), why))
-    return files
+    """The files the node opens again as ``process.uid``, with why: the preflight's list
+    (:func:`tunmesh.preflight.files_read_after_drop`), which checks them before the TUN device exists; the
+    self-check reads them for real after the drop."""
+    return [(path, f"{key}: {why}") for key, path, why in files_read_after_drop(cfg, config_path)]
 
 
 def node_self_check(site: Site, cfg: TunMeshConfig, config_path: Path | None) -> SelfCheck:

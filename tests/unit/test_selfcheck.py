@@ -85,6 +85,13 @@ class NodeFixture:
         self.base = base
         self.config_path = base / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
+        # Readable by process.uid (the preflight in makeService checks it as that uid); mktemp makes 0700 dirs.
+        for path in (base, *base.parents):
+            if path == Path.cwd():
+                break
+            path.chmod(0o755)
+        for path in base.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         self.cfg = load_config(self.config_path, env={})
         devices: list[FakeTun] = []
 
@@ -151,11 +158,12 @@ class NodeSiteTests(TestCase):
         self.assertIs(self.node.drop._preload, preload)
         self.assertEqual(self.node.self_check.reread_files, ())
 
-    def test_a_reloading_node_rereads_its_config_and_secret_file(self) -> None:
+    def test_a_reloading_node_rereads_what_the_preflight_lists(self) -> None:
         node = NodeFixture(self, clustering__reload_config_on_bootstrap=True,
                            clustering__auth__secret_file="cluster.secret")
         files = [path for path, why in node.self_check.reread_files]
-        self.assertEqual(files, [node.config_path, node.base / "cluster.secret"])
+        ssl = node.base / "ssl"
+        self.assertEqual(files, [node.config_path, ssl / "cert.pem", ssl / "key.pem", node.base / "cluster.secret"])
         self.assertTrue(all("reload_config_on_bootstrap" in why for _, why in node.self_check.reread_files))
 
     def test_memory_transport_is_a_transport(self) -> None:
@@ -345,17 +353,12 @@ class AsDroppedUidTests(SynchronousTestCase):
         node = NodeFixture(self)
         self.assertEqual(self.run_dropped(node.self_check), "passed")
 
-    def test_a_config_only_root_can_read_fails_as_the_dropped_uid(self) -> None:
-        node = NodeFixture(self, clustering__reload_config_on_bootstrap=True)
+    def test_a_config_closed_after_the_preflight_fails_as_the_dropped_uid(self) -> None:
+        # The preflight (in makeService) found it readable; then it changed before the drop. The check
+        # reads it for real, as the uid the process now runs as.
+        node = NodeFixture(self, process__uid=65534, clustering__reload_config_on_bootstrap=True)
         node.config_path.chmod(0o600)
-        # Only the file is closed to the uid: open the test's own temp directories (mktemp makes them 0700).
-        for parent in node.config_path.parents:
-            if parent == Path.cwd():
-                break
-            parent.chmod(0o755)
         outcome = self.run_dropped(node.self_check)
-        self.assertEqual(
-            outcome,
-            f"SelfCheckError: uid 65534 cannot read {node.config_path} (re-read before bootstrap passes: "
-            "tun_mesh/clustering/reload_config_on_bootstrap): Permission denied",
-        )
+        self.assertTrue(outcome.startswith(f"SelfCheckError: uid 65534 cannot read {node.config_path} ("), outcome)
+        self.assertIn("reload_config_on_bootstrap", outcome)
+        self.assertTrue(outcome.endswith("): Permission denied"), outcome)

@@ -61,6 +61,19 @@ MIN_EC_BITS = 256
 _log = Logger()
 
 
+def _certifi_bundle() -> str | None:
+    try:
+        import certifi  # noqa: PLC0415  (optional; only to recognise its bundle)
+    except ImportError:
+        return None
+    return str(certifi.where())
+
+
+#: certifi's bundle, when certifi is installed. Looked up at import, as root: a SIGHUP reload checks the
+#: trust bundle after the privilege drop, when certifi may no longer be importable (tunmesh.preload).
+_CERTIFI_BUNDLE = _certifi_bundle()
+
+
 class TLSConfigError(ValueError):
     """A TLS file is unusable; names the config key so the user knows what to fix.
 
@@ -91,12 +104,8 @@ def _system_trust_paths() -> frozenset[Path]:
     for candidate in (defaults.cafile, defaults.capath, defaults.openssl_cafile, defaults.openssl_capath):
         if candidate:
             paths.add(candidate)
-    try:
-        import certifi  # noqa: PLC0415  (optional; only to recognise its bundle)
-    except ImportError:
-        pass
-    else:
-        paths.add(certifi.where())
+    if _CERTIFI_BUNDLE is not None:
+        paths.add(_CERTIFI_BUNDLE)
     resolved = set()
     for p in paths:
         resolved.add(Path(p))
