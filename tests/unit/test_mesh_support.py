@@ -26,6 +26,7 @@ from tunmesh.api.app import ControlAPI
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.sessions import SessionStore
 from tunmesh.health import HealthRegistry
+from tunmesh.mesh.addressing import AddressClaimer, AddressSeed
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.membership import Membership
@@ -158,6 +159,8 @@ class Node:
         session_max_age: float = 3600.0,
         secret: str = SECRET,
         reload: Any = None,
+        seed: AddressSeed | None = None,
+        settle: float = 15.0,
         **overrides: Any,
     ) -> None:
         self.net = net
@@ -165,7 +168,23 @@ class Node:
         self.id = ident or node_id(n)
         self.url = url or f"https://n{n}.test:4567"
         self.address = address or f"100.64.1.{n}/24"
+        if seed is not None:
+            overrides.setdefault("node_addresses", {})
         self.settings = make_settings(self.url, self.address, bootstrap, **overrides)
+        #: dynamic addressing (docs/addressing.md) when a seed is given; every address it moved to
+        self.addressing: AddressClaimer | None = None
+        self.moves: list[str] = []
+        if seed is not None:
+            self.addressing = AddressClaimer(
+                self.id,
+                self.settings.network_cidrs,
+                self.settings.node_addresses,
+                seed,
+                wall=clock.seconds,
+                monotonic=clock.seconds,
+                settle=settle,
+            )
+            self.addressing.add_observer(lambda a: self.moves.append(str(a["ipv4"].ip)))
         self.metrics = Metrics(self.id, process_metrics=False)
         self.cluster = ClusterAuthority(secret, self.id, clock)
         self.sessions = SessionStore(
@@ -184,6 +203,7 @@ class Node:
             wall=clock.seconds,
             rng=random.Random(100 + n),
             reload=reload,
+            addressing=self.addressing,
         )
         self.observer = RecordingObserver()
         self.membership.add_observer(self.observer)
@@ -196,6 +216,13 @@ class Node:
         net.add(self.url, self.resource)
         self.service = MeshService(self.membership, clock)
         self.service.register_health(self.health)
+
+    def current_address(self) -> str:
+        """This node's IPv4 overlay address as it registers it."""
+        return str(self.membership.local.node_addresses["ipv4"].ip)
+
+    def ready(self) -> bool:
+        return all(self.health.readiness().values())
 
     @property
     def pool(self) -> Any:

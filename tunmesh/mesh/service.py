@@ -59,8 +59,12 @@ class MeshService(Service):
         return last is not None and self.membership._monotonic() - last <= 3 * interval
 
     def register_health(self, health: Any) -> None:
-        """`mesh` readiness (joined, or nothing to join) and `mesh_groom` liveness."""
+        """`mesh` readiness (joined, or nothing to join), `address` readiness (dynamic addressing: the
+        claimed address is held) and `mesh_groom` liveness."""
         health.add_readiness("mesh", self.membership.ready)
+        if self.membership.addressing is not None and self.membership.addressing.dynamic:
+            # Ready only once our claimed address is held (docs/addressing.md).
+            health.add_readiness("address", self.membership.addressing.held)
         health.add_liveness("mesh_groom", self.alive)
 
 
