@@ -35,9 +35,9 @@ from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
+from tunmesh.config.tree import NODE_INDEX_ENV
 from tunmesh.mesh.structs import IPInterface, IPNetwork, NodeInfo
 
-NODE_INDEX_ENV = "TUNMESH_NODE_INDEX"
 #: A StatefulSet pod is ``<name>-<ordinal>``; a Deployment pod ends in a 5-character random suffix, so an
 #: ordinal of at most 4 digits is never confused with it.
 _ORDINAL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?-(0|[1-9][0-9]{0,3})$")
