@@ -177,6 +177,7 @@ class AddressClaimer:
         self.settle = settle
         self.lost_memory = lost_memory
         self._explicit = dict(explicit)
+        self.networks: dict[str, IPNetwork] = {f: n for f, n in networks.items() if f not in explicit}
         self._observers: list[Observer] = []
         self._claims: dict[str, FamilyClaim] = {}
         now = monotonic()

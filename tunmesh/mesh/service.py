@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.sessions import SessionStore
+from tunmesh.mesh.addressing import AddressClaimer
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.membership import Membership
@@ -76,6 +77,7 @@ def build_mesh(
     http_client: MeshClient,
     reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    addressing: AddressClaimer | None = None,
 ) -> tuple[Membership, MeshAPI, MeshService]:
     """Everything the mesh needs from a config, for `makeService`."""
     settings = MeshSettings.from_config(cfg)
@@ -103,5 +105,6 @@ def build_mesh(
         monotonic=monotonic,
         rng=random.SystemRandom(),
         reload=reload,
+        addressing=addressing,
     )
     return membership, MeshAPI(membership), MeshService(membership, reactor)

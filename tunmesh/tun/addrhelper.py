@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         networks = [ipaddress.ip_network(n) for n in args.network]
         if os.geteuid() == 0 and args.uid:
-            keep_only_net_admin(args.uid, args.gid if args.gid is not None else args.uid)
+            keep_only_net_admin(args.uid, args.gid if args.gid is not None else _primary_gid(args.uid))
         iproute = IPRoute()
     except Exception as e:
         sock.sendall(b"error " + " ".join(str(e).split()).encode("ascii", "replace")[:400] + b"\n")
@@ -161,6 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     with iproute:
         serve(sock, args.ifname, networks, iproute)
     return 0
+
+
+def _primary_gid(uid: int) -> int:
+    """As the node's own drop does: the uid's primary group, or the uid without a passwd entry."""
+    import pwd
+
+    try:
+        return int(pwd.getpwuid(uid).pw_gid)
+    except KeyError:
+        return uid
 
 
 # -- the node's side ------------------------------------------------------------------------------------
