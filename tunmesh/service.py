@@ -281,7 +281,9 @@ def build_addressing(cfg: TunMeshConfig, node_id: str) -> Any:
     if explicit.keys() == networks.keys():
         return None
     try:
-        seed = address_seed(os.environ, socket.gethostname(), cfg.clustering.control_api_advertise_url)
+        # Container runtimes put the pod name in $HOSTNAME; fall back to the kernel's host name.
+        hostname = os.environ.get("HOSTNAME") or socket.gethostname()
+        seed = address_seed(os.environ, hostname, cfg.clustering.control_api_advertise_url)
     except ValueError as e:
         raise StartupError(f"dynamic addressing: {e}") from None
     groom = float(cfg.process.timing.registrations.groom_interval)

@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.netns import Underlay, requires_root_netns
 from tunmesh.privileges import parse_proc_status
-from tunmesh.tun.addrhelper import CAP_NET_ADMIN, AddressChangeError, AddressHelper
+from tunmesh.addrhelper import CAP_NET_ADMIN
+from tunmesh.tun.addrhelper import AddressChangeError, AddressHelper
 from tunmesh.tun.device import TunDevice
 
 UID = 65534
