@@ -269,7 +269,7 @@ class ExhaustionTests(AddressingTestCase):
         freed = gone.current_address()
         gone.crash()
         self.net.down.add(f"n{self.nodes.index(gone) + 1}.test:4567")
-        advance(self.clock, 150, step=2.0)  # its peers groom it as stale (mesh timing: 120 s)
+        advance(self.clock, 60, step=2.0)  # its peers groom it as stale (local timing: 30 s)
         self.assertEqual(last.current_address(), freed)
         self.assertConverged([n for n in nodes if n is not gone])
 

@@ -84,10 +84,13 @@ class MeshSettings:
         )
 
     def timing_for(self, node_addresses: Mapping[str, IPInterface]) -> tuple[str, PeerTiming]:
-        """A peer is `local` when one of its node addresses lies inside our node_address_cidr subnet."""
+        """A peer is `local` when one of its node addresses lies inside our node_address_cidr subnet; a
+        dynamically addressed family (no node_address_cidr) has the whole network_cidr as its subnet, as
+        its TUN address has the network's prefix (docs/addressing.md)."""
         for family, iface in node_addresses.items():
             ours = self.node_addresses.get(family)
-            if ours is not None and iface.ip in ours.network:
+            subnet = ours.network if ours is not None else self.network_cidrs.get(family)
+            if subnet is not None and iface.ip in subnet:
                 return "local", self.local_timing
         return "mesh", self.mesh_timing
 
