@@ -179,6 +179,7 @@ class AddressClaimer:
         self._explicit = dict(explicit)
         self.networks: dict[str, IPNetwork] = {f: n for f, n in networks.items() if f not in explicit}
         self._observers: list[Observer] = []
+        self._first_tick: float | None = None
         self._claims: dict[str, FamilyClaim] = {}
         now = monotonic()
         for family, network in networks.items():
@@ -248,8 +249,13 @@ class AddressClaimer:
     def tick(self, alone: bool, taken: Iterable[IPNetwork | IPInterface]) -> None:
         """Periodic: hold an uncontested claim of a lone node after ``settle``; retry after exhaustion."""
         now = self._monotonic()
+        if self._first_tick is None:
+            # Settling counts from the first tick (the mesh started), not from construction: a node that
+            # took long to start has not asked anybody yet.
+            self._first_tick = now
         for claim in list(self._claims.values()):
-            if claim.state is ClaimState.CLAIMING and alone and now - claim.claimed_at >= self.settle:
+            since = max(claim.claimed_at, self._first_tick)
+            if claim.state is ClaimState.CLAIMING and alone and now - since >= self.settle:
                 self._hold(claim, f"no peer contradicted it within {self.settle:g}s")
             elif claim.state is ClaimState.EXHAUSTED:
                 # Exhausted, we accept every holder's registration, so the pool knows them all: an
