@@ -9,8 +9,8 @@ from ipaddress import ip_interface, ip_network
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.netns import Underlay, requires_root_netns
-from tunmesh.privileges import parse_proc_status
 from tunmesh.addrhelper import CAP_NET_ADMIN
+from tunmesh.privileges import parse_proc_status
 from tunmesh.tun.addrhelper import AddressChangeError, AddressHelper
 from tunmesh.tun.device import TunDevice
 
