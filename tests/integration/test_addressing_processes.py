@@ -115,7 +115,7 @@ class DynamicAddressingProcessTests(TestCase):
         # Ping through the overlay: a sample of pairs, including both members of the forced pair.
         for src, dst in ((1, 10), (10, 1), (9, 10), (10, 9), (4, 7), (2, 9)):
             for target in (v4[dst].split("/")[0], addresses[dst][1].split("/")[0]):
-                r = cluster.ns(src).run(["ping", "-c", "1", "-W", "3", target], check=False)
+                r = cluster.ns(src).run(["ping", "-c", "1", "-w", "6", target], check=False)
                 self.assertEqual(r.returncode, 0, f"ping {src} -> {dst} ({target}): {r.stdout}{r.stderr}")
 
         # Restart with the same identity (same pod name and advertise host): the same address.
@@ -123,7 +123,9 @@ class DynamicAddressingProcessTests(TestCase):
         self.start(cluster, 5)
         cluster.nodes[5].wait_ready(timeout=60)
         self.assertEqual(tun_addresses(cluster, 5), addresses[5])
-        r = cluster.ns(1).run(["ping", "-c", "1", "-W", "3", v4[5].split("/")[0]], check=False)
+        wait_meshed(cluster, timeout=60)
+        self.assertNotEqual(cluster.node_id(5), ids[5])
+        r = cluster.ns(1).run(["ping", "-c", "1", "-w", "6", v4[5].split("/")[0]], check=False)
         self.assertEqual(r.returncode, 0, r.stdout)
         print(f"\n10 nodes without addresses: all ready after {ready:.1f}s, full mesh with sessions after "
               f"{converged:.1f}s; addresses {sorted(v4.values())}")

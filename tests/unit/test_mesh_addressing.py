@@ -203,6 +203,20 @@ class ClaimRuleTests(AddressingTestCase):
         advance(self.clock, 20)
         self.assertConverged([a, b])
 
+    def test_moving_on_an_answer_does_not_count_as_acknowledged(self) -> None:
+        same = AddressSeed("1", index=1)
+        a = self.node(1, seed=same)
+        advance(self.clock, 5)
+        b = self.node(2, (url(1),), seed=same, settle=100.0)
+        # An answer to one of b's requests (direction "out") carries a's older claim on b's address.
+        b.membership.accept_registration(a.id, a.membership.our_registration().to_json(), direction="out")
+        self.assertEqual(len(b.moves), 1)
+        self.assertIn(a.id, b.peer_ids())
+        self.assertEqual(b.addressing.state("ipv4"), ClaimState.CLAIMING)  # type: ignore[union-attr]
+        # The next accepted answer acknowledges the new claim.
+        b.membership.accept_registration(a.id, a.membership.our_registration().to_json(), direction="out")
+        self.assertEqual(b.addressing.state("ipv4"), ClaimState.HELD)  # type: ignore[union-attr]
+
     def test_a_lone_node_holds_its_claim_after_settling(self) -> None:
         b = self.node(2, (url(1),))  # its bootstrap URL does not answer
         advance(self.clock, 10)  # a slow start: settling counts from the first groom tick

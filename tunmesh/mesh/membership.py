@@ -267,7 +267,7 @@ class Membership:
                 raise InvalidRegistration("issuer_mismatch", f"iss {iss} registered {registration.local.id}")
             if not self._peer_url_allowed(registration.local.listen_url):
                 raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
-            self._resolve_address_claims(registration.local)
+            moved = self._resolve_address_claims(registration.local)
             result = self.pool.upsert(registration.local, registration.seq, registration.remote)
         except ClaimConflict as exc:
             self.m_registrations.labels(direction=direction, result=exc.reason).inc()
@@ -305,8 +305,8 @@ class Membership:
             self._teardown(old, "replaced")
         self.m_registrations.labels(direction=direction, result="ok").inc()
         self._registered_once = True
-        if direction == "out" and self.addressing is not None:
-            self.addressing.acknowledged()  # the peer accepted a registration carrying our claims
+        if direction == "out" and self.addressing is not None and not moved:
+            self.addressing.acknowledged()  # the peer accepted a registration carrying our (current) claims
         peer = result.peer
         if result.created:
             self.log.info(
@@ -350,15 +350,17 @@ class Membership:
 
     # -- dynamic addressing (docs/addressing.md) ------------------------------------------------------
 
-    def _resolve_address_claims(self, info: NodeInfo) -> None:
+    def _resolve_address_claims(self, info: NodeInfo) -> bool:
         """Apply the claim rule when ``info`` claims one of our dynamic addresses.
 
-        We lose: we have moved (observers ran), or have nowhere to go (exhausted, not ready), and the
-        registration goes on. We keep it: 409, and the other node gets our registration so it sees the
-        older claim and moves.
+        We lose: we have moved (observers ran; returns True), or have nowhere to go (exhausted, not ready),
+        and the registration goes on. We keep it: 409, and the other node gets our registration so it sees
+        the older claim and moves.
         """
+        verdict = Verdict.NO_CONFLICT
         if self.addressing is not None:
-            if self.addressing.resolve(info, self.pool.taken()) is Verdict.WE_KEEP:
+            verdict = self.addressing.resolve(info, self.pool.taken())
+            if verdict is Verdict.WE_KEEP:
                 self.clock.callLater(0, self._probe_url, info.listen_url)
                 raise RegistrationConflict("address_claim", f"{info.id} claims our address, our claim is older")
         own = {iface.ip for iface in self._defended().values()}
@@ -366,6 +368,7 @@ class Membership:
             # A configured address always wins; show the dynamic claimant our registration so it moves.
             self.clock.callLater(0, self._probe_url, info.listen_url)
             raise RegistrationConflict("address_claim", f"{info.id} claims our configured address")
+        return verdict is not Verdict.NO_CONFLICT
 
     def _defended(self) -> Mapping[str, IPInterface]:
         return self.addressing.defended() if self.addressing is not None else self.local.node_addresses
