@@ -4,6 +4,7 @@ moves the TUN address inside the mesh network, and refuses anything else."""
 from __future__ import annotations
 
 import json
+import os
 from ipaddress import ip_interface, ip_network
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +23,8 @@ NET6 = ip_network("fd7e:7e57::/64")
 @requires_root_netns
 class AddressHelperTests(SynchronousTestCase):
     def setUp(self) -> None:
+        os.environ["TUNMESH_CLUSTER_SECRET"] = "not-for-the-helper"
+        self.addCleanup(os.environ.pop, "TUNMESH_CLUSTER_SECRET", None)
         self.underlay = Underlay(nodes=1, tag="ah").__enter__()
         self.addCleanup(self.underlay.close)
         self.ns = self.underlay.nodes[0]
@@ -63,6 +66,11 @@ class AddressHelperTests(SynchronousTestCase):
         # it still serves after refusals
         self.helper.set_address(ip_interface("100.64.0.6/10"))
         self.assertIn("100.64.0.6/10", self.addresses())
+
+    def test_inherits_no_secret_from_the_environment(self) -> None:
+        with open(f"/proc/{self.helper.pid}/environ", "rb") as f:
+            names = {item.split(b"=", 1)[0] for item in f.read().split(b"\0") if item}
+        self.assertLessEqual(names, {b"PATH", b"PYTHONPATH", b"PYTHONHOME", b"LANG", b"LC_ALL"})
 
     def test_exits_when_the_node_closes_its_end(self) -> None:
         self.helper.close()

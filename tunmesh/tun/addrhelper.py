@@ -19,6 +19,7 @@ could do to its traffic anyway.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from tunmesh.mesh.structs import IPInterface, IPNetwork
 #: seconds the node waits for the helper to start (many nodes may start at once on a busy host), and for
 #: one answer
 TIMEOUT = 30.0
+_HELPER_ENV = frozenset({"PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LC_ALL"})
 
 
 class AddressChangeError(Exception):
@@ -85,9 +87,11 @@ class AddressHelper:
             cmd += ["--uid", str(uid)]
         if gid is not None:
             cmd += ["--gid", str(gid)]
+        if env is None:
+            # Only what finds the interpreter and the package: never the cluster secret or other settings.
+            env = {k: v for k, v in os.environ.items() if k in _HELPER_ENV}
         try:
-            process = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=dict(env) if env is not None else None,
-                                       stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=dict(env), stdin=subprocess.DEVNULL)
         except OSError as e:
             ours.close()
             raise AddressChangeError(f"cannot start the address helper: {e}") from None
