@@ -181,11 +181,11 @@ class AddressClaimer:
         self._observers: list[Observer] = []
         self._first_tick: float | None = None
         self._claims: dict[str, FamilyClaim] = {}
-        now = monotonic()
+        now, since = monotonic(), self._now_ms()
         for family, network in networks.items():
             if family in self._explicit:
                 continue
-            claim = FamilyClaim(family, network, seed.offset(network), self._now_ms())
+            claim = FamilyClaim(family, network, seed.offset(network), since)
             claim.claimed_at = now
             self._claims[family] = claim
         for claim in self._claims.values():
