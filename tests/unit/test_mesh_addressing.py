@@ -139,6 +139,28 @@ class ClaimRuleTests(AddressingTestCase):
         self.assertEqual([list(n.moves) for n in nodes], before, "addresses changed after convergence")
         self.assertConverged(nodes)
 
+    def test_both_families_are_claimed_and_moved_together(self) -> None:
+        nets = {"ipv4": ipaddress.ip_network("100.64.0.0/16"), "ipv6": ipaddress.ip_network("fd7e:7e57::/64")}
+        same = AddressSeed("2", index=2)
+        nodes = [self.node(1, seed=same, network_cidrs=nets)] + [
+            self.node(i, (url(1),), seed=same, network_cidrs=nets) for i in range(2, 5)
+        ]
+        for n in nodes:
+            n.start()
+        advance(self.clock, 30)
+        v6 = [n.membership.local.node_addresses["ipv6"] for n in nodes]
+        self.assertEqual(len(set(v6)), 4, v6)
+        self.assertEqual(str(v6[0]), "fd7e:7e57::3/64")
+        for n in nodes:
+            for other in nodes:
+                if other is not n:
+                    self.assertEqual(
+                        set(n.observer.routes[other.id]),
+                        {ipaddress.ip_network(f"{a.ip}/{a.max_prefixlen}")
+                         for a in other.membership.local.node_addresses.values()},
+                    )
+            self.assertTrue(n.ready())
+
     def test_simultaneous_claims_are_decided_by_node_id(self) -> None:
         same = AddressSeed("5", index=5)
         a, b = self.node(1, seed=same), self.node(2, (url(1),), seed=same)
