@@ -51,6 +51,12 @@ def wait_meshed(cluster: Cluster, timeout: float) -> None:
         time.sleep(0.5)
 
 
+def capabilities(pid: int) -> tuple[int, int]:
+    """(effective capability mask, effective uid) of a process."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["CapEff"].strip(), 16), int(fields["Uid"].split()[1])
+
+
 def tun_addresses(cluster: Cluster, i: int) -> tuple[str, str]:
     out = cluster.ns(i).run(["ip", "-j", "addr", "show", "dev", "tun1"]).stdout
     infos = [a for a in json.loads(out)[0]["addr_info"] if a.get("scope") == "global"]
@@ -103,6 +109,12 @@ class DynamicAddressingProcessTests(TestCase):
         log = (cluster.workdir / f"node{moved[0]}" / "node.log").read_text(errors="replace")
         self.assertIn("holds 100.64.0.4 with an older claim", log)
         self.assertIn("TUN ipv4 address is now", log)
+
+        # The node itself has no capability left; its address helper child has CAP_NET_ADMIN only.
+        node_pid = cluster.nodes[9].pid
+        self.assertEqual(capabilities(node_pid), (0, 65534))
+        children = Path(f"/proc/{node_pid}/task/{node_pid}/children").read_text().split()
+        self.assertEqual([capabilities(int(c)) for c in children], [(1 << 12, 65534)])
 
         # Every node's view of every peer is the address on that peer's TUN.
         view = cluster.peer_view(1)
