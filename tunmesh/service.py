@@ -106,12 +106,15 @@ def _make_service(
     ClockStepWatch(reactor, metrics).setServiceParent(top)
 
     # 0. Our overlay addresses: configured, or claimed dynamically (docs/addressing.md).
+    # The TUN and the router get the current addresses; membership keeps the config (it tells claimed
+    # families from configured ones).
     addressing = build_addressing(cfg, identity.node_id)
+    local_cfg = cfg
     if addressing is not None:
-        cfg = attrs.evolve(cfg, networking=networking_with(cfg.networking, addressing.addresses()))
+        local_cfg = attrs.evolve(cfg, networking=networking_with(cfg.networking, addressing.addresses()))
 
     # 1. TUN, opened now: we are root, and the data plane needs to know whether offload is active.
-    tun_service = TunService(cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
+    tun_service = TunService(local_cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
     try:
         tun_service.privilegedStartService()
     except OSError as e:
@@ -154,7 +157,7 @@ def _make_service(
     mesh_service.register_health(health)
 
     # 4. Data plane, fed by membership's authenticated peers.
-    dataplane = build_dataplane(cfg, identity.node_id, device, membership, reactor, metrics, trust_path)
+    dataplane = build_dataplane(local_cfg, identity.node_id, device, membership, reactor, metrics, trust_path)
     membership.add_observer(dataplane)
     if addressing is not None:
         follower = AddressFollower(dataplane.router, address_setter, addressing)

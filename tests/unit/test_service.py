@@ -119,3 +119,8 @@ class DynamicAddressingServiceTests(SynchronousTestCase):
         self.assertFalse(follower.failed)
         top.getServiceNamed("addressing").stopService()
         self.assertTrue(setter.closed)
+
+    def test_membership_knows_the_claimed_family_is_not_configured(self) -> None:
+        top, _opened, _setter = self.build(node_address=False)
+        settings = top.getServiceNamed("mesh").membership.settings
+        self.assertEqual(dict(settings.node_addresses), {})
