@@ -1,5 +1,5 @@
 """The ``tunmesh`` command: ``run`` (a node), the ``health`` probe, and config tooling (example-config,
-check-config, gen-secret, gen-cert, peers, docs).
+check-config, gen-secret, gen-cert, cert, peers, docs, completion, man).
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from tunmesh import __version__
+from tunmesh import __version__, certcli
 from tunmesh.config import ConfigError, dump_config, load_config, resolve_config_path
 from tunmesh.config.docs import config_reference_markdown, example_config
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cert.add_argument("--ip", action="append", default=[], metavar="ADDR", help="IP subjectAltName (repeatable)")
     cert.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    certcli.add_parser(commands)
     peers = commands.add_parser(
         "peers",
         help="show a node's view of the mesh (authenticated with the cluster secret from the config)",
@@ -203,6 +204,8 @@ def main(
         return _peers(args, environ, out, err)
     elif args.command == "gen-cert":
         return _gen_cert(args, err)
+    elif args.command == "cert":
+        return certcli.run(args, out, err)
     elif args.command == "docs":
         out.write(config_reference_markdown())
     elif args.command == "run":
