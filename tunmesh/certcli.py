@@ -18,7 +18,17 @@ from typing import Any, TextIO
 
 from cryptography import x509
 
-from tunmesh.tls.certs import CA_DAYS, NODE_DAYS, CAError, Issued, fingerprint, load_ca, make_ca, sign_node, write_issued
+from tunmesh.tls.certs import (
+    CA_DAYS,
+    NODE_DAYS,
+    CAError,
+    Issued,
+    fingerprint,
+    load_ca,
+    make_ca,
+    sign_node,
+    write_issued,
+)
 
 PROG = "tunmesh"
 
