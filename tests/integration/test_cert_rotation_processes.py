@@ -363,6 +363,7 @@ class CARolloverTests(TestCase):
         # against the new CA, come back). Re-issued from the new CA, node 3 is accepted again.
         self.sign(3, "old")
         self.reload(3, "cert_file_path: new connections get the certificate")
+        self.assertIn("which is not in ca_file_path", self.log(3))  # the reload says why peers will refuse it
         before = self.links_up()
         for i in (1, 2, 3):
             self.cluster.ns(i).run(["ss", "-K", "-t", "( sport = :4567 or dport = :4567 )"], timeout=10)
