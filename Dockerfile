@@ -36,6 +36,9 @@ RUN python3 requirements.py setup.py > requirements.txt \
 COPY pyproject.toml README.md ./
 COPY tunmesh ./tunmesh
 COPY twisted ./twisted
+# setup.py data_files: the man page and the shell completions (generated, committed)
+COPY docs/man ./docs/man
+COPY contrib/completion ./contrib/completion
 # Then the package, offline (the build tools came with the dependencies); pip, setuptools, wheel and the
 # dependencies' own test suites are not needed at run time.
 RUN /opt/tunmesh/bin/pip install --no-deps --no-build-isolation --no-index . \

@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
 
+DOCS_REQUIRES = ["shtab>=1.7", "argparse-manpage>=4.5"]
+
 setup(
     name="tunmesh",
     version="0.1.0",
@@ -35,7 +37,12 @@ setup(
         "pyroute2>=0.7.9",
     ],
     extras_require={
+        # Shell completion (`tunmesh completion`) and the man page (`tunmesh man`), generated from the CLI
+        # parser (tunmesh/clidocs.py). The generated files are committed and installed (data_files below),
+        # so only regenerating them needs these.
+        "docs": DOCS_REQUIRES,
         "dev": [
+            *DOCS_REQUIRES,
             "hypothesis>=6.90",
             "ruff>=0.5",
             "mypy==2.4.1",
@@ -48,6 +55,13 @@ setup(
             "jsonschema>=4.18",
         ],
     },
+    # Generated from the CLI parser and committed (tests/unit/test_clidocs.py keeps them current);
+    # installed under the environment's prefix, where man and bash-completion/zsh look.
+    data_files=[
+        ("share/man/man1", ["docs/man/tunmesh.1"]),
+        ("share/bash-completion/completions", ["contrib/completion/bash/tunmesh"]),
+        ("share/zsh/site-functions", ["contrib/completion/zsh/_tunmesh"]),
+    ],
     entry_points={"console_scripts": ["tunmesh = tunmesh.cli:main"]},
     classifiers=[
         "Framework :: Twisted",

@@ -40,7 +40,6 @@ import yaml
 from tunmesh.cli import generate_secret
 from tunmesh.config import CONFIG_PATH_ENV, ConfigError, TunMeshConfig, load_config_data, resolve_config_path
 from tunmesh.config.schema import Option, SubGroup, members
-from tunmesh.config.tree import Ipv4
 from tunmesh.preflight import check_files
 from tunmesh.tls.certs import write_self_signed
 
@@ -299,13 +298,6 @@ def env_names_read() -> frozenset[str]:
     return frozenset(names)
 
 
-def _node_address_required() -> bool:
-    """Whether this tree's schema still needs ``networking.ipv4.node_address_cidr`` (before dynamic addressing)."""
-    return any(
-        key == "node_address_cidr" and isinstance(m, Option) and m.required for key, m in members(Ipv4)
-    )
-
-
 def _walk_strings(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
     if isinstance(data, dict):
         for k, v in data.items():
@@ -352,19 +344,6 @@ def load_mounted_config(
             _set_path(data, key_path, str(root / value.lstrip("/")))
     if problems:
         return None, problems
-    ipv4 = (((data or {}).get("tun_mesh") or {}).get("networking") or {}).get("ipv4") or {}
-    if (
-        _node_address_required()
-        and "node_address_cidr" not in ipv4
-        and isinstance(ipv4.get("network_cidr"), str)
-    ):
-        # This tree predates dynamic addressing (node_address_cidr optional): stand in what a pod would pick,
-        # so every other key is still checked. Inert once the schema makes the key optional.
-        try:
-            net = ipaddress.ip_network(ipv4["network_cidr"])
-            ipv4["node_address_cidr"] = f"{next(net.hosts())}/{net.prefixlen}"
-        except (ValueError, StopIteration):
-            pass  # the loader reports the bad network_cidr
     try:
         cfg = load_config_data(data, host_config.parent, env=dict(env), source=config_path)
     except ConfigError as e:

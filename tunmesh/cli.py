@@ -1,5 +1,5 @@
 """The ``tunmesh`` command: ``run`` (a node), the ``health`` probe, and config tooling (example-config,
-check-config, gen-secret, gen-cert, peers, docs).
+check-config, gen-secret, gen-cert, cert, peers, docs, completion, man).
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from tunmesh import __version__
+from tunmesh import __version__, certcli, clidocs
 from tunmesh.config import ConfigError, dump_config, load_config, resolve_config_path
 from tunmesh.config.docs import config_reference_markdown, example_config
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cert.add_argument("--ip", action="append", default=[], metavar="ADDR", help="IP subjectAltName (repeatable)")
     cert.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    certcli.add_parser(commands)
     peers = commands.add_parser(
         "peers",
         help="show a node's view of the mesh (authenticated with the cluster secret from the config)",
@@ -62,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
     peers.add_argument("url", nargs="?", metavar="URL", help="node API URL, e.g. https://198.18.0.11:4567/")
     commands.add_parser("docs", help="print the Markdown configuration reference")
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script for bash or zsh (needs the docs extra: shtab)",
+        description="bash: source it, or install it as ~/.local/share/bash-completion/completions/tunmesh. "
+        "zsh: install it as _tunmesh in a directory of $fpath. pip install puts both under share/.",
+    )
+    completion.add_argument("shell", choices=clidocs.SHELLS, help="the shell")
+    commands.add_parser("man", help="print the tunmesh(1) man page (needs the docs extra: argparse-manpage)")
     run = commands.add_parser(
         "run",
         help="run a node in the foreground (what `twistd -n tunmesh` runs)",
@@ -203,8 +212,17 @@ def main(
         return _peers(args, environ, out, err)
     elif args.command == "gen-cert":
         return _gen_cert(args, err)
+    elif args.command == "cert":
+        return certcli.run(args, out, err)
     elif args.command == "docs":
         out.write(config_reference_markdown())
+    elif args.command in ("completion", "man"):
+        try:
+            out.write(clidocs.completion(_parser(), args.shell) if args.command == "completion"
+                      else clidocs.manpage(_parser()))
+        except clidocs.MissingExtra as e:
+            print(f"{PROG}: {args.command}: {e}", file=err)
+            return 1
     elif args.command == "run":
         from tunmesh.tap import run as run_node
 

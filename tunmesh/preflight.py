@@ -28,7 +28,7 @@ from cryptography import x509
 
 from tunmesh.config import ConfigError, ConfigWarning, TunMeshConfig, load_config
 from tunmesh.config.tree import ROOT_KEY
-from tunmesh.tls.certs import CertificateFileError, load_certificates
+from tunmesh.tls.certs import CertificateFileError, load_certificates, signed_by
 from tunmesh.tls.contexts import (
     CA_FILE_KEY,
     CERT_FILE_KEY,
@@ -171,7 +171,38 @@ def _tls(cfg: TunMeshConfig, now: datetime.datetime) -> Iterator[ConfigError | C
     else:
         for index, cert in enumerate(chain):
             yield from _validity(cert, index, CERT_FILE_KEY, ssl_cfg.cert_file_path, now, fatal=True)
+        yield from _issuer_trusted(chain, ssl_cfg.ca_file_path, ssl_cfg.cert_file_path, now)
     yield from _trust(ssl_cfg.ca_file_path, ssl_cfg.cert_file_path, now)
+
+
+def _issuer_trusted(
+    chain: list[x509.Certificate], ca_path: Path | None, cert_path: Path, now: datetime.datetime
+) -> Iterator[ConfigError | ConfigWarning]:
+    """A warning when the node's own chain does not end at one of its trust anchors: peers that trust the
+    same bundle refuse this node (a CA rollover done out of order, a CA-issued certificate without its CA).
+    Only a warning: peers may trust another bundle. An unusable bundle is :func:`_trust`'s to report."""
+    try:
+        anchors = load_trust_bundle(ca_path or cert_path, CA_FILE_KEY if ca_path else CERT_FILE_KEY)
+    except TLSConfigError:
+        return
+    if not any(_valid_at(anchor, now) for anchor in anchors):
+        return  # :func:`_trust` refuses such a bundle
+    top = chain[-1]
+    if any(signed_by(top, anchor) for anchor in anchors):
+        return
+    issuer = top.issuer.rfc4514_string() or "no issuer name"
+    if ca_path is None:
+        yield ConfigWarning(
+            CERT_FILE_KEY,
+            f"{cert_path}: issued by {issuer}, which is not in the file: peers using this file as their trust "
+            "anchor cannot verify it; set ca_file_path to the CA that issued it",
+        )
+    else:
+        yield ConfigWarning(
+            CERT_FILE_KEY,
+            f"{cert_path}: issued by {issuer}, which is not in ca_file_path ({ca_path}): peers that trust the "
+            "same bundle refuse this node (in a CA rollover, the new CA goes into every bundle first)",
+        )
 
 
 def _trust(ca_path: Path | None, cert_path: Path, now: datetime.datetime) -> Iterator[ConfigError | ConfigWarning]:

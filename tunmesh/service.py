@@ -3,7 +3,8 @@
 Order matters. twistd calls ``privilegedStartService`` on every child, in order, while the process is
 still root, then ``startService``:
 
-1. ``tun``        the TUN device (opened and addressed in ``makeService``, as root, before anything else),
+1. ``tun``        the TUN device (opened and addressed in ``makeService``, as root, before anything else;
+                  with dynamic addressing the address helper is started next to it, docs/addressing.md),
 2. ``api``        the one TLS port: HTTP API (health, ready, metrics, node_info, /tunmesh/) and, selected
                   by ALPN on the same port, the packet links; bound in ``privilegedStartService``,
 3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
@@ -19,14 +20,16 @@ check-config``, same lines), so a refused config exits before the TUN device exi
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.application import internet
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from tunmesh import __version__, logsetup
@@ -82,12 +85,18 @@ def _fail(message: str) -> SystemExit:
 
 
 def makeService(  # noqa: N802
-    cfg: TunMeshConfig, reactor: Any = None, open_tun: Any = None, config_path: Path | None = None
+    cfg: TunMeshConfig,
+    reactor: Any = None,
+    open_tun: Any = None,
+    config_path: Path | None = None,
+    address_setter: Any = None,
 ) -> MultiService:
     """Build the node. ``open_tun(networking)`` defaults to the real TUN device (needs root);
-    ``config_path`` is re-read before bootstrap passes when ``reload_config_on_bootstrap`` is set."""
+    ``config_path`` is re-read before bootstrap passes when ``reload_config_on_bootstrap`` is set;
+    ``address_setter`` (an ``AddressSetter``) moves the TUN address under dynamic addressing: by default
+    the address helper for the real device, nothing for an injected ``open_tun``."""
     try:
-        return _make_service(cfg, reactor, open_tun, config_path)
+        return _make_service(cfg, reactor, open_tun, config_path, address_setter)
     except PreflightFailed as e:
         for line in e.report.lines():
             print(line, file=sys.stderr)
@@ -104,7 +113,9 @@ def _preflight(cfg: TunMeshConfig, config_path: Path | None) -> None:
         log.warn("config warning: {path}: {message}", path=warning.path, message=warning.message)
 
 
-def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: Path | None) -> MultiService:
+def _make_service(
+    cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: Path | None, address_setter: Any
+) -> MultiService:
     # 0. PREFLIGHT, before anything is created (TUN, port, threads): a refused config leaves nothing behind.
     _preflight(cfg, config_path)
 
@@ -132,14 +143,32 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
     clock_watch = ClockStepWatch(reactor, metrics)
     clock_watch.setServiceParent(top)
 
+    # 0. Our overlay addresses: configured, or claimed dynamically (docs/addressing.md).
+    # The TUN and the router get the current addresses; membership keeps the config (it tells claimed
+    # families from configured ones).
+    addressing = build_addressing(cfg, identity.node_id)
+    local_cfg = cfg
+    if addressing is not None:
+        local_cfg = attrs.evolve(cfg, networking=networking_with(cfg.networking, addressing.addresses()))
+
     # 1. TUN, opened now: we are root, and the data plane needs to know whether offload is active.
-    tun_service = TunService(cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
+    tun_service = TunService(local_cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
     try:
         tun_service.privilegedStartService()
     except OSError as e:
         raise StartupError(f"tun_mesh/networking/tun_device_id: cannot open the TUN device: {e}") from None
     tun_service.setServiceParent(top)
     device = tun_service.device
+    if addressing is not None and address_setter is None and open_tun is None:
+        # Moving the TUN address later needs CAP_NET_ADMIN, which the node itself drops (docs/security.md).
+        from tunmesh.tun.addrhelper import AddressChangeError, AddressHelper
+
+        try:
+            address_setter = AddressHelper.spawn(
+                cfg.networking.tun_device_id, list(addressing.networks.values()), cfg.process.uid, cfg.process.gid
+            )
+        except AddressChangeError as e:
+            raise StartupError(f"tun_mesh/networking: dynamic addressing: {e}") from None
 
     # 2. TLS material, read as root (the key may be readable by root only).
     ssl_cfg = cfg.control_api.ssl
@@ -163,14 +192,19 @@ def _make_service(cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: 
         http_client,
         reload=reloader(cfg, config_path),
         monotonic=time.monotonic,
+        addressing=addressing,
     )
     mesh_service.register_health(health)
     clock_watch.add_observer(membership.clock_stepped)
 
     # 4. Data plane, fed by membership's authenticated peers.
     link_policy = link_tls_policy(cfg, trust_path)
-    dataplane = build_dataplane(cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
+    dataplane = build_dataplane(local_cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
     membership.add_observer(dataplane)
+    if addressing is not None:
+        follower = AddressFollower(dataplane.router, address_setter, addressing)
+        follower.register_health(health)
+        follower.setServiceParent(top)
 
     # 5. The one port.
     api = ControlAPI(identity, health, metrics, monitoring.method == "prometheus")
@@ -246,8 +280,11 @@ def build_dataplane(
     net = cfg.networking
     ipv6 = net.ipv6
     offload = bool(getattr(device, "offload_active", False))
+    # Configured, or the claimed address filled in by networking_with (dynamic addressing).
+    local_v4 = net.ipv4.node_address_cidr
+    assert local_v4 is not None
     router = Router(
-        net.ipv4.node_address_cidr,
+        local_v4,
         ipv6.node_address_cidr if ipv6 is not None else None,
         net.ipv4.network_cidr,
         ipv6.network_cidr if ipv6 is not None else None,
@@ -297,6 +334,84 @@ def make_server_tls(cert_path: Path, key_path: Path) -> Any:
     return server_context(cert_path, key_path, alpn=(LINK_ALPN, b"http/1.1"))
 
 
+def build_addressing(cfg: TunMeshConfig, node_id: str) -> Any:
+    """An ``AddressClaimer`` when a family has no configured address (docs/addressing.md), else ``None``."""
+    from tunmesh.mesh.addressing import AddressClaimer, address_seed
+
+    net = cfg.networking
+    networks: dict[str, Any] = {"ipv4": net.ipv4.network_cidr}
+    explicit: dict[str, Any] = {}
+    if net.ipv4.node_address_cidr is not None:
+        explicit["ipv4"] = net.ipv4.node_address_cidr
+    if net.ipv6 is not None:
+        networks["ipv6"] = net.ipv6.network_cidr
+        if net.ipv6.node_address_cidr is not None:
+            explicit["ipv6"] = net.ipv6.node_address_cidr
+    if explicit.keys() == networks.keys():
+        return None
+    try:
+        # Container runtimes put the pod name in $HOSTNAME; fall back to the kernel's host name.
+        hostname = os.environ.get("HOSTNAME") or socket.gethostname()
+        seed = address_seed(os.environ, hostname, cfg.clustering.control_api_advertise_url)
+    except ValueError as e:
+        raise StartupError(f"dynamic addressing: {e}") from None
+    groom = float(cfg.process.timing.registrations.groom_interval)
+    return AddressClaimer(node_id, networks, explicit, seed, settle=max(3 * groom, 3.0))
+
+
+def networking_with(networking: Any, addresses: Mapping[str, Any]) -> Any:
+    """``cfg.networking`` with the current (claimed) node addresses filled in, for the TUN and the router."""
+    ipv4 = attrs.evolve(networking.ipv4, node_address_cidr=addresses["ipv4"])
+    ipv6 = networking.ipv6
+    if ipv6 is not None:
+        ipv6 = attrs.evolve(ipv6, node_address_cidr=addresses["ipv6"])
+    return attrs.evolve(networking, ipv4=ipv4, ipv6=ipv6)
+
+
+class AddressFollower(Service):
+    """Makes the router and the TUN follow a moved address (dynamic addressing, docs/addressing.md).
+
+    ``setter`` (an ``AddressSetter``, or ``None`` when the device is not ours to change) moves the TUN
+    address; a failure is logged and turns the ``tun_address`` readiness check false.
+    """
+
+    name = "addressing"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, router: Any, setter: Any, addressing: Any) -> None:
+        self.router = router
+        self.setter = setter
+        self.addressing = addressing
+        self.applied: dict[str, Any] = dict(addressing.addresses())
+        self.failed = False
+        addressing.add_observer(self.follow)
+
+    def register_health(self, health: Any) -> None:
+        health.add_readiness("tun_address", lambda: not self.failed)
+
+    def follow(self, addresses: Mapping[str, Any]) -> None:
+        self.router.set_local(addresses["ipv4"], addresses.get("ipv6"))
+        for family, address in addresses.items():
+            if self.applied.get(family) == address:
+                continue
+            if self.setter is not None:
+                try:
+                    self.setter.set_address(address)
+                except Exception as e:
+                    self.failed = True
+                    self.log.critical("cannot move the TUN {family} address to {address}: {error}",
+                                      family=family, address=str(address), error=str(e))
+                    continue
+            self.applied[family] = address
+            self.failed = False
+            self.log.info("TUN {family} address is now {address}", family=family, address=str(address))
+
+    def stopService(self) -> Any:
+        if self.setter is not None:
+            self.setter.close()
+        return super().stopService()
+
+
 def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], Any] | None:
     """``reload_config_on_bootstrap``: re-read the file before bootstrap passes (templated URL lists).
 
@@ -312,4 +427,4 @@ def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], Any] 
     return reload
 
 
-__all__ = ["makeService", "load_or_exit", "reloader", "StartupError"]
+__all__ = ["makeService", "load_or_exit", "reloader", "StartupError", "AddressFollower", "build_addressing"]

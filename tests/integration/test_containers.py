@@ -245,6 +245,10 @@ class ContainerPodTests(SynchronousTestCase):
         # Exit status 0: it left on SIGTERM within the stop timeout (podman would SIGKILL it after: 137).
         self.assertEqual((restarted.sidecar_state(".State.Status"), restarted.sidecar_state(".State.ExitCode")),
                          ("exited", "0"), restarted.sidecar_logs())
+        # ...and cleanly: no traceback on the way out (issue 7: the leave used to end in 'bio_read' errors).
+        stop_log = restarted.sidecar_logs(lines=2000)
+        self.assertNotIn("Unhandled Error", stop_log)
+        self.assertNotIn("Traceback", stop_log)
         wait_for(lambda: not self.pings(pods[0], 2), 20, "traffic to pod 2 to stop", logs)
         stopped_at = time.monotonic()
         restarted.restart_sidecar()

@@ -21,7 +21,13 @@ from twisted.trial.unittest import TestCase
 
 from tests.netns import REPO_ROOT
 
-SOURCES = ("tunmesh", "twisted", "setup.py", "pyproject.toml", "README.md")
+SOURCES = ("tunmesh", "twisted", "setup.py", "pyproject.toml", "README.md", "docs/man", "contrib/completion")
+#: What the package installs besides Python code (setup.py data_files), under the environment's prefix.
+DATA_FILES = {
+    "share/man/man1/tunmesh.1": "docs/man/tunmesh.1",
+    "share/bash-completion/completions/tunmesh": "contrib/completion/bash/tunmesh",
+    "share/zsh/site-functions/_tunmesh": "contrib/completion/zsh/_tunmesh",
+}
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache", "*.egg-info", "build")
 
 
@@ -77,7 +83,7 @@ class InstalledCommandTests(TestCase):
     def twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run_py("-c", "from twisted.scripts.twistd import run; run()", *args)
 
-    def assert_commands_work(self, plugin_under: Path) -> None:
+    def assert_commands_work(self, plugin_under: Path, data_files: bool = True) -> None:
         listing = self.twistd("--help")
         self.assertEqual(listing.returncode, 0, listing.stderr)
         self.assertRegex(listing.stdout, r"(?m)^\s+tunmesh\s+Layer 3 mesh VPN", listing.stdout)
@@ -98,10 +104,24 @@ class InstalledCommandTests(TestCase):
         self.assertIn("tunmesh: config error:", missing.stderr)
         self.assertNotIn("Traceback", missing.stderr)
 
+        if not data_files:
+            return
+        # the man page and the completion scripts, where man and bash-completion look under the prefix
+        for installed, source in DATA_FILES.items():
+            path = self.venv / installed
+            self.assertTrue(path.is_file(), f"{installed} not installed")
+            self.assertEqual(path.read_bytes(), (REPO_ROOT / source).read_bytes(), installed)
+        man = shutil.which("man")
+        if man is not None:
+            page = self.run_cmd(man, "-M", str(self.venv / "share" / "man"), "tunmesh")
+            self.assertEqual(page.returncode, 0, page.stderr)
+            self.assertIn("tunmesh cert sign", page.stdout.replace("\u2010", "-"))
+
     def test_pip_install(self) -> None:
         self.install()
         self.assert_commands_work(self.venv)
 
     def test_pip_install_editable(self) -> None:
         self.install("-e")
-        self.assert_commands_work(self.src)
+        # setuptools' editable install leaves data_files out: they stay in the checkout
+        self.assert_commands_work(self.src, data_files=False)

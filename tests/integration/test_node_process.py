@@ -167,8 +167,9 @@ tun_mesh:
         self.assert_refused(self.run_twistd(self.good().replace("uid: 65534", "uid: lots")), "tun_mesh/process/uid")
 
     def test_missing_required(self) -> None:
+        # (node_address_cidr is optional since dynamic addressing; network_cidr is still required)
         self.assert_refused(
-            self.run_twistd(self.good().replace("      node_address_cidr: 100.64.0.1/24\n", "")),
+            self.run_twistd(self.good().replace("      network_cidr: 100.64.0.0/24\n", "")),
             "tun_mesh/networking/ipv4",
         )
 

@@ -491,8 +491,9 @@ class TypeTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(len(errors), 2)
         self.assertIn(f"tun_mesh/{base}/network_cidr: '10.0.0.0/8' is not an IPv6 network", errors[0])
         self.assertIn(f"tun_mesh/{base}/node_address_cidr: 'fd00::5' has no prefix length", errors[1])
-        self.assertEqual(self.errors_of(set_key(minimal_data(), base, {"network_cidr": "fd00::/64"})),
-                         [f"tun_mesh/{base}/node_address_cidr: missing required key"])
+        # Without node_address_cidr the IPv6 address is claimed dynamically (docs/addressing.md).
+        self.assertIsNone(self.load(set_key(minimal_data(), base, {"network_cidr": "fd00::/64"}))
+                          .networking.ipv6.node_address_cidr)
         self.assertIsNone(self.load(set_key(minimal_data(), base, None)).networking.ipv6)
 
     def test_peer_networks_bad_item(self) -> None:
@@ -645,6 +646,31 @@ class AdvertiseEnvTests(ConfigTestMixin, SynchronousTestCase):
             ["tun_mesh/clustering/control_api_advertise_url: 'http://x' must use https "
              "(from the environment variable TUNMESH_ADVERTISE_URL)"],
         )
+
+
+class NodeAddressTests(ConfigTestMixin, SynchronousTestCase):
+    """node_address_cidr is optional (dynamic addressing) and the environment overrides it per pod."""
+
+    def test_absent_means_dynamic(self) -> None:
+        cfg = self.load(del_key(minimal_data(), "networking/ipv4/node_address_cidr"))
+        self.assertIsNone(cfg.networking.ipv4.node_address_cidr)
+
+    def test_env_overrides_or_replaces_the_file(self) -> None:
+        env = {"TUNMESH_NODE_ADDRESS": "10.10.7.9/24"}
+        for data in (minimal_data(), del_key(minimal_data(), "networking/ipv4/node_address_cidr")):
+            cfg = self.load(data, env=env)
+            self.assertEqual(cfg.networking.ipv4.node_address_cidr, ipaddress.IPv4Interface("10.10.7.9/24"))
+
+    def test_ipv6_env_twin(self) -> None:
+        data = set_key(minimal_data(), "networking/ipv6", {"network_cidr": "fd00:1::/64"})
+        cfg = self.load(data, env={"TUNMESH_NODE_ADDRESS6": "fd00:1::9/64"})
+        assert cfg.networking.ipv6 is not None
+        self.assertEqual(cfg.networking.ipv6.node_address_cidr, ipaddress.IPv6Interface("fd00:1::9/64"))
+
+    def test_bad_env_value_names_the_variable(self) -> None:
+        errors = self.errors_of(minimal_data(), env={"TUNMESH_NODE_ADDRESS": "10.10.7.9"})
+        self.assertEqual(len(errors), 1)
+        self.assertIn("(from the environment variable TUNMESH_NODE_ADDRESS)", errors[0])
 
 
 class FileLoadingTests(ConfigTestMixin, SynchronousTestCase):

@@ -249,6 +249,16 @@ class OutboundTests(SynchronousTestCase):
         pkt = ipv4("192.168.50.7", A4)
         self.assertEqual(r.route_outbound([pkt]), {PEER_A: [pkt]})
 
+    def test_moved_local_address_follows_for_sources_and_destinations(self) -> None:
+        # Dynamic addressing moved us from ME4 to 100.64.0.99 (docs/addressing.md).
+        r, m, _ = make_router(local_cidrs=[ip_network("192.168.50.0/24")])
+        new4 = "100.64.0.99"
+        r.set_local(IPv4Interface(f"{new4}/10"), IPv6Interface(f"{ME6}/64"))
+        old_src, new_src, to_old, extra = ipv4(ME4, A4), ipv4(new4, A4), ipv4(new4, ME4), ipv4("192.168.50.7", A4)
+        self.assertEqual(r.route_outbound([old_src, new_src, to_old, extra]), {PEER_A: [new_src, extra]})
+        self.assertEqual(m.drops(), {"source_not_local": 1, "no_route": 1})
+        self.assertEqual(r.accept_inbound(PEER_A, [ipv4(A4, new4), ipv4(A4, ME4)]), [ipv4(A4, new4)])
+
     @given(st.lists(st.binary(max_size=60), max_size=20))
     def test_garbage_never_raises(self, batch: list[bytes]) -> None:
         r, m, _ = make_router(vnet_hdr=random.random() < 0.5)

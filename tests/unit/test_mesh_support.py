@@ -26,6 +26,7 @@ from tunmesh.api.app import ControlAPI
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.sessions import SessionStore
 from tunmesh.health import HealthRegistry
+from tunmesh.mesh.addressing import AddressClaimer, AddressSeed
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.membership import Membership
@@ -159,6 +160,8 @@ class Node:
         secret: str = SECRET,
         reload: Any = None,
         wall: Any = None,
+        seed: AddressSeed | None = None,
+        settle: float = 15.0,
         **overrides: Any,
     ) -> None:
         self.net = net
@@ -168,7 +171,23 @@ class Node:
         self.id = ident or node_id(n)
         self.url = url or f"https://n{n}.test:4567"
         self.address = address or f"100.64.1.{n}/24"
+        if seed is not None:
+            overrides.setdefault("node_addresses", {})
         self.settings = make_settings(self.url, self.address, bootstrap, **overrides)
+        #: dynamic addressing (docs/addressing.md) when a seed is given; every address it moved to
+        self.addressing: AddressClaimer | None = None
+        self.moves: list[str] = []
+        if seed is not None:
+            self.addressing = AddressClaimer(
+                self.id,
+                self.settings.network_cidrs,
+                self.settings.node_addresses,
+                seed,
+                wall=self.wall.seconds,
+                monotonic=clock.seconds,
+                settle=settle,
+            )
+            self.addressing.add_observer(lambda a: self.moves.append(str(a["ipv4"].ip)))
         self.metrics = Metrics(self.id, process_metrics=False)
         self.cluster = ClusterAuthority(secret, self.id, self.wall)
         self.sessions = SessionStore(
@@ -187,6 +206,7 @@ class Node:
             wall=self.wall.seconds,
             rng=random.Random(100 + n),
             reload=reload,
+            addressing=self.addressing,
         )
         self.observer = RecordingObserver()
         self.membership.add_observer(self.observer)
@@ -199,6 +219,13 @@ class Node:
         net.add(self.url, self.resource)
         self.service = MeshService(self.membership, clock)
         self.service.register_health(self.health)
+
+    def current_address(self) -> str:
+        """This node's IPv4 overlay address as it registers it."""
+        return str(self.membership.local.node_addresses["ipv4"].ip)
+
+    def ready(self) -> bool:
+        return all(self.health.readiness().values())
 
     @property
     def pool(self) -> Any:

@@ -27,6 +27,7 @@ from tunmesh.config.docs import example_config
 from tunmesh.preflight import EXPIRY_WARNING_DAYS, check_files, preflight
 from tunmesh.service import makeService
 from tunmesh.tap import Options
+from tunmesh.tls.certs import load_certificates
 from tunmesh.tun.fake import FakeTun
 from tunmesh.uidaccess import Access, _estimate, effective_gid, readable_as
 
@@ -225,11 +226,11 @@ class TLSPreflightTests(BothWays, SynchronousTestCase):
             self.assertEqual(found, expect, after)
 
     def test_large_ca_bundle_is_a_warning(self) -> None:
-        write_pair(self.ssl, now=_now())
+        cert, _ = write_pair(self.ssl, now=_now())
         now = _now()
         cas = [certificate(ec_key(), not_before=now - datetime.timedelta(days=1),
-                           not_after=now + datetime.timedelta(days=365), name=f"ca{i}", ca=True) for i in range(11)]
-        bundle = write_cert(self.base / "ca.pem", *cas)
+                           not_after=now + datetime.timedelta(days=365), name=f"ca{i}", ca=True) for i in range(10)]
+        bundle = write_cert(self.base / "ca.pem", *cas, *load_certificates(cert))
         code, _, lines = self.check(self.config(set_key(minimal_data(), "control_api/ssl/ca_file_path", "ca.pem")))
         self.assertEqual((code, lines), (0, [
             f"tunmesh: config warning: {CA}: {bundle} holds 11 certificates; a mesh normally needs one CA or one "
@@ -237,7 +238,7 @@ class TLSPreflightTests(BothWays, SynchronousTestCase):
         ]))
 
     def test_ca_bundle_with_only_expired_certificates(self) -> None:
-        write_pair(self.ssl, now=_now())
+        cert, _ = write_pair(self.ssl, now=_now())
         now = _now()
         old = certificate(ec_key(), not_before=now - datetime.timedelta(days=60),
                           not_after=now - datetime.timedelta(days=30), name="old-ca", ca=True)
@@ -249,11 +250,41 @@ class TLSPreflightTests(BothWays, SynchronousTestCase):
         )
         fresh = certificate(ec_key(), not_before=now - datetime.timedelta(days=1),
                             not_after=now + datetime.timedelta(days=365), name="new-ca", ca=True)
-        write_cert(bundle, old, fresh)
+        write_cert(bundle, old, fresh, *load_certificates(cert))
         code, _, lines = self.check(self.config(data))
         self.assertEqual(code, 0, lines)
         self.assertEqual(len(lines), 1, lines)
         self.assertRegex(lines[0], rf"^tunmesh: config warning: {CA}: {bundle}: certificate \(CN=old-ca\) expired on ")
+
+
+    def test_certificate_not_issued_by_the_bundle_is_a_warning_both_ways(self) -> None:
+        """Out of order in a CA rollover (a node certificate from the new CA, the bundle still the old CA):
+        the node starts, and says why its peers will refuse it."""
+        from tunmesh.tls.certs import make_ca, sign_node, write_issued
+
+        old, new = make_ca("old CA"), make_ca("new CA")
+        cert, key = self.ssl / "cert.pem", self.ssl / "key.pem"
+        self.ssl.mkdir(exist_ok=True)
+        write_issued(sign_node(new, ["node-a.test"]), cert, key, force=True)
+        bundle = write_cert(self.base / "ca.pem", old.cert)
+        path = self.config(set_key(minimal_data(), "control_api/ssl/ca_file_path", "ca.pem"))
+        warning = (f"tunmesh: config warning: {CERT}: {cert}: issued by CN=new CA, which is not in ca_file_path "
+                   f"({bundle}): peers that trust the same bundle refuse this node (in a CA rollover, the new CA "
+                   "goes into every bundle first)")
+        code, _, lines = self.check(path)
+        self.assertEqual((code, lines), (0, [warning]))
+        code, lines, opened = self.daemon(path)
+        self.assertEqual((code, lines, len(opened)), (0, [warning], 1))
+        write_cert(bundle, old.cert, new.cert)
+        self.assertEqual(self.check(path)[::2], (0, []))
+        # without ca_file_path the certificate file is the trust anchor: a CA-issued leaf alone is not one
+        path = self.config()
+        self.assertEqual(self.check(path)[2], [
+            f"tunmesh: config warning: {CERT}: {cert}: issued by CN=new CA, which is not in the file: peers using "
+            "this file as their trust anchor cannot verify it; set ca_file_path to the CA that issued it"
+        ])
+        cert.write_bytes(cert.read_bytes() + new.cert_pem)  # the chain with its CA: a working anchor
+        self.assertEqual(self.check(path)[::2], (0, []))
 
 
 class KeyAndValueTests(BothWays, SynchronousTestCase):

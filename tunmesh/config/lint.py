@@ -125,6 +125,8 @@ def _secret_strength(cfg: TunMeshConfig) -> Iterator[ConfigError]:
 
 def _address_problems(family: str, network: Any, node: Any) -> Iterator[ConfigError]:
     node_path = _p("networking", family, "node_address_cidr")
+    if node is None:
+        return  # dynamic addressing (docs/addressing.md)
     if node.ip not in network:
         yield ConfigError(node_path, f"address {node.ip} is not inside network_cidr {network}")
         return
@@ -142,7 +144,7 @@ def _address_problems(family: str, network: Any, node: Any) -> Iterator[ConfigEr
 
 @_rule(
     "node-address",
-    "Each node_address_cidr (IPv4, and IPv6 when set) lies inside its network_cidr, its prefix is at least as "
+    "Each node_address_cidr that is set (IPv4, and IPv6 when set) lies inside its network_cidr, its prefix is at least as "
     "long as the network's, and the address is not the network's network (or IPv4 broadcast) address.",
 )
 def _node_address(cfg: TunMeshConfig) -> Iterator[ConfigError]:

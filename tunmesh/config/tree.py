@@ -38,6 +38,10 @@ from tunmesh.config.schema import (
 
 SECRET_ENV = "TUNMESH_CLUSTER_SECRET"
 ADVERTISE_URL_ENV = "TUNMESH_ADVERTISE_URL"
+NODE_ADDRESS_ENV = "TUNMESH_NODE_ADDRESS"
+NODE_ADDRESS6_ENV = "TUNMESH_NODE_ADDRESS6"
+#: read by tunmesh.mesh.addressing (not a config key): the node's index for dynamic addressing
+NODE_INDEX_ENV = "TUNMESH_NODE_INDEX"
 
 
 # ---------------------------------------------------------------------------------------------------- clustering
@@ -325,14 +329,18 @@ class Ipv4:
         ("The TUN device routes all of it into the mesh. Must be the same on every node.",),
         required=True,
     )
-    node_address_cidr: ipaddress.IPv4Interface = option(
+    node_address_cidr: ipaddress.IPv4Interface | None = option(
         NetAddress(4, interface=True),
-        "This node's IPv4 address with its local subnet prefix.",
+        "This node's IPv4 address with its local subnet prefix; leave it out to pick one dynamically.",
         (
             "The address must lie inside network_cidr; the prefix (the same size as network_cidr or smaller)",
             "defines the local subnet, whose peers use the local timing settings.",
+            "Without it the node claims a free address in network_cidr and defends it through the mesh,",
+            f"the same one after a restart with the same {NODE_INDEX_ENV}, StatefulSet ordinal or advertise",
+            "host (docs/addressing.md); one config then serves every replica.",
+            f"The environment variable {NODE_ADDRESS_ENV}, when set and non-empty, overrides it.",
         ),
-        required=True,
+        env=NODE_ADDRESS_ENV,
     )
     enable_broadcast: bool = option(
         Bool(), "Carry 255.255.255.255 and mesh broadcast traffic.", default=False
@@ -345,11 +353,14 @@ class Ipv6:
     network_cidr: ipaddress.IPv6Network = option(
         NetAddress(6, interface=False), "The whole mesh IPv6 range.", required=True
     )
-    node_address_cidr: ipaddress.IPv6Interface = option(
+    node_address_cidr: ipaddress.IPv6Interface | None = option(
         NetAddress(6, interface=True),
-        "This node's IPv6 address with its local subnet prefix.",
-        ("The address must lie inside network_cidr.",),
-        required=True,
+        "This node's IPv6 address with its local subnet prefix; leave it out to pick one dynamically.",
+        (
+            "The address must lie inside network_cidr. Without it the node claims one, as for IPv4.",
+            f"The environment variable {NODE_ADDRESS6_ENV}, when set and non-empty, overrides it.",
+        ),
+        env=NODE_ADDRESS6_ENV,
     )
 
 
@@ -523,6 +534,9 @@ ROOT_KEY = "tun_mesh"
 
 __all__ = [
     "ADVERTISE_URL_ENV",
+    "NODE_ADDRESS_ENV",
+    "NODE_ADDRESS6_ENV",
+    "NODE_INDEX_ENV",
     "ROOT_KEY",
     "SECRET_ENV",
     "Auth",

@@ -175,11 +175,17 @@ class Router:
         self._v6 = local_v6 is not None
         self._mesh_bcast = int(network_v4.broadcast_address)
         self._local = RouteTable()
+        self._local_cidrs = tuple(local_cidrs)
+        self.set_local(local_v4, local_v6)
+        del network_v6  # IPv6 has no broadcast; kept in the signature for symmetry.
+
+    def set_local(self, local_v4: IPv4Interface, local_v6: IPv6Interface | None) -> None:
+        """Our own addresses changed (dynamic addressing moved us, docs/addressing.md): from now on only
+        packets to the new addresses are delivered locally and only they are accepted as our sources."""
         mine: list[Network] = [IPv4Network(int(local_v4.ip))]
         if local_v6 is not None:
             mine.append(IPv6Network(int(local_v6.ip)))
-        self._local.set_peer("", [*mine, *local_cidrs])
-        del network_v6  # IPv6 has no broadcast; kept in the signature for symmetry.
+        self._local.set_peer("", [*mine, *self._local_cidrs])
 
     def route_outbound(self, packets: Sequence[bytes]) -> dict[str, list[bytes]]:
         """Route packets read from our TUN: ``{peer_id: [packet, ...]}``, drops counted."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import (
@@ -42,18 +42,20 @@ from tunmesh.auth.kex import KexInitiator, KexRequest, respond
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.auth.tokens import TYP_BOOTSTRAP, TYP_REQUEST, SignedRequest, VerifiedToken
 from tunmesh.logutil import RateLimitedLog
+from tunmesh.mesh.addressing import AddressClaimer, Verdict
 from tunmesh.mesh.backoff import Backoff
 from tunmesh.mesh.client import MeshClient, RawResponse
 from tunmesh.mesh.errors import (
     InvalidRegistration,
     MeshError,
     PeerRequestFailed,
+    RegistrationConflict,
     SelfRegistration,
     Stopping,
 )
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
-from tunmesh.mesh.structs import IPNetwork, NodeInfo, Registration, check_url, url_host
+from tunmesh.mesh.structs import IPInterface, IPNetwork, NodeInfo, Registration, check_url, url_host
 
 CONTROL = "/tunmesh/control/v0"
 AUTH = "/tunmesh/auth/v0"
@@ -119,6 +121,7 @@ class Membership:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
+        addressing: AddressClaimer | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -149,6 +152,10 @@ class Membership:
         self.last_groom: float | None = None
         self._rlog = RateLimitedLog(self.log, clock)
         self._init_metrics(metrics)
+        self.addressing = addressing
+        if addressing is not None:
+            self._addresses_changed(addressing.addresses())
+            addressing.add_observer(self._addresses_changed)
 
     # -- metrics ------------------------------------------------------------------------------------
 
@@ -291,6 +298,7 @@ class Membership:
                 raise InvalidRegistration("issuer_mismatch", f"iss {iss} registered {registration.local.id}")
             if not self._peer_url_allowed(registration.local.listen_url):
                 raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
+            moved = self._resolve_address_claims(registration.local)
             result = self.pool.upsert(registration.local, registration.seq, registration.remote)
             self._count_dropped_gossip(registration, iss)
         except ClaimConflict as exc:
@@ -302,6 +310,10 @@ class Membership:
                 claimant=iss,
             )
             self._probe_holder(exc.holder)
+            if registration.local.claims:
+                # A dynamic claimant cannot see the holder through us: send it our registration, whose
+                # hints name the holder, so it meets the holder and the rule decides (docs/addressing.md).
+                self.clock.callLater(0, self._probe_url, registration.local.listen_url)
             raise
         except MeshError as exc:
             self.m_registrations.labels(direction=direction, result=exc.reason).inc()
@@ -325,6 +337,8 @@ class Membership:
             self._teardown(old, "replaced")
         self.m_registrations.labels(direction=direction, result="ok").inc()
         self._registered_once = True
+        if direction == "out" and self.addressing is not None and not moved:
+            self.addressing.acknowledged()  # the peer accepted a registration carrying our (current) claims
         peer = result.peer
         if result.created:
             self.log.info(
@@ -365,6 +379,45 @@ class Membership:
             self.m_inbound_sessions.labels(kind=kind, result="ok").inc()
 
         return result.body, commit
+
+    # -- dynamic addressing (docs/addressing.md) ------------------------------------------------------
+
+    def _resolve_address_claims(self, info: NodeInfo) -> bool:
+        """Apply the claim rule when ``info`` claims one of our dynamic addresses.
+
+        We lose: we have moved (observers ran; returns True), or have nowhere to go (exhausted, not ready),
+        and the registration goes on. We keep it: 409, and the other node gets our registration so it sees
+        the older claim and moves.
+        """
+        verdict = Verdict.NO_CONFLICT
+        if self.addressing is not None:
+            verdict = self.addressing.resolve(info, self.pool.taken())
+            if verdict is Verdict.WE_KEEP:
+                self.clock.callLater(0, self._probe_url, info.listen_url)
+                raise RegistrationConflict("address_claim", f"{info.id} claims our address, our claim is older")
+        own = {iface.ip for iface in self._defended().values()}
+        if info.claims and any(iface.ip in own for iface in info.node_addresses.values()):
+            # A configured address always wins; show the dynamic claimant our registration so it moves.
+            self.clock.callLater(0, self._probe_url, info.listen_url)
+            raise RegistrationConflict("address_claim", f"{info.id} claims our configured address")
+        return verdict is not Verdict.NO_CONFLICT
+
+    def _defended(self) -> Mapping[str, IPInterface]:
+        return self.addressing.defended() if self.addressing is not None else self.local.node_addresses
+
+    def _addresses_changed(self, addresses: Mapping[str, IPInterface]) -> None:
+        """Our address moved: registrations carry it from now on, and every peer hears it at once."""
+        assert self.addressing is not None
+        self.local = replace(self.local, node_addresses=dict(addresses), claims=self.addressing.claims())
+        self.pool.set_own_addresses(self._defended().values())
+        for peer in self.pool:
+            peer.last_renewal = None
+            peer.next_attempt = 0.0
+            self.clock.callLater(0, self._renew_soon, peer.id)
+
+    def _renew_soon(self, peer_id: str) -> None:
+        if not self._stopped and peer_id in self.pool:
+            self.renew(peer_id).addErrback(lambda f: None)
 
     def touch(self, peer_id: str) -> None:
         """Authenticated contact from `peer_id` (any verified request or response)."""
@@ -844,6 +897,10 @@ class Membership:
         self.last_groom = self._monotonic()
         try:
             self._check_grace()
+            if self.addressing is not None:
+                if not self.bootstrap_urls():
+                    self.addressing.acknowledged()  # nothing to join: the first node holds its claim
+                self.addressing.tick(alone=len(self.pool) == 0, taken=self.pool.taken(hints=False))
             self._bootstrap_groups()
             now = self._monotonic()
             for peer in self.pool:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
 from tunmesh.mesh.errors import InvalidRegistration, PoolFull, RegistrationConflict
 from tunmesh.mesh.settings import MeshSettings, PeerTiming
-from tunmesh.mesh.structs import IPNetwork, NodeInfo
+from tunmesh.mesh.structs import IPInterface, IPNetwork, NodeInfo
 
 
 @dataclass
@@ -83,6 +83,19 @@ class NodePool:
         self._peers: dict[str, Peer] = {}
         self._holders: dict[IPNetwork, str] = {}
         self._own_routes = frozenset(ipaddress.ip_network(i.ip) for i in settings.node_addresses.values())
+
+    def set_own_addresses(self, addresses: Iterable[IPInterface]) -> None:
+        """Our current node addresses (they change under dynamic addressing, docs/addressing.md)."""
+        self._own_routes = frozenset(ipaddress.ip_network(i.ip) for i in addresses)
+
+    def taken(self, hints: bool = True) -> list[IPNetwork | IPInterface]:
+        """Every overlay address a peer holds, and with ``hints`` every address a gossip hint names
+        (what a moving claim avoids)."""
+        out: list[IPNetwork | IPInterface] = list(self._holders)
+        for peer in self._peers.values() if hints else ():
+            for hint in peer.hints:
+                out.extend(hint.node_addresses.values())
+        return out
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -151,7 +164,9 @@ class NodePool:
                 raise RegistrationConflict(
                     "id_url_conflict", f"{info.id} live at {existing.url}, claims {info.listen_url}"
                 )
-            if set(routes) != set(existing.routes) and live:
+            # A dynamically addressed node moves when it loses a claim (docs/addressing.md); a configured
+            # address never changes while its node lives.
+            if set(routes) != set(existing.routes) and live and not info.claims:
                 raise RegistrationConflict("address_change", f"{info.id} {existing.routes} -> {routes}")
         replaced: dict[str, Peer] = {}
         for route in routes:

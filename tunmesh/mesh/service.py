@@ -16,6 +16,7 @@ from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.sessions import SessionStore
 from tunmesh.clocks import WallClock
 from tunmesh.logutil import SecondsClock
+from tunmesh.mesh.addressing import AddressClaimer
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.membership import Membership
@@ -82,8 +83,12 @@ class MeshService(Service):
         return last is not None and self.membership._monotonic() - last <= 3 * interval
 
     def register_health(self, health: Any) -> None:
-        """`mesh` readiness (joined, or nothing to join) and `mesh_groom` liveness."""
+        """`mesh` readiness (joined, or nothing to join), `address` readiness (dynamic addressing: the
+        claimed address is held) and `mesh_groom` liveness."""
         health.add_readiness("mesh", self.membership.ready)
+        if self.membership.addressing is not None and self.membership.addressing.dynamic:
+            # Ready only once our claimed address is held (docs/addressing.md).
+            health.add_readiness("address", self.membership.addressing.held)
         health.add_liveness("mesh_groom", self.alive)
 
 
@@ -96,6 +101,7 @@ def build_mesh(
     reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     wall: SecondsClock | None = None,
+    addressing: AddressClaimer | None = None,
 ) -> tuple[Membership, MeshAPI, MeshService]:
     """Everything the mesh needs from a config, for `makeService`."""
     settings = MeshSettings.from_config(cfg)
@@ -126,5 +132,6 @@ def build_mesh(
         wall=wall.seconds,
         rng=random.SystemRandom(),
         reload=reload,
+        addressing=addressing,
     )
     return membership, MeshAPI(membership), MeshService(membership, reactor)

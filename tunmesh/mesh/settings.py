@@ -37,6 +37,7 @@ class MeshSettings:
 
     advertise_url: str
     network_cidrs: Mapping[str, IPNetwork]
+    #: configured addresses; a family missing here is claimed dynamically (tunmesh.mesh.addressing)
     node_addresses: Mapping[str, IPInterface]
     bootstrap_groups: tuple[BootstrapGroupSpec, ...] = ()
     reload_config_on_bootstrap: bool = False
@@ -83,10 +84,13 @@ class MeshSettings:
         )
 
     def timing_for(self, node_addresses: Mapping[str, IPInterface]) -> tuple[str, PeerTiming]:
-        """A peer is `local` when one of its node addresses lies inside our node_address_cidr subnet."""
+        """A peer is `local` when one of its node addresses lies inside our node_address_cidr subnet; a
+        dynamically addressed family (no node_address_cidr) has the whole network_cidr as its subnet, as
+        its TUN address has the network's prefix (docs/addressing.md)."""
         for family, iface in node_addresses.items():
             ours = self.node_addresses.get(family)
-            if ours is not None and iface.ip in ours.network:
+            subnet = ours.network if ours is not None else self.network_cidrs.get(family)
+            if subnet is not None and iface.ip in subnet:
                 return "local", self.local_timing
         return "mesh", self.mesh_timing
 
@@ -97,10 +101,14 @@ class MeshSettings:
         timing = cfg.process.timing
         regs = timing.registrations
         nets: dict[str, IPNetwork] = {"ipv4": cfg.networking.ipv4.network_cidr}
-        addrs: dict[str, IPInterface] = {"ipv4": cfg.networking.ipv4.node_address_cidr}
+        # A family without node_address_cidr is addressed dynamically (AddressClaimer): no local subnet.
+        addrs: dict[str, IPInterface] = {}
+        if cfg.networking.ipv4.node_address_cidr is not None:
+            addrs["ipv4"] = cfg.networking.ipv4.node_address_cidr
         if getattr(cfg.networking, "ipv6", None) is not None:
             nets["ipv6"] = cfg.networking.ipv6.network_cidr
-            addrs["ipv6"] = cfg.networking.ipv6.node_address_cidr
+            if cfg.networking.ipv6.node_address_cidr is not None:
+                addrs["ipv6"] = cfg.networking.ipv6.node_address_cidr
         groups = tuple(
             BootstrapGroupSpec(name, tuple(g.bootstrap_node_urls), int(g.bootstrap_retries))
             for name, g in (clustering.bootstrap_groups or {}).items()

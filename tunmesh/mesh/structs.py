@@ -1,8 +1,9 @@
 """Wire structures of the mesh control API: `NodeInfo` and `Registration`.
 
 The JSON shape is the original's (`{"ipv4": {"cidr": "a.b.c.d/nn"}}` address maps, `local`/`remote`/`stamp`)
-plus one optional field, `seq`, a per-sender sequence number (W1/W10: sender stamps are used only as
-sequence numbers; when `seq` is absent, as from an upstream Ruby peer, `stamp` stands in for it).
+plus two optional fields: `seq`, a per-sender sequence number (W1/W10: sender stamps are used only as
+sequence numbers; when `seq` is absent, as from an upstream Ruby peer, `stamp` stands in for it), and
+`local.address_claims`, the claim times of dynamically chosen addresses (docs/addressing.md).
 
 Parsing is strict about structure and types (anything wrong is `InvalidRegistration`, HTTP 400) but
 tolerates unknown keys (ignored), so fields can be added later without breaking older nodes; the
@@ -143,6 +144,9 @@ class NodeInfo:
     listen_url: str
     network_addresses: Mapping[str, IPNetwork] = field(default_factory=dict)
     node_addresses: Mapping[str, IPInterface] = field(default_factory=dict)
+    #: ``since`` (wall-clock ms) of each dynamically claimed address, by family (docs/addressing.md);
+    #: empty for configured addresses, which count as ``since = 0``.
+    claims: Mapping[str, int] = field(default_factory=dict)
 
     def host_routes(self) -> tuple[IPNetwork, ...]:
         """The routes this node claims: a host route (/32, /128) for each of its node addresses."""
@@ -150,12 +154,15 @@ class NodeInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """The original's JSON shape."""
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "listen_url": self.listen_url,
             "network_addresses": {f: {"cidr": str(n)} for f, n in self.network_addresses.items()},
             "node_addresses": {f: {"cidr": str(n)} for f, n in self.node_addresses.items()},
         }
+        if self.claims:
+            out["address_claims"] = {f: {"since": s} for f, s in self.claims.items()}
+        return out
 
     @classmethod
     def from_dict(cls, value: object, bounds: Bounds, where: str = "local") -> NodeInfo:
@@ -165,7 +172,20 @@ class NodeInfo:
         url = check_url(obj.get("listen_url"), bounds.max_url_length, f"{where}/listen_url")
         networks = _address_map(obj.get("network_addresses"), f"{where}/network_addresses", False, 2)
         nodes = _address_map(obj.get("node_addresses"), f"{where}/node_addresses", True, bounds.max_cidrs_per_node)
-        return cls(node_id, url, networks, nodes)
+        claims = _claims(obj.get("address_claims"), f"{where}/address_claims", nodes)
+        return cls(node_id, url, networks, nodes, claims)
+
+
+def _claims(value: object, where: str, nodes: Mapping[str, Any]) -> dict[str, int]:
+    """Parse ``{"ipv4": {"since": ms}}``: only for families that have a node address; others ignored."""
+    if value is None:
+        return {}
+    obj = _obj(value, where)
+    out: dict[str, int] = {}
+    for family in FAMILIES:
+        if family in obj and family in nodes:
+            out[family] = _count(_obj(obj[family], f"{where}/{family}").get("since"), f"{where}/{family}/since")
+    return out
 
 
 @dataclass(frozen=True)
