@@ -174,7 +174,7 @@ class LeaveTests(MeshTestCase):
             self.assertIn(("down", gone.id), n.observer.events)
             self.assertNotIn(gone.id, n.sessions.peers())
             self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total", reason="left"), 1)
-        self.assertEqual(len(self.logged("peer {peer_id} left the mesh")), 2)
+        self.assertEqual(len(self.logged("peer {peer} left the mesh")), 2)
         self.assertEqual(len(self.logged("left the mesh: {acked} of {total}")), 1)
         # a stopped node refuses late registrations (gossip hints) instead of being re-admitted
         self.net.down.add("n3.test:4567")

@@ -35,6 +35,7 @@ from tunmesh.config.schema import (
     option,
     subgroup,
 )
+from tunmesh.names import MAX_NAME, NAME_HELP, NAME_PATTERN, POD_NAME_ENV
 
 SECRET_ENV = "TUNMESH_CLUSTER_SECRET"
 ADVERTISE_URL_ENV = "TUNMESH_ADVERTISE_URL"
@@ -163,6 +164,14 @@ class Clustering:
         ),
         required=True,
         env=ADVERTISE_URL_ENV,
+    )
+    node_name: str | None = option(
+        String(max_length=MAX_NAME, pattern=NAME_PATTERN, pattern_help=NAME_HELP),
+        "A human name for this node, shown in logs, `tunmesh status` and metrics.",
+        (
+            f"Default: the environment variable {POD_NAME_ENV} (set it from the pod's metadata.name), then the",
+            "hostname. Gossiped with the registration; names need not be unique (the node id is the identity).",
+        ),
     )
     reload_config_on_bootstrap: bool = option(
         Bool(),
@@ -497,6 +506,14 @@ class ProcessTiming:
     tun_handler: TunHandlerTiming = subgroup(TunHandlerTiming)
 
 
+def _socket_path_problem(text: str) -> str | None:
+    if text and not text.startswith("/"):
+        return "must be an absolute path (or empty for no admin socket)"
+    if text.endswith("/"):
+        return "must name a file, not a directory"
+    return None
+
+
 @group("Process settings.")
 @frozen(kw_only=True)
 class Process:
@@ -510,6 +527,17 @@ class Process:
         UInt(max=0xFFFFFFFE),
         "Group ID the node switches to (new in tunmesh).",
         ("Must not be 0. Supplementary groups are always dropped.",),
+    )
+    admin_socket: str = option(
+        String(max_length=107, check=_socket_path_problem),
+        "UNIX socket of the local admin endpoint (`tunmesh status`, `tunmesh reload`); empty: none.",
+        (
+            "Created at start (as root, before the privilege drop) owned by process.uid/gid with mode 0600; its",
+            "directory is created (mode 0755) when missing. Needs no cluster secret: access to the file is the",
+            "permission (docs/security.md). With readOnlyRootFilesystem, mount an emptyDir on its directory.",
+            "Nodes sharing a filesystem (several on one host) need one path each.",
+        ),
+        default="/run/tunmesh/admin.sock",
     )
     ipc: Ipc = subgroup(Ipc)
     timing: ProcessTiming = subgroup(ProcessTiming)

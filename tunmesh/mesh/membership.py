@@ -56,6 +56,7 @@ from tunmesh.mesh.errors import (
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 from tunmesh.mesh.structs import IPInterface, IPNetwork, NodeInfo, Registration, check_url, url_host
+from tunmesh.names import label
 
 CONTROL = "/tunmesh/control/v0"
 AUTH = "/tunmesh/auth/v0"
@@ -331,8 +332,10 @@ class Membership:
         for old in result.replaced:
             self.log.warn(
                 "peer {old} replaced by {new} (restart or stale holder of its URL/addresses)",
-                old=old.id,
-                new=result.peer.id,
+                old=label(old.info.name, old.id),
+                new=label(result.peer.info.name, result.peer.id),
+                peer_id=old.id,
+                peer_name=old.info.name,
             )
             self._teardown(old, "replaced")
         self.m_registrations.labels(direction=direction, result="ok").inc()
@@ -342,8 +345,10 @@ class Membership:
         peer = result.peer
         if result.created:
             self.log.info(
-                "peer {peer_id} registered at {url} ({peer_class})",
+                "peer {peer} registered at {url} ({peer_class})",
+                peer=label(peer.info.name, peer.id),
                 peer_id=peer.id,
+                peer_name=peer.info.name,
                 url=peer.url,
                 peer_class=peer.peer_class,
             )
@@ -538,7 +543,13 @@ class Membership:
             raise
         self.url_backoff.success(url)
         self.m_bootstraps.labels(result="ok").inc()
-        self.log.info("bootstrapped via {url}: peer {peer_id}", url=url, peer_id=peer_id)
+        peer = self.pool.get(peer_id)
+        self.log.info(
+            "bootstrapped via {url}: peer {peer}",
+            url=url,
+            peer=label(peer.info.name if peer else None, peer_id),
+            peer_id=peer_id,
+        )
         return peer_id
 
     def _probe_holder(self, holder: Peer) -> None:
@@ -747,8 +758,10 @@ class Membership:
             raise InvalidRegistration("bad_leave", "leave body does not name the issuer")
 
         def commit() -> None:
+            peer = self.pool.get(iss)
+            name = peer.info.name if peer is not None else None
             if self.remove_peer(iss, "left"):
-                self.log.info("peer {peer_id} left the mesh", peer_id=iss)
+                self.log.info("peer {peer} left the mesh", peer=label(name, iss), peer_id=iss, peer_name=name)
 
         return commit
 
@@ -913,8 +926,10 @@ class Membership:
             self._gossip()
             for peer in self.pool.stale():
                 self.log.warn(
-                    "removing stale peer {peer_id}: no authenticated contact for {age:.1f}s",
+                    "removing stale peer {peer}: no authenticated contact for {age:.1f}s",
+                    peer=label(peer.info.name, peer.id),
                     peer_id=peer.id,
+                    peer_name=peer.info.name,
                     age=peer.age(self._monotonic()),
                 )
                 self._teardown(peer, "stale")

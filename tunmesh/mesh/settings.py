@@ -7,11 +7,13 @@ not depend on config files.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunmesh.mesh.structs import Bounds, IPInterface, IPNetwork, NodeInfo, check_url
+from tunmesh.names import resolve_node_name
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class MeshSettings:
     backoff_initial: float = 1.0
     backoff_max: float = 900.0
     init_session_min_interval: float = 10.0
+    #: this node's human name, sent with its registrations (``clustering.node_name`` resolved)
+    node_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.network_cidrs:
@@ -81,6 +85,7 @@ class MeshSettings:
             listen_url=check_url(self.advertise_url, self.max_url_length, "advertise_url"),
             network_addresses=dict(self.network_cidrs),
             node_addresses=dict(self.node_addresses),
+            name=self.node_name,
         )
 
     def timing_for(self, node_addresses: Mapping[str, IPInterface]) -> tuple[str, PeerTiming]:
@@ -131,6 +136,7 @@ class MeshSettings:
             max_url_length=int(limits.max_url_length),
             max_concurrent_bootstraps=int(limits.max_concurrent_bootstraps),
             peer_networks=tuple(ipaddress.ip_network(n) for n in limits.peer_networks),
+            node_name=resolve_node_name(getattr(clustering, "node_name", None), os.environ),
         )
 
     def groups_from_config(self, cfg: Any) -> tuple[BootstrapGroupSpec, ...]:

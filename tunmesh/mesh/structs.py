@@ -1,9 +1,10 @@
 """Wire structures of the mesh control API: `NodeInfo` and `Registration`.
 
 The JSON shape is the original's (`{"ipv4": {"cidr": "a.b.c.d/nn"}}` address maps, `local`/`remote`/`stamp`)
-plus two optional fields: `seq`, a per-sender sequence number (W1/W10: sender stamps are used only as
-sequence numbers; when `seq` is absent, as from an upstream Ruby peer, `stamp` stands in for it), and
-`local.address_claims`, the claim times of dynamically chosen addresses (docs/addressing.md).
+plus optional fields: `seq`, a per-sender sequence number (W1/W10: sender stamps are used only as
+sequence numbers; when `seq` is absent, as from an upstream Ruby peer, `stamp` stands in for it),
+`local.address_claims`, the claim times of dynamically chosen addresses (docs/addressing.md), and a node's
+`name` (`clustering.node_name`, issue 8: absent from older nodes, ignored when not a valid name).
 
 Parsing is strict about structure and types (anything wrong is `InvalidRegistration`, HTTP 400) but
 tolerates unknown keys (ignored), so fields can be added later without breaking older nodes; the
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from tunmesh import strictjson
 from tunmesh.mesh.errors import InvalidRegistration
+from tunmesh.names import valid_name
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -147,6 +149,8 @@ class NodeInfo:
     #: ``since`` (wall-clock ms) of each dynamically claimed address, by family (docs/addressing.md);
     #: empty for configured addresses, which count as ``since = 0``.
     claims: Mapping[str, int] = field(default_factory=dict)
+    #: the node's human name (``clustering.node_name``); optional on the wire, not unique, never the identity
+    name: str | None = None
 
     def host_routes(self) -> tuple[IPNetwork, ...]:
         """The routes this node claims: a host route (/32, /128) for each of its node addresses."""
@@ -159,6 +163,7 @@ class NodeInfo:
             "listen_url": self.listen_url,
             "network_addresses": {f: {"cidr": str(n)} for f, n in self.network_addresses.items()},
             "node_addresses": {f: {"cidr": str(n)} for f, n in self.node_addresses.items()},
+            **({"name": self.name} if self.name else {}),
         }
         if self.claims:
             out["address_claims"] = {f: {"since": s} for f, s in self.claims.items()}
@@ -173,7 +178,9 @@ class NodeInfo:
         networks = _address_map(obj.get("network_addresses"), f"{where}/network_addresses", False, 2)
         nodes = _address_map(obj.get("node_addresses"), f"{where}/node_addresses", True, bounds.max_cidrs_per_node)
         claims = _claims(obj.get("address_claims"), f"{where}/address_claims", nodes)
-        return cls(node_id, url, networks, nodes, claims)
+        # The name is cosmetic: one this node cannot show safely is ignored, never a reason to refuse.
+        name = obj.get("name")
+        return cls(node_id, url, networks, nodes, claims, name if valid_name(name) else None)
 
 
 def _claims(value: object, where: str, nodes: Mapping[str, Any]) -> dict[str, int]:
