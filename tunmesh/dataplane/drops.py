@@ -15,6 +15,8 @@ from twisted.logger import LogLevel
 from tunmesh.dataplane.interfaces import MetricsLike, RateLimitedLogLike
 
 DROPPED_DOC = "Packets dropped by the data plane, by reason."
+#: peers whose drops are kept by reason for ``tunmesh status`` (beyond: counted in the metric only)
+MAX_PEERS = 4096
 
 
 class DropCounter:
@@ -26,6 +28,8 @@ class DropCounter:
         self._counter = metrics.counter("dropped_packets_total", DROPPED_DOC, ["reason"])
         self._children: dict[str, Any] = {}
         self._rlog = rate_limited_log
+        #: drops by peer and reason (``tunmesh status``); bounded, a peer's entry goes with the peer
+        self.by_peer: dict[str, dict[str, int]] = {}
 
     def child(self, reason: str) -> Any:
         """The labelled counter for ``reason`` (cached: ``labels()`` is not free)."""
@@ -39,6 +43,12 @@ class DropCounter:
         if count <= 0:
             return
         self.child(reason).inc(count)
+        if peer is not None:
+            counts = self.by_peer.get(peer)
+            if counts is None and len(self.by_peer) < MAX_PEERS:
+                counts = self.by_peer[peer] = {}
+            if counts is not None:
+                counts[reason] = counts.get(reason, 0) + count
         if self._rlog is not None:
             self._rlog.emit(
                 (reason, peer),
@@ -49,6 +59,10 @@ class DropCounter:
                 peer=peer,
                 **fields,
             )
+
+    def forget(self, peer: str) -> None:
+        """Drop ``peer``'s per-peer counts (it left the mesh)."""
+        self.by_peer.pop(peer, None)
 
     def add_many(self, counts: Mapping[str, int], peer: str | None = None) -> None:
         """Count a batch's drops, one call per reason."""

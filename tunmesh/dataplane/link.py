@@ -34,6 +34,7 @@ from zope.interface import implementer
 from tunmesh.auth.errors import AuthError
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
+from tunmesh.dataplane.linkstats import LinkStats
 from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.logutil import RateLimitedLog
 
@@ -278,6 +279,7 @@ class LinkServerProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._last_rx = 0.0
         self._closed = False
+        self.stats: LinkStats | None = None
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
@@ -348,7 +350,7 @@ class LinkServerProtocol(Protocol):
         self._last_rx = self.factory.clock.seconds()
         batch: list[bytes] = []
         batch_flags = -1
-        nframes = nbytes = 0
+        nframes = nbytes = npackets = 0
         for frame in frames:
             kind = frame[4]
             if self.peer_id is None:
@@ -371,6 +373,7 @@ class LinkServerProtocol(Protocol):
                     continue
                 nframes += 1
                 nbytes += len(frame)
+                npackets += len(packets)
                 if flags != batch_flags and batch:
                     self._deliver(batch, batch_flags)
                     batch = []
@@ -395,6 +398,11 @@ class LinkServerProtocol(Protocol):
                 lm.frame_dropped(F.MALFORMED_FRAME)
                 self._abort()
                 break
+        stats = self.stats
+        if stats is not None:
+            stats.last_rx = self._last_rx
+            stats.packets += npackets
+            stats.bytes += nbytes
         if nframes:
             lm.frames_rx.inc(nframes)
             lm.bytes_rx.inc(nbytes)
@@ -462,7 +470,7 @@ class LinkServerProtocol(Protocol):
         self.transport.write(  # type: ignore[union-attr]
             F.encode_hello_ok(self._server_random, key, key_id, out_flags)
         )
-        f.link_opened(self)
+        f.link_opened(self, kid)
 
     def _link_key(self, frame_key: bytes, peer_id: str, kid: str) -> bytes:
         """This connection's key under session ``kid`` of ``peer_id`` (the client)."""
@@ -481,6 +489,8 @@ class LinkServerProtocol(Protocol):
         F.verify_rekey(key, frame)
         self._pending_rekey = None
         self._opener.install(key_id, key)
+        if self.stats is not None:
+            self.stats.kid = kid
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._closed = True
@@ -525,14 +535,22 @@ class LinkServerFactory(Factory):
         self.hello_timeout = hello_timeout
         self.keepalive = keepalive
         self.links: dict[str, LinkServerProtocol] = {}
+        #: the inbound direction of each member's link, kept across reconnects until the peer is forgotten
+        self.rx_stats: dict[str, LinkStats] = {}
         self.unexpected_log = RateLimitedLog(Logger(namespace="tunmesh.dataplane.link"), clock)
 
     def buildProtocol(self, addr: Any) -> LinkServerProtocol:
         return LinkServerProtocol(self)
 
-    def link_opened(self, proto: LinkServerProtocol) -> None:
+    def link_opened(self, proto: LinkServerProtocol, kid: str = "") -> None:
         """A peer completed its HELLO; a newer link of the same peer replaces the older one."""
         assert proto.peer_id is not None
+        now = self.clock.seconds()
+        stats = self.rx_stats.get(proto.peer_id)
+        if stats is None:
+            stats = self.rx_stats[proto.peer_id] = LinkStats(now)
+        stats.up(now, kid)
+        proto.stats = stats
         old = self.links.get(proto.peer_id)
         self.links[proto.peer_id] = proto
         self.link_metrics.connected_in.inc()
@@ -544,6 +562,13 @@ class LinkServerFactory(Factory):
         self.link_metrics.connected_in.dec()
         if self.links.get(proto.peer_id) is proto:
             del self.links[proto.peer_id]
+            if proto.stats is not None:
+                proto.stats.failed(self.clock.seconds(), "the peer's link closed", state="down")
+
+    def forget(self, peer_id: str) -> None:
+        """The peer left the mesh: close its inbound link and forget its counters."""
+        self.close_peer(peer_id)
+        self.rx_stats.pop(peer_id, None)
 
     def close_peer(self, peer_id: str) -> None:
         """Drop the inbound link of a removed peer."""
@@ -660,6 +685,8 @@ class LinkClient:
         self._sealer: F.DataSealer | None = None
         self._direct: DirectTLSWriter | None = None
         self._pending_session_key: bytes | None = None
+        #: the outbound direction as ``tunmesh status`` shows it
+        self.stats = LinkStats(clock.seconds())
         #: [enqueued_at, packets, first_live_index]
         self._queue: deque[list[Any]] = deque()
         self.queued_packets = 0
@@ -672,6 +699,7 @@ class LinkClient:
         if not self._stopped:
             return
         self._stopped = False
+        self.stats.connecting(self._clock.seconds())
         self._connect()
 
     def stop(self, reason: str = PEER_REMOVED) -> None:
@@ -681,6 +709,7 @@ class LinkClient:
             if timer is not None and timer.active():
                 timer.cancel()
         self._reconnect = self._hello_timer = self._ping_timer = self._expire_timer = None
+        self.stats.stopped(self._clock.seconds())
         self._drop_all(reason)
         proto = self._proto
         if proto is not None and proto.transport is not None:
@@ -700,6 +729,7 @@ class LinkClient:
         d.addErrback(self._connect_failed, proto)
 
     def _connect_failed(self, failure: Failure, proto: LinkClientProtocol) -> None:
+        self.stats.failed(self._clock.seconds(), connect_error(failure))
         if self._proto is None or self._proto is proto:
             self._proto = None
             self._schedule_reconnect()
@@ -745,6 +775,7 @@ class LinkClient:
         if signed is None or session is None or session.kid != signed.kid:
             # No session with this peer yet (the mesh sets one up): retry with backoff.
             self._lm.hello_failed("no_session")
+            self.stats.failed(self._clock.seconds(), "no session with the peer yet (the mesh sets one up)")
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._kid = signed.kid
@@ -757,6 +788,7 @@ class LinkClient:
         self._hello_timer = None
         if not self.ready and self._proto is not None:
             self._lm.hello_failed("timeout")
+            self.stats.failed(self._clock.seconds(), "no HELLO answer within the deadline")
             self._proto.transport.abortConnection()  # type: ignore[union-attr]
 
     def _frame(self, proto: LinkClientProtocol, frame: bytes) -> bool:
@@ -770,6 +802,7 @@ class LinkClient:
             if kind == F.HELLO_ERR and not self.ready:
                 code = F.decode_hello_err(frame)
                 self._lm.hello_failed("refused_" + F.ERR_NAMES.get(code, "unknown"))
+                self.stats.failed(self._clock.seconds(), f"the peer refused our link: {F.ERR_NAMES.get(code, code)}")
                 self.log.warn(
                     "peer {peer_id} refused our link: {reason}",
                     peer_id=self.peer_id,
@@ -778,7 +811,7 @@ class LinkClient:
                 proto.transport.loseConnection()  # type: ignore[union-attr]
                 return False
             if kind == F.PONG and self.ready:
-                F.decode_ping(frame)
+                self.stats.echoed(F.decode_ping(frame), self._last_rx)
                 return True
         except F.FrameError:
             pass
@@ -801,6 +834,7 @@ class LinkClient:
         except F.FrameError:
             # Not the peer (it would know the session): never send it a packet.
             self._lm.hello_failed("server_not_authentic")
+            self.stats.failed(self._clock.seconds(), "the peer's HELLO_OK is not authentic")
             self.log.warn("link to {peer_id}: HELLO_OK not authentic", peer_id=self.peer_id)
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return False
@@ -815,7 +849,10 @@ class LinkClient:
         self.paused = False
         self.attempts = 0
         self._lm.connected_out.inc()
+        self.stats.up(self._clock.seconds(), self._kid)
         proto.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        # A first probe now: the RTT is known from the start, not one keepalive period later.
+        proto.transport.write(F.encode_ping(F.PING, self.stats.probe(self._clock.seconds())))  # type: ignore[union-attr]
         self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
         self._flush()
         return True
@@ -829,7 +866,9 @@ class LinkClient:
             self._lm.frame_dropped("idle_timeout")
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return
-        proto.transport.write(F.encode_ping(F.PING, 0))  # type: ignore[union-attr]
+        # The peer echoes the number: the PONG gives the link's round-trip time (``LinkStats``).
+        opaque = self.stats.probe(self._clock.seconds())
+        proto.transport.write(F.encode_ping(F.PING, opaque))  # type: ignore[union-attr]
         self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
 
     def _connection_lost(self, proto: LinkClientProtocol, reason: Failure) -> None:
@@ -845,6 +884,8 @@ class LinkClient:
         if self.ready:
             self.ready = False
             self._lm.connected_out.dec()
+        if not self._stopped:
+            self.stats.failed(self._clock.seconds(), f"link lost: {reason.getErrorMessage()[:160]}")
         self.paused = False
         self._arm_expiry()
         self._schedule_reconnect()
@@ -904,6 +945,9 @@ class LinkClient:
             direct.flush()
         self._lm.frames_tx.inc(len(runs))
         self._lm.bytes_tx.inc(nbytes)
+        stats = self.stats
+        stats.packets += len(packets)
+        stats.bytes += nbytes
 
     def _link_key(self, frame_key: bytes, kid: str) -> bytes:
         """This connection's key under our outbound session ``kid`` (same derivation as the server's)."""
@@ -920,6 +964,7 @@ class LinkClient:
         ordered_writer(self._proto.transport)(F.encode_rekey(key, key_id, kid))
         self._key_id = key_id
         self._kid = kid
+        self.stats.kid = kid
         self._sealer = F.DataSealer(key_id, key)
         return self._sealer
 
@@ -995,6 +1040,20 @@ class LinkClient:
             if self._expire_timer.active():
                 self._expire_timer.cancel()
             self._expire_timer = None
+
+
+def connect_error(failure: Failure) -> str:
+    """A failed link connection, for people: what happened, with what to check."""
+    from twisted.internet import error as net_error
+
+    value = failure.value
+    if isinstance(value, (net_error.ConnectionRefusedError, ConnectionRefusedError)):
+        return "connection refused (is tunmesh listening on that port?)"
+    if isinstance(value, (net_error.TimeoutError, net_error.TCPTimedOutError, defer.TimeoutError)):
+        return "connection timed out (check the address, the port and network policies)"
+    if isinstance(value, SSL.Error):
+        return f"TLS handshake failed: {failure.getErrorMessage()[:160]} (check certificates and ca_file_path)"
+    return f"{type(value).__name__}: {failure.getErrorMessage()[:160]}"
 
 
 # --- the real connector ---------------------------------------------------------------------

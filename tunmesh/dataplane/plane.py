@@ -197,9 +197,24 @@ class DataPlane(Service):
         link = self.links.pop(peer_id, None)
         if link is not None:
             link.stop(PEER_REMOVED)
-        self.server_factory.close_peer(peer_id)
+        self.server_factory.forget(peer_id)
+        self.drops.forget(peer_id)
         if self.peer_metrics is not None:
             self.peer_metrics.forget(peer_id)
+
+    def link_status(self, peer_id: str) -> dict[str, Any]:
+        """``tunmesh status``: both directions of ``peer_id``'s link and its drops by reason."""
+        now = self._clock.seconds()
+        link = self.links.get(peer_id)
+        rx = self.server_factory.rx_stats.get(peer_id)
+        out = link.stats.to_dict(now) if link is not None else None
+        if out is not None and link is not None:
+            out["queued_packets"] = link.queued_packets
+        return {
+            "out": out,
+            "in": rx.to_dict(now) if rx is not None else None,
+            "drops": dict(self.drops.by_peer.get(peer_id, {})),
+        }
 
     # -- TUN → peers ------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.addressing import AddressClaimer, Verdict
 from tunmesh.mesh.backoff import Backoff
 from tunmesh.mesh.client import MeshClient, RawResponse
+from tunmesh.mesh.contacts import ContactLog
 from tunmesh.mesh.errors import (
     InvalidRegistration,
     MeshError,
@@ -151,6 +152,8 @@ class Membership:
         self._started = self._monotonic()
         self._grace_over_logged = False
         self.last_groom: float | None = None
+        #: last failures per peer and URL, removals, inbound refusals (``tunmesh status``)
+        self.contacts = ContactLog(self._monotonic)
         self._rlog = RateLimitedLog(self.log, clock)
         self._init_metrics(metrics)
         self.addressing = addressing
@@ -190,6 +193,7 @@ class Membership:
         """Count an auth failure and log it rate-limited (never the token); time refusals say the skew."""
         reason = error.reason
         self.m_auth_failures.labels(reason=reason).inc()
+        self.contacts.inbound_refused(reason, where)
         if error.skew is not None:
             self._rlog.emit(
                 ("auth", reason, where),
@@ -531,6 +535,7 @@ class Membership:
             self.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
             self.url_backoff.failure(url, _retry_after(exc))
+            self.contacts.url_failed(url, "bootstrap", exc.reason, exc.detail, exc.status)
             self.m_bootstraps.labels(result=exc.reason).inc()
             self._rlog.emit(
                 ("bootstrap", url, exc.reason),
@@ -542,6 +547,7 @@ class Membership:
             )
             raise
         self.url_backoff.success(url)
+        self.contacts.url_ok(url)
         self.m_bootstraps.labels(result="ok").inc()
         peer = self.pool.get(peer_id)
         self.log.info(
@@ -632,6 +638,7 @@ class Membership:
         except (MeshError, KexError) as exc:
             reason = exc.reason
             self.m_sessions.labels(kind=kind, result=reason).inc()
+            self.contacts.peer_failed(peer_id, "session", reason, str(exc), getattr(exc, "status", 0))
             self._rlog.emit(
                 ("session", peer_id, reason),
                 LogLevel.warn if kind == "init" else LogLevel.error,
@@ -645,6 +652,7 @@ class Membership:
             raise PeerRequestFailed("unknown_peer", peer_id)
         self.sessions.install_outbound(peer_id, kid, secret)
         self.pool.touch(peer_id)
+        self.contacts.peer_ok(peer_id)
         self.m_sessions.labels(kind=kind, result="ok").inc()
         self._update_gauges()
         return None
@@ -716,6 +724,7 @@ class Membership:
                 raise PeerRequestFailed("unknown_peer", peer_id)
             self.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
+            self.contacts.peer_failed(peer_id, "register", exc.reason, exc.detail, exc.status)
             self._rlog.emit(
                 ("renew", peer_id, exc.reason),
                 LogLevel.warn,
@@ -729,6 +738,7 @@ class Membership:
         if peer is not None:
             peer.last_renewal = self._monotonic()
             peer.registered_with = True
+            self.contacts.peer_ok(peer_id)
             if self.sessions.outbound(peer_id) is None:
                 self._spawn_session(peer_id)
         return None
@@ -738,6 +748,7 @@ class Membership:
     def _teardown(self, peer: Peer, reason: str) -> None:
         """Remove a peer and everything that refers to it: routes (observers), sessions, pending ops."""
         self.pool.remove(peer.id)
+        self.contacts.peer_removed(peer.id, peer.info.name, peer.url, reason)
         self.sessions.forget(peer.id)
         self.peer_backoff.success(("renew", peer.id))
         self.peer_backoff.success(("session", peer.id))
