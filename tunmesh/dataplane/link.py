@@ -34,8 +34,8 @@ from zope.interface import implementer
 from tunmesh.auth.errors import AuthError
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
-from tunmesh.dataplane.linkstats import LinkStats
 from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
+from tunmesh.dataplane.linkstats import LinkStats
 from tunmesh.logutil import RateLimitedLog
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
