@@ -1,5 +1,6 @@
-"""The ``tunmesh`` command: ``run`` (a node), the ``health`` probe, and config tooling (example-config,
-check-config, gen-secret, gen-cert, cert, peers, docs, completion, man).
+"""The ``tunmesh`` command: ``run`` (a node), the ``health`` probe, the local admin commands (``status``,
+``reload``) and config tooling (example-config, check-config, gen-secret, gen-cert, cert, peers, docs,
+completion, man).
 
 Config problems are reported one per line on stderr, without a traceback and without any secret.
 """
@@ -12,7 +13,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from tunmesh import __version__, certcli, clidocs
 from tunmesh.config import ConfigError, dump_config, load_config, resolve_config_path
@@ -62,6 +63,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     peers.add_argument("--config", metavar="FILE", help="config file (as for check-config)")
     peers.add_argument("url", nargs="?", metavar="URL", help="node API URL, e.g. https://198.18.0.11:4567/")
+    status = commands.add_parser(
+        "status",
+        help="show this node and its peers: links, sessions, traffic, RTT, failures with hints",
+        description="Asks the local node over its admin socket (process.admin_socket; no cluster secret). "
+        "The socket is --socket, else $TUNMESH_ADMIN_SOCKET, else process.admin_socket of the config file, "
+        "else /run/tunmesh/admin.sock. Run as the node's process.uid or root.",
+    )
+    _admin_options(status)
+    status.add_argument("--json", action="store_true", help="print the status document as JSON (for scripts)")
+    status.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until interrupted, like `tinc top`",
+    )
+    status.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
+    reload_cmd = commands.add_parser(
+        "reload",
+        help="ask the local node to reload its config now (what SIGHUP does) and print what changed",
+        description="Same socket as `tunmesh status`. Prints what was applied, what was refused (the node "
+        "keeps the running value and logs why) and what needs a restart. Exit status 1 when a part was refused.",
+    )
+    _admin_options(reload_cmd)
+    reload_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
     commands.add_parser("docs", help="print the Markdown configuration reference")
     completion = commands.add_parser(
         "completion",
@@ -105,6 +128,72 @@ def _health(args: argparse.Namespace, env: Mapping[str, str], err: TextIO) -> in
         print(f"{PROG}: health: {problem}", file=err)
         return 1
     return 0
+
+
+def _admin_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH", help="the node's admin socket")
+    parser.add_argument("--config", metavar="FILE", help="read process.admin_socket from this config file")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the node (default 10)")
+
+
+def _admin_socket(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    from tunmesh.admin.client import socket_path
+
+    config = resolve_config_path(args.config, env)
+    return socket_path(args.socket, env, config if args.config or config.exists() else None)
+
+
+def _status(
+    args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO, sleep: Any = None
+) -> int:
+    import json
+    import time
+
+    from tunmesh.admin.client import AdminError, request
+    from tunmesh.admin.render import render_status
+
+    sleep = sleep or time.sleep
+    try:
+        path = _admin_socket(args, env)
+    except AdminError as e:
+        print(f"{PROG}: status: {e}", file=err)
+        return 1
+    refreshes = 0
+    while True:
+        try:
+            doc = request(path, "status", timeout=args.timeout)
+            text = json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else render_status(doc)
+            failed = False
+        except AdminError as e:
+            text, failed = f"{PROG}: status: {e}\n", True
+        if args.watch is None:
+            (err if failed else out).write(text)
+            return 1 if failed else 0
+        # Home, clear, draw: a terminal shows the latest state in place (as `tinc top`, `watch`).
+        out.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"every {args.watch:g}s\n" + text)
+        out.flush()
+        refreshes += 1
+        if args.count is not None and refreshes >= args.count:
+            return 1 if failed else 0
+        try:
+            sleep(max(0.2, args.watch))
+        except KeyboardInterrupt:
+            return 0
+
+
+def _reload(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    import json
+
+    from tunmesh.admin.client import AdminError, request
+    from tunmesh.admin.render import render_reload
+
+    try:
+        result = request(_admin_socket(args, env), "reload", timeout=args.timeout)
+    except AdminError as e:
+        print(f"{PROG}: reload: {e}", file=err)
+        return 1
+    out.write(json.dumps(result, indent=2, sort_keys=True) + "\n" if args.json else render_reload(result))
+    return 1 if result.get("refused") else 0
 
 
 def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
@@ -214,6 +303,13 @@ def main(
         return _gen_cert(args, err)
     elif args.command == "cert":
         return certcli.run(args, out, err)
+    elif args.command == "status":
+        try:
+            return _status(args, environ, out, err)
+        except KeyboardInterrupt:
+            return 0
+    elif args.command == "reload":
+        return _reload(args, environ, out, err)
     elif args.command == "docs":
         out.write(config_reference_markdown())
     elif args.command in ("completion", "man"):

@@ -10,6 +10,8 @@ still root, then ``startService``:
 3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
 4. ``dataplane``  TUN <-> router <-> peer links,
 5. ``reload``     SIGHUP: re-read the TLS files, bootstrap groups and log level (``tunmesh.reload``),
+   ``admin``      the local admin socket (``process.admin_socket``: ``tunmesh status``/``reload``), bound
+                  in ``privilegedStartService`` and given to ``process.uid``,
 6. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open), then a
                   self-check as that uid: the node works or exits with one line naming the cause.
 
@@ -33,6 +35,9 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from tunmesh import __version__, logsetup
+from tunmesh.admin.protocol import AdminFactory
+from tunmesh.admin.service import AdminSocketService
+from tunmesh.admin.status import StatusReporter
 from tunmesh.api.app import ControlAPI
 from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
 from tunmesh.clocks import use_monotonic_timers
@@ -40,6 +45,7 @@ from tunmesh.clockwatch import ClockStepWatch
 from tunmesh.config import load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.health import HealthRegistry
+from tunmesh.mesh.peerinfo import PeerInfoMetric
 from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
 from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
@@ -201,6 +207,7 @@ def _make_service(
     link_policy = link_tls_policy(cfg, trust_path)
     dataplane = build_dataplane(local_cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
     membership.add_observer(dataplane)
+    membership.add_observer(PeerInfoMetric(metrics, lambda peer_id: _peer_name(membership, peer_id)))
     if addressing is not None:
         follower = AddressFollower(dataplane.router, address_setter, addressing)
         follower.register_health(health)
@@ -256,17 +263,47 @@ def _make_service(
     )
     ReloadOnSignal(node_reloader, reactor).setServiceParent(top)
 
+    # The local admin socket (`tunmesh status`, `tunmesh reload`): bound as root, owned by process.uid.
+    if cfg.process.admin_socket:
+        reporter = StatusReporter(
+            node_id=identity.node_id,
+            name=membership.local.name or "",
+            version=__version__,
+            advertise_url=identity.advertise_url,
+            addresses={family: str(addr) for family, addr in membership.local.node_addresses.items()},
+            started=identity.started_monotonic,
+            membership=membership,
+            links=dataplane,
+            health=health,
+        )
+        handlers = {"status": reporter.status, "reload": lambda: attrs_dict(node_reloader.reload())}
+        admin_factory = AdminFactory(handlers, reactor, allowed_uids={0, cfg.process.uid})
+        AdminSocketService(
+            Path(cfg.process.admin_socket), admin_factory, reactor, cfg.process.uid, cfg.process.gid
+        ).setServiceParent(top)
+
     # 6. Drop root last; then the node serves a few requests in memory as the new uid, or exits.
     self_check = node_self_check(site, cfg, config_path)
     PrivilegeDropService(cfg.process.uid, cfg.process.gid, preload=preload, self_check=self_check).setServiceParent(top)
 
     log.info(
-        "tunmesh {version} node {node_id} advertising {url}",
+        "tunmesh {version} node {node_name} ({node_id}) advertising {url}",
         version=__version__,
         node_id=identity.node_id,
+        node_name=membership.local.name,
         url=identity.advertise_url,
     )
     return top
+
+
+def _peer_name(membership: Any, peer_id: str) -> str | None:
+    peer = membership.pool.get(peer_id)
+    return peer.info.name if peer is not None else None
+
+
+def attrs_dict(report: Any) -> dict[str, Any]:
+    """A reload report as JSON-ready lists (``tunmesh reload``)."""
+    return {key: list(getattr(report, key)) for key in ("changed", "refused", "restart_needed")}
 
 
 def build_dataplane(

@@ -98,6 +98,13 @@ tun_mesh:
 """.rstrip() + "\n"
 
 
+def with_admin_socket(config: str, path: Path) -> str:
+    """``config`` with ``process.admin_socket: path`` unless it sets one already."""
+    if "admin_socket:" in config or "\n  process:\n" not in config:
+        return config
+    return config.replace("\n  process:\n", f"\n  process:\n    admin_socket: {path}\n", 1)
+
+
 class Cluster:
     """Owns the configs and processes of one test's nodes (the Underlay owns the namespaces)."""
 
@@ -113,16 +120,28 @@ class Cluster:
         for i in range(1, underlay.count + 1):
             d = workdir / f"node{i}"
             d.mkdir(exist_ok=True)
-            (d / "config.yaml").write_text(make_config(i))
+            (d / "config.yaml").write_text(with_admin_socket(make_config(i), self.admin_socket(i)))
+
+    def admin_socket(self, i: int) -> Path:
+        """Node i's admin socket: one per node, since the nodes share this host's filesystem."""
+        return self.workdir / f"node{i}" / "admin.sock"
+
+    def tunmesh(self, i: int, *args: str, timeout: float = 30) -> Any:
+        """Run ``tunmesh ARGS --socket <node i's admin socket>`` in node i's namespace (as root)."""
+        import sys
+
+        argv = [sys.executable, "-m", "tunmesh", *args, "--socket", str(self.admin_socket(i))]
+        return self.ns(i).run(argv, check=False, timeout=timeout)
 
     def ns(self, i: int) -> Any:
         return self.underlay.nodes[i - 1]
 
-    def start(self, i: int, via: str = "twistd") -> NodeProcess:
+    def start(self, i: int, via: str = "twistd", env: dict[str, str] | None = None) -> NodeProcess:
         """Start node i with ``twistd tunmesh`` or (``via="run"``) ``tunmesh run``."""
         d = self.workdir / f"node{i}"
         node = start_node(
-            self.ns(i), d / "config.yaml", f"https://198.18.0.{i}:{PORT}", log_path=d / "node.log", via=via
+            self.ns(i), d / "config.yaml", f"https://198.18.0.{i}:{PORT}", log_path=d / "node.log", via=via,
+            env=env,
         )
         self.nodes[i] = node
         return node

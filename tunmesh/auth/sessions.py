@@ -296,6 +296,18 @@ class SessionStore:
         self._notify(peer_id, INBOUND, None)
         self._notify(peer_id, OUTBOUND, None)
 
+    def ages(self, peer_id: str) -> dict[str, tuple[str, float] | None]:
+        """``{"out": (kid, age) | None, "in": (kid, age) | None}``: the current session of each direction
+        and its age in seconds (``tunmesh status``; kids are identifiers, not key material)."""
+        peer = self._peers.get(peer_id)
+        now = self.monotonic()
+        out = peer.outbound if peer is not None else None
+        inb = peer.inbound if peer is not None else None
+        return {
+            "out": (out.kid, now - out.created) if out is not None else None,
+            "in": (inb.kid, now - inb.created) if inb is not None else None,
+        }
+
     def inbound_rate_limit(self, peer_id: str) -> None:
         """Allow one init_session per `init_interval` per peer (the first always); else rate_limited (429).
 

@@ -1,0 +1,140 @@
+"""`AdminSocketService`: the node's end of the admin UNIX socket (``process.admin_socket``).
+
+The socket is bound in ``privilegedStartService`` (root, before the privilege drop), with a umask that
+makes the file 0600 from the start, then given to ``process.uid``/``gid``; the reactor adopts the listening
+descriptor (Twisted's UNIX port would unlink the file on stop as ``process.uid``, which the directory may
+not allow). A missing directory is created (0755). A file already at the path is replaced only when nothing
+answers on it (left by a node that was killed); a live one (another node sharing the filesystem) is left
+alone. None of this stops the node: without the socket it routes packets as before and logs one error
+naming the key.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from tunmesh.admin.protocol import AdminFactory
+
+KEY = "tun_mesh/process/admin_socket"
+
+
+class AdminSocketError(Exception):
+    """The socket cannot be created; ``str()`` says why."""
+
+
+def _in_use(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def bind_admin_socket(path: Path, uid: int | None, gid: int | None) -> socket.socket:
+    """A listening UNIX socket at ``path``, mode 0600, owned by ``uid``/``gid`` (when given)."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise AdminSocketError(f"{path} exists and is not a socket")
+        if _in_use(path):
+            raise AdminSocketError(f"{path} is in use by another process (another node on this filesystem?)")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    try:
+        os.chmod(path, 0o600)
+        if uid is not None:
+            os.chown(path, uid, gid if gid is not None else -1)
+        sock.listen(16)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        _unlink(path)
+        raise
+    return sock
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise
+
+
+class AdminSocketService(Service):
+    """Listens on the admin socket while the node runs (see module docstring)."""
+
+    name = "admin"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, path: Path, factory: AdminFactory, reactor: Any, uid: int | None, gid: int | None) -> None:
+        self.path = path
+        self.factory = factory
+        self.reactor = reactor
+        self.uid = uid
+        self.gid = gid
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:  # started without the privileged step (already unprivileged)
+            self._listen()
+
+    def _listen(self) -> None:
+        try:
+            sock = bind_admin_socket(self.path, self.uid, self.gid)
+        except (OSError, AdminSocketError) as e:
+            self.log.error(
+                "{key}: cannot create the admin socket ({error}); `tunmesh status` and `tunmesh reload` will "
+                "not reach this node",
+                key=KEY,
+                error=str(e),
+            )
+            return
+        try:
+            self.port = self.reactor.adoptStreamPort(sock.fileno(), socket.AF_UNIX, self.factory)
+        finally:
+            sock.close()
+        self.log.info("admin socket listening at {path}", path=str(self.path))
+
+    def stopService(self) -> Any:
+        port, self.port = self.port, None
+        super().stopService()
+        if port is None:
+            return None  # never listened: the file at the path (if any) is not ours
+        d = port.stopListening()
+        try:
+            _unlink(self.path)
+        except OSError as e:
+            # The directory may not let process.uid remove it; the next start replaces it.
+            self.log.info("admin socket {path} left behind: {error}", path=str(self.path), error=e.strerror)
+        return d
