@@ -79,7 +79,8 @@ def _traffic(direction: Mapping[str, Any] | None) -> str:
 
 
 def _rtt(out: Mapping[str, Any] | None) -> str:
-    if out is None or out.get("rtt_ms") is None:
+    """The last RTT of a link that is up (a down link's last value is in the JSON, with its age)."""
+    if out is None or out.get("rtt_ms") is None or out["state"] != "up":
         return "-"
     return f"{out['rtt_ms']:.2f}ms"
 

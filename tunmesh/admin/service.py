@@ -2,8 +2,8 @@
 
 The socket is bound in ``privilegedStartService`` (root, before the privilege drop), with a umask that
 makes the file 0600 from the start, then given to ``process.uid``/``gid``; the reactor adopts the listening
-descriptor (Twisted's UNIX port would unlink the file on stop as ``process.uid``, which the directory may
-not allow). A missing directory is created (0755). A file already at the path is replaced only when nothing
+descriptor (bound by hand, so the file is never wider than 0600; on stop Twisted's port removes the file,
+which a root-owned directory may not let ``process.uid`` do: the next start replaces it). A missing directory is created (0755). A file already at the path is replaced only when nothing
 answers on it (left by a node that was killed); a live one (another node sharing the filesystem) is left
 alone. None of this stops the node: without the socket it routes packets as before and logs one error
 naming the key.
@@ -11,7 +11,6 @@ naming the key.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import stat
@@ -81,9 +80,8 @@ def bind_admin_socket(path: Path, uid: int | None, gid: int | None) -> socket.so
 def _unlink(path: Path) -> None:
     try:
         path.unlink()
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise
+    except FileNotFoundError:
+        pass
 
 
 class AdminSocketService(Service):
@@ -131,10 +129,15 @@ class AdminSocketService(Service):
         super().stopService()
         if port is None:
             return None  # never listened: the file at the path (if any) is not ours
+        # Closing the port removes the file (Twisted's UNIX port does, adopted or not).
         d = port.stopListening()
-        try:
-            _unlink(self.path)
-        except OSError as e:
+        if d is None:
+            return None
+
+        def left_behind(failure: Any) -> None:
             # The directory may not let process.uid remove it; the next start replaces it.
-            self.log.info("admin socket {path} left behind: {error}", path=str(self.path), error=e.strerror)
-        return d
+            failure.trap(OSError)
+            self.log.info("admin socket {path} left behind: {error}", path=str(self.path),
+                          error=failure.getErrorMessage())
+
+        return d.addErrback(left_behind)

@@ -67,7 +67,7 @@ class LinkStats:
         self._set(UP, now)
         self.kid = kid
         self.connects += 1
-        self.last_error = ""
+        self.last_error, self.last_error_at = "", None
         self._probe_at = None
 
     def failed(self, now: float, error: str, state: str = CONNECTING) -> None:
