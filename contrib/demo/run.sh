@@ -100,6 +100,7 @@ tun_mesh:
   config_version: 1.1
   clustering:
     control_api_advertise_url: https://198.18.0.1$i:4567/
+    node_name: demo-$i
     bootstrap_groups:
       demo:
         bootstrap_node_urls:
@@ -128,6 +129,8 @@ tun_mesh:
       node_address_cidr: fd7e:7e57::$i/64
   process:
     uid: 65534
+    # One socket per node: the three demo nodes share this machine's filesystem.
+    admin_socket: $work/node$i/admin.sock
     timing:
       registrations:
         groom_interval: 1
@@ -172,9 +175,13 @@ ip netns exec tmd-n2 iperf3 -c 100.64.0.1 -t 5 | tail -n 4
 say "mesh view of node 1 (tunmesh peers: the cluster-authenticated GET /tunmesh/control/v0/peers)"
 ip netns exec tmd-n1 "$venv/bin/tunmesh" peers --config "$work/node1/config.yaml"
 
+say "node 1's status (tunmesh status: the local admin socket, no cluster secret)"
+ip netns exec tmd-n1 "$venv/bin/tunmesh" status --config "$work/node1/config.yaml"
+
 say "done"
 echo "configs and logs: $work/node{1,2,3}/ (config.yaml, node.log)"
 if [ "$keep" = 1 ]; then
     echo "the mesh is still running; try: ip netns exec tmd-n1 ping 100.64.0.2"
+    echo "or watch node 1: $venv/bin/tunmesh status --watch --config $work/node1/config.yaml"
     echo "stop it with: bash contrib/demo/run.sh down"
 fi
