@@ -207,7 +207,8 @@ def _make_service(
     link_policy = link_tls_policy(cfg, trust_path)
     dataplane = build_dataplane(local_cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
     membership.add_observer(dataplane)
-    membership.add_observer(PeerInfoMetric(metrics, lambda peer_id: _peer_name(membership, peer_id)))
+    dataplane.name_of = lambda peer_id: _peer_name(membership, peer_id)
+    membership.add_observer(PeerInfoMetric(metrics, dataplane.name_of))
     if addressing is not None:
         follower = AddressFollower(dataplane.router, address_setter, addressing)
         follower.register_health(health)

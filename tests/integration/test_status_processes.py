@@ -150,6 +150,10 @@ class StatusTests(TestCase):
         # Later the killed peer is removed as stale, and status says so.
         gone = self.wait_status(1, lambda d: any(r["id"] == ids[3] for r in d["removed"]), 40, "removal")
         self.assertEqual([r["reason"] for r in gone["removed"] if r["id"] == ids[3]], ["stale"])
+        log = (self.workdir / "node1" / "node.log").read_text(errors="replace")
+        for line in (f"peer bravo ({ids[2]}) registered", f"packet link to charlie-0 ({ids[3]}) up",
+                     f"removing stale peer charlie-0 ({ids[3]})"):
+            self.assertIn(line, log)
 
         sample = os.environ.get("TUNMESH_STATUS_SAMPLE")
         if sample:

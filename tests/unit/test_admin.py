@@ -310,3 +310,48 @@ class RenderTests(SynchronousTestCase):
             render_reload({"changed": ["a"], "restart_needed": ["b"]}),
             "applied:\n  a\nchanged in the file, applied at the next start:\n  b\n",
         )
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """``makeService`` wires the admin socket to this node's status and reload (built, not started)."""
+
+    def build(self, **process: Any) -> Any:
+        import yaml
+        from twisted.internet.testing import MemoryReactorClock
+
+        from tests.unit.test_config_helpers import minimal_data
+        from tunmesh import service
+        from tunmesh.config import load_config
+        from tunmesh.tls.certs import write_self_signed
+        from tunmesh.tun.fake import FakeTun
+
+        base = Path(self.mktemp()).resolve()
+        (base / "ssl").mkdir(parents=True)
+        write_self_signed(base / "ssl" / "cert.pem", base / "ssl" / "key.pem")
+        data = minimal_data()
+        data["tun_mesh"]["clustering"]["node_name"] = "alpha"
+        data["tun_mesh"]["process"].update(process)
+        path = base / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        tun = FakeTun()
+        self.addCleanup(tun.close)
+        return service.makeService(load_config(path), MemoryReactorClock(), lambda networking: tun, config_path=path)
+
+    def test_the_admin_socket_answers_with_this_nodes_status_and_reload(self) -> None:
+        top = self.build(admin_socket="/run/tunmesh-test/admin.sock")
+        admin = top.getServiceNamed("admin")
+        self.assertIsInstance(admin, AdminSocketService)
+        self.assertEqual(admin.path, Path("/run/tunmesh-test/admin.sock"))
+        names = [s.name for s in top]
+        self.assertLess(names.index("admin"), len(names) - 1)  # bound before the privilege drop
+        doc = admin.factory.handlers["status"]()
+        self.assertEqual(doc["node"]["name"], "alpha")
+        self.assertEqual(doc["node"]["id"], top.getServiceNamed("mesh").membership.node_id)
+        self.assertEqual(doc["peers"], [])
+        json.dumps(doc)
+        self.assertEqual(admin.factory.handlers["reload"](), {"changed": [], "refused": [], "restart_needed": []})
+        self.assertIn(0, admin.factory.allowed_uids)
+
+    def test_an_empty_admin_socket_means_none(self) -> None:
+        top = self.build(admin_socket="")
+        self.assertNotIn("admin", [s.name for s in top])

@@ -37,6 +37,7 @@ from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.dataplane.linkstats import LinkStats
 from tunmesh.logutil import RateLimitedLog
+from tunmesh.names import label
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -647,9 +648,12 @@ class LinkClient:
         backoff_initial: float = 0.1,
         backoff_max: float = 30.0,
         rng: Callable[[], float] = random.random,
+        peer_name: str | None = None,
     ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
+        #: how log lines name the peer: ``name (id)`` (``tunmesh.names.label``)
+        self.peer = label(peer_name, peer_id)
         self.url = url
         self._connector = connector
         self._sessions = sessions
@@ -804,7 +808,8 @@ class LinkClient:
                 self._lm.hello_failed("refused_" + F.ERR_NAMES.get(code, "unknown"))
                 self.stats.failed(self._clock.seconds(), f"the peer refused our link: {F.ERR_NAMES.get(code, code)}")
                 self.log.warn(
-                    "peer {peer_id} refused our link: {reason}",
+                    "peer {peer} refused our link: {reason}",
+                    peer=self.peer,
                     peer_id=self.peer_id,
                     reason=F.ERR_NAMES.get(code, str(code)),
                 )
@@ -835,13 +840,14 @@ class LinkClient:
             # Not the peer (it would know the session): never send it a packet.
             self._lm.hello_failed("server_not_authentic")
             self.stats.failed(self._clock.seconds(), "the peer's HELLO_OK is not authentic")
-            self.log.warn("link to {peer_id}: HELLO_OK not authentic", peer_id=self.peer_id)
+            self.log.warn("link to {peer}: HELLO_OK not authentic", peer=self.peer, peer_id=self.peer_id)
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return False
         self._sealer = F.DataSealer(self._key_id, key)
         self._direct = DirectTLSWriter.wrap(proto.transport)
         self.log.info(
-            "packet link to {peer_id} up ({binding})",
+            "packet link to {peer} up ({binding})",
+            peer=self.peer,
             peer_id=self.peer_id,
             binding="bound to its TLS session" if self._channel else "no TLS",
         )

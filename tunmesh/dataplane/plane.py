@@ -116,6 +116,8 @@ class DataPlane(Service):
         self._tx_packets = metrics.counter("tun_tx_packets_total", "Packets written to the TUN.")
         self._tx_bytes = metrics.counter("tun_tx_bytes_total", "Bytes written to the TUN device.")
         self.links: dict[str, LinkClient] = {}
+        #: a peer's human name for the link log lines (membership's pool); set by ``makeService``
+        self.name_of: Callable[[str], str | None] = lambda peer_id: None
         self._reader = _TunReader(self)
         self._reading = False
         self.server_factory = LinkServerFactory(
@@ -185,6 +187,7 @@ class DataPlane(Service):
                 self._authority,
                 self._clock,
                 self.link_metrics,
+                peer_name=self.name_of(peer_id),
                 **self._link_opts,
             )
             self.links[peer_id] = link
