@@ -265,23 +265,9 @@ def _make_service(
     ReloadOnSignal(node_reloader, reactor).setServiceParent(top)
 
     # The local admin socket (`tunmesh status`, `tunmesh reload`): bound as root, owned by process.uid.
-    if cfg.process.admin_socket:
-        reporter = StatusReporter(
-            node_id=identity.node_id,
-            name=membership.local.name or "",
-            version=__version__,
-            advertise_url=identity.advertise_url,
-            addresses={family: str(addr) for family, addr in membership.local.node_addresses.items()},
-            started=identity.started_monotonic,
-            membership=membership,
-            links=dataplane,
-            health=health,
-        )
-        handlers = {"status": reporter.status, "reload": lambda: attrs_dict(node_reloader.reload())}
-        admin_factory = AdminFactory(handlers, reactor, allowed_uids={0, cfg.process.uid})
-        AdminSocketService(
-            Path(cfg.process.admin_socket), admin_factory, reactor, cfg.process.uid, cfg.process.gid
-        ).setServiceParent(top)
+    admin = build_admin(cfg, identity, membership, dataplane, health, node_reloader, reactor)
+    if admin is not None:
+        admin.setServiceParent(top)
 
     # 6. Drop root last; then the node serves a few requests in memory as the new uid, or exits.
     self_check = node_self_check(site, cfg, config_path)
@@ -302,9 +288,37 @@ def _peer_name(membership: Any, peer_id: str) -> str | None:
     return peer.info.name if peer is not None else None
 
 
-def attrs_dict(report: Any) -> dict[str, Any]:
+def reload_result(report: Any) -> dict[str, Any]:
     """A reload report as JSON-ready lists (``tunmesh reload``)."""
     return {key: list(getattr(report, key)) for key in ("changed", "refused", "restart_needed")}
+
+
+def build_admin(
+    cfg: TunMeshConfig,
+    identity: NodeIdentity,
+    membership: Any,
+    dataplane: Any,
+    health: HealthRegistry,
+    reloader: NodeReloader,
+    reactor: Any,
+) -> AdminSocketService | None:
+    """The admin socket service answering ``status`` and ``reload`` (None when ``admin_socket`` is empty)."""
+    if not cfg.process.admin_socket:
+        return None
+    reporter = StatusReporter(
+        node_id=identity.node_id,
+        name=membership.local.name or "",
+        version=__version__,
+        advertise_url=identity.advertise_url,
+        addresses={family: str(addr) for family, addr in membership.local.node_addresses.items()},
+        started=identity.started_monotonic,
+        membership=membership,
+        links=dataplane,
+        health=health,
+    )
+    handlers = {"status": reporter.status, "reload": lambda: reload_result(reloader.reload())}
+    factory = AdminFactory(handlers, reactor, allowed_uids={0, cfg.process.uid})
+    return AdminSocketService(Path(cfg.process.admin_socket), factory, reactor, cfg.process.uid, cfg.process.gid)
 
 
 def build_dataplane(

@@ -51,7 +51,7 @@ class MembershipLike(Protocol):
     def pool(self) -> Iterable[Any]: ...
 
     @property
-    def sessions(self) -> Any: ...
+    def sessions(self) -> SessionsLike: ...
 
     def bootstrap_urls(self) -> list[str]: ...
 
@@ -119,10 +119,10 @@ class StatusReporter:
         contacts = self.membership.contacts
         peers = [self._peer(peer, now) for peer in self.membership.pool]
         peers.sort(key=lambda p: (p["name"] or "", p["id"]))
-        bootstrap = set(self.membership.bootstrap_urls())
+        bootstrap = {u.rstrip("/") for u in self.membership.bootstrap_urls()}
         urls = []
         for url, record in contacts.urls.items():
-            entry = {"url": url, "bootstrap": url.rstrip("/") in {u.rstrip("/") for u in bootstrap}}
+            entry: dict[str, Any] = {"url": url, "bootstrap": url.rstrip("/") in bootstrap}
             entry.update(failure_dict(record, now))
             urls.append(entry)
         removed = [
