@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class StatusTests(TestCase):
         for i in (1, 2, 3):
             c.nodes[i].wait_ready(timeout=60)
         ids = c.wait_full_mesh()
+        st = c.admin_socket(1).stat()
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid), (0o600, UNPRIVILEGED_UID))
 
         def all_up(doc: dict[str, Any]) -> bool:
             peers = doc["peers"]

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tunmesh.admin.client import AdminError, request, socket_path
 from tunmesh.admin.protocol import AdminFactory, peer_uid
 from tunmesh.admin.render import count, duration, render_reload, render_status, size
-from tunmesh.admin.service import AdminSocketError, AdminSocketService, bind_admin_socket
+from tunmesh.admin.service import AdminSocketError, AdminSocketService, listen_admin_socket
 from tunmesh.cli import main
 
 SAMPLE: dict[str, Any] = {
@@ -159,15 +159,22 @@ class _SocketTransport(StringTransport):
         return self._sock
 
 
-class SocketFileTests(SynchronousTestCase):
+class SocketFileTests(TestCase):
+    """Real UNIX sockets on the reactor, as the node creates them."""
+
     def setUp(self) -> None:
         self.dir = short_dir(self)
+        self.factory = AdminFactory({"status": dict}, reactor, {0})
+
+    def listen(self, path: Path, uid: int | None = None) -> Any:
+        port = listen_admin_socket(reactor, path, self.factory, uid, uid)
+        self.addCleanup(port.stopListening)
+        return port
 
     def test_created_0600_owned_by_the_uid_in_a_new_directory(self) -> None:
         path = self.dir / "sub" / "admin.sock"
         uid = 65534 if os.geteuid() == 0 else None
-        sock = bind_admin_socket(path, uid, uid)
-        self.addCleanup(sock.close)
+        self.listen(path, uid)
         st = path.stat()
         self.assertTrue(stat.S_ISSOCK(st.st_mode))
         self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
@@ -175,20 +182,23 @@ class SocketFileTests(SynchronousTestCase):
         if uid is not None:
             self.assertEqual((st.st_uid, st.st_gid), (65534, 65534))
 
-    def test_a_stale_socket_is_replaced_a_live_one_and_other_files_are_not(self) -> None:
+    @inlineCallbacks
+    def test_a_stale_socket_is_replaced_a_live_one_and_other_files_are_not(self) -> Any:
         path = self.dir / "admin.sock"
-        live = bind_admin_socket(path, None, None)
+        port = listen_admin_socket(reactor, path, self.factory, None, None)
         with self.assertRaises(AdminSocketError) as caught:
-            bind_admin_socket(path, None, None)
+            listen_admin_socket(reactor, path, self.factory, None, None)
         self.assertIn("in use by another process", str(caught.exception))
-        live.close()  # the file stays behind, as after a kill
-        self.assertTrue(path.exists())
-        again = bind_admin_socket(path, None, None)
-        self.addCleanup(again.close)
+        yield port.stopListening()
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(path))  # left behind, as after a kill: nothing listens
+        stale.close()
+        self.listen(path)
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
         other = self.dir / "file"
         other.write_text("x")
         with self.assertRaises(AdminSocketError):
-            bind_admin_socket(other, None, None)
+            listen_admin_socket(reactor, other, self.factory, None, None)
         self.assertEqual(other.read_text(), "x")
 
 
@@ -239,6 +249,7 @@ class EndToEndTests(TestCase):
 
     @inlineCallbacks
     def test_status_json_table_watch_and_reload(self) -> Any:
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
         result = yield threads.deferToThread(request, str(self.path), "status")
         self.assertEqual(result, SAMPLE)
 
@@ -355,3 +366,54 @@ class MakeServiceTests(SynchronousTestCase):
     def test_an_empty_admin_socket_means_none(self) -> None:
         top = self.build(admin_socket="")
         self.assertNotIn("admin", [s.name for s in top])
+
+
+def _require_root() -> None:
+    from twisted.trial.unittest import SkipTest
+
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("TUNMESH_REQUIRE_ROOT_TESTS") == "1":
+        raise AssertionError("TUNMESH_REQUIRE_ROOT_TESTS=1 but the tests do not run as root")
+    raise SkipTest("needs root (set TUNMESH_REQUIRE_ROOT_TESTS=1 to make this a failure)")
+
+
+class PermissionTests(TestCase):
+    """The socket as a Kubernetes container sees it: owned by process.uid (65534 here), mode 0600; ``tunmesh
+    status`` runs as root without CAP_DAC_OVERRIDE (``capabilities: drop: [ALL]``), or as another user."""
+
+    def setUp(self) -> None:
+        _require_root()
+        directory = short_dir(self)
+        directory.chmod(0o755)  # as /run/tunmesh (created 0755) or an emptyDir (0777)
+        self.path = directory / "admin.sock"
+        factory = AdminFactory({"status": lambda: SAMPLE}, reactor, {0, 65534})
+        self.service = AdminSocketService(self.path, factory, reactor, 65534, 65534)
+        self.service.privilegedStartService()
+        self.addCleanup(self.service.stopService)
+        st = self.path.stat()
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid), (0o600, 65534))
+
+    def run_status(self, *setpriv: str) -> Any:
+        import sys
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.netns import REPO_ROOT
+
+        argv = [*setpriv, "--", sys.executable, "-m", "tunmesh", "status", "--json", "--socket", str(self.path)]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        return getProcessOutputAndValue("/usr/bin/setpriv", argv, env=env, path=str(REPO_ROOT))
+
+    @inlineCallbacks
+    def test_root_without_dac_override_switches_to_the_socket_owner(self) -> Any:
+        out, err, code = yield self.run_status("--bounding-set=-dac_override,-dac_read_search")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), SAMPLE)
+
+    @inlineCallbacks
+    def test_another_user_is_refused_by_the_file_mode(self) -> Any:
+        out, err, code = yield self.run_status("--reuid=65533", "--regid=65533", "--clear-groups")
+        self.assertEqual(code, 1)
+        self.assertIn(b"permission denied on", err)
+        self.assertEqual(out, b"")

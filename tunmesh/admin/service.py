@@ -1,9 +1,10 @@
 """`AdminSocketService`: the node's end of the admin UNIX socket (``process.admin_socket``).
 
 The socket is bound in ``privilegedStartService`` (root, before the privilege drop), with a umask that
-makes the file 0600 from the start, then given to ``process.uid``/``gid``; the reactor adopts the listening
-descriptor (bound by hand, so the file is never wider than 0600; on stop Twisted's port removes the file,
-which a root-owned directory may not let ``process.uid`` do: the next start replaces it). A missing directory is created (0755). A file already at the path is replaced only when nothing
+makes the file 0600 from the start (and mode 0600 for Twisted, which sets the mode after binding: an
+adopted descriptor would get its default 0666), then given to ``process.uid``/``gid``. On stop the port
+removes the file, which a root-owned directory may not let ``process.uid`` do: the next start replaces
+it. A missing directory is created (0755). A file already at the path is replaced only when nothing
 answers on it (left by a node that was killed); a live one (another node sharing the filesystem) is left
 alone. None of this stops the node: without the socket it routes packets as before and logs one error
 naming the key.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -42,39 +44,40 @@ def _in_use(path: Path) -> bool:
     return True
 
 
-def bind_admin_socket(path: Path, uid: int | None, gid: int | None) -> socket.socket:
-    """A listening UNIX socket at ``path``, mode 0600, owned by ``uid``/``gid`` (when given)."""
+def prepare_admin_path(path: Path) -> None:
+    """Make ``path`` free for a new socket: create its directory (0755) when missing, remove a socket file
+    nothing answers on; refuse a live socket or a file that is not a socket (:class:`AdminSocketError`)."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     try:
         st = path.lstat()
     except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise AdminSocketError(f"{path} exists and is not a socket")
-        if _in_use(path):
-            raise AdminSocketError(f"{path} is in use by another process (another node on this filesystem?)")
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AdminSocketError(f"{path} exists and is not a socket")
+    if _in_use(path):
+        raise AdminSocketError(f"{path} is in use by another process (another node on this filesystem?)")
+    path.unlink()
+
+
+def listen_admin_socket(reactor: Any, path: Path, factory: AdminFactory, uid: int | None,
+                        gid: int | None) -> IListeningPort:
+    """Listen on ``path``: mode 0600 from the moment the file exists (umask 0177 around the bind, and the
+    mode Twisted sets right after it), then owned by ``uid``/``gid`` (when given)."""
+    prepare_admin_path(path)
     old_umask = os.umask(0o177)
     try:
-        sock.bind(str(path))
-    except OSError:
-        sock.close()
-        raise
+        port: IListeningPort = reactor.listenUNIX(str(path), factory, mode=0o600)
+    except CannotListenError as e:
+        raise AdminSocketError(f"cannot listen on {path}: {e.socketError}") from None
     finally:
         os.umask(old_umask)
     try:
-        os.chmod(path, 0o600)
         if uid is not None:
             os.chown(path, uid, gid if gid is not None else -1)
-        sock.listen(16)
-        sock.setblocking(False)
     except OSError:
-        sock.close()
-        _unlink(path)
+        port.stopListening()
         raise
-    return sock
+    return port
 
 
 def _unlink(path: Path) -> None:
@@ -109,7 +112,7 @@ class AdminSocketService(Service):
 
     def _listen(self) -> None:
         try:
-            sock = bind_admin_socket(self.path, self.uid, self.gid)
+            self.port = listen_admin_socket(self.reactor, self.path, self.factory, self.uid, self.gid)
         except (OSError, AdminSocketError) as e:
             self.log.error(
                 "{key}: cannot create the admin socket ({error}); `tunmesh status` and `tunmesh reload` will "
@@ -118,10 +121,6 @@ class AdminSocketService(Service):
                 error=str(e),
             )
             return
-        try:
-            self.port = self.reactor.adoptStreamPort(sock.fileno(), socket.AF_UNIX, self.factory)
-        finally:
-            sock.close()
         self.log.info("admin socket listening at {path}", path=str(self.path))
 
     def stopService(self) -> Any:
