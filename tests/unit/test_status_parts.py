@@ -320,3 +320,25 @@ class StatusReporterTests(MeshTestCase):
         self.assertEqual(doc["peers"], [])
         self.assertEqual([(r["name"], r["reason"]) for r in doc["removed"]], [("bravo", "left")])
 
+
+
+class LinkErrorTests(SynchronousTestCase):
+    def test_a_link_refused_for_want_of_a_session_says_so_not_just_lost(self) -> None:
+        pair = Pair(self, install_inbound=False)
+        pair.client.start()
+        pair.pump()
+        doc = pair.client.stats.to_dict(pair.clock.seconds())
+        self.assertNotEqual(doc["state"], "up")
+        self.assertIn("refused our link", doc["last_error"])
+        self.assertIn("sessions are being set up", link_hint(doc["last_error"]))
+
+    def test_a_link_lost_after_it_was_up(self) -> None:
+        pair = Pair(self)
+        pair.client.start()
+        pair.pump()
+        pair.clock.advance(3)
+        pair.server_proto.transport.loseConnection()
+        pair.pump()
+        doc = pair.client.stats.to_dict(pair.clock.seconds())
+        self.assertEqual(doc["state"], "connecting")
+        self.assertTrue(doc["last_error"].startswith("link lost: "), doc["last_error"])

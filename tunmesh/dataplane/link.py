@@ -681,6 +681,7 @@ class LinkClient:
         self._ping_timer: IDelayedCall | None = None
         self._expire_timer: IDelayedCall | None = None
         self._last_rx = 0.0
+        self._attempt_started = 0.0
         self._client_random = b""
         self._server_random = b""
         self._channel = b""
@@ -755,7 +756,7 @@ class LinkClient:
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return False
         self._proto = proto
-        self._last_rx = self._clock.seconds()
+        self._last_rx = self._attempt_started = self._clock.seconds()
         self._hello_timer = self._clock.callLater(self.hello_timeout, self._hello_deadline)
         return True
 
@@ -887,11 +888,17 @@ class LinkClient:
             if timer is not None and timer.active():
                 timer.cancel()
         self._hello_timer = self._ping_timer = None
+        was_ready = self.ready
         if self.ready:
             self.ready = False
             self._lm.connected_out.dec()
         if not self._stopped:
-            self.stats.failed(self._clock.seconds(), f"link lost: {reason.getErrorMessage()[:160]}")
+            # Lost before HELLO_OK: the TLS handshake (or the peer) refused us; say so, not just "lost".
+            # A more precise reason noted during this attempt (no session, refused, timeout) is kept.
+            noted = self.stats.last_error_at
+            if was_ready or noted is None or noted < self._attempt_started:
+                error = f"link lost: {reason.getErrorMessage()[:160]}" if was_ready else connect_error(reason)
+                self.stats.failed(self._clock.seconds(), error)
         self.paused = False
         self._arm_expiry()
         self._schedule_reconnect()
