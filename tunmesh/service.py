@@ -310,7 +310,7 @@ def build_admin(
         name=membership.local.name or "",
         version=__version__,
         advertise_url=identity.advertise_url,
-        addresses={family: str(addr) for family, addr in membership.local.node_addresses.items()},
+        addresses=lambda: {family: str(addr) for family, addr in membership.local.node_addresses.items()},
         started=identity.started_monotonic,
         membership=membership,
         links=dataplane,

@@ -257,7 +257,7 @@ class StatusReporterTests(MeshTestCase):
     def reporter(self, node: Node, links: FakeLinks) -> StatusReporter:
         return StatusReporter(
             node_id=node.id, name=node.settings.node_name or "", version="9.9", advertise_url=node.url,
-            addresses={"ipv4": node.address}, started=self.clock.seconds() - 100, membership=node.membership,
+            addresses=lambda: {"ipv4": node.address}, started=self.clock.seconds() - 100, membership=node.membership,
             links=links, health=node.health, monotonic=self.clock.seconds,
         )
 

@@ -96,7 +96,7 @@ class StatusReporter:
         name: str,
         version: str,
         advertise_url: str,
-        addresses: Mapping[str, str],
+        addresses: Callable[[], Mapping[str, str]],
         started: float,
         membership: MembershipLike,
         links: LinksLike | None,
@@ -107,7 +107,8 @@ class StatusReporter:
         self.name = name
         self.version = version
         self.advertise_url = advertise_url
-        self.addresses = dict(addresses)
+        #: this node's overlay addresses now (they may move: dynamic addressing, docs/addressing.md)
+        self.addresses = addresses
         self.started = started
         self.membership = membership
         self.links = links
@@ -138,7 +139,7 @@ class StatusReporter:
             "name": self.name,
             "id": self.node_id,
             "url": self.advertise_url,
-            "addresses": self.addresses,
+            "addresses": dict(self.addresses()),
             "version": self.version,
             "uptime_s": round(now - self.started, 3),
             "ready": all(readiness.values()),
