@@ -54,7 +54,7 @@ class NameTests(SynchronousTestCase):
 
     def test_name_travels_in_the_registration_and_is_optional(self) -> None:
         info = NodeInfo("n-1", "https://a:1", {"ipv4": ipaddress.ip_network("100.64.0.0/24")},
-                        {"ipv4": ipaddress.ip_interface("100.64.0.5/24")}, "alpha")
+                        {"ipv4": ipaddress.ip_interface("100.64.0.5/24")}, name="alpha")
         body = Registration(info, (), 1, 1).to_json()
         self.assertEqual(json.loads(body)["local"]["name"], "alpha")
         self.assertEqual(Registration.from_json(body, Bounds()).local.name, "alpha")
