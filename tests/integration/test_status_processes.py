@@ -124,13 +124,17 @@ class StatusTests(TestCase):
 
         def charlie_down(doc: dict[str, Any]) -> bool:
             peer = {p["id"]: p for p in doc["peers"]}.get(ids[3])
-            return peer is not None and peer["state"] != "up" and "listens on the port" in peer["hint"]
+            # The link to it fails at once; its renewal (every 2 s here) fails too: membership's view.
+            failure = peer["last_failure"] if peer is not None else None
+            return (peer is not None and peer["state"] == "unreachable" and "listens on the port" in peer["hint"]
+                    and failure is not None and failure["failures"] > 0 and failure["operation"] == "register")
 
         killed = self.wait_status(1, charlie_down, 30, "the killed peer shown down with a hint")
         killed_table = self.table(1)
         self.assertIn("charlie-0", killed_table)
         self.assertIn("hint: nothing listens there", killed_table)
         self.assertIn("connection refused", killed_table)
+        self.assertIn("register failing: transport", killed_table)
 
         # The wrong-secret node: its bootstrap URL answers 401, and it says what to check.
         c.start(4)
