@@ -204,7 +204,7 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     import uuid
 
     from tunmesh import strictjson
-    from tunmesh.auth.cluster import ClusterAuthority
+    from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
     from tunmesh.auth.errors import AuthError
     from tunmesh.clocks import WallClock
 
@@ -226,7 +226,9 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
         node_id = info.get("id") if isinstance(info, dict) else None
         if not isinstance(node_id, str):
             raise ValueError("node_info has no node id")
-        authority = ClusterAuthority(cfg.clustering.auth.secret, str(uuid.uuid4()), WallClock())
+        auth = cfg.clustering.auth
+        keyring = ClusterKeyring(auth.accepted_secrets, auth.signing_id)
+        authority = ClusterAuthority(keyring, str(uuid.uuid4()), WallClock())
         signed = authority.sign_request(node_id, "GET", path, b"")
         request = urllib.request.Request(base + path, headers={"Authorization": signed.header_value})
         with urllib.request.urlopen(request, context=context, timeout=10) as r:

@@ -283,6 +283,9 @@ def files_read_after_drop(cfg: TunMeshConfig, config_path: Path | None) -> list[
         files.append((CA_FILE_KEY, ssl_cfg.ca_file_path, why))
     if cfg.clustering.auth.secret_file is not None:
         files.append((SECRET_FILE_KEY, cfg.clustering.auth.secret_file, why))
+    for secret_id, entry in cfg.clustering.auth.secrets.items():
+        if entry.secret_file is not None:
+            files.append((f"{ROOT_KEY}/clustering/auth/secrets/{secret_id}/secret_file", entry.secret_file, why))
     return files
 
 

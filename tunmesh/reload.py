@@ -6,6 +6,9 @@
 - the trust anchors (``ca_file_path``, or the node's own certificate) and ``verify_hostname``: the
   verification of connections this node opens from now on (control requests and packet links);
 - ``clustering/bootstrap_groups``: used from the next bootstrap pass;
+- ``clustering/auth``: the accepted cluster secrets (``secret``, ``secret_file``, ``secrets``, files
+  re-read) and the one this node signs with, for tokens from now on; outbound sessions salted with a
+  secret no longer accepted are rotated at once (docs/security.md, "Rotating the cluster secret");
 - ``logging/level``.
 
 Established connections and links keep what they negotiated. A part that cannot be loaded (a garbage PEM,
@@ -32,6 +35,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
+from tunmesh.auth.cluster import ClusterKeyring
 from tunmesh.config import ConfigError, load_config
 from tunmesh.config.errors import ConfigWarning
 from tunmesh.config.tree import TunMeshConfig
@@ -50,15 +54,22 @@ from tunmesh.tls.contexts import (
 ROOT = "tun_mesh"
 SSL_KEY = f"{ROOT}/control_api/ssl"
 GROUPS_KEY = f"{ROOT}/clustering/bootstrap_groups"
+AUTH_KEY = f"{ROOT}/clustering/auth"
 LEVEL_KEY = f"{ROOT}/logging/level"
 #: Keys (and everything below them) a reload applies; any other change needs a restart.
-RELOADABLE = (SSL_KEY, GROUPS_KEY, LEVEL_KEY)
+RELOADABLE = (SSL_KEY, GROUPS_KEY, AUTH_KEY, LEVEL_KEY)
 
 
 class BootstrapGroupsTarget(Protocol):
     """What the reloader needs of ``Membership``."""
 
     def set_bootstrap_groups(self, specs: Sequence[BootstrapGroupSpec]) -> bool: ...
+
+
+class ClusterSecretsTarget(Protocol):
+    """What the reloader needs of ``Membership`` for the cluster secrets."""
+
+    def set_cluster_keyring(self, keyring: ClusterKeyring) -> None: ...
 
 
 class CertificatesTarget(Protocol):
@@ -123,8 +134,17 @@ def _read_yaml(path: Path) -> Any:
         return None
 
 
-def _is_reloadable(key: str) -> bool:
-    return any(key == k or key.startswith(k + "/") for k in RELOADABLE)
+def _is_reloadable(key: str, reloadable: Sequence[str] = RELOADABLE) -> bool:
+    return any(key == k or key.startswith(k + "/") for k in reloadable)
+
+
+def _keyring_of(cfg: TunMeshConfig) -> ClusterKeyring:
+    auth = cfg.clustering.auth
+    return ClusterKeyring(auth.accepted_secrets, auth.signing_id)
+
+
+def _keyring_state(keyring: ClusterKeyring) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return keyring.signing_id, tuple((i, keyring.fingerprint(i)) for i in keyring.ids)
 
 
 def _trust_of(cfg: TunMeshConfig) -> tuple[Path, str]:
@@ -147,6 +167,8 @@ class NodeReloader:
     :param set_log_level: applies a ``logging.level`` value.
     :param certificates: told the node certificate and trust anchors in use after a change (the expiry
         watch), or ``None``.
+    :param secrets: told the accepted cluster secrets after a change (``Membership``), or ``None``: then
+        a changed secret is named as needing a restart.
     :param load: reads and validates the file (``tunmesh.config.load_config``).
     :param check_tls: the start-up checks of the TLS files (:func:`preflight_tls`): errors refuse the part
         whose key they name, warnings are logged.
@@ -165,6 +187,7 @@ class NodeReloader:
         groups: BootstrapGroupsTarget,
         set_log_level: Callable[[str], None],
         certificates: CertificatesTarget | None = None,
+        secrets: ClusterSecretsTarget | None = None,
         load: Callable[[Path], TunMeshConfig] = load_config,
         check_tls: TLSCheck = preflight_tls,
     ) -> None:
@@ -188,7 +211,9 @@ class NodeReloader:
         self._verify_hostname = ssl.verify_hostname
         self._group_specs = MeshSettings.from_config(running).bootstrap_groups
         self._level = running.logging.level
-        self._secret = running.clustering.auth.secret
+        self._secrets = secrets
+        self._reloadable = RELOADABLE if secrets is not None else tuple(k for k in RELOADABLE if k != AUTH_KEY)
+        self._keyring = _keyring_state(_keyring_of(running))
         # The file as the node started from it: keys changed since then that a reload cannot apply
         # are named on every reload until the restart (compared as written, so a random timing range
         # such as ``50..60m`` is not a change).
@@ -214,7 +239,13 @@ class NodeReloader:
                 self._tls_problems.setdefault(tls_problem.path, tls_problem.message)
         changed: list[str] = []
         refused: list[str] = []
-        for apply in (self._apply_server_tls, self._apply_trust, self._apply_groups, self._apply_level):
+        for apply in (
+            self._apply_server_tls,
+            self._apply_trust,
+            self._apply_groups,
+            self._apply_secrets,
+            self._apply_level,
+        ):
             key, ok = apply(cfg)
             target = changed if ok else refused
             if key is not None and key not in target:  # the certificate may also be the trust anchor
@@ -306,6 +337,33 @@ class NodeReloader:
         )
         return GROUPS_KEY, True
 
+    def _apply_secrets(self, cfg: TunMeshConfig) -> tuple[str | None, bool]:
+        if self._secrets is None:
+            return None, True
+        keyring = _keyring_of(cfg)
+        state = _keyring_state(keyring)
+        if state == self._keyring:
+            return None, True
+        old_signing, old = self._keyring[0], dict(self._keyring[1])
+        new = dict(state[1])
+        self._secrets.set_cluster_keyring(keyring)
+        self._keyring = state
+        added = sorted(set(new) - set(old))
+        removed = sorted(set(old) - set(new))
+        replaced = sorted(i for i in set(new) & set(old) if new[i] != old[i])
+        self.log.info(
+            "reload: {key}: accepting cluster secret ids {ids}, signing with {signing}"
+            " (added: {added}; removed: {removed}; changed: {replaced}; signing was {old_signing})",
+            key=AUTH_KEY,
+            ids=", ".join(keyring.ids),
+            signing=keyring.signing_id,
+            added=", ".join(added) or "none",
+            removed=", ".join(removed) or "none",
+            replaced=", ".join(replaced) or "none",
+            old_signing=old_signing,
+        )
+        return AUTH_KEY, True
+
     def _apply_level(self, cfg: TunMeshConfig) -> tuple[str | None, bool]:
         level = cfg.logging.level
         if level == self._level:
@@ -322,10 +380,10 @@ class NodeReloader:
         keys = {
             k.lstrip("/")
             for k in set(now) | set(self._started_leaves)
-            if now.get(k) != self._started_leaves.get(k) and not _is_reloadable(k.lstrip("/"))
+            if now.get(k) != self._started_leaves.get(k) and not _is_reloadable(k.lstrip("/"), self._reloadable)
         }
-        if cfg.clustering.auth.secret != self._secret:  # a secret_file rewritten in place
-            keys.add(f"{ROOT}/clustering/auth/secret")
+        if self._secrets is None and _keyring_state(_keyring_of(cfg)) != self._keyring:
+            keys.add(AUTH_KEY)  # also a secret_file rewritten in place
         return tuple(sorted(keys))
 
 

@@ -261,6 +261,7 @@ def _make_service(
         groups=membership,
         set_log_level=logsetup.set_level,
         certificates=expiry,
+        secrets=membership,
     )
     ReloadOnSignal(node_reloader, reactor).setServiceParent(top)
 

@@ -34,6 +34,8 @@ from tunmesh.config import (
 from tunmesh.config.errors import raise_collected
 from tunmesh.config.tree import TunMeshConfig
 
+OTHER_SECRET = "Zy8wX3vU6tS1rQ4pO7nM0lK9jI2hG5fEdCbA"
+
 
 class ErrorClassTests(SynchronousTestCase):
     def test_config_error_str(self) -> None:
@@ -560,11 +562,84 @@ class SecretTests(ConfigTestMixin, SynchronousTestCase):
         data = set_key(minimal_data(), "clustering/auth", {})
         self.assertEqual(
             self.errors_of(data),
-            ["tun_mesh/clustering/auth/secret: missing: set one of secret or secret_file "
+            ["tun_mesh/clustering/auth/secret: missing: set one of secret or secret_file or secrets "
              "(or the environment variable TUNMESH_CLUSTER_SECRET)"],
         )
         del_key(data, "clustering/auth")
         self.assertEqual(len(self.errors_of(data)), 1)
+
+    def test_single_secret_has_the_default_id(self) -> None:
+        auth = self.load(minimal_data()).clustering.auth
+        self.assertEqual(dict(auth.accepted_secrets), {"default": SECRET})
+        self.assertEqual((auth.signing_id, auth.signing_secret), ("default", SECRET))
+
+    def test_several_secrets_by_id_one_signs(self) -> None:
+        (self.base / "new").write_text(OTHER_SECRET + "\n")
+        data = set_key(
+            minimal_data(),
+            "clustering/auth",
+            {"secrets": {"old": {"secret": SECRET}, "new": {"secret_file": "new"}}, "signing_secret_id": "new"},
+        )
+        auth = self.load(data).clustering.auth
+        self.assertEqual(dict(auth.accepted_secrets), {"old": SECRET, "new": OTHER_SECRET})
+        self.assertEqual((auth.signing_id, auth.signing_secret), ("new", OTHER_SECRET))
+        self.assertIsNone(auth.secret)
+        dumped = dump_config(self.load(data))
+        self.assertNotIn(SECRET, dumped)
+        self.assertNotIn(OTHER_SECRET, dumped)
+
+    def test_secrets_need_a_signing_id_among_them(self) -> None:
+        data = set_key(minimal_data(), "clustering/auth", {"secrets": {"old": {"secret": SECRET}}})
+        errors = self.errors_of(data)
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(errors[0].startswith("tun_mesh/clustering/auth/signing_secret_id: missing"), errors)
+        set_key(data, "clustering/auth/signing_secret_id", "new")
+        self.assertEqual(
+            self.errors_of(data),
+            ["tun_mesh/clustering/auth/signing_secret_id: 'new' is not an id under secrets (ids: old)"],
+        )
+
+    def test_secrets_and_the_single_form_are_exclusive(self) -> None:
+        data = set_key(minimal_data(), "clustering/auth/secrets", {"old": {"secret": OTHER_SECRET}})
+        set_key(data, "clustering/auth/signing_secret_id", "old")
+        errors = self.errors_of(data)
+        self.assertEqual(len(errors), 1)
+        self.assertIn("set either secrets", errors[0])
+        del_key(data, "clustering/auth/secret")
+        errors = self.errors_of(data, env={"TUNMESH_CLUSTER_SECRET": SECRET})
+        self.assertEqual(len(errors), 1)
+        self.assertIn("TUNMESH_CLUSTER_SECRET", errors[0])
+        self.assertNotIn(SECRET, errors[0])
+
+    def test_bad_secret_ids_and_entries(self) -> None:
+        data = set_key(minimal_data(), "clustering/auth", {"secrets": {"no.dots": {"secret": SECRET}}})
+        set_key(data, "clustering/auth/signing_secret_id", "no.dots")
+        errors = self.errors_of(data)
+        self.assertTrue(any("key 'no.dots' is not valid" in e for e in errors), errors)
+        data = set_key(
+            minimal_data(), "clustering/auth", {"secrets": {"a": {}}, "signing_secret_id": "a"}
+        )
+        self.assertEqual(
+            self.errors_of(data),
+            ["tun_mesh/clustering/auth/secrets/a/secret: missing: set one of secret or secret_file"],
+        )
+
+    def test_each_secret_is_checked_for_strength_without_echoing_it(self) -> None:
+        weak = "password" * 4
+        data = set_key(
+            minimal_data(),
+            "clustering/auth",
+            {"secrets": {"old": {"secret": SECRET}, "new": {"secret": weak}}, "signing_secret_id": "old"},
+        )
+        errors = self.errors_of(data)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertTrue(errors[0].startswith("tun_mesh/clustering/auth/secrets/new/secret: is too weak"), errors)
+        self.assertNotIn(weak, errors[0])
+        set_key(data, "clustering/auth/secrets/new/secret", SECRET)
+        errors = self.errors_of(data)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("is the same secret as id", errors[0])
+        self.assertNotIn(SECRET, errors[0])
 
     def test_env_secret_overrides_and_allows_no_auth_group(self) -> None:
         other = "Zy8wX3vU6tS1rQ4pO7nM0lK9jI2hG5fE"

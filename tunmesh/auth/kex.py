@@ -5,7 +5,8 @@ V answers `{"kid": ..., "public_key": ...}` with its own ephemeral key. Both der
 
     secret = HKDF-SHA256(ikm=X25519(shared), salt=K_kex, info=length_prefixed("tunmesh v1 session", S, V, kid))
 
-where `K_kex = derive_key(cluster_secret, "kex")`. Mixing in the cluster secret works like WireGuard's PSK:
+where `K_kex = derive_key(cluster_secret, "kex")` of the cluster secret the request names (`kex_secret`: the
+requester's signing secret; see docs/security.md, "Rotating the cluster secret"). Mixing in the cluster secret works like WireGuard's PSK:
 a MITM without it derives a different secret. Nothing secret crosses the wire and both private keys are
 thrown away. V stores the secret as its inbound key for S; S stores it as its outbound key to V.
 Bad keys (not exactly 32 bytes, low order / all-zero shared secret) raise `KexError` (HTTP 400).
@@ -14,6 +15,7 @@ Bad keys (not exactly 32 bytes, low order / all-zero shared secret) raise `KexEr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tunmesh import strictjson
 from tunmesh.auth.errors import KexError
 from tunmesh.auth.keys import b64url, b64url_decode, length_prefixed, random_id
-from tunmesh.auth.tokens import valid_kid, valid_node_id
+from tunmesh.auth.tokens import DEFAULT_SECRET_ID, is_cluster_kid, valid_kid, valid_node_id, valid_secret_id
 
 SESSION_INFO = b"tunmesh v1 session"
 SECRET_BYTES = 32
@@ -73,18 +75,27 @@ def derive_session_secret(
 
 @dataclass(frozen=True)
 class KexRequest:
-    """The init_session request body: the requester's ephemeral public key (raw, 32 bytes)."""
+    """The init_session request body: the requester's ephemeral public key (raw, 32 bytes) and the id of
+    the cluster secret whose ``kex`` key salts the new session (``kex_secret``; absent means the default
+    id, as nodes from before secret ids send it). The body is covered by the token's ``bh``."""
 
     public_key: bytes
+    secret_id: str = DEFAULT_SECRET_ID
 
     def to_body(self) -> bytes:
-        return json.dumps({"public_key": b64url(self.public_key)}, separators=(",", ":")).encode()
+        value = {"public_key": b64url(self.public_key)}
+        if self.secret_id != DEFAULT_SECRET_ID:
+            value["kex_secret"] = self.secret_id
+        return json.dumps(value, separators=(",", ":")).encode()
 
     @classmethod
     def from_body(cls, body: bytes) -> KexRequest:
         """Parse and validate; raises KexError."""
         value = _json_object(body)
-        return cls(_raw_bytes(_load_public(value.get("public_key"))))
+        secret_id = value.get("kex_secret", DEFAULT_SECRET_ID)
+        if not valid_secret_id(secret_id):
+            raise KexError("malformed")
+        return cls(_raw_bytes(_load_public(value.get("public_key"))), secret_id)
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ class KexResponse:
         """Parse and validate; raises KexError."""
         value = _json_object(body)
         kid = value.get("kid")
-        if not isinstance(kid, str) or not valid_kid(kid) or kid == "cluster":
+        if not isinstance(kid, str) or not valid_kid(kid) or is_cluster_kid(kid):
             raise KexError("malformed")
         return cls(kid, _raw_bytes(_load_public(value.get("public_key"))))
 
@@ -117,15 +128,21 @@ class KexInitiator:
     """The requester's side (the future sender S of the direction S -> receiver)."""
 
     def __init__(
-        self, kex_key: bytes, sender: str, receiver: str, private_key: X25519PrivateKey | None = None
+        self,
+        kex_key: bytes,
+        sender: str,
+        receiver: str,
+        private_key: X25519PrivateKey | None = None,
+        secret_id: str = DEFAULT_SECRET_ID,
     ) -> None:
+        """`kex_key` is the ``kex`` key of the cluster secret `secret_id`, which the request names."""
         if not (valid_node_id(sender) and valid_node_id(receiver)):
             raise ValueError("invalid node id")
         self._kex_key = kex_key
         self.sender = sender
         self.receiver = receiver
         self._private: X25519PrivateKey | None = private_key or X25519PrivateKey.generate()
-        self.request = KexRequest(_raw_public(self._private))
+        self.request = KexRequest(_raw_public(self._private), secret_id)
 
     def request_body(self) -> bytes:
         """The body to POST to the receiver's init_session route."""
@@ -161,7 +178,7 @@ class KexResult:
 
 
 def respond(
-    kex_key: bytes,
+    kex_key: bytes | Callable[[str], bytes],
     request_body: bytes,
     sender: str,
     receiver: str,
@@ -170,11 +187,15 @@ def respond(
 ) -> KexResult:
     """The receiver's side: `sender` is the VERIFIED `iss` of the init_session request, `receiver` this node.
 
+    `kex_key` is the salt, or a function from the secret id the request names to that secret's ``kex``
+    key (it raises ``AuthError("unknown_key")`` for an id this node does not accept).
     Raises KexError (400) for a malformed body or an unusable public key.
     """
     if not (valid_node_id(sender) and valid_node_id(receiver)):
         raise ValueError("invalid node id")
     request = KexRequest.from_body(request_body)
+    if callable(kex_key):
+        kex_key = kex_key(request.secret_id)
     kid = kid or random_id()
     private = private_key or X25519PrivateKey.generate()
     secret = derive_session_secret(

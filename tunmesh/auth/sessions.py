@@ -35,7 +35,6 @@ from tunmesh.auth.cluster import check_timing
 from tunmesh.auth.errors import AuthError
 from tunmesh.auth.replay import MAX_CTR, ReplayWindow
 from tunmesh.auth.tokens import (
-    CLUSTER_KID,
     MAX_LIFETIME,
     TYP_LINK,
     TYP_REQUEST,
@@ -47,6 +46,7 @@ from tunmesh.auth.tokens import (
     bearer,
     check_rid,
     encode_token,
+    is_cluster_kid,
     parse_authorization,
     unverified_parts,
     valid_kid,
@@ -70,7 +70,7 @@ class _SessionKeys:
     def __init__(self, peer_id: str, kid: str, secret: bytes, created: float) -> None:
         if len(secret) < 32:
             raise ValueError("session secret must be at least 32 bytes")
-        if not valid_kid(kid) or kid == CLUSTER_KID:
+        if not valid_kid(kid) or is_cluster_kid(kid):
             raise ValueError("invalid session kid")
         self.peer_id = peer_id
         self.kid = kid
@@ -453,7 +453,7 @@ class SessionAuthority:
         """Verify `peer_id`'s answer to our `request` (same kid, rid = its ctr, bh over `body`)."""
         token = parse_authorization(header_value)
         header, _ = unverified_parts(token)
-        if header.get("kid") != request.kid and header.get("kid") != CLUSTER_KID:
+        if header.get("kid") != request.kid and not is_cluster_kid(header.get("kid")):
             raise AuthError("unknown_key")
 
         def key_for(header: Mapping[str, Any], claims: Mapping[str, Any]) -> bytes:

@@ -3,7 +3,7 @@
 A token travels as `Authorization: Bearer <jwt>` (the original's `Bearer: <jwt>` is accepted on input).
 
 Header: `alg` = HS256 (nothing else is ever accepted), `typ` (one of the `TYP_*` kinds), `kid`
-(`"cluster"` for cluster-secret tokens, a session kid otherwise).
+(`"cluster"` or `"cluster.<secret id>"` for cluster-secret tokens, a session kid otherwise).
 
 Claims: `iss` sender node id, `aud` receiver node id (or `"bootstrap"`), `iat`, `exp` (exp - iat <= 60 s),
 `bh` = base64url(SHA-256(exact body bytes)), requests add `htm` (method) and `htu` (path only) and
@@ -41,6 +41,11 @@ TYP_LINK = "tm-link+jwt"
 TYPES = frozenset({TYP_REQUEST, TYP_RESPONSE, TYP_BOOTSTRAP, TYP_LINK})
 
 CLUSTER_KID = "cluster"
+#: The id of the secret given in the single-secret form (``clustering.auth.secret``); its tokens carry
+#: ``kid = "cluster"`` exactly as before secret ids existed, so such nodes interoperate with older ones.
+DEFAULT_SECRET_ID = "default"
+#: A cluster secret id as configured (``clustering.auth.secrets/<id>``).
+SECRET_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}"
 BOOTSTRAP_AUDIENCE = "bootstrap"
 ALGORITHM = "HS256"
 MAX_TOKEN_BYTES = 4096
@@ -50,6 +55,8 @@ CNF_THUMBPRINT = "x5t#S256"
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SECRET_ID = re.compile(SECRET_ID_PATTERN)
+_CLUSTER_KID_PREFIX = CLUSTER_KID + "."
 _JTI = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 _BH = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -81,8 +88,41 @@ def valid_node_id(value: object) -> bool:
 
 
 def valid_kid(value: object) -> bool:
-    """The shape of a `kid` header value."""
-    return isinstance(value, str) and bool(_KID.match(value))
+    """The shape of a `kid` header value: a session kid, or a cluster kid (see :func:`cluster_kid`)."""
+    return isinstance(value, str) and (bool(_KID.match(value)) or secret_id_of_kid(value) is not None)
+
+
+def valid_secret_id(value: object) -> bool:
+    """The shape of a cluster secret id."""
+    return isinstance(value, str) and _SECRET_ID.fullmatch(value) is not None
+
+
+def cluster_kid(secret_id: str) -> str:
+    """The `kid` of tokens signed with the cluster secret `secret_id`.
+
+    ``"cluster"`` for the default id (the single-secret form, unchanged on the wire), else
+    ``"cluster.<id>"``. Session kids are base64url and never contain a dot, so the two kinds cannot meet.
+    """
+    if not valid_secret_id(secret_id):
+        raise ValueError(f"invalid cluster secret id {secret_id!r}")
+    return CLUSTER_KID if secret_id == DEFAULT_SECRET_ID else _CLUSTER_KID_PREFIX + secret_id
+
+
+def secret_id_of_kid(kid: object) -> str | None:
+    """The cluster secret id a cluster `kid` names, or None when `kid` is not a (canonical) cluster kid."""
+    if kid == CLUSTER_KID:
+        return DEFAULT_SECRET_ID
+    if not isinstance(kid, str) or not kid.startswith(_CLUSTER_KID_PREFIX):
+        return None
+    secret_id = kid[len(_CLUSTER_KID_PREFIX) :]
+    if not valid_secret_id(secret_id) or secret_id == DEFAULT_SECRET_ID:
+        return None  # "cluster.default" is not canonical: the default id is "cluster"
+    return secret_id
+
+
+def is_cluster_kid(kid: object) -> bool:
+    """Whether `kid` marks a cluster-secret token (``cluster`` or ``cluster.<id>``)."""
+    return secret_id_of_kid(kid) is not None
 
 
 def bearer(token: str) -> str:
@@ -272,7 +312,7 @@ def verify_token(
     kid = header.get("kid")
     if not isinstance(kid, str) or not valid_kid(kid):
         raise AuthError("malformed")
-    if (kid == CLUSTER_KID) != cluster:
+    if is_cluster_kid(kid) != cluster:
         raise AuthError("wrong_type")  # cluster token on a session verifier, or the reverse
     key = key_for(header, unverified)
     try:

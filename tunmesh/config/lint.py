@@ -108,16 +108,31 @@ def secret_problem(secret: str) -> str | None:
 
 @_rule(
     "secret-strength",
-    f"The cluster secret has at least {MIN_SECRET_CHARS} characters and at least {MIN_SECRET_BITS:.0f} bits of "
+    f"Each cluster secret (secret, secret_file, or every entry of secrets) has at least {MIN_SECRET_CHARS} characters and at least {MIN_SECRET_BITS:.0f} bits of "
     "estimated entropy: the length after compressing the text and the differences between neighbouring "
     "characters (so repeats and runs like `abcd...` count once), times the smaller of the character-class "
     "entropy (lower 26, upper 26, digits 10, punctuation 33, other 128) and the entropy of the character "
-    "frequencies. `tunmesh gen-secret` always passes.",
+    "frequencies. `tunmesh gen-secret` always passes. Two ids of secrets may not hold the same secret.",
 )
 def _secret_strength(cfg: TunMeshConfig) -> Iterator[ConfigError]:
-    problem = secret_problem(cfg.clustering.auth.secret)
-    if problem:
-        yield ConfigError(_p("clustering", "auth", "secret"), problem)
+    auth = cfg.clustering.auth
+    if not auth.secrets:
+        problem = secret_problem(auth.signing_secret)
+        if problem:
+            yield ConfigError(_p("clustering", "auth", "secret"), problem)
+        return
+    seen: dict[str, str] = {}
+    for secret_id, entry in auth.secrets.items():
+        problem = secret_problem(entry.secret)
+        if problem:
+            yield ConfigError(_p("clustering", "auth", "secrets", secret_id, "secret"), problem)
+        if entry.secret in seen:
+            # Two ids for one secret defeat the point of a rotation (and hint at a copy-paste slip).
+            yield ConfigError(
+                _p("clustering", "auth", "secrets", secret_id, "secret"),
+                f"is the same secret as id {seen[entry.secret]!r} (value hidden); each id needs its own secret",
+            )
+        seen.setdefault(entry.secret, secret_id)
 
 
 # ---------------------------------------------------------------------------------------------- addressing

@@ -15,6 +15,7 @@ from typing import Any
 
 from attrs import frozen
 
+from tunmesh.auth.tokens import DEFAULT_SECRET_ID, SECRET_ID_PATTERN
 from tunmesh.config.schema import (
     Bool,
     Enum,
@@ -98,50 +99,163 @@ class ClusteringLimits:
     )
 
 
-def _resolve_auth(values: dict[str, Any], present: frozenset[str], path: str, ctx: LoadContext) -> Any:
-    """Exactly one of secret / secret_file in the file; the env variable overrides both."""
+# DEFAULT_SECRET_ID: the id of the secret given as ``secret``/``secret_file`` (tokens: ``kid = "cluster"``,
+# as always); SECRET_ID_PATTERN: the shape of an id. Both are the token layer's, declared once there.
+SECRET_ID_HELP = "1-32 letters, digits, '_' or '-', starting with a letter or digit"
+
+
+def _read_secret_file(secret_path: Path, path: str, ctx: LoadContext) -> Any:
+    try:
+        text = secret_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return ctx.fail(path, f"{secret_path}: is not UTF-8 text")
+    except OSError as e:
+        return ctx.fail(path, f"{secret_path}: cannot be read: {e.strerror}")
+    secret = text.rstrip("\r\n")
+    if not secret:
+        return ctx.fail(path, f"{secret_path}: is empty")
+    return secret
+
+
+def _resolve_secret_entry(values: dict[str, Any], present: frozenset[str], path: str, ctx: LoadContext) -> Any:
+    """Exactly one of secret / secret_file per entry; the file is read now (and on every reload)."""
     if {"secret", "secret_file"} <= present:
         return ctx.fail(path, "set only one of secret and secret_file")
     if values["secret"] is None and values["secret_file"] is not None:
-        secret_path: Path = values["secret_file"]
-        try:
-            text = secret_path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            return ctx.fail(f"{path}/secret_file", f"{secret_path}: is not UTF-8 text")
-        except OSError as e:
-            return ctx.fail(f"{path}/secret_file", f"{secret_path}: cannot be read: {e.strerror}")
-        secret = text.rstrip("\r\n")
+        secret = _read_secret_file(values["secret_file"], f"{path}/secret_file", ctx)
         if not secret:
-            return ctx.fail(f"{path}/secret_file", f"{secret_path}: is empty")
+            return secret
+        values["secret"] = secret
+    return values
+
+
+@group(
+    "One cluster secret of clustering.auth.secrets, under its id (the map key).",
+    (
+        "The id travels in every token signed with this secret (JWT kid `cluster.<id>`, or `cluster` for the id",
+        "`default`); it is not secret.",
+        "Give exactly one of secret and secret_file.",
+    ),
+    resolve=_resolve_secret_entry,
+)
+@frozen(kw_only=True)
+class ClusterSecret:
+    secret: str = option(
+        String(min_length=1),
+        "The secret.",
+        ("Needs at least 32 characters and 128 bits of estimated entropy (`tunmesh gen-secret`).",),
+        required=True,
+        secret=True,
+        alternatives=("secret_file",),
+    )
+    secret_file: Path | None = option(
+        File(),
+        "File holding the secret (instead of secret).",
+        (
+            "Trailing newlines are removed. Relative paths start at the config file's directory.",
+            "Re-read on SIGHUP (as process.uid, which must be able to read it).",
+        ),
+    )
+
+
+def _resolve_auth(values: dict[str, Any], present: frozenset[str], path: str, ctx: LoadContext) -> Any:
+    """Either the single-secret form (secret / secret_file, overridden by the env variable) or the
+    secrets map with signing_secret_id; never both."""
+    env_path = f"{path}/secret"
+    from_env = ctx.env_sources.get(env_path)
+    if values["secrets"]:
+        if from_env is not None:
+            return ctx.fail(
+                f"{path}/secrets",
+                f"the environment variable {from_env} gives the single secret; with secrets, give every "
+                "secret as an entry (unset the variable)",
+            )
+        if present & {"secret", "secret_file"}:
+            return ctx.fail(path, "set either secrets (with signing_secret_id) or secret / secret_file, not both")
+        signing = values["signing_secret_id"]
+        if signing is None:
+            return ctx.fail(
+                f"{path}/signing_secret_id",
+                f"missing: with secrets, name the one this node signs with (one of {', '.join(values['secrets'])})",
+            )
+        if signing not in values["secrets"]:
+            return ctx.fail(
+                f"{path}/signing_secret_id",
+                f"{signing!r} is not an id under secrets (ids: {', '.join(values['secrets'])})",
+            )
+        return values
+    if values["signing_secret_id"] is not None and values["signing_secret_id"] != DEFAULT_SECRET_ID:
+        return ctx.fail(
+            f"{path}/signing_secret_id",
+            f"{values['signing_secret_id']!r} names no secret: the single secret's id is {DEFAULT_SECRET_ID!r}",
+        )
+    if {"secret", "secret_file"} <= present:
+        return ctx.fail(path, "set only one of secret and secret_file")
+    if values["secret"] is None and values["secret_file"] is not None:
+        secret = _read_secret_file(values["secret_file"], f"{path}/secret_file", ctx)
+        if not secret:
+            return secret
         values["secret"] = secret
     return values
 
 
 @group(
     "Cluster authentication.",
-    ("The shared cluster secret is the root of trust: every node of the mesh must have the same one.",),
+    (
+        "The shared cluster secret is the root of trust: every node of the mesh must accept the secret its",
+        "peers sign with. Either one secret (secret or secret_file, id `default`), or several under ids",
+        "(secrets, with signing_secret_id) to rotate it without downtime: docs/security.md, \"Rotating the",
+        "cluster secret\".",
+    ),
     resolve=_resolve_auth,
 )
 @frozen(kw_only=True)
 class Auth:
-    secret: str = option(
+    secret: str | None = option(
         String(min_length=1),
-        "Shared cluster secret.",
+        "Shared cluster secret (the single-secret form; its id is `default`).",
         (
             "Must be the same on every node. Generate one with `tunmesh gen-secret`.",
             "Needs at least 32 characters and 128 bits of estimated entropy.",
-            "Give exactly one of secret and secret_file; the environment variable",
-            f"{SECRET_ENV}, when set and non-empty, overrides both.",
+            "Give exactly one of secret, secret_file and secrets; the environment variable",
+            f"{SECRET_ENV}, when set and non-empty, overrides secret and secret_file.",
         ),
         required=True,
         secret=True,
         env=SECRET_ENV,
-        alternatives=("secret_file",),
+        alternatives=("secret_file", "secrets"),
     )
     secret_file: Path | None = option(
         File(),
         "File holding the shared cluster secret (instead of secret).",
-        ("Trailing newlines are removed. Relative paths start at the config file's directory.",),
+        (
+            "Trailing newlines are removed. Relative paths start at the config file's directory.",
+            "Re-read on SIGHUP (as process.uid, which must be able to read it).",
+        ),
+    )
+    secrets: Mapping[str, ClusterSecret] = option(
+        MapOf(
+            GroupType(ClusterSecret),
+            key_pattern=SECRET_ID_PATTERN,
+            key_help=SECRET_ID_HELP,
+            max_items=8,
+        ),
+        "Several cluster secrets accepted at once, by id (instead of secret / secret_file).",
+        (
+            "Tokens name the secret they are signed with; a token under an id not listed here is refused",
+            "(401, reason unknown_key). Used to rotate the secret with no downtime: add the new secret on every",
+            "node, then switch signing_secret_id to it on every node, then remove the old one.",
+            f"The id `{DEFAULT_SECRET_ID}` is the same secret id as the single-secret form.",
+        ),
+        default=types.MappingProxyType({}),
+    )
+    signing_secret_id: str | None = option(
+        String(pattern=SECRET_ID_PATTERN, pattern_help=SECRET_ID_HELP),
+        "The id under secrets this node signs its requests with (required with secrets).",
+        (
+            "Responses are signed with the secret of the request they answer; new sessions are salted with",
+            "this secret.",
+        ),
     )
     pub_key_size: int = option(
         UInt(min=2048),
@@ -150,6 +264,24 @@ class Auth:
         default=2048,
         unused=True,
     )
+
+    @property
+    def accepted_secrets(self) -> Mapping[str, str]:
+        """Every accepted secret by id (the single-secret form: one, under ``default``)."""
+        if self.secrets:
+            return types.MappingProxyType({k: v.secret for k, v in self.secrets.items()})
+        assert self.secret is not None
+        return types.MappingProxyType({DEFAULT_SECRET_ID: self.secret})
+
+    @property
+    def signing_id(self) -> str:
+        """The id of the secret this node signs with."""
+        return self.signing_secret_id if self.secrets and self.signing_secret_id else DEFAULT_SECRET_ID
+
+    @property
+    def signing_secret(self) -> str:
+        """The secret this node signs with."""
+        return self.accepted_secrets[self.signing_id]
 
 
 @group("Cluster membership settings.")
@@ -570,6 +702,7 @@ __all__ = [
     "Auth",
     "AuthTiming",
     "BootstrapGroup",
+    "ClusterSecret",
     "Clustering",
     "ClusteringLimits",
     "ControlApi",

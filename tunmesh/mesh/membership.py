@@ -36,11 +36,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from tunmesh.auth.cluster import ClusterAuthority
+from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.errors import AuthError, KexError
 from tunmesh.auth.kex import KexInitiator, KexRequest, respond
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
-from tunmesh.auth.tokens import TYP_BOOTSTRAP, TYP_REQUEST, SignedRequest, VerifiedToken
+from tunmesh.auth.tokens import TYP_BOOTSTRAP, TYP_REQUEST, SignedRequest, VerifiedToken, is_cluster_kid
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.addressing import AddressClaimer, Verdict
 from tunmesh.mesh.backoff import Backoff
@@ -143,6 +143,8 @@ class Membership:
         self._bootstrap_slots = DeferredSemaphore(settings.max_concurrent_bootstraps)
         self._bootstrapping: dict[str, Deferred[str | None]] = {}
         self._session_ops: dict[str, Deferred[None]] = {}
+        #: peer id -> id of the cluster secret that salted our current outbound session to it
+        self._outbound_salt: dict[str, str] = {}
         self._renewals: dict[str, Deferred[None]] = {}
         self._observers: list[PeerObserver] = []
         self.groups = [GroupState(g) for g in settings.bootstrap_groups]
@@ -371,13 +373,16 @@ class Membership:
         KexError (400).
         """
         peer_id = token.iss
-        kind = "init" if token.kid == "cluster" else "rotate"
+        kind = "init" if is_cluster_kid(token.kid) else "rotate"
         if peer_id not in self.pool:
             raise AuthError("unknown_peer")
         try:
-            KexRequest.from_body(body)  # a malformed body is a 400 and does not use up the peer's turn
+            request = KexRequest.from_body(body)  # a malformed body is a 400 and does not use up the peer's turn
+            # The salt is the cluster secret the requester names (its signing secret); one this node does
+            # not accept is refused before the rate limit, as a token under an unknown secret id would be.
+            kex_key = self.cluster.kex_key_for(request.secret_id)
             self.sessions.inbound_rate_limit(peer_id)
-            result = respond(self.cluster.kex_key, body, sender=peer_id, receiver=self.node_id)
+            result = respond(kex_key, body, sender=peer_id, receiver=self.node_id)
         except (AuthError, KexError) as exc:
             self.m_inbound_sessions.labels(kind=kind, result=exc.reason).inc()
             raise
@@ -577,9 +582,10 @@ class Membership:
         if not self._stopped and peer_id in self.pool:
             self.ensure_session(peer_id).addErrback(lambda f: None)
 
-    def ensure_session(self, peer_id: str) -> Deferred[None]:
-        """Make sure we have a current outbound session to `peer_id` (init, or rotation when due)."""
-        if not self.sessions.needs_rotation(peer_id):
+    def ensure_session(self, peer_id: str, force: bool = False) -> Deferred[None]:
+        """Make sure we have a current outbound session to `peer_id` (init, or rotation when due, or now
+        with `force`)."""
+        if not force and not self.sessions.needs_rotation(peer_id):
             return succeed(None)
         running = self._session_ops.get(peer_id)
         if running is not None:
@@ -611,7 +617,7 @@ class Membership:
             raise PeerRequestFailed("unknown_peer", peer_id)
         current = self.sessions.outbound(peer_id)
         kind = "rotate" if current is not None else "init"
-        initiator = KexInitiator(self.cluster.kex_key, self.node_id, peer_id)
+        initiator = self._kex_initiator(peer_id)
         body = initiator.request_body()
         try:
             if current is not None:
@@ -628,7 +634,7 @@ class Membership:
                     self._check_response(response, peer.url)
                     self._verify_session(peer_id, response, request, "init_session/<id> response")
             if current is None:
-                initiator = KexInitiator(self.cluster.kex_key, self.node_id, peer_id)
+                initiator = self._kex_initiator(peer_id)
                 body = initiator.request_body()
                 request = self.cluster.sign_request(peer_id, "POST", INIT_SESSION_PATH, body, typ=TYP_REQUEST)
                 response = yield self.client.post(peer.url, INIT_SESSION_PATH, body, request.header_value)
@@ -651,11 +657,55 @@ class Membership:
         if peer_id not in self.pool:
             raise PeerRequestFailed("unknown_peer", peer_id)
         self.sessions.install_outbound(peer_id, kid, secret)
+        self._outbound_salt[peer_id] = initiator.request.secret_id
         self.pool.touch(peer_id)
         self.contacts.peer_ok(peer_id)
         self.m_sessions.labels(kind=kind, result="ok").inc()
         self._update_gauges()
         return None
+
+    def _kex_initiator(self, peer_id: str) -> KexInitiator:
+        """A new session is salted with this node's signing secret, and the request names it."""
+        signing = self.cluster.signing_id
+        return KexInitiator(self.cluster.kex_key_for(signing), self.node_id, peer_id, secret_id=signing)
+
+    def set_cluster_keyring(self, keyring: ClusterKeyring) -> None:
+        """Accept the cluster secrets of `keyring` from now on (SIGHUP), sign with its signing id, and
+        re-salt the sessions that rested on a secret no longer accepted."""
+        self.cluster.set_keyring(keyring)
+        rotated = self.cluster_secrets_changed()
+        if rotated:
+            self.log.info(
+                "rotating {count} outbound session(s) salted with a cluster secret no longer accepted",
+                count=len(rotated),
+            )
+
+    def cluster_secrets_changed(self) -> list[str]:
+        """The accepted cluster secrets changed (reload): rotate now every outbound session that was
+        salted with a secret this node no longer accepts, so none outlives the secret's removal by
+        more than one exchange. Rotation is make-before-break (W11). Returns the peers rotated."""
+        accepted = set(self.cluster.secret_ids)
+        stale = [
+            peer_id
+            for peer_id, salt in list(self._outbound_salt.items())
+            if salt not in accepted and peer_id in self.pool and self.sessions.outbound(peer_id) is not None
+        ]
+        for peer_id in stale:
+            self.clock.callLater(0, self._resalt, peer_id)
+        return stale
+
+    def _resalt(self, peer_id: str) -> None:
+        if self._stopped or peer_id not in self.pool:
+            return
+        if self._outbound_salt.get(peer_id) in set(self.cluster.secret_ids):
+            return  # already rotated (hourly, or a restart of the peer)
+
+        def retry(failure: Failure) -> None:
+            # A refused rotation (429 right after another exchange, a peer briefly away): try again
+            # once the per-peer interval has passed, while the salt is still one we no longer accept.
+            self.clock.callLater(self.settings.init_session_min_interval, self._resalt, peer_id)
+
+        self.ensure_session(peer_id, force=True).addErrback(retry)
 
     # -- outbound: renewal ---------------------------------------------------------------------------
 
@@ -750,6 +800,7 @@ class Membership:
         self.pool.remove(peer.id)
         self.contacts.peer_removed(peer.id, peer.info.name, peer.url, reason)
         self.sessions.forget(peer.id)
+        self._outbound_salt.pop(peer.id, None)
         self.peer_backoff.success(("renew", peer.id))
         self.peer_backoff.success(("session", peer.id))
         for group in self.groups:

@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from tunmesh.auth.cluster import ClusterAuthority
+from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.sessions import SessionStore
 from tunmesh.clocks import WallClock
 from tunmesh.logutil import SecondsClock
@@ -92,6 +92,12 @@ class MeshService(Service):
         health.add_liveness("mesh_groom", self.alive)
 
 
+def cluster_keyring(cfg: Any) -> ClusterKeyring:
+    """The cluster secrets of a config, by id, and the one this node signs with."""
+    auth = cfg.clustering.auth
+    return ClusterKeyring(auth.accepted_secrets, auth.signing_id)
+
+
 def build_mesh(
     cfg: Any,
     node_id: str,
@@ -109,7 +115,7 @@ def build_mesh(
     auth_timing = cfg.process.timing.auth
     validity = min(float(auth_timing.validity_window), 60.0)
     # Tokens carry wall time (judged by other hosts' clocks); timers and ages use reactor/monotonic time.
-    cluster = ClusterAuthority(cfg.clustering.auth.secret, node_id, wall, validity=validity)
+    cluster = ClusterAuthority(cluster_keyring(cfg), node_id, wall, validity=validity)
     sessions = SessionStore(
         node_id,
         wall,
