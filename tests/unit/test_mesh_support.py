@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
 from tunmesh.api.app import ControlAPI
-from tunmesh.auth.cluster import ClusterAuthority
+from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.sessions import SessionStore
 from tunmesh.health import HealthRegistry
 from tunmesh.mesh.addressing import AddressClaimer, AddressSeed
@@ -157,7 +157,7 @@ class Node:
         url: str | None = None,
         address: str | None = None,
         session_max_age: float = 3600.0,
-        secret: str = SECRET,
+        secret: str | ClusterKeyring = SECRET,
         reload: Any = None,
         wall: Any = None,
         seed: AddressSeed | None = None,
