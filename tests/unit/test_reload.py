@@ -16,9 +16,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.unit.test_config_helpers import minimal_data, set_key
 from tests.unit.test_tls_contexts import handshake
 from tunmesh import logsetup
+from tunmesh.auth.cluster import ClusterKeyring
 from tunmesh.config import load_config
 from tunmesh.mesh.settings import BootstrapGroupSpec
-from tunmesh.reload import GROUPS_KEY, LEVEL_KEY, NodeReloader, ReloadOnSignal
+from tunmesh.reload import AUTH_KEY, GROUPS_KEY, LEVEL_KEY, NodeReloader, ReloadOnSignal
 from tunmesh.service import make_server_tls
 from tunmesh.tls.certs import certificate_sha256, write_self_signed
 from tunmesh.tls.contexts import (
@@ -226,6 +227,71 @@ class ReloaderTests(SynchronousTestCase):
         self.assertIn("tun_mesh/clustering/auth/secret", report.restart_needed)
         for event in self.events:
             self.assertNotIn(secret[::-1], repr(event))
+
+    def secrets_reloader(self) -> tuple[NodeReloader, list[ClusterKeyring]]:
+        calls: list[ClusterKeyring] = []
+
+        class Target:
+            def set_cluster_keyring(self, keyring: ClusterKeyring) -> None:
+                calls.append(keyring)
+
+        reloader = NodeReloader(
+            self.path,
+            load_config(self.path),
+            server_tls=self.server_tls,
+            make_server_tls=make_server_tls,
+            client_policies=(self.policy,),
+            groups=self.groups,
+            set_log_level=self.levels.append,
+            secrets=Target(),
+        )
+        return reloader, calls
+
+    def test_rotation_steps_are_applied_by_reload_without_logging_a_secret(self) -> None:
+        reloader, calls = self.secrets_reloader()
+        old = self.data["tun_mesh"]["clustering"]["auth"]["secret"]
+        new = "Zy8wX3vU6tS1rQ4pO7nM0lK9jI2hG5fEdCbA"
+        (self.base / "new-secret").write_text(new + "\n")
+        steps = [
+            ({"default": {"secret": old}, "new": {"secret_file": "new-secret"}}, "default"),
+            ({"default": {"secret": old}, "new": {"secret_file": "new-secret"}}, "new"),
+            ({"new": {"secret_file": "new-secret"}}, "new"),
+        ]
+        for secrets, signing in steps:
+            self.data["tun_mesh"]["clustering"]["auth"] = {"secrets": secrets, "signing_secret_id": signing}
+            self.write()
+            report = reloader.reload()
+            self.assertEqual(report.changed, (AUTH_KEY,))
+            self.assertEqual(report.restart_needed, ())
+        self.assertEqual([(c.ids, c.signing_id) for c in calls], [
+            (("default", "new"), "default"), (("default", "new"), "new"), (("new",), "new")
+        ])
+        self.assertEqual(dict(calls[-1].secrets), {"new": new})
+        # the same file again: nothing to change
+        self.assertEqual(reloader.reload().changed, ())
+        # the secret file rewritten in place is a change too (same id, other secret)
+        newer = "Kd93jf82HsL0qpWm5ZxR7tYb1VnC4gAe6"
+        (self.base / "new-secret").write_text(newer)
+        self.assertEqual(reloader.reload().changed, (AUTH_KEY,))
+        self.assertEqual(dict(calls[-1].secrets), {"new": newer})
+        lines = self.logged(LogLevel.info)
+        self.assertTrue(any("accepting cluster secret ids new, signing with new" in line for line in lines), lines)
+        for event in self.events:
+            for secret in (old, new, newer):
+                self.assertNotIn(secret, repr(event))
+
+    def test_a_weak_new_secret_is_refused_and_the_running_ones_kept(self) -> None:
+        reloader, calls = self.secrets_reloader()
+        old = self.data["tun_mesh"]["clustering"]["auth"]["secret"]
+        self.data["tun_mesh"]["clustering"]["auth"] = {
+            "secrets": {"default": {"secret": old}, "new": {"secret": "password" * 4}},
+            "signing_secret_id": "default",
+        }
+        self.write()
+        report = reloader.reload()
+        self.assertEqual(report.refused, ("tun_mesh",))
+        self.assertEqual(calls, [])
+        self.assertTrue(any("secrets/new/secret" in line for line in self.logged(LogLevel.error)))
 
     def test_without_a_config_file_nothing_happens(self) -> None:
         reloader = NodeReloader(
