@@ -204,15 +204,6 @@ class SecretRotationProcessTests(TestCase):
         ping.finish()
         transmitted, received = ping.summary()
 
-        # The old secret opens nothing any more: a client holding only it is refused.
-        old_only = self.workdir / "old-only.yaml"
-        old_only.write_text(config(1, AUTH_SINGLE).replace("../cluster.secret", str(self.workdir / "cluster.secret")))
-        r = cluster.ns(1).run(
-            [sys.executable, "-m", "tunmesh", "peers", "--config", str(old_only)], check=False, timeout=60
-        )
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("answered 401", r.stderr)
-
         lines = [
             "cluster secret rotation, 3 nodes, real processes (tests/integration/test_secret_rotation_processes.py)",
             "steps: add new secret / sign with it / remove old, each a rolling restart (one node at a time)",
@@ -239,6 +230,16 @@ class SecretRotationProcessTests(TestCase):
         except OSError:
             pass
 
+        # The old secret opens nothing any more: a client holding only it is refused.
+        old_only = self.workdir / "node1" / "old-only.yaml"
+        old_only.write_text(config(1, AUTH_SINGLE))
+        r = cluster.ns(1).run(
+            [sys.executable, "-m", "tunmesh", "peers", "--config", str(old_only)], check=False, timeout=60
+        )
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("answered 401", r.stderr)
+        # ... while the new one does.
+        self.assertEqual(len(cluster.peers_of(1)), 2)
         # No registration lost: the only removals are of a restarting node's old process.
         for reasons in removed.values():
             self.assertLessEqual(set(reasons) - {r for r, v in reasons.items() if v == 0}, ALLOWED_REMOVALS, text)

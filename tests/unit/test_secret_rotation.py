@@ -135,3 +135,8 @@ class RollingRotationTests(MeshTestCase):
         self.assertNotIn(lone.id, nodes[0].peer_ids())
         self.assertNotIn(lone.id, nodes[1].peer_ids())
         self.assertGreater(sum(n.counter("tunmesh_auth_failures_total", reason="unknown_key") for n in nodes[:2]), 0)
+        hints = self.logged("which this node does not accept")
+        self.assertTrue(hints)
+        self.assertEqual({e["secret_id"] for e in hints}, {"new"})
+        self.assertNotIn(NEW, repr(self.events))
+        self.assertNotIn(OLD, repr(self.events))

@@ -158,14 +158,14 @@ class ClusterAuthority:
         """The ``kex`` key of the accepted secret `secret_id`; ``unknown_key`` (401) when not accepted."""
         found = self._keys.get(secret_id)
         if found is None:
-            raise AuthError("unknown_key")
+            raise AuthError("unknown_key", secret_id=secret_id)
         return found.kex
 
     def _keys_for_kid(self, kid: object) -> _ClusterKeys:
         secret_id = secret_id_of_kid(kid)
         found = self._keys.get(secret_id) if secret_id is not None else None
         if found is None:
-            raise AuthError("unknown_key")
+            raise AuthError("unknown_key", secret_id=secret_id)
         return found
 
     def sign_request(

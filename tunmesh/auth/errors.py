@@ -44,7 +44,13 @@ class AuthError(Exception):
     `retry_after` (seconds) is set for `rate_limited` so the boundary can send `Retry-After`.
     """
 
-    def __init__(self, reason: str, retry_after: float | None = None, skew: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        skew: float | None = None,
+        secret_id: str | None = None,
+    ) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown auth failure reason {reason!r}")
         super().__init__(reason)
@@ -52,6 +58,8 @@ class AuthError(Exception):
         self.retry_after = retry_after
         #: for time refusals: the sender's clock minus ours, as its token showed it (``iat - now``)
         self.skew = skew
+        #: for ``unknown_key`` on a cluster token: the (well-formed) cluster secret id it named
+        self.secret_id = secret_id
 
     @property
     def status(self) -> int:

@@ -208,6 +208,19 @@ class Membership:
                 leeway=self.cluster.leeway,
             )
             return
+        if error.secret_id is not None:
+            self._rlog.emit(
+                ("auth", reason, where),
+                LogLevel.warn,
+                "authentication failed on {where}: {reason}: the peer uses cluster secret id {secret_id!r}, "
+                "which this node does not accept (it accepts {accepted}); a step of the secret rotation "
+                "was skipped or not done everywhere (docs/security.md, Rotating the cluster secret)",
+                where=where,
+                reason=reason,
+                secret_id=error.secret_id,
+                accepted=", ".join(self.cluster.secret_ids),
+            )
+            return
         self._rlog.emit(
             ("auth", reason, where),
             LogLevel.warn,
