@@ -82,13 +82,15 @@ def metric_samples(text: str, name: str) -> dict[str, float]:
 class PingLog:
     """A continuous ``ping -D`` whose replies are timed, so loss can be split by time window."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], path: Path) -> None:
         self.proc = proc
+        self.path = path  # a file, not a pipe: a full pipe would stop ping after ~64 KiB of output
         self.output = ""
 
     def finish(self) -> None:
         self.proc.send_signal(2)  # SIGINT: ping prints its summary
-        self.output, _ = self.proc.communicate(timeout=30)
+        self.proc.wait(timeout=30)
+        self.output = self.path.read_text(errors="replace")
 
     def replies(self) -> dict[int, float]:
         """icmp_seq -> wall time of the reply."""
@@ -164,14 +166,15 @@ class SecretRotationProcessTests(TestCase):
         cluster = self.cluster
         cluster.start_all(ready_timeout=90)
         ids = cluster.wait_full_mesh(timeout=90)
-        ping = PingLog(
-            cluster.ns(1).popen(
+        ping_path = self.workdir / "ping.out"
+        with ping_path.open("w") as out:
+            proc = cluster.ns(1).popen(
                 ["ping", "-n", "-D", "-i", str(INTERVAL), "-W", "1", overlay_v4(2)],
-                stdout=subprocess.PIPE,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        )
+        ping = PingLog(proc, ping_path)
         self.addCleanup(lambda: ping.proc.poll() is None and ping.proc.kill())
         windows: list[tuple[str, int, float, float, float]] = []
         removed: dict[int, dict[str, float]] = {}  # by process: node index, then reason
@@ -201,7 +204,9 @@ class SecretRotationProcessTests(TestCase):
                 auth_failures[reason] = auth_failures.get(reason, 0.0) + value
             for reason, value in seen["removed"].items():
                 removed[i][reason] = removed[i].get(reason, 0.0) + value
+        ping_alive = ping.proc.poll() is None
         ping.finish()
+        self.assertTrue(ping_alive, f"ping ended early:\n{ping.output[-3000:]}")
         transmitted, received = ping.summary()
 
         lines = [
@@ -212,14 +217,24 @@ class SecretRotationProcessTests(TestCase):
             f"({100.0 * (transmitted - received) / max(transmitted, 1):.2f} %)",
         ]
         untouched_lost = 0
+        stalled: list[str] = []
         for step, i, start, end, back in windows:
             sent, lost = ping.lost_in(start, end, transmitted)
+            if sent < 0.5 * (end - start) / INTERVAL:
+                stalled.append(f"{step}, node {i}")
             touches = i in (1, 2)
             if not touches:
                 untouched_lost += lost
             lines.append(
                 f"  step {step}, restart node {i}{' (a ping end)' if touches else ''}: "
                 f"back in every view after {back:.1f} s; {sent} sent, {lost} lost ({lost * INTERVAL:.2f} s of traffic)"
+            )
+        end_losses = [ping.lost_in(start, end, transmitted)[1] * INTERVAL for _, i, start, end, _ in windows if i in (1, 2)]
+        if end_losses:
+            lines.append(
+                f"  per restart of a ping end: {sum(end_losses) / len(end_losses):.2f} s of traffic lost on average "
+                f"(min {min(end_losses):.2f} s, max {max(end_losses):.2f} s, {len(end_losses)} restarts); "
+                f"restarts of the third node: {untouched_lost} packets lost"
             )
         lines.append(f"  peer removals by reason, per node index (over its processes): {removed}")
         lines.append(f"  auth failures by reason (all processes): {auth_failures or 'none'}")
@@ -230,6 +245,8 @@ class SecretRotationProcessTests(TestCase):
         except OSError:
             pass
 
+        # ping kept sending through every window (a stalled probe would report no loss)
+        self.assertEqual(stalled, [], text)
         # The old secret opens nothing any more: a client holding only it is refused.
         old_only = self.workdir / "node1" / "old-only.yaml"
         old_only.write_text(config(1, AUTH_SINGLE))
