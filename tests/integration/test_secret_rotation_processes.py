@@ -10,12 +10,16 @@ Asserted: no node ever removes a peer except a restarting node's old process (re
 ``bad_signature``), no packet is lost while neither end of the ping restarts, and after step 3 the old
 secret opens nothing. Printed (and written to /work/secret-rotation-figures.txt): packet loss overall and
 per restart.
+
+The second test applies the same three steps with SIGHUP (no process ends): no peer removed, no packet
+lost, and every node re-salts the sessions it had set up under the removed secret.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.integration.cluster import Cluster, node_config, overlay_v4
+from tests.integration.cluster import UNPRIVILEGED_UID, Cluster, node_config, overlay_v4
 from tests.netns import NetnsError, Underlay, requires_root_netns
 from tunmesh.cli import generate_secret
 
@@ -65,6 +69,21 @@ def config(i: int, auth: str = AUTH_SINGLE) -> str:
     text = node_config(i, bootstrap=[u for u in URLS if u != URLS[i - 1]], timing=FAST)
     assert AUTH_SINGLE in text
     return text.replace(AUTH_SINGLE, auth)
+
+
+def record_figures(section: str, text: str) -> None:
+    """Print ``text`` and keep it as one section of FIGURES (the other test's section stays)."""
+    sys.stderr.write("\n" + text)
+    header = f"== {section} ==\n"
+    try:
+        old = FIGURES.read_text() if FIGURES.exists() else ""
+    except OSError:
+        old = ""
+    sections = [part for part in re.split(r"(?m)^(?=== )", old) if part.strip() and not part.startswith(header)]
+    try:
+        FIGURES.write_text("".join(sections) + header + text)
+    except OSError:
+        pass
 
 
 def metric_samples(text: str, name: str) -> dict[str, float]:
@@ -239,19 +258,15 @@ class SecretRotationProcessTests(TestCase):
         lines.append(f"  peer removals by reason, per node index (over its processes): {removed}")
         lines.append(f"  auth failures by reason (all processes): {auth_failures or 'none'}")
         text = "\n".join(lines) + "\n"
-        sys.stderr.write("\n" + text)
-        try:
-            FIGURES.write_text(text)
-        except OSError:
-            pass
+        record_figures("rolling restarts", text)
 
         # ping kept sending through every window (a stalled probe would report no loss)
         self.assertEqual(stalled, [], text)
         # The old secret opens nothing any more: a client holding only it is refused.
-        old_only = self.workdir / "node1" / "old-only.yaml"
-        old_only.write_text(config(1, AUTH_SINGLE))
         r = cluster.ns(1).run(
-            [sys.executable, "-m", "tunmesh", "peers", "--config", str(old_only)], check=False, timeout=60
+            [sys.executable, "-m", "tunmesh", "peers", "--config", str(self.old_only_config())],
+            check=False,
+            timeout=60,
         )
         self.assertNotEqual(r.returncode, 0, r.stdout)
         self.assertIn("answered 401", r.stderr)
@@ -268,3 +283,78 @@ class SecretRotationProcessTests(TestCase):
         # Traffic between two nodes that are not restarting is never interrupted.
         self.assertEqual(untouched_lost, 0, text)
         self.assertGreater(received, 0)
+
+    def test_three_step_rotation_by_sighup_loses_nothing(self) -> None:
+        """The same three steps applied with SIGHUP instead of restarts: no process ends, so no peer is
+        removed and no packet may be lost; the old secret's sessions are re-salted at step 3."""
+        cluster = self.cluster
+        # SIGHUP re-reads the config and every file it names as process.uid (root is dropped by then).
+        for name in ("key.pem", "cluster.secret", "new.secret"):
+            os.chown(self.workdir / name, UNPRIVILEGED_UID, -1)
+            (self.workdir / name).chmod(0o600)
+        cluster.start_all(ready_timeout=90)
+        ids = cluster.wait_full_mesh(timeout=90)
+        ping_path = self.workdir / "ping.out"
+        with ping_path.open("w") as out:
+            proc = cluster.ns(1).popen(
+                ["ping", "-n", "-D", "-i", str(INTERVAL), "-W", "1", overlay_v4(2)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        ping = PingLog(proc, ping_path)
+        self.addCleanup(lambda: ping.proc.poll() is None and ping.proc.kill())
+        time.sleep(3)
+        applied: list[str] = []
+        for step, auth in STEPS:
+            for i in (1, 2, 3):
+                log = cluster.nodes[i].log_path
+                before = log.read_text(errors="replace").count("accepting cluster secret ids")
+                self.write(i, auth)
+                os.kill(cluster.nodes[i].pid, signal.SIGHUP)
+                deadline = time.monotonic() + 30
+                while log.read_text(errors="replace").count("accepting cluster secret ids") <= before:
+                    if time.monotonic() > deadline:
+                        raise NetnsError(f"node {i} did not apply {step}:\n{cluster.nodes[i].log_tail()}")
+                    time.sleep(0.2)
+                applied.append(f"{step}: node {i}")
+                time.sleep(2)
+            self.assertEqual(cluster.wait_full_mesh(timeout=60), ids)
+        time.sleep(3)
+        resalted = {
+            i: "outbound session(s) salted with a cluster secret no longer accepted"
+            in cluster.nodes[i].log_path.read_text(errors="replace")
+            for i in (1, 2, 3)
+        }
+        scraped = {i: self.scrape(i) for i in (1, 2, 3)}
+        ping.finish()
+        transmitted, received = ping.summary()
+        text = "\n".join(
+            [
+                "cluster secret rotation by SIGHUP, 3 nodes, real processes (same test module)",
+                f"ping node1 -> node2 every {INTERVAL * 1000:.0f} ms: {transmitted} sent, {transmitted - received} lost",
+                f"  steps applied: {len(applied)} reloads; sessions re-salted after step 3: {resalted}",
+                f"  peer removals: {({i: v['removed'] for i, v in scraped.items()})}",
+                f"  auth failures: {({i: v['auth'] for i, v in scraped.items()})}",
+            ]
+        ) + "\n"
+        record_figures("SIGHUP", text)
+        self.assertEqual(cluster.wait_full_mesh(timeout=30), ids, "a node restarted")
+        for seen in scraped.values():
+            self.assertEqual(sum(seen["removed"].values()), 0.0, text)
+            for reason in SECRET_FAILURES:
+                self.assertEqual(seen["auth"].get(reason, 0.0), 0.0, text)
+        self.assertEqual(resalted, {1: True, 2: True, 3: True}, text)
+        self.assertGreater(transmitted, 0.5 * len(applied) * 2 / INTERVAL)
+        self.assertEqual(transmitted - received, 0, text)
+        r = cluster.ns(1).run(
+            [sys.executable, "-m", "tunmesh", "peers", "--config", str(self.old_only_config())],
+            check=False,
+            timeout=60,
+        )
+        self.assertIn("answered 401", r.stderr)
+
+    def old_only_config(self) -> Path:
+        path = self.workdir / "node1" / "old-only.yaml"
+        path.write_text(config(1, AUTH_SINGLE))
+        return path
