@@ -463,6 +463,22 @@ class ReadableAsUidTests(BothWays, SynchronousTestCase):
             f"tunmesh: config error: tun_mesh/clustering/auth/secret_file: {self.why(moved)}",
         ])
 
+    def test_each_file_of_secrets_must_be_readable_after_the_drop(self) -> None:
+        other = self.base / "other-secret"
+        other.write_text("Zy8wX3vU6tS1rQ4pO7nM0lK9jI2hG5fEdCbA\n")
+        other.chmod(0o600)
+        data = self.data()
+        del data["tun_mesh"]["clustering"]["auth"]["secret_file"]
+        set_key(data, "clustering/auth/secrets", {"old": {"secret_file": "secret"}, "s2027": {"secret_file": "other-secret"}})
+        set_key(data, "clustering/auth/signing_secret_id", "old")
+        path = self.config(data)
+        path.chmod(0o644)
+        self.assertRefusedBothWays(path, [
+            f"tunmesh: config error: tun_mesh/clustering/auth/secrets/s2027/secret_file: {self.why(other)}",
+        ])
+        other.chmod(0o644)
+        self.assertEqual(self.check(path)[::2], (0, []))
+
     def test_group_bits_follow_process_gid(self) -> None:
         os.chown(self.key, 0, 4242)
         self.key.chmod(0o640)
