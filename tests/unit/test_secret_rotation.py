@@ -91,6 +91,8 @@ class RollingRotationTests(MeshTestCase):
         for n in nodes:
             self.assertEqual(n.cluster.secret_ids, ("new",))
             self.assertEqual(n.cluster.signing_id, "new")
+            self.assertEqual(n.counter("tunmesh_cluster_secrets", secret_id="new", signing="true"), 1)
+            self.assertEqual(n.counter("tunmesh_cluster_secrets", secret_id="default"), 0)
         return nodes, report
 
     def test_rolling_restarts_never_lose_a_registration(self) -> None:
@@ -126,6 +128,37 @@ class RollingRotationTests(MeshTestCase):
             self.assertNotEqual(node.sessions.outbound(b).kid, kid, "session not rotated")
         self.assertFullMesh(nodes)
         self.assertEqual(self.auth_failures(nodes), 0)
+
+    def test_metrics_say_when_the_old_secret_is_no_longer_used(self) -> None:
+        """The runbook's check before step 3: no node accepts cluster tokens naming the old id any more."""
+        nodes = self.start_mesh()
+        for ring in (STEPS[0][1], STEPS[1][1]):
+            for n in nodes:
+                n.membership.set_cluster_keyring(ring)
+        advance(self.clock, 2)
+        self.assertEqual(
+            [n.counter("tunmesh_cluster_secrets", secret_id="default", signing="false") for n in nodes], [1, 1, 1]
+        )
+        self.assertEqual(
+            [n.counter("tunmesh_cluster_secrets", secret_id="new", signing="true") for n in nodes], [1, 1, 1]
+        )
+        old_tokens = [n.counter("tunmesh_cluster_tokens_accepted_total", secret_id="default") for n in nodes]
+        self.assertGreater(min(old_tokens), 0)  # the mesh was built under the old secret
+        new_before = sum(n.counter("tunmesh_cluster_tokens_accepted_total", secret_id="new") for n in nodes)
+        # Make every node set its sessions up again with cluster tokens (as after a peer's restart).
+        for a in nodes:
+            for b in nodes:
+                if a is not b:
+                    session = a.sessions.outbound(b.id)
+                    assert session is not None
+                    a.sessions.invalidate_outbound(b.id, session.kid)
+        advance(self.clock, 20)
+        self.assertFullMesh(nodes)
+        self.assertEqual(
+            [n.counter("tunmesh_cluster_tokens_accepted_total", secret_id="default") for n in nodes], old_tokens
+        )
+        new_after = sum(n.counter("tunmesh_cluster_tokens_accepted_total", secret_id="new") for n in nodes)
+        self.assertGreaterEqual(new_after - new_before, 6)  # one init_session per direction at least
 
     def test_skipping_step_one_splits_the_mesh(self) -> None:
         """The control case: a node that signs with a secret its peers do not hold yet is refused."""

@@ -223,6 +223,7 @@ class MeshAPI:
         except AuthError as exc:
             self.membership.auth_failed(exc, where)
             return self._refuse(request, exc.status, exc.retry_after)
+        self.membership.cluster_token_accepted(token)
         self.membership.touch(token.iss)
         try:
             response_body, sign, commit = process(token, body)

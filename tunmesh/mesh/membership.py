@@ -40,7 +40,14 @@ from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.errors import AuthError, KexError
 from tunmesh.auth.kex import KexInitiator, KexRequest, respond
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
-from tunmesh.auth.tokens import TYP_BOOTSTRAP, TYP_REQUEST, SignedRequest, VerifiedToken, is_cluster_kid
+from tunmesh.auth.tokens import (
+    TYP_BOOTSTRAP,
+    TYP_REQUEST,
+    SignedRequest,
+    VerifiedToken,
+    is_cluster_kid,
+    secret_id_of_kid,
+)
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.addressing import AddressClaimer, Verdict
 from tunmesh.mesh.backoff import Backoff
@@ -190,6 +197,31 @@ class Membership:
         )
         self.m_peers = metrics.gauge("mesh_peers", "Peers in the node pool.")
         self.m_sessions_gauge = metrics.gauge("mesh_sessions", "Peers with a usable outbound session.")
+        # Rotation (docs/security.md): which secret ids this node accepts and signs with, and which ids the
+        # cluster tokens it accepted named: before removing an id, its counter must stop growing everywhere.
+        self.m_cluster_secrets = metrics.gauge(
+            "cluster_secrets",
+            "Cluster secret ids this node accepts (1); signing=true for the one it signs with.",
+            ("secret_id", "signing"),
+        )
+        self.m_cluster_tokens = metrics.counter(
+            "cluster_tokens_accepted",
+            "Cluster-signed requests accepted, by the id of the cluster secret they were signed with.",
+            ("secret_id",),
+        )
+        self._show_cluster_secrets()
+
+    def _show_cluster_secrets(self) -> None:
+        self.m_cluster_secrets.clear()
+        for secret_id in self.cluster.secret_ids:
+            signing = "true" if secret_id == self.cluster.signing_id else "false"
+            self.m_cluster_secrets.labels(secret_id=secret_id, signing=signing).set(1)
+
+    def cluster_token_accepted(self, token: VerifiedToken) -> None:
+        """Count an accepted cluster-signed request by the secret id its ``kid`` named."""
+        secret_id = secret_id_of_kid(token.kid)
+        if secret_id is not None:
+            self.m_cluster_tokens.labels(secret_id=secret_id).inc()
 
     def auth_failed(self, error: AuthError, where: str) -> None:
         """Count an auth failure and log it rate-limited (never the token); time refusals say the skew."""
@@ -686,6 +718,7 @@ class Membership:
         """Accept the cluster secrets of `keyring` from now on (SIGHUP), sign with its signing id, and
         re-salt the sessions that rested on a secret no longer accepted."""
         self.cluster.set_keyring(keyring)
+        self._show_cluster_secrets()
         rotated = self.cluster_secrets_changed()
         if rotated:
             self.log.info(
