@@ -345,6 +345,9 @@ class SecretRotationProcessTests(TestCase):
             for reason in SECRET_FAILURES:
                 self.assertEqual(seen["auth"].get(reason, 0.0), 0.0, text)
         self.assertEqual(resalted, {1: True, 2: True, 3: True}, text)
+        for i in (1, 2, 3):
+            self.assertEqual(cluster.metric(i, "tunmesh_cluster_secrets", secret_id="new", signing="true"), 1.0)
+            self.assertEqual(cluster.metric(i, "tunmesh_cluster_secrets", secret_id="default"), 0.0)
         self.assertGreater(transmitted, 0.5 * len(applied) * 2 / INTERVAL)
         self.assertEqual(transmitted - received, 0, text)
         r = cluster.ns(1).run(
