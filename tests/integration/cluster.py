@@ -231,3 +231,128 @@ def running_cluster(
         yield cluster
     finally:
         cluster.stop_all()
+
+
+# --------------------------------------------------------------------------- join timing (bench and tests)
+
+
+class MetricsProbe:
+    """Reads one node's ``/metrics`` over a kept-alive HTTPS connection opened inside its namespace.
+
+    Cheaper than a ``curl`` per poll, which matters when 20 nodes are polled while they join on two cores.
+    The certificate is not verified: this is a status probe, like :meth:`NodeProcess.get`.
+    """
+
+    def __init__(self, ns: Any, host: str, port: int = PORT) -> None:
+        self.ns = ns
+        self.host = host
+        self.port = port
+        self._conn: Any = None
+
+    def samples(self, name: str) -> dict[str, float] | None:
+        """``{label text: value}`` of metric ``name`` (None while the node does not answer)."""
+        body = self._get("/metrics")
+        if body is None:
+            return None
+        out: dict[str, float] = {}
+        for line in body.splitlines():
+            m = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+            if m and m.group(1) == name:
+                out[m.group(2) or ""] = float(m.group(3))
+        return out
+
+    def links_out(self) -> int | None:
+        """Outbound packet links up (``tunmesh_links_connected{direction="out"}``)."""
+        samples = self.samples("tunmesh_links_connected")
+        if samples is None:
+            return None
+        return int(sum(v for k, v in samples.items() if 'direction="out"' in k))
+
+    def _get(self, path: str) -> str | None:
+        import http.client
+        import ssl
+
+        try:
+            if self._conn is None:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=2, context=context)
+                with self.ns.entered():
+                    conn.connect()
+                # never reconnect implicitly: that would open the socket outside the namespace
+                conn.auto_open = 0
+                self._conn = conn
+            self._conn.request("GET", path)
+            response = self._conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                return None
+            return body.decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def start_together(cluster: Cluster, order: list[int], spread: float = 0.0) -> list[float]:
+    """Start the nodes in ``order``, evenly spread over ``spread`` seconds; their start times (monotonic)."""
+    t0 = time.monotonic()
+    started = []
+    for k, i in enumerate(order):
+        if spread > 0 and len(order) > 1:
+            time.sleep(max(0.0, t0 + spread * k / (len(order) - 1) - time.monotonic()))
+        cluster.start(i)
+        started.append(time.monotonic())
+    return started
+
+
+def wait_first_ping(cluster: Cluster, src: int, dst: int, timeout: float) -> float:
+    """Ping ``dst``'s overlay address from ``src`` until a reply; the monotonic time of that reply."""
+    deadline = time.monotonic() + timeout
+    ns = cluster.ns(src)
+    while True:
+        r = ns.run(["ping", "-n", "-c", "1", "-W", "0.2", overlay_v4(dst)], check=False, timeout=10)
+        if r.returncode == 0:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise NetnsError(f"no ping {src} -> {dst} through the overlay after {timeout}s\n{cluster.logs()}")
+        for i, node in cluster.nodes.items():
+            if node.proc.poll() is not None:
+                raise NetnsError(f"node {i} exited ({node.proc.returncode})\n{node.log_tail()}")
+        time.sleep(0.05)
+
+
+def wait_links_full_mesh(cluster: Cluster, timeout: float, poll: float = 0.25) -> dict[int, float]:
+    """Until every running node has an outbound packet link to every other one.
+
+    Returns, per node, the monotonic time at which it was first seen with all its links up. A link is up
+    only once the peer is in the pool and a session exists, so this is the mesh a packet can use.
+    """
+    want = len(cluster.nodes) - 1
+    probes = {i: MetricsProbe(cluster.ns(i), f"198.18.0.{i}") for i in cluster.nodes}
+    done: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(done) < len(probes):
+            for i, probe in probes.items():
+                if i not in done and (probe.links_out() or 0) >= want:
+                    done[i] = time.monotonic()
+            if len(done) == len(probes):
+                break
+            if time.monotonic() > deadline:
+                missing = sorted(set(probes) - set(done))
+                counts = {i: probes[i].links_out() for i in missing}
+                raise NetnsError(f"no full mesh after {timeout}s; outbound links of unfinished nodes {counts}")
+            for i, node in cluster.nodes.items():
+                if node.proc.poll() is not None:
+                    raise NetnsError(f"node {i} exited ({node.proc.returncode})\n{node.log_tail()}")
+            time.sleep(poll)
+    finally:
+        for probe in probes.values():
+            probe.close()
+    return done

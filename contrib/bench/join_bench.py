@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Join-time benchmark: how fast nodes started together form the mesh (real processes, as root).
+
+    python contrib/bench/join_bench.py [--nodes 20] [--spread 2] [--seed 1] [--workdir DIR]
+
+Two measurements, each in its own namespaces (``tests.netns.Underlay``, one namespace per node) with the
+cluster layout of the namespace tests (``tests.integration.cluster``: one shared self-signed certificate
+and secret; node i at 198.18.0.i owns 100.64.0.i), but with the **default** groom and bootstrap timings
+(``groom_interval`` 5 s, ``bootstrap_retry_interval`` 15 s), as a deployment would run:
+
+* ``2 nodes``: node 2 and node 1 are started at the same moment (node 2 first, so its first bootstrap
+  usually finds node 1 not listening yet); prints the time from the later start until node 2 gets an
+  answer to ``ping 100.64.0.1`` through the overlay;
+* ``N nodes``: every node's only bootstrap URL is node 1's (one URL for all, as pods behind a headless
+  Service; node 1 skips its own URL), started in a shuffled order evenly spread over ``--spread`` seconds;
+  prints the time from the first start until each node has an outbound packet link to every other node
+  (max and median).
+
+Not a test: it prints figures (docs/performance.md, "Join time"). Exit 1 when a measurement failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.cluster import (  # noqa: E402
+    PORT,
+    Cluster,
+    node_config,
+    start_together,
+    wait_first_ping,
+    wait_links_full_mesh,
+)
+from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason  # noqa: E402
+
+#: the shipped defaults (tests/integration/cluster.py speeds them up for the tests)
+DEFAULT_TIMING = {"groom_interval": 5, "bootstrap_retry_interval": 15}
+BOOTSTRAP = [f"https://198.18.0.1:{PORT}/"]
+
+
+def config(i: int) -> str:
+    return node_config(i, bootstrap=BOOTSTRAP, timing=DEFAULT_TIMING)
+
+
+def two_nodes(workdir: Path, timeout: float) -> float:
+    """Seconds from the later start until node 2 pings node 1 through the overlay."""
+    with Underlay(nodes=2, tag="j") as u:
+        u.wait_reachable()
+        cluster = Cluster(u, workdir / "two", config)
+        try:
+            started = start_together(cluster, [2, 1])
+            return wait_first_ping(cluster, 2, 1, timeout) - max(started)
+        finally:
+            cluster.stop_all()
+
+
+def many_nodes(workdir: Path, nodes: int, spread: float, seed: int, timeout: float) -> tuple[list[float], float]:
+    """Per-node seconds from the first start until all its outbound links are up; and the start window."""
+    with Underlay(nodes=nodes, tag="j") as u:
+        u.wait_reachable(timeout=30)
+        cluster = Cluster(u, workdir / "many", config)
+        order = list(range(1, nodes + 1))
+        random.Random(seed).shuffle(order)
+        try:
+            started = start_together(cluster, order, spread)
+            done = wait_links_full_mesh(cluster, timeout)
+            return sorted(t - started[0] for t in done.values()), started[-1] - started[0]
+        finally:
+            cluster.stop_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=20, help="nodes of the second measurement (default 20)")
+    ap.add_argument("--spread", type=float, default=2.0, help="seconds over which they are started (default 2)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the start order (default 1)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)")
+    ap.add_argument("--skip-two", action="store_true", help="only the N-node measurement")
+    ap.add_argument("--workdir", type=Path, help="configs and node logs (default: a temporary directory)")
+    args = ap.parse_args(argv)
+
+    reason = netns_unavailable_reason()
+    if reason:
+        print(f"join_bench: {reason}", file=sys.stderr)
+        return 2
+    stale = cleanup_stale()
+    if stale:
+        print(f"removed stale namespaces: {', '.join(stale)}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    tmp = None
+    workdir = args.workdir
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="tmt-join-")
+        workdir = Path(tmp.name)
+    failed = False
+    try:
+        if not args.skip_two:
+            try:
+                first_ping = two_nodes(workdir, args.timeout)
+                print(f"join 2 nodes started together: first ping through the overlay {first_ping:.2f} s "
+                      "after the later start", flush=True)
+            except NetnsError as e:
+                failed = True
+                print(f"join 2 nodes: FAILED: {e}", flush=True)
+        try:
+            times, window = many_nodes(workdir, args.nodes, args.spread, args.seed, args.timeout)
+            print(f"join {args.nodes} nodes started within {window:.1f} s: full mesh (every node linked to every "
+                  f"other) max {times[-1]:.2f} s, median {statistics.median(times):.2f} s after the first start",
+                  flush=True)
+        except NetnsError as e:
+            failed = True
+            print(f"join {args.nodes} nodes: FAILED: {str(e).splitlines()[0]}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; namespaces removed", file=sys.stderr)
+        return 130
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
