@@ -720,6 +720,15 @@ class LinkClient:
         if proto is not None and proto.transport is not None:
             proto.transport.abortConnection()  # type: ignore[attr-defined]
 
+    def session_ready(self) -> None:
+        """An outbound session to the peer now exists: a link waiting to reconnect (its last HELLO
+        found none) connects at once, with its backoff reset; a connected or connecting link is left alone."""
+        if self._stopped or self._reconnect is None or not self._reconnect.active():
+            return
+        self._reconnect.cancel()
+        self.attempts = 0
+        self._connect()
+
     def _connect(self) -> None:
         self._reconnect = None
         if self._stopped:

@@ -139,9 +139,14 @@ class DataPlane(Service):
 
     def _session_changed(self, peer_id: str, direction: str, kid: str | None) -> None:
         """SessionStore observer: a forgotten inbound session ends that peer's inbound link
-        (its link keys were derived from it); a new one needs nothing (REKEY does it)."""
+        (its link keys were derived from it); a new inbound one needs nothing (REKEY does it). A new
+        outbound one lets a link that was waiting for it connect now rather than after its backoff."""
         if kid is None and direction == "inbound":
             self.server_factory.close_peer(peer_id)
+        elif kid is not None and direction == "outbound":
+            link = self.links.get(peer_id)
+            if link is not None:
+                link.session_ready()
 
     # -- service ----------------------------------------------------------------------------
 

@@ -55,6 +55,11 @@ class Backoff:
         self._state[key] = _State(failures, self._monotonic() + delay)
         return delay
 
+    def wait(self, key: Hashable) -> float:
+        """Seconds until `key` is allowed again (0 when it is)."""
+        state = self._state.get(key)
+        return 0.0 if state is None else max(0.0, state.not_before - self._monotonic())
+
     def success(self, key: Hashable) -> None:
         self._state.pop(key, None)
 

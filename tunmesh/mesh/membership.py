@@ -12,6 +12,11 @@ Outbound flows (Deferreds, each bounded by the client's request timeout):
 * `groom()`: one tick: bootstrap groups, renewals, rotations, gossip bootstraps, stale removal. It starts
   operations and never waits for them, so one slow peer cannot hold up the loop.
 
+Joining does not wait for groom ticks (docs/api_flows.md, "Join timing"): a bootstrap group that failed is
+retried on its own timer (0.5 s doubling to `bootstrap_retry_interval`, jittered, never before its URLs'
+W7 backoff allows), new gossip hints are bootstrapped at once, and a failed session setup is retried when
+its backoff ends. All these timers live in one `KeyedTimers`.
+
 Observers get `peer_up(peer_id, url, cidrs)` when a peer's own authenticated registration installs or
 changes its routes, and `peer_down(peer_id)` when it is removed (stale, replaced, restarted).
 """
@@ -64,6 +69,7 @@ from tunmesh.mesh.errors import (
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 from tunmesh.mesh.structs import IPInterface, IPNetwork, NodeInfo, Registration, check_url, url_host
+from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.names import label
 
 CONTROL = "/tunmesh/control/v0"
@@ -76,6 +82,8 @@ LEAVE_PATH = CONTROL + "/registrations/leave"
 LEAVE_TIMEOUT = 2.0
 #: extra tries of a bootstrap URL that answered 421 (a load balancer that sent us to ourselves)
 SELF_RETRIES = 2
+#: timer key of the join pass (bootstrap groups and gossip) run outside the groom tick
+JOIN = "join"
 
 
 def register_path(node_id: str) -> str:
@@ -108,7 +116,7 @@ class GroupState:
 
     spec: BootstrapGroupSpec
     attempts: int = 0
-    last_pass: float | None = None
+    in_flight: bool = False
     reached: set[str] = field(default_factory=set)
 
 
@@ -147,6 +155,16 @@ class Membership:
         self.pool = NodePool(settings, node_id, self._monotonic)
         self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self._monotonic, self._rng)
         self.peer_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self._monotonic, self._rng)
+        #: passes of each bootstrap group (by name): 0.5 s doubling to bootstrap_retry_interval
+        self.group_backoff = Backoff(
+            min(settings.bootstrap_retry_initial, settings.bootstrap_retry_interval),
+            settings.bootstrap_retry_interval,
+            self._monotonic,
+            self._rng,
+        )
+        self.timers = KeyedTimers(clock)
+        self._last_join_pass: float | None = None
+        self._gossip_waiting = False
         self._bootstrap_slots = DeferredSemaphore(settings.max_concurrent_bootstraps)
         self._bootstrapping: dict[str, Deferred[str | None]] = {}
         self._session_ops: dict[str, Deferred[None]] = {}
@@ -407,6 +425,8 @@ class Membership:
             self.clock.callLater(0, self._spawn_session, peer.id)
         if result.changed:
             self._notify_up(peer)
+        if self._has_new_hints(registration.remote):
+            self._schedule_join(0.0)
         self._update_gauges()
         return registration, peer
 
@@ -550,6 +570,11 @@ class Membership:
 
         def done(result: Any) -> Any:
             self._bootstrapping.pop(url, None)
+            if isinstance(result, Failure):
+                # a gossiped URL is tried again when its backoff ends, not on some later groom tick
+                self._schedule_join(self.url_backoff.wait(url))
+            elif self._gossip_waiting:
+                self._schedule_join(0.0)  # a slot is free for a hint that waited for one
             return result
 
         d.addBoth(done)
@@ -627,6 +652,18 @@ class Membership:
         if not self._stopped and peer_id in self.pool:
             self.ensure_session(peer_id).addErrback(lambda f: None)
 
+    def _schedule_session(self, peer_id: str, delay: float) -> None:
+        """Set up the session to `peer_id` again in `delay` s (its backoff), not on a later groom tick."""
+        if not self._stopped and peer_id in self.pool:
+            self.timers.call_within(("session", peer_id), delay, self._retry_session, peer_id)
+
+    def _retry_session(self, peer_id: str) -> None:
+        wait = self.peer_backoff.wait(("session", peer_id))
+        if wait > 0:
+            self._schedule_session(peer_id, wait)  # the reactor clock ran ahead of the monotonic one
+        else:
+            self._spawn_session(peer_id)
+
     def ensure_session(self, peer_id: str, force: bool = False) -> Deferred[None]:
         """Make sure we have a current outbound session to `peer_id` (init, or rotation when due, or now
         with `force`)."""
@@ -644,10 +681,8 @@ class Membership:
         def done(result: Any) -> Any:
             self._session_ops.pop(peer_id, None)
             if isinstance(result, Failure):
-                exc = result.value
-                self.peer_backoff.failure(
-                    key, max(self.settings.init_session_min_interval, _retry_after(exc))
-                )
+                floor = _session_retry_floor(result.value, self.settings.init_session_min_interval)
+                self._schedule_session(peer_id, self.peer_backoff.failure(key, floor))
             else:
                 self.peer_backoff.success(key)
             return result
@@ -849,6 +884,7 @@ class Membership:
         self._outbound_salt.pop(peer.id, None)
         self.peer_backoff.success(("renew", peer.id))
         self.peer_backoff.success(("session", peer.id))
+        self.timers.cancel(("session", peer.id))
         for group in self.groups:
             group.reached.discard(peer.id)
         self._notify_down(peer.id)
@@ -951,27 +987,36 @@ class Membership:
         return changed
 
     def _bootstrap_groups(self) -> None:
+        """Start a pass of every group that is not bootstrapped, not in a pass, and whose backoff allows.
+
+        A pass tries every URL of the group that is not our own and not backed off (W7). When it ends
+        without reaching a node, the next pass is scheduled (`_group_pass_done`).
+        """
         pending = [g for g in self.groups if not self.group_bootstrapped(g)]
         if not pending:
             return
         self._maybe_reload()
-        now = self._monotonic()
         own = self.local.listen_url
         for group in self.groups:
-            if self.group_bootstrapped(group):
+            if group.in_flight or self.group_bootstrapped(group):
                 continue
-            if group.last_pass is not None and now - group.last_pass < self.settings.bootstrap_retry_interval:
+            name = group.spec.name
+            if not self.group_backoff.allowed(name):
+                self._schedule_join(self.group_backoff.wait(name))
                 continue
-            group.last_pass = now
             group.attempts += 1
+            urls: list[str] = []
             passes = []
             for raw_url in group.spec.urls:
                 try:
-                    url = check_url(raw_url, self.settings.max_url_length, f"bootstrap group {group.spec.name}")
+                    url = check_url(raw_url, self.settings.max_url_length, f"bootstrap group {name}")
                 except MeshError as exc:
-                    self.log.error("bad bootstrap URL in group {group}: {detail}", group=group.spec.name, detail=exc.detail)
+                    self.log.error("bad bootstrap URL in group {group}: {detail}", group=name, detail=exc.detail)
                     continue
-                if url == own or not self.url_backoff.allowed(url):
+                if url == own:
+                    continue
+                urls.append(url)
+                if not self.url_backoff.allowed(url):
                     continue
                 d = self.bootstrap(url)
                 d.addCallback(self._group_reached, group)
@@ -979,11 +1024,33 @@ class Membership:
                 passes.append(d)
             if not passes:
                 self._rlog.emit(
-                    ("group", group.spec.name),
+                    ("group", name),
                     LogLevel.warn,
                     "bootstrap group {group}: no URL could be tried this pass",
-                    group=group.spec.name,
+                    group=name,
                 )
+            group.in_flight = True
+            all_done: Deferred[Any] = DeferredList(passes)
+            all_done.addCallback(self._group_pass_done, group, tuple(urls))
+
+    def _group_pass_done(self, _results: object, group: GroupState, urls: tuple[str, ...]) -> None:
+        """A pass ended: reset the group's schedule when it reached a node, else plan the next pass.
+
+        The next pass comes after the group's backoff (0.5 s doubling to `bootstrap_retry_interval`,
+        times U(0.5, 1)) and not before one of its URLs is out of its own backoff (W7, Retry-After).
+        """
+        group.in_flight = False
+        if self._stopped or not any(g is group for g in self.groups):
+            return
+        name = group.spec.name
+        if self.group_bootstrapped(group):
+            self.group_backoff.success(name)
+            return
+        delay = self.group_backoff.failure(name)
+        if urls:
+            delay = max(delay, min(self.url_backoff.wait(u) for u in urls))
+        self.log.debug("bootstrap group {group}: next pass in {delay:.2f}s", group=name, delay=delay)
+        self._schedule_join(delay)
 
     def _group_reached(self, peer_id: str | None, group: GroupState) -> None:
         if peer_id is not None:
@@ -1001,16 +1068,59 @@ class Membership:
                     continue
                 candidates.setdefault(hint.listen_url, hint)
         free = self.settings.max_concurrent_bootstraps - len(self._bootstrapping)
+        self._gossip_waiting = False
+        wake: float | None = None
         for url in candidates:
-            if free <= 0 or len(self.pool) >= self.settings.max_nodes:
+            if len(self.pool) >= self.settings.max_nodes:
                 break
-            if url in self._bootstrapping or not self.url_backoff.allowed(url):
+            if url in self._bootstrapping:
+                continue
+            if not self.url_backoff.allowed(url):
+                wait = self.url_backoff.wait(url)
+                wake = wait if wake is None else min(wake, wait)
                 continue
             if not self._peer_url_allowed(url):
                 self._rlog.emit(("gossip_url", url), LogLevel.warn, "gossiped URL {url} not in peer_networks", url=url)
                 continue
+            if free <= 0:
+                self._gossip_waiting = True  # the next bootstrap to finish wakes the join pass
+                break
             free -= 1
             self.bootstrap(url).addErrback(lambda f: None)
+        if wake is not None:
+            self._schedule_join(wake)
+
+    def _has_new_hints(self, remote: Sequence[NodeInfo]) -> bool:
+        """Whether a registration's hints name a node we neither know nor are (a gossip candidate)."""
+        known: set[str] | None = None
+        for hint in remote:
+            if hint.id == self.node_id or hint.listen_url == self.local.listen_url or hint.id in self.pool:
+                continue
+            if known is None:
+                known = {p.url for p in self.pool}
+            if hint.listen_url not in known:
+                return True
+        return False
+
+    def _schedule_join(self, delay: float) -> None:
+        """Run a join pass (bootstrap groups, then gossip) in `delay` s, at most every
+        `join_pass_min_interval` (W7: fan-out stays bounded by the concurrency cap and that spacing)."""
+        if self._stopped:
+            return
+        if self._last_join_pass is not None:
+            spacing = self._last_join_pass + self.settings.join_pass_min_interval - self._monotonic()
+            delay = max(delay, spacing)
+        self.timers.call_within(JOIN, delay, self._join_pass)
+
+    def _join_pass(self) -> None:
+        if self._stopped:
+            return
+        self._last_join_pass = self._monotonic()
+        try:
+            self._bootstrap_groups()
+            self._gossip()
+        except Exception:
+            self.log.failure("join pass failed")
 
     def groom(self) -> None:
         """One groom tick; starts operations and returns without waiting for them."""
@@ -1062,12 +1172,28 @@ class Membership:
     def cancel_all(self) -> None:
         """Stop everything in flight (service stop); scheduled follow-ups become no-ops."""
         self._stopped = True
+        self.timers.cancel_all()
         self.client.cancel_all()
 
 
 def _retry_after(exc: object) -> float:
     retry = getattr(exc, "retry_after", None)
     return float(retry) if isinstance(retry, (int, float)) else 0.0
+
+
+def _session_retry_floor(exc: object, min_interval: float) -> float:
+    """The least wait before the next session setup with a peer after `exc` (W11).
+
+    A 429's Retry-After is honoured. A 401 was refused before the peer's one-per-`min_interval` limit
+    (typically: it has not processed our registration yet, a race of nodes joining together), so only
+    the backoff applies; anything else waits at least `min_interval`.
+    """
+    retry = _retry_after(exc)
+    if retry > 0:
+        return retry
+    if getattr(exc, "status", None) == 401:
+        return 0.0
+    return min_interval
 
 
 def _follow(source: Deferred[Any]) -> Deferred[Any]:

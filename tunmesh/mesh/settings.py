@@ -46,6 +46,10 @@ class MeshSettings:
     groom_interval: float = 5.0
     startup_grace: float = 0.0
     bootstrap_retry_interval: float = 15.0
+    #: first wait before a bootstrap group's next pass; doubles up to bootstrap_retry_interval
+    bootstrap_retry_initial: float = 0.5
+    #: least time between two join passes run outside the groom tick (gossip fan-out, W7)
+    join_pass_min_interval: float = 0.25
     local_timing: PeerTiming = field(default_factory=lambda: PeerTiming(5.0, 30.0))
     mesh_timing: PeerTiming = field(default_factory=lambda: PeerTiming(30.0, 120.0))
     request_timeout: float = 5.0
@@ -71,6 +75,8 @@ class MeshSettings:
                 raise ValueError(f"node address {iface} is not inside the {family} network_cidr")
         if self.groom_interval <= 0 or self.request_timeout <= 0:
             raise ValueError("groom_interval and request_timeout must be positive")
+        if self.bootstrap_retry_initial <= 0 or self.bootstrap_retry_interval <= 0 or self.join_pass_min_interval < 0:
+            raise ValueError("bootstrap retry timings must be positive")
         if self.max_concurrent_bootstraps < 1 or self.max_nodes < 1:
             raise ValueError("max_concurrent_bootstraps and max_nodes must be positive")
 
