@@ -690,6 +690,45 @@ class DataPlaneTests(SynchronousTestCase):
         self.assertNotIn(self.a.plane._reader, self.a.reactor.readers)
 
 
+class SessionWaitTests(SynchronousTestCase):
+    """Joining: the mesh adds a peer (``peer_up``) before its session exists; the link must not then sit
+    out a grown reconnect backoff once the session arrives."""
+
+    def test_link_waiting_for_a_session_connects_when_it_is_installed(self) -> None:
+        clock = task.Clock()
+        clock.advance(NOW)
+        sa = SessionStore(A, clock, monotonic=clock.seconds)
+        sb = SessionStore(B, clock, monotonic=clock.seconds)
+        a = Node(A, "100.64.0.1", clock, sa)
+        b = Node(B, "100.64.0.2", clock, sb)
+        a.peers["https://b/"] = b
+        b.peers["https://a/"] = a
+        for n in (a, b):
+            n.plane.startService()
+            self.addCleanup(n.tun.close)
+        b.plane.peer_up(A, "https://a/", ["100.64.0.1/32"])
+        a.plane.peer_up(B, "https://b/", ["100.64.0.2/32"])
+        link = a.plane.links[B]
+        # no session yet: every HELLO is given up and the reconnect backoff grows (0.1, 0.2, 0.4, ...)
+        for _ in range(6):
+            for p in a.pumps:
+                p.flush()
+            clock.advance(link._reconnect.getTime() - clock.seconds() if link._reconnect else 0)
+        for p in a.pumps:
+            p.flush()
+        self.assertFalse(link.ready)
+        self.assertGreater(link._reconnect.getTime() - clock.seconds(), 1.0)  # type: ignore[union-attr]
+        self.assertEqual(a.metrics.value("link_hello_failures_total", "no_session"), 7)
+        secret = os.urandom(32)
+        sb.install_inbound(A, "k1", secret)
+        sa.install_outbound(B, "k1", secret)  # the SessionStore observer tells the plane
+        for _ in range(3):
+            for p in a.pumps:
+                p.flush()
+        self.assertTrue(link.ready)
+        self.assertEqual(link.attempts, 0)
+
+
 class PreHelloLimitTests(SynchronousTestCase):
     def test_large_frame_before_hello_closes(self) -> None:
         pair = Pair(self)

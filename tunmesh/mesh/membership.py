@@ -681,7 +681,8 @@ class Membership:
         def done(result: Any) -> Any:
             self._session_ops.pop(peer_id, None)
             if isinstance(result, Failure):
-                floor = _session_retry_floor(result.value, self.settings.init_session_min_interval)
+                rotating = self.sessions.outbound(peer_id) is not None
+                floor = _session_retry_floor(result.value, self.settings.init_session_min_interval, rotating)
                 self._schedule_session(peer_id, self.peer_backoff.failure(key, floor))
             else:
                 self.peer_backoff.success(key)
@@ -728,10 +729,11 @@ class Membership:
             self._rlog.emit(
                 ("session", peer_id, reason),
                 LogLevel.warn if kind == "init" else LogLevel.error,
-                "session {kind} with {peer_id} failed: {reason}; the previous key stays in use",
+                "session {kind} with {peer_id} failed: {reason} {detail}; the previous key stays in use",
                 kind=kind,
                 peer_id=peer_id,
                 reason=reason,
+                detail=getattr(exc, "detail", ""),
             )
             raise
         if peer_id not in self.pool:
@@ -1004,20 +1006,23 @@ class Membership:
             if not self.group_backoff.allowed(name):
                 self._schedule_join(self.group_backoff.wait(name))
                 continue
-            group.attempts += 1
             urls: list[str] = []
-            passes = []
             for raw_url in group.spec.urls:
                 try:
                     url = check_url(raw_url, self.settings.max_url_length, f"bootstrap group {name}")
                 except MeshError as exc:
                     self.log.error("bad bootstrap URL in group {group}: {detail}", group=name, detail=exc.detail)
                     continue
-                if url == own:
-                    continue
-                urls.append(url)
-                if not self.url_backoff.allowed(url):
-                    continue
+                if url != own:
+                    urls.append(url)
+            ready = [u for u in urls if self.url_backoff.allowed(u)]
+            if urls and not ready:
+                # every URL is backed off (W7): the pass waits for the first one, without counting a try
+                self._schedule_join(min(self.url_backoff.wait(u) for u in urls))
+                continue
+            group.attempts += 1
+            passes = []
+            for url in ready:
                 d = self.bootstrap(url)
                 d.addCallback(self._group_reached, group)
                 d.addErrback(lambda f: None)
@@ -1181,19 +1186,19 @@ def _retry_after(exc: object) -> float:
     return float(retry) if isinstance(retry, (int, float)) else 0.0
 
 
-def _session_retry_floor(exc: object, min_interval: float) -> float:
+def _session_retry_floor(exc: object, min_interval: float, rotating: bool) -> float:
     """The least wait before the next session setup with a peer after `exc` (W11).
 
-    A 429's Retry-After is honoured. A 401 was refused before the peer's one-per-`min_interval` limit
-    (typically: it has not processed our registration yet, a race of nodes joining together), so only
-    the backoff applies; anything else waits at least `min_interval`.
+    A 429's Retry-After is always honoured. A failed rotation waits at least `min_interval`: the
+    current key keeps working. A failed first setup (nothing can flow to the peer yet) waits only for
+    its backoff: a peer that did count the attempt against its one-per-`min_interval` limit answers
+    the retry with 429 and says when to come back, and one that did not (a 401 because it has not
+    processed our registration yet, a timeout while it was busy starting) answers at once.
     """
     retry = _retry_after(exc)
     if retry > 0:
         return retry
-    if getattr(exc, "status", None) == 401:
-        return 0.0
-    return min_interval
+    return min_interval if rotating else 0.0
 
 
 def _follow(source: Deferred[Any]) -> Deferred[Any]:
