@@ -16,12 +16,16 @@ and secret; node i at 198.18.0.i owns 100.64.0.i), but with the **default** groo
   prints the time from the first start until each node has an outbound packet link to every other node
   (max and median).
 
+Each line also says when the nodes began to serve their port (interpreter start-up, which joining cannot
+speed up) and the load average: on a machine whose cores are busy with other work, start-up dominates.
+
 Not a test: it prints figures (docs/performance.md, "Join time"). Exit 1 when a measurement failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import statistics
@@ -39,6 +43,7 @@ from tests.integration.cluster import (  # noqa: E402
     start_together,
     wait_first_ping,
     wait_links_full_mesh,
+    wait_listening,
 )
 from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason  # noqa: E402
 
@@ -51,20 +56,25 @@ def config(i: int) -> str:
     return node_config(i, bootstrap=BOOTSTRAP, timing=DEFAULT_TIMING)
 
 
-def two_nodes(workdir: Path, timeout: float) -> float:
-    """Seconds from the later start until node 2 pings node 1 through the overlay."""
+def two_nodes(workdir: Path, timeout: float) -> tuple[float, float]:
+    """Seconds from the later start until both nodes serve, and until node 2 pings node 1."""
     with Underlay(nodes=2, tag="j") as u:
         u.wait_reachable()
         cluster = Cluster(u, workdir / "two", config)
         try:
             started = start_together(cluster, [2, 1])
-            return wait_first_ping(cluster, 2, 1, timeout) - max(started)
+            serving = wait_listening(cluster, timeout)
+            answered = wait_first_ping(cluster, 2, 1, timeout)
+            return max(serving.values()) - max(started), answered - max(started)
         finally:
             cluster.stop_all()
 
 
-def many_nodes(workdir: Path, nodes: int, spread: float, seed: int, timeout: float) -> tuple[list[float], float]:
-    """Per-node seconds from the first start until all its outbound links are up; and the start window."""
+def many_nodes(
+    workdir: Path, nodes: int, spread: float, seed: int, timeout: float
+) -> tuple[list[float], float, float]:
+    """Per-node seconds from the first start until all its outbound links are up; the start window;
+    and when the last node began to serve (from the first start)."""
     with Underlay(nodes=nodes, tag="j") as u:
         u.wait_reachable(timeout=30)
         cluster = Cluster(u, workdir / "many", config)
@@ -72,10 +82,17 @@ def many_nodes(workdir: Path, nodes: int, spread: float, seed: int, timeout: flo
         random.Random(seed).shuffle(order)
         try:
             started = start_together(cluster, order, spread)
+            serving = wait_listening(cluster, timeout)
             done = wait_links_full_mesh(cluster, timeout)
-            return sorted(t - started[0] for t in done.values()), started[-1] - started[0]
+            times = sorted(t - started[0] for t in done.values())
+            return times, started[-1] - started[0], max(serving.values()) - started[0]
         finally:
             cluster.stop_all()
+
+
+def load() -> str:
+    """The 1-minute load average: start-up times mean little on a machine busy with other work."""
+    return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,17 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.skip_two:
             try:
-                first_ping = two_nodes(workdir, args.timeout)
+                serving, first_ping = two_nodes(workdir, args.timeout)
                 print(f"join 2 nodes started together: first ping through the overlay {first_ping:.2f} s "
-                      "after the later start", flush=True)
+                      f"after the later start (both serving after {serving:.2f} s; load {load()})", flush=True)
             except NetnsError as e:
                 failed = True
                 print(f"join 2 nodes: FAILED: {e}", flush=True)
         try:
-            times, window = many_nodes(workdir, args.nodes, args.spread, args.seed, args.timeout)
+            times, window, serving = many_nodes(workdir, args.nodes, args.spread, args.seed, args.timeout)
             print(f"join {args.nodes} nodes started within {window:.1f} s: full mesh (every node linked to every "
-                  f"other) max {times[-1]:.2f} s, median {statistics.median(times):.2f} s after the first start",
-                  flush=True)
+                  f"other) max {times[-1]:.2f} s, median {statistics.median(times):.2f} s after the first start "
+                  f"(all serving after {serving:.2f} s; load {load()})", flush=True)
         except NetnsError as e:
             failed = True
             print(f"join {args.nodes} nodes: FAILED: {str(e).splitlines()[0]}", flush=True)

@@ -311,6 +311,30 @@ def start_together(cluster: Cluster, order: list[int], spread: float = 0.0) -> l
     return started
 
 
+def wait_listening(cluster: Cluster, timeout: float) -> dict[int, float]:
+    """Until every running node serves ``/metrics``; per node, the monotonic time it first did."""
+    probes = {i: MetricsProbe(cluster.ns(i), f"198.18.0.{i}") for i in cluster.nodes}
+    seen: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < len(probes):
+            for i, probe in probes.items():
+                if i not in seen and probe.samples("tunmesh_mesh_peers") is not None:
+                    seen[i] = time.monotonic()
+            if len(seen) == len(probes):
+                break
+            if time.monotonic() > deadline:
+                raise NetnsError(f"nodes {sorted(set(probes) - set(seen))} not serving after {timeout}s\n{cluster.logs()}")
+            for i, node in cluster.nodes.items():
+                if node.proc.poll() is not None:
+                    raise NetnsError(f"node {i} exited ({node.proc.returncode})\n{node.log_tail()}")
+            time.sleep(0.05)
+    finally:
+        for probe in probes.values():
+            probe.close()
+    return seen
+
+
 def wait_first_ping(cluster: Cluster, src: int, dst: int, timeout: float) -> float:
     """Ping ``dst``'s overlay address from ``src`` until a reply; the monotonic time of that reply."""
     deadline = time.monotonic() + timeout
