@@ -157,10 +157,13 @@ class MeshClient:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def post(self, url: str, path: str, body: bytes, authorization: str) -> Deferred[RawResponse]:
-        """POST `body` (JSON) to `url` + `path`; fails with `PeerRequestFailed` (reason timeout/transport)."""
+    def post(
+        self, url: str, path: str, body: bytes, authorization: str, timeout: float | None = None
+    ) -> Deferred[RawResponse]:
+        """POST `body` (JSON) to `url` + `path` within `timeout` (default: the client's); fails with
+        `PeerRequestFailed` (reason timeout/transport)."""
         d = self._post(url.rstrip("/") + path, body, authorization)
-        d.addTimeout(self.timeout, self._clock)
+        d.addTimeout(self.timeout if timeout is None else timeout, self._clock)
         self._in_flight.add(d)
 
         def done(result: Any) -> Any:

@@ -586,7 +586,9 @@ class Membership:
             for _attempt in range(1 + SELF_RETRIES):
                 body = self.our_registration().to_json()
                 request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
-                response = yield self.client.post(url, REGISTER_PATH, body, request.header_value)
+                response = yield self.client.post(
+                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.join_timeout
+                )
                 if response.status != 421:
                     break
                 # A load balancer sent us to ourselves: not an error; ask again, it may pick another node.
@@ -718,7 +720,9 @@ class Membership:
                 initiator = self._kex_initiator(peer_id)
                 body = initiator.request_body()
                 request = self.cluster.sign_request(peer_id, "POST", INIT_SESSION_PATH, body, typ=TYP_REQUEST)
-                response = yield self.client.post(peer.url, INIT_SESSION_PATH, body, request.header_value)
+                response = yield self.client.post(
+                    peer.url, INIT_SESSION_PATH, body, request.header_value, timeout=self.settings.join_timeout
+                )
                 self._check_response(response, peer.url)
                 self._verify_cluster(response, peer_id, request, "init_session response")
             kid, secret = initiator.complete(response.body)

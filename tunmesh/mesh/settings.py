@@ -50,6 +50,9 @@ class MeshSettings:
     bootstrap_retry_initial: float = 0.5
     #: least time between two join passes run outside the groom tick (gossip fan-out, W7)
     join_pass_min_interval: float = 0.25
+    #: deadline of bootstrap registrations and first session setups (at least request_timeout): a peer
+    #: busy starting up answers late, and a retry after a lost answer costs a backoff or a 429 (W11)
+    join_request_timeout: float = 5.0
     local_timing: PeerTiming = field(default_factory=lambda: PeerTiming(5.0, 30.0))
     mesh_timing: PeerTiming = field(default_factory=lambda: PeerTiming(30.0, 120.0))
     request_timeout: float = 5.0
@@ -79,6 +82,10 @@ class MeshSettings:
             raise ValueError("bootstrap retry timings must be positive")
         if self.max_concurrent_bootstraps < 1 or self.max_nodes < 1:
             raise ValueError("max_concurrent_bootstraps and max_nodes must be positive")
+
+    @property
+    def join_timeout(self) -> float:
+        return max(self.request_timeout, self.join_request_timeout)
 
     @property
     def bounds(self) -> Bounds:
