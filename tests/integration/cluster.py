@@ -261,6 +261,10 @@ class MetricsProbe:
                 out[m.group(2) or ""] = float(m.group(3))
         return out
 
+    def serving(self) -> bool:
+        """Whether the node answers ``/health`` (its port is bound and its reactor runs)."""
+        return self._get("/health") is not None
+
     def links_out(self) -> int | None:
         """Outbound packet links up (``tunmesh_links_connected{direction="out"}``)."""
         samples = self.samples("tunmesh_links_connected")
@@ -277,7 +281,7 @@ class MetricsProbe:
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=2, context=context)
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=5, context=context)
                 with self.ns.entered():
                     conn.connect()
                 # never reconnect implicitly: that would open the socket outside the namespace
@@ -319,7 +323,7 @@ def wait_listening(cluster: Cluster, timeout: float) -> dict[int, float]:
     try:
         while len(seen) < len(probes):
             for i, probe in probes.items():
-                if i not in seen and probe.samples("tunmesh_mesh_peers") is not None:
+                if i not in seen and probe.serving():
                     seen[i] = time.monotonic()
             if len(seen) == len(probes):
                 break
