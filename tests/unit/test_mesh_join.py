@@ -42,19 +42,21 @@ class RecordingNetwork(FakeNetwork):
         return [t for t, url in self.bootstraps if url.startswith(prefix)]
 
 
-class TooBusy(Resource):
-    """Answers every request with 429 and a Retry-After."""
+class Failing(Resource):
+    """Answers every request with ``status`` (and a Retry-After when given)."""
 
     isLeaf = True
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, status: int, retry_after: int | None = None) -> None:
         super().__init__()
+        self.status = status
         self.retry_after = retry_after
 
     def render(self, request: Any) -> bytes:
-        request.setResponseCode(429)
-        request.setHeader(b"Retry-After", str(self.retry_after).encode())
-        return b"Too Many Requests"
+        request.setResponseCode(self.status)
+        if self.retry_after is not None:
+            request.setHeader(b"Retry-After", str(self.retry_after).encode())
+        return b"no"
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -82,16 +84,29 @@ class JoinTestCase(SynchronousTestCase):
 
 
 class BootstrapRetryTests(JoinTestCase):
-    def test_refused_first_bootstrap_is_retried_within_a_second(self) -> None:
-        """Not 15 s later on a groom tick: 0.5 s × U(0.5, 1) for the group, 1 s × U(0.5, 1) for the URL."""
+    def test_refused_first_bootstrap_is_retried_within_half_a_second(self) -> None:
+        """Not 15 s later on a groom tick: the group's first wait is 0.5 s × U(0.5, 1)."""
         joiner = self.node(2)
         joiner.start()
         self.run_for(2)
         attempts = self.net.times(N1)
-        self.assertGreaterEqual(len(attempts), 2, attempts)
+        self.assertGreaterEqual(len(attempts), 3, attempts)
         self.assertEqual(attempts[0], 0.0)
-        self.assertGreaterEqual(attempts[1], 0.5)
-        self.assertLessEqual(attempts[1], 1.0)
+        self.assertGreaterEqual(attempts[1], 0.25)
+        self.assertLessEqual(attempts[1], 0.5 + 0.06)
+
+    def test_a_url_where_nothing_listens_is_retried_doubling_up_to_the_interval(self) -> None:
+        """0.5 s doubling to ``bootstrap_retry_interval`` (15 s), times U(0.5, 1): a pod whose bootstrap
+        Service has no endpoint yet keeps trying at least every 15 s, not every 15 min."""
+        joiner = self.node(2)
+        joiner.start()
+        self.run_for(180, step=0.25)
+        steps = gaps(self.net.times(N1))
+        for i, gap in enumerate(steps):
+            base = min(15.0, 0.5 * 2**i)
+            self.assertGreaterEqual(gap, base / 2 - 0.26, steps)
+            self.assertLessEqual(gap, base + 0.26, steps)
+        self.assertGreaterEqual(len(steps), 14, steps)
 
     def test_node_started_a_moment_later_is_joined_within_two_seconds(self) -> None:
         """Two pods started together: the bootstrap target listens 0.3 s after the joiner's first try."""
@@ -107,8 +122,10 @@ class BootstrapRetryTests(JoinTestCase):
         self.assertIsNotNone(first.sessions.outbound(joiner.id))
         self.assertTrue(joiner.membership.ready())
 
-    def test_a_url_that_keeps_failing_backs_off_as_W7_says(self) -> None:
-        """The group's fast schedule never overrides the URL's own backoff (1 s doubling to 900 s)."""
+    def test_a_url_that_answers_with_errors_backs_off_as_W7_says(self) -> None:
+        """A URL that answers (here 500) keeps its own backoff (1 s doubling to 900 s): the group's
+        schedule never makes it faster."""
+        self.net.add(N1, Failing(500))
         joiner = self.node(2)
         joiner.start()
         self.run_for(130, step=0.25)
@@ -135,7 +152,7 @@ class BootstrapRetryTests(JoinTestCase):
         self.assertGreater(joiner.counter("tunmesh_mesh_bootstrap_attempts_total", result="self"), 10)
 
     def test_retry_after_of_a_busy_bootstrap_node_is_honoured(self) -> None:
-        self.net.add(N1, TooBusy(retry_after=20))
+        self.net.add(N1, Failing(429, retry_after=20))
         joiner = self.node(2)
         joiner.start()
         self.run_for(30, step=0.25)

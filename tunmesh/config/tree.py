@@ -597,7 +597,11 @@ class RegistrationTiming:
         ),
         min=0.0,
     )
-    bootstrap_retry_interval: float = _timing(15.0, "Minimum seconds between bootstrap passes of one group.")
+    bootstrap_retry_interval: float = _timing(
+        15.0,
+        "Longest wait between bootstrap passes of a group that has not joined: the first retry comes after"
+        " 0.5 s, doubling up to this, times a random 0.5-1 (and never before the URL's own backoff allows).",
+    )
     local: LocalRegistrationTiming = subgroup(LocalRegistrationTiming)
     mesh: MeshRegistrationTiming = subgroup(MeshRegistrationTiming)
 

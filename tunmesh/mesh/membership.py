@@ -118,6 +118,8 @@ class GroupState:
     attempts: int = 0
     in_flight: bool = False
     reached: set[str] = field(default_factory=set)
+    #: URLs whose last try got no answer at all (nothing listening yet): paced by the group's schedule
+    unanswered: set[str] = field(default_factory=set)
 
 
 class Membership:
@@ -1019,17 +1021,17 @@ class Membership:
                     continue
                 if url != own:
                     urls.append(url)
-            ready = [u for u in urls if self.url_backoff.allowed(u)]
+            ready = [u for u in urls if u in group.unanswered or self.url_backoff.allowed(u)]
             if urls and not ready:
                 # every URL is backed off (W7): the pass waits for the first one, without counting a try
                 self._schedule_join(min(self.url_backoff.wait(u) for u in urls))
                 continue
             group.attempts += 1
+            group.unanswered.difference_update(ready)
             passes = []
             for url in ready:
                 d = self.bootstrap(url)
-                d.addCallback(self._group_reached, group)
-                d.addErrback(lambda f: None)
+                d.addCallbacks(self._group_reached, self._group_url_failed, (group,), {}, (group, url))
                 passes.append(d)
             if not passes:
                 self._rlog.emit(
@@ -1057,13 +1059,20 @@ class Membership:
             return
         delay = self.group_backoff.failure(name)
         if urls:
-            delay = max(delay, min(self.url_backoff.wait(u) for u in urls))
+            delay = max(delay, min(0.0 if u in group.unanswered else self.url_backoff.wait(u) for u in urls))
         self.log.debug("bootstrap group {group}: next pass in {delay:.2f}s", group=name, delay=delay)
         self._schedule_join(delay)
 
     def _group_reached(self, peer_id: str | None, group: GroupState) -> None:
         if peer_id is not None:
             group.reached.add(peer_id)
+
+    def _group_url_failed(self, failure: Failure, group: GroupState, url: str) -> None:
+        """A configured URL where nothing answered (refused, timed out) is retried on the group's
+        schedule, capped at `bootstrap_retry_interval`; one that answered with an error keeps its W7
+        backoff (up to 900 s) and any Retry-After."""
+        if getattr(failure.value, "status", None) == 0:
+            group.unanswered.add(url)
 
     def _gossip(self) -> None:
         """Bootstrap nodes that peers told us about and we do not know (hints only, W6)."""
