@@ -992,6 +992,11 @@ class Membership:
         groups = [old[s.name] if s.name in old and old[s.name].spec == s else GroupState(s) for s in specs]
         changed = [g.spec for g in groups] != [g.spec for g in self.groups]
         self.groups = groups
+        for group in groups:
+            if group is not old.get(group.spec.name):
+                self.group_backoff.success(group.spec.name)  # a new or changed group starts fast
+        if changed:
+            self._schedule_join(0.0)
         return changed
 
     def _bootstrap_groups(self) -> None:
@@ -1182,6 +1187,9 @@ class Membership:
             return
         self.url_backoff.reset()
         self.peer_backoff.reset()
+        self.group_backoff.reset()
+        for group in self.groups:
+            group.unanswered.clear()
         for peer in self.pool:
             peer.failures, peer.next_attempt = 0, 0.0
         self.log.info("wall clock stepped by {step:+.1f}s: retrying peers and bootstrap URLs now", step=step)
