@@ -589,7 +589,7 @@ class Membership:
                 body = self.our_registration().to_json()
                 request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
                 response = yield self.client.post(
-                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.join_timeout
+                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.registration_timeout
                 )
                 if response.status != 421:
                     break
@@ -723,7 +723,7 @@ class Membership:
                 body = initiator.request_body()
                 request = self.cluster.sign_request(peer_id, "POST", INIT_SESSION_PATH, body, typ=TYP_REQUEST)
                 response = yield self.client.post(
-                    peer.url, INIT_SESSION_PATH, body, request.header_value, timeout=self.settings.join_timeout
+                    peer.url, INIT_SESSION_PATH, body, request.header_value, timeout=self.settings.registration_timeout
                 )
                 self._check_response(response, peer.url)
                 self._verify_cluster(response, peer_id, request, "init_session response")
@@ -840,7 +840,9 @@ class Membership:
                 body = self.our_registration().to_json()
                 path = register_path(self.node_id)
                 request = self.session_auth.sign_request(peer_id, "POST", path, body)
-                response = yield self.client.post(url, path, body, request.header_value)
+                response = yield self.client.post(
+                    url, path, body, request.header_value, timeout=self.settings.registration_timeout
+                )
                 if response.status in (401, 404):
                     self.sessions.invalidate_outbound(peer_id, request.kid)
                     fallback = True
@@ -854,7 +856,9 @@ class Membership:
                 )
                 body = self.our_registration().to_json()
                 request = self.cluster.sign_request(peer_id, "POST", REGISTER_PATH, body, typ=TYP_REQUEST)
-                response = yield self.client.post(url, REGISTER_PATH, body, request.header_value)
+                response = yield self.client.post(
+                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.registration_timeout
+                )
                 self._check_response(response, url)
                 self._verify_cluster(response, peer_id, request, "register response")
                 self.m_registrations.labels(direction="out", result="fallback").inc()
@@ -1210,16 +1214,18 @@ def _retry_after(exc: object) -> float:
 def _session_retry_floor(exc: object, min_interval: float, rotating: bool) -> float:
     """The least wait before the next session setup with a peer after `exc` (W11).
 
-    A 429's Retry-After is always honoured. A failed rotation waits at least `min_interval`: the
-    current key keeps working. A failed first setup (nothing can flow to the peer yet) waits only for
-    its backoff: a peer that did count the attempt against its one-per-`min_interval` limit answers
-    the retry with 429 and says when to come back, and one that did not (a 401 because it has not
-    processed our registration yet, a timeout while it was busy starting) answers at once.
+    A 429's Retry-After is always honoured. A first setup refused with 401 (the peer has not processed
+    our registration yet: two nodes that joined at the same moment) waits only for its backoff: the peer
+    refused it before its one-per-`min_interval` limit. Anything else (a failed rotation, whose current
+    key keeps working; no answer, which may have been counted, or may come from a peer too busy to
+    answer) waits at least `min_interval`.
     """
     retry = _retry_after(exc)
     if retry > 0:
         return retry
-    return min_interval if rotating else 0.0
+    if not rotating and getattr(exc, "status", None) == 401:
+        return 0.0
+    return min_interval
 
 
 def _follow(source: Deferred[Any]) -> Deferred[Any]:

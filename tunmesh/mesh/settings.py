@@ -50,9 +50,10 @@ class MeshSettings:
     bootstrap_retry_initial: float = 0.5
     #: least time between two join passes run outside the groom tick (gossip fan-out, W7)
     join_pass_min_interval: float = 0.25
-    #: deadline of bootstrap registrations and first session setups (at least request_timeout): a peer
-    #: busy starting up answers late, and a retry after a lost answer costs a backoff or a 429 (W11)
-    join_request_timeout: float = 5.0
+    #: deadline of registrations (bootstrap, renewal) and first session setups (at least request_timeout):
+    #: a peer busy starting up answers late, and a retry after a lost answer costs a backoff, a 429 (W11),
+    #: or, for renewals, the peer's removal as stale after a row of them
+    registration_request_timeout: float = 5.0
     local_timing: PeerTiming = field(default_factory=lambda: PeerTiming(5.0, 30.0))
     mesh_timing: PeerTiming = field(default_factory=lambda: PeerTiming(30.0, 120.0))
     request_timeout: float = 5.0
@@ -84,8 +85,8 @@ class MeshSettings:
             raise ValueError("max_concurrent_bootstraps and max_nodes must be positive")
 
     @property
-    def join_timeout(self) -> float:
-        return max(self.request_timeout, self.join_request_timeout)
+    def registration_timeout(self) -> float:
+        return max(self.request_timeout, self.registration_request_timeout)
 
     @property
     def bounds(self) -> Bounds:
