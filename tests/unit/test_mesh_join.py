@@ -223,6 +223,24 @@ class GossipAndSessionTests(JoinTestCase):
         self.run_for(1.1)
         self.assertIsNotNone(first.sessions.outbound(second.id))
 
+    def test_renewal_falls_back_to_the_cluster_token_while_the_session_setup_backs_off(self) -> None:
+        """A session retry in its backoff must not cost the peer its renewal (and, 30 s later, its place)."""
+        first = self.node(1, ())
+        second = self.node(2)
+        first.start()
+        second.start()
+        self.run_for(1)
+        first.sessions.forget(second.id)
+        first.membership.peer_backoff.failure(("session", second.id), at_least=60.0)
+        before = first.counter("tunmesh_mesh_registrations_total", direction="out", result="fallback")
+        first.membership.renew(second.id).addErrback(lambda f: None)
+        self.clock.advance(0)
+        after = first.counter("tunmesh_mesh_registrations_total", direction="out", result="fallback")
+        self.assertEqual(after, before + 1)
+        peer = first.pool.get(second.id)
+        assert peer is not None
+        self.assertEqual(peer.last_renewal, self.clock.seconds())
+
     def test_failed_rotation_still_waits_the_minimum_interval(self) -> None:
         """W11: while the current key works, a failed rotation is not retried before 10 s."""
         first = self.node(1, ())

@@ -832,7 +832,9 @@ class Membership:
                 try:
                     yield self.ensure_session(peer_id)
                 except MeshError as exc:
-                    if exc.status not in (401, 404):
+                    # refused (it does not know us), or our setup is backing off: register with the
+                    # cluster token anyway, so a session retry never costs the peer its renewal
+                    if exc.status not in (401, 404) and exc.reason != "backoff":
                         raise
             fallback = self.sessions.outbound(peer_id) is None
             response: RawResponse | None = None
