@@ -17,6 +17,7 @@ the test's temp directory. Where podman cannot run, the test is skipped, or fail
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 import unittest
@@ -233,6 +234,13 @@ class ContainerPodTests(SynchronousTestCase):
             health = podman(["healthcheck", "run", pod.sidecar], check=False)
             self.assertEqual(health.returncode, 0, health.stdout + health.stderr)
             self.assertEqual(pod.sidecar_state(".State.Health.Status"), "healthy")
+        # `tunmesh status` in a sidecar (podman exec, as root): the admin socket works without CAP_CHOWN.
+        status = podman(["exec", pods[0].sidecar, "tunmesh", "status", "--json"], check=False)
+        self.assertEqual(status.returncode, 0, status.stdout + status.stderr + pods[0].sidecar_logs())
+        view = json.loads(status.stdout)
+        self.assertEqual(len(view["peers"]), PODS - 1, status.stdout)
+        self.assertTrue(view["node"]["ready"], status.stdout)
+        self.report(f"tunmesh status in pod 1's sidecar: {len(view['peers'])} peers, ready")
         self.report(f"sidecars: uid/gid {IMAGE_UID}, CapEff 0, read-only root, HEALTHCHECK healthy on port {PORT}")
 
         sent, received = self.transfer(pods[0], pods[2])

@@ -183,6 +183,26 @@ class SocketFileTests(TestCase):
             self.assertEqual((st.st_uid, st.st_gid), (65534, 65534))
 
     @inlineCallbacks
+    def test_without_cap_chown_the_socket_stays_roots_and_listens(self) -> Any:
+        """``--cap-drop ALL``: root creates the socket but cannot give it away; the node still serves it."""
+        from tunmesh.admin.service import ChownRefused
+
+        def refused(path: Path, uid: int, gid: int) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        path = self.dir / "admin.sock"
+        with self.assertRaises(ChownRefused) as caught:
+            listen_admin_socket(reactor, path, self.factory, 65534, 65534, chown=refused)
+        port = caught.exception.port
+        st = path.stat()
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid), (0o600, os.geteuid()))
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(path))  # listening
+        client.close()
+        yield port.stopListening()
+        self.assertFalse(path.exists())
+
+    @inlineCallbacks
     def test_a_stale_socket_is_replaced_a_live_one_and_other_files_are_not(self) -> Any:
         path = self.dir / "admin.sock"
         port = listen_admin_socket(reactor, path, self.factory, None, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,13 @@ def prepare_admin_path(path: Path) -> None:
 
 
 def listen_admin_socket(reactor: Any, path: Path, factory: AdminFactory, uid: int | None,
-                        gid: int | None) -> IListeningPort:
+                        gid: int | None, chown: Callable[[Path, int, int], None] = os.chown) -> IListeningPort:
     """Listen on ``path``: mode 0600 from the moment the file exists (umask 0177 around the bind, and the
-    mode Twisted sets right after it), then owned by ``uid``/``gid`` (when given)."""
+    mode Twisted sets right after it), then owned by ``uid``/``gid`` (when given).
+
+    Without ``CAP_CHOWN`` (a container started with ``--cap-drop ALL``: root may create the file but not give
+    it away) the socket stays root's, mode 0600: root (``podman exec``, ``kubectl exec``) reaches it, and the
+    per-connection uid check still applies. Raises :class:`ChownRefused` then, with the port listening."""
     prepare_admin_path(path)
     old_umask = os.umask(0o177)
     try:
@@ -71,13 +76,32 @@ def listen_admin_socket(reactor: Any, path: Path, factory: AdminFactory, uid: in
         raise AdminSocketError(f"cannot listen on {path}: {e.socketError}") from None
     finally:
         os.umask(old_umask)
-    try:
-        if uid is not None:
-            os.chown(path, uid, gid if gid is not None else -1)
-    except OSError:
-        port.stopListening()
-        raise
+    if uid is not None:
+        try:
+            chown(path, uid, gid if gid is not None else -1)
+        except PermissionError as e:
+            raise ChownRefused(port, str(e)) from None
+        except OSError:
+            _close_quietly(port, path)
+            raise
     return port
+
+
+class ChownRefused(Exception):
+    """The socket listens but stays root's (no ``CAP_CHOWN``); ``port`` is the listening port."""
+
+    def __init__(self, port: IListeningPort, error: str) -> None:
+        super().__init__(error)
+        self.port = port
+
+
+def _close_quietly(port: IListeningPort, path: Path) -> None:
+    """Stop a port we will not use, removing its file now (the port's own unlink comes a reactor turn
+    later, maybe after the privilege drop, when it would fail)."""
+    _unlink(path)
+    d = port.stopListening()
+    if d is not None:
+        d.addErrback(lambda failure: failure.trap(OSError))
 
 
 def _unlink(path: Path) -> None:
@@ -113,6 +137,16 @@ class AdminSocketService(Service):
     def _listen(self) -> None:
         try:
             self.port = listen_admin_socket(self.reactor, self.path, self.factory, self.uid, self.gid)
+        except ChownRefused as e:
+            self.port = e.port
+            self.log.info(
+                "admin socket listening at {path}, owned by root (cannot give it to uid {uid}: {error}); "
+                "`tunmesh status` works as root",
+                path=str(self.path),
+                uid=self.uid,
+                error=str(e),
+            )
+            return
         except (OSError, AdminSocketError) as e:
             self.log.error(
                 "{key}: cannot create the admin socket ({error}); `tunmesh status` and `tunmesh reload` will "
