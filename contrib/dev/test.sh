@@ -44,7 +44,11 @@ echo "== trial"
 export PYTHONPATH="$root_dir${PYTHONPATH:+:$PYTHONPATH}"
 log=$(mktemp)
 set +e
-"$venv/bin/python" -m twisted.trial --temp-directory="$(mktemp -d)/_trial_temp" "${@:-tests}" 2>&1 | tee "$log"
+# The trial directory must be traversable by the unprivileged uids the privilege-drop tests switch to
+# (mktemp -d makes it 0700).
+trial_dir=$(mktemp -d)
+chmod 755 "$trial_dir"
+"$venv/bin/python" -m twisted.trial --temp-directory="$trial_dir/_trial_temp" "${@:-tests}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # A closing line any CI reader understands: "N passed, N failed, N skipped".
