@@ -45,8 +45,7 @@ from tunmesh.clockwatch import ClockStepWatch
 from tunmesh.config import load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
 from tunmesh.health import HealthRegistry
-from tunmesh.mesh.peerinfo import PeerInfoMetric
-from tunmesh.metrics import Metrics
+from tunmesh.metrics import Metrics, PeerInfo
 from tunmesh.node import NodeIdentity
 from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
 from tunmesh.preload import preload
@@ -142,6 +141,7 @@ def _make_service(
         identity.node_id,
         dict(monitoring.prometheus.base_labels) if monitoring.prometheus is not None else {},
         enabled=monitoring.method == "prometheus",
+        advertise_url=identity.advertise_url,
     )
     health = HealthRegistry()
     top = MultiService()
@@ -187,7 +187,9 @@ def _make_service(
     )
     expiry.setServiceParent(top)
     http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key)
-    http_client = MeshClient.with_tls(reactor, http_policy, timeout=float(cfg.process.timing.request_timeout))
+    http_client = MeshClient.with_tls(
+        reactor, http_policy, timeout=float(cfg.process.timing.request_timeout), metrics=metrics
+    )
 
     # 3. Membership and sessions.
     membership, mesh_api, mesh_service = build_mesh(
@@ -202,13 +204,18 @@ def _make_service(
     )
     mesh_service.register_health(health)
     clock_watch.add_observer(membership.clock_stepped)
+    # The node's name (clustering.node_name resolved) labels tunmesh_node_info with its id and URL.
+    metrics.set_node_info(node_name=membership.local.name or "", advertise_url=identity.advertise_url)
 
     # 4. Data plane, fed by membership's authenticated peers.
     link_policy = link_tls_policy(cfg, trust_path)
     dataplane = build_dataplane(local_cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
     membership.add_observer(dataplane)
     dataplane.name_of = lambda peer_id: _peer_name(membership, peer_id)
-    membership.add_observer(PeerInfoMetric(metrics, dataplane.name_of))
+    # tunmesh_peer_info: one series per peer in the pool (bounded by max_nodes), gone with the peer.
+    membership.add_observer(
+        PeerInfo(metrics, max_peers=int(cfg.clustering.limits.max_nodes), name_of=dataplane.name_of)
+    )
     if addressing is not None:
         follower = AddressFollower(dataplane.router, address_setter, addressing)
         follower.register_health(health)

@@ -85,7 +85,7 @@ class ControlAPITestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.identity = NodeIdentity(node_id=NODE_ID, advertise_url=URL, started_at=1000.0, started_monotonic=5.0)
         self.health = HealthRegistry(Clock())
-        self.metrics = Metrics(NODE_ID, {"cluster": "test"})
+        self.metrics = Metrics(NODE_ID, {"cluster": "test"}, advertise_url=URL)
         self.monitoring = True
 
     def api(self) -> ControlAPI:
@@ -160,12 +160,16 @@ class MetricsRouteTests(ControlAPITestCase):
         self.assertEqual(r.header(b"Content-Type"), b"text/plain; version=0.0.4; charset=utf-8")
         self.assertEqual(r.header(b"Cache-Control"), b"no-store")
         text = r.body.decode("utf-8")
-        self.assertIn(f'node_id="{NODE_ID}"', text)
+        # The node's id labels one info series, not every series (issue 8).
+        self.assertEqual(text.count(f'node_id="{NODE_ID}"'), 1)
+        self.assertIn(f'tunmesh_node_info{{advertise_url="{URL}",cluster="test",node_id="{NODE_ID}",node_name=""}} 1.0',
+                      text)
         self.assertIn('cluster="test"', text)
+        self.assertNotIn("_created", text)
         families = {f.name: f for f in text_string_to_metric_families(text)}
         self.assertIn("process_cpu_seconds", families)
         drops = families["tunmesh_dropped_packets"].samples[0]
-        self.assertEqual(drops.labels, {"node_id": NODE_ID, "cluster": "test", "reason": "no_route"})
+        self.assertEqual(drops.labels, {"cluster": "test", "reason": "no_route"})
         self.assertEqual(drops.value, 1.0)
         for name in families:
             self.assertTrue(name.startswith(("tunmesh_", "process_", "python_")), name)
@@ -227,7 +231,7 @@ class ErrorTests(ControlAPITestCase):
             self.assertPlain(r, 500, INTERNAL_ERROR_BODY)
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 3)
         value = self.metrics.collector_registry().get_sample_value(
-            "tunmesh_errors_total", {"node_id": NODE_ID, "where": "api"}
+            "tunmesh_errors_total", {"where": "api"}
         )
         self.assertEqual(value, 3.0)
         errors = [e for e in events if e.get("log_level") == LogLevel.error]

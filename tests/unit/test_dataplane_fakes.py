@@ -10,6 +10,7 @@ from typing import Any
 class FakeChild:
     def __init__(self) -> None:
         self.value = 0.0
+        self.observed: list[float] = []
 
     def inc(self, amount: float = 1) -> None:
         self.value += amount
@@ -19,6 +20,9 @@ class FakeChild:
 
     def set(self, value: float) -> None:
         self.value = value
+
+    def observe(self, value: float) -> None:
+        self.observed.append(value)
 
 
 class FakeCollector(FakeChild):
@@ -31,6 +35,9 @@ class FakeCollector(FakeChild):
         key = tuple(args) if args else tuple(kwargs[n] for n in self.labelnames)
         assert len(key) == len(self.labelnames), (key, self.labelnames)
         return self.children.setdefault(key, FakeChild())
+
+    def remove(self, *labels: str) -> None:
+        del self.children[tuple(labels)]
 
 
 class FakeMetrics:
@@ -50,6 +57,9 @@ class FakeMetrics:
         return self._get(name, labelnames)
 
     def gauge(self, name: str, doc: str, labelnames: Any = ()) -> FakeCollector:
+        return self._get(name, labelnames)
+
+    def histogram(self, name: str, doc: str, labelnames: Any = (), buckets: Any = ()) -> FakeCollector:
         return self._get(name, labelnames)
 
     def value(self, name: str, *labels: str) -> float:

@@ -16,7 +16,7 @@ from tests.unit.test_dataplane_fakes import FakeMetrics, ipv4
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
-from tunmesh.dataplane.link import LinkClient, LinkMetrics, LinkServerFactory
+from tunmesh.dataplane.link import PEER_REMOVED, LinkClient, LinkMetrics, LinkServerFactory
 from tunmesh.dataplane.plane import DataPlane
 from tunmesh.dataplane.router import Router, RouteTable
 from tunmesh.tun.fake import FakeTun
@@ -364,6 +364,35 @@ class ReconnectTests(SynchronousTestCase):
         pair.pump()
         self.assertTrue(pair.client.ready)
         self.assertEqual(len(pair.pumps), 2)
+
+    def test_keepalive_measures_the_round_trip(self) -> None:
+        """Each PING carries a number the PONG echoes: the delay in between is the link's RTT, in the
+        node-wide histogram and the peer's gauge; the peer's series go when it leaves."""
+        pair = Pair(self, keepalive=10.0)
+        pair.client.start()
+        pair.pump()
+        up = pair.metrics_a.collectors["peer_link_up"]
+        self.assertEqual(up.children[(B,)].value, 1)
+        self.assertIsNone(pair.client.rtt)
+        for delay in (0.25, 0.004):
+            pair.clock.advance(10)  # the PING is written
+            pair.pumps[0].pump()  # ...reaches the server, which answers
+            pair.clock.advance(delay)
+            pair.pump()  # the PONG arrives `delay` later
+            self.assertAlmostEqual(pair.client.rtt or 0.0, delay, places=5)
+        self.assertEqual(
+            [round(v, 4) for v in pair.metrics_a.collectors["link_rtt_seconds"].observed], [0.25, 0.004]
+        )
+        self.assertAlmostEqual(pair.metrics_a.collectors["peer_link_rtt_seconds"].children[(B,)].value, 0.004, 5)
+        # A stale PONG (not the number in flight) is not a measurement.
+        pair.client._frame(pair.client._proto, F.encode_ping(F.PONG, 12345))  # type: ignore[arg-type]
+        self.assertEqual(len(pair.metrics_a.collectors["link_rtt_seconds"].observed), 2)
+        pair.pumps[0].serverIO.abortConnection()
+        pair.pump()
+        self.assertEqual(up.children[(B,)].value, 0)
+        pair.client.stop(PEER_REMOVED)
+        self.assertNotIn((B,), up.children)
+        self.assertNotIn((B,), pair.metrics_a.collectors["peer_link_rtt_seconds"].children)
 
     def test_server_closes_silent_client(self) -> None:
         pair = Pair(self, keepalive=10.0)

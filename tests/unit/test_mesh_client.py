@@ -11,8 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from tunmesh.auth.cluster import ClusterAuthority
-from tunmesh.mesh.client import MeshClient
+from tunmesh.mesh.client import MeshClient, request_kind
 from tunmesh.mesh.errors import PeerRequestFailed
+from tunmesh.metrics import Metrics
 
 from .test_mesh_structs import info, reg_body
 from .test_mesh_support import FakeNetwork, Node, advance, node_id
@@ -68,6 +69,39 @@ class ClientTests(SynchronousTestCase):
         client = MeshClient(FakeNetwork(), Clock(), 2.0)
         failure = self.failureResultOf(client.post("https://a.test:1", "/p", b"{}", "Bearer t"), PeerRequestFailed)
         self.assertEqual(failure.value.reason, "transport")
+
+
+class RequestDurationTests(SynchronousTestCase):
+    """``tunmesh_mesh_request_duration_seconds{kind, result}``: how long control requests take."""
+
+    def sample(self, metrics: Metrics, suffix: str, **labels: str) -> float | None:
+        return metrics.collector_registry().get_sample_value(
+            "tunmesh_mesh_request_duration_seconds" + suffix, labels
+        )
+
+    def test_answers_and_failures_are_measured_by_kind_and_result(self) -> None:
+        metrics = Metrics("n", process_metrics=False)
+        net = FakeNetwork()
+        net.add("https://a.test:1", Fixed(401, b""))
+        net.add("https://b.test:1", Fixed(200, b"{}"))
+        net.hang.add("b.test:1")
+        clock = Clock()
+        client = MeshClient(net, clock, 2.0, metrics=metrics)
+        self.successResultOf(client.post("https://a.test:1", "/tunmesh/auth/v0/init_session/x", b"{}", "Bearer t"))
+        d = client.post("https://b.test:1", "/tunmesh/control/v0/registrations/register", b"{}", "Bearer t")
+        clock.advance(2.0)
+        self.failureResultOf(d, PeerRequestFailed)
+        self.failureResultOf(client.post("https://c.test:1", "/tunmesh/control/v0/registrations/leave/x", b"{}", "B"))
+        self.assertEqual(self.sample(metrics, "_count", kind="init_session", result="4xx"), 1.0)
+        self.assertEqual(self.sample(metrics, "_sum", kind="register", result="timeout"), 2.0)
+        self.assertEqual(self.sample(metrics, "_bucket", kind="register", result="timeout", le="1.0"), 0.0)
+        self.assertEqual(self.sample(metrics, "_bucket", kind="register", result="timeout", le="2.5"), 1.0)
+        self.assertEqual(self.sample(metrics, "_count", kind="leave", result="transport"), 1.0)
+
+    def test_kinds_leave_ids_out(self) -> None:
+        self.assertEqual(request_kind("/tunmesh/control/v0/registrations/register/0d9c"), "register")
+        self.assertEqual(request_kind("/tunmesh/auth/v0/init_session"), "init_session")
+        self.assertEqual(request_kind("/tunmesh/control/v0/peers"), "other")
 
 
 class _Pool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
+
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -12,6 +14,7 @@ from tunmesh.metrics import (
     MetricsDisabledError,
     MetricsError,
     MetricsLabelError,
+    PeerInfo,
 )
 
 NODE = "5b0e4a54-4c1b-4d57-8d5c-0d7f2a1e9c11"
@@ -38,7 +41,7 @@ class CreateOrGetTests(SynchronousTestCase):
         a.labels(reason="no_route").inc()
         b.labels(reason="no_route").inc(2)
         self.assertEqual(
-            samples(self.m)["tunmesh_dropped_packets_total"], [({"node_id": NODE, "reason": "no_route"}, 3.0)]
+            samples(self.m)["tunmesh_dropped_packets_total"], [({"reason": "no_route"}, 3.0)]
         )
 
     def test_counter_total_suffix_is_the_same_counter(self) -> None:
@@ -70,7 +73,7 @@ class CreateOrGetTests(SynchronousTestCase):
 
     def test_prefix_added_and_not_accepted_twice(self) -> None:
         self.m.gauge("peers", "Peers.").set(4)
-        self.assertEqual(samples(self.m)["tunmesh_peers"], [({"node_id": NODE}, 4.0)])
+        self.assertEqual(samples(self.m)["tunmesh_peers"], [({}, 4.0)])
         self.assertRaises(MetricsError, self.m.gauge, "tunmesh_peers", "Peers.")
 
     def test_bad_names(self) -> None:
@@ -90,16 +93,17 @@ class CreateOrGetTests(SynchronousTestCase):
         self.assertEqual(
             buckets,
             [
-                ({"node_id": NODE, "le": "0.1"}, 0.0),
-                ({"node_id": NODE, "le": "1.0"}, 1.0),
-                ({"node_id": NODE, "le": "+Inf"}, 1.0),
+                ({"le": "0.1"}, 0.0),
+                ({"le": "1.0"}, 1.0),
+                ({"le": "+Inf"}, 1.0),
             ],
         )
 
 
 class LabelValidationTests(SynchronousTestCase):
-    def test_base_label_named_node_id(self) -> None:
-        self.assertRaises(MetricsLabelError, Metrics, NODE, {"node_id": "x"})
+    def test_base_labels_named_like_info_labels_are_refused(self) -> None:
+        for name in ("node_id", "node_name", "advertise_url", "peer_id", "peer_name", "url", "addresses"):
+            self.assertRaises(MetricsLabelError, Metrics, NODE, {name: "x"}, process_metrics=False)
 
     def test_base_label_invalid_names(self) -> None:
         for bad in ("", "1a", "a-b", "__reserved", "le", "quantile"):
@@ -115,7 +119,6 @@ class LabelValidationTests(SynchronousTestCase):
 
     def test_metric_label_colliding_with_constant(self) -> None:
         m = Metrics(NODE, {"cluster": "c"}, process_metrics=False)
-        self.assertRaises(MetricsLabelError, m.counter, "a", "A.", ("node_id",))
         self.assertRaises(MetricsLabelError, m.counter, "b", "B.", ("cluster",))
         self.assertRaises(MetricsLabelError, m.histogram, "c", "C.", ("le",))
 
@@ -135,7 +138,7 @@ class LabelValidationTests(SynchronousTestCase):
 
 
 class ExpositionTests(SynchronousTestCase):
-    def test_every_sample_has_constant_labels(self) -> None:
+    def test_every_sample_has_base_labels_and_none_the_node_id(self) -> None:
         m = Metrics(NODE, {"cluster": "prod", "site": "a"})
         m.counter("auth_failures", "Auth failures.", ("reason",)).labels(reason="bad_sig").inc()
         parsed = samples(m)
@@ -143,20 +146,43 @@ class ExpositionTests(SynchronousTestCase):
         self.assertIn("python_info", parsed)
         for name, series in parsed.items():
             for labels, _ in series:
-                self.assertEqual(labels.get("node_id"), NODE, name)
+                if name != "tunmesh_node_info":
+                    self.assertNotIn("node_id", labels, name)
                 self.assertEqual(labels.get("cluster"), "prod", name)
                 self.assertEqual(labels.get("site"), "a", name)
+
+    def test_node_info_names_the_node_once(self) -> None:
+        m = Metrics(NODE, {"cluster": "prod"}, process_metrics=False, advertise_url="https://a:4567/")
+        self.assertEqual(
+            samples(m)["tunmesh_node_info"],
+            [({"cluster": "prod", "node_id": NODE, "node_name": "", "advertise_url": "https://a:4567/"}, 1.0)],
+        )
+        m.set_node_info(node_name="web-1", advertise_url="https://a:4567/")
+        self.assertEqual(
+            samples(m)["tunmesh_node_info"],
+            [({"cluster": "prod", "node_id": NODE, "node_name": "web-1", "advertise_url": "https://a:4567/"}, 1.0)],
+        )
+
+    def test_no_created_series(self) -> None:
+        """``_created`` samples double the series count for nothing a dashboard uses."""
+        m = Metrics(NODE, process_metrics=False)
+        m.counter("x", "X.").inc()
+        m.histogram("h", "H.", buckets=(1.0,)).observe(0.5)
+        m.counter("y", "Y.", ("reason",)).labels(reason="r").inc()
+        body = m.render()[0].decode()
+        self.assertIn("tunmesh_x_total 1.0", body)
+        self.assertNotIn("_created", body)
 
     def test_build_info_and_start_time(self) -> None:
         m = Metrics(NODE, process_metrics=False, started_at=1234.5)
         parsed = samples(m)
-        self.assertEqual(parsed["tunmesh_build_info"], [({"node_id": NODE, "version": __version__}, 1.0)])
-        self.assertEqual(parsed["tunmesh_start_time_seconds"], [({"node_id": NODE}, 1234.5)])
+        self.assertEqual(parsed["tunmesh_build_info"], [({"version": __version__}, 1.0)])
+        self.assertEqual(parsed["tunmesh_start_time_seconds"], [({}, 1234.5)])
 
     def test_start_time_from_injected_wall_clock(self) -> None:
         m = Metrics(NODE, process_metrics=False, wall=lambda: 99.0, version="9.9")
         parsed = samples(m)
-        self.assertEqual(parsed["tunmesh_start_time_seconds"], [({"node_id": NODE}, 99.0)])
+        self.assertEqual(parsed["tunmesh_start_time_seconds"], [({}, 99.0)])
         self.assertEqual(parsed["tunmesh_build_info"][0][0]["version"], "9.9")
 
     def test_content_type(self) -> None:
@@ -168,11 +194,38 @@ class ExpositionTests(SynchronousTestCase):
         b = Metrics("other", process_metrics=False)
         a.counter("x", "X.").inc()
         self.assertNotIn("tunmesh_x_total", samples(b))
-        self.assertEqual(samples(a)["tunmesh_x_total"], [({"node_id": NODE}, 1.0)])
+        self.assertEqual(samples(a)["tunmesh_x_total"], [({}, 1.0)])
 
     def test_disabled_counts_but_does_not_render(self) -> None:
         m = Metrics(NODE, enabled=False, process_metrics=False)
         c = m.counter("x", "X.")
         c.inc()
-        self.assertEqual(m.collector_registry().get_sample_value("tunmesh_x_total", {"node_id": NODE}), 1.0)
+        self.assertEqual(m.collector_registry().get_sample_value("tunmesh_x_total", {}), 1.0)
         self.assertRaises(MetricsDisabledError, m.render)
+
+
+class PeerInfoTests(SynchronousTestCase):
+    """``tunmesh_peer_info``: one series per peer, replaced on change, gone with the peer, bounded."""
+
+    def test_follows_membership(self) -> None:
+        m = Metrics(NODE, {"cluster": "c"}, process_metrics=False)
+        info = PeerInfo(m, max_peers=2)
+        info.peer_up("p1", "https://a:4567/", [ip_network("100.64.0.2/32"), ip_network("fd00::2/128")])
+        self.assertEqual(
+            samples(m)["tunmesh_peer_info"],
+            [({"cluster": "c", "peer_id": "p1", "peer_name": "", "url": "https://a:4567/",
+               "addresses": "100.64.0.2/32,fd00::2/128"}, 1.0)],
+        )
+        info.peer_up("p1", "https://b:4567/", [ip_network("100.64.0.2/32")], name="web-1")
+        info.set_name("p1", "web-2")
+        self.assertEqual(
+            samples(m)["tunmesh_peer_info"],
+            [({"cluster": "c", "peer_id": "p1", "peer_name": "web-2", "url": "https://b:4567/",
+               "addresses": "100.64.0.2/32"}, 1.0)],
+        )
+        info.peer_up("p2", "https://c:4567/", [])
+        info.peer_up("p3", "https://d:4567/", [])  # over max_peers: not exported
+        self.assertEqual(len(info), 2)
+        info.peer_down("p1")
+        info.peer_down("p1")
+        self.assertEqual([labels["peer_id"] for labels, _ in samples(m)["tunmesh_peer_info"]], ["p2"])

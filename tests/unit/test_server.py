@@ -297,7 +297,7 @@ class PreAuthTests(SynchronousTestCase):
         status, _, body = _parse(transport.value())
         self.assertEqual((status, body), (500, b"Internal Server Error"))
         self.assertNotIn(b"secret", transport.value())
-        self.assertIn(b'tunmesh_errors_total{node_id="node-a",where="pre_auth"} 1.0', self.metrics.render()[0])
+        self.assertIn(b'tunmesh_errors_total{where="pre_auth"} 1.0', self.metrics.render()[0])
         self.flushLoggedErrors(KeyError)
 
     def test_oversize_is_413_without_asking_pre_auth(self) -> None:
@@ -348,7 +348,7 @@ class TargetAndErrorBodyTests(SynchronousTestCase):
         status, _, body = _parse(transport.value())
         self.assertEqual((status, body), (500, CONSTANT_BODIES[500]))
         self.assertNotIn(b"secret-token-value", transport.value())
-        self.assertIn(b'tunmesh_errors_total{node_id="node-a",where="api"} 1.0', metrics.render()[0])
+        self.assertIn(b'tunmesh_errors_total{where="api"} 1.0', metrics.render()[0])
         self.assertFalse(transport.disconnecting)
         self.flushLoggedErrors(RuntimeError)
 
@@ -468,7 +468,7 @@ class ConnectionCapTests(SynchronousTestCase):
         self.assertEqual(factory.connections_from("198.18.0.1"), 1)
         self.assertIsNotNone(self._connect(factory, "198.18.0.1"))
         self.assertEqual(factory.total, 3)
-        self.assertIn(b'tunmesh_connections_refused_total{cap="peer",node_id="node-a"} 1.0', metrics.render()[0])
+        self.assertIn(b'tunmesh_connections_refused_total{cap="peer"} 1.0', metrics.render()[0])
 
     def test_global_cap(self) -> None:
         factory = ConnectionLimitFactory(Factory.forProtocol(_Echo), max_per_peer=5, max_total=2)
@@ -538,6 +538,6 @@ class SourceRateLimiterTests(SynchronousTestCase):
         status, headers, body = get(b"/tunmesh/x/hello")
         self.assertEqual((status, headers[b"retry-after"], body), (429, b"1", b"Too Many Requests"))
         self.assertEqual([get(b"/hello/hello")[0] for _ in range(5)], [200] * 5)  # not under /tunmesh/
-        self.assertIn(b'tunmesh_requests_rate_limited_total{node_id="node-a"} 2.0', metrics.render()[0])
+        self.assertIn(b'tunmesh_requests_rate_limited_total 2.0', metrics.render()[0])
         clock.advance(1)
         self.assertEqual(get(b"/tunmesh/x/hello")[0], 200)

@@ -20,9 +20,8 @@ from tunmesh.admin.status import StatusReporter
 from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.linkstats import LinkStats
 from tunmesh.mesh.contacts import ContactLog
-from tunmesh.mesh.peerinfo import PeerInfoMetric
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
-from tunmesh.metrics import Metrics
+from tunmesh.metrics import Metrics, PeerInfo
 from tunmesh.names import resolve_node_name, sanitize, valid_name
 
 N1 = "https://n1.test:4567"
@@ -207,14 +206,14 @@ class PeerInfoTests(SynchronousTestCase):
     def test_one_series_per_peer_following_membership(self) -> None:
         metrics = Metrics("me", process_metrics=False)
         names = {"p1": "alpha"}
-        info = PeerInfoMetric(metrics, names.get)
+        info = PeerInfo(metrics, max_peers=8, name_of=names.get)
         info.peer_up("p1", "https://a:1", [ipaddress.ip_network("100.64.0.2/32")])
         info.peer_up("p1", "https://a:2", [ipaddress.ip_network("100.64.0.2/32")])  # moved: one series still
         info.peer_up("p2", "https://b:1", [])
         labels = self.samples(metrics)
         self.assertEqual(len(labels), 2)
         p1 = [entry for entry in labels if entry["peer_id"] == "p1"][0]
-        self.assertEqual((p1["peer_name"], p1["url"], p1["addresses"]), ("alpha", "https://a:2", "100.64.0.2"))
+        self.assertEqual((p1["peer_name"], p1["url"], p1["addresses"]), ("alpha", "https://a:2", "100.64.0.2/32"))
         info.peer_down("p1")
         info.peer_down("p1")
         self.assertEqual([entry["peer_id"] for entry in self.samples(metrics)], ["p2"])

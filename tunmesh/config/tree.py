@@ -432,10 +432,17 @@ class Prometheus:
             String(max_length=256),
             key_pattern=r"[a-zA-Z_][a-zA-Z0-9_]*",
             key_help="a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)",
-            reserved_keys=("node_id",),
+            reserved_keys=(
+                "node_id", "node_name", "advertise_url", "peer_id", "peer_name", "url", "addresses", "le", "quantile",
+            ),
         ),
         "Extra labels added to every metric.",
-        ("The node_id label is always added and cannot be set here.",),
+        (
+            "Prometheus' target labels (instance, job) already name the node; these are for what the target "
+            "labels do not say (cluster, environment). The node's id, name and URL are the labels of "
+            "tunmesh_node_info, and node_id, node_name, advertise_url, peer_id, peer_name, url and addresses "
+            "are reserved.",
+        ),
         default=types.MappingProxyType({}),
     )
 

@@ -6,7 +6,7 @@ docs/internals.md without importing the other packages, and its tests use fakes.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
 from twisted.logger import LogLevel
@@ -38,6 +38,10 @@ class MetricsLike(Protocol):
     def counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> Any: ...
 
     def gauge(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> Any: ...
+
+    def histogram(
+        self, name: str, doc: str, labelnames: Sequence[str] = (), buckets: Iterable[float] = ...
+    ) -> Any: ...
 
 
 class RateLimitedLogLike(Protocol):

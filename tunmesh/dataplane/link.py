@@ -45,6 +45,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 READ_CHUNK = 256 * 1024
 HELLO_TIMEOUT = 5.0
 KEEPALIVE = 10.0
+#: Buckets of ``tunmesh_link_rtt_seconds`` (a LAN is under 1 ms, a region ~1-50 ms, a busy link more).
+RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 # Drop reasons of the links.
 QUEUE_FULL = "queue_full"
@@ -138,9 +140,43 @@ class LinkMetrics:
         self._hello = metrics.counter(
             "link_hello_failures_total", "Link handshakes refused or failed, by reason.", ["reason"]
         )
-        connected = metrics.gauge("links_connected", "Peer links up.", ["direction"])
+        connected = metrics.gauge(
+            "links_connected", "Peer links up, by direction (out: ours, in: the peers').", ["direction"]
+        )
         self.connected_out = connected.labels(direction="out")
         self.connected_in = connected.labels(direction="in")
+        self.rtt = metrics.histogram(
+            "link_rtt_seconds",
+            "Round-trip time of the keepalive PING/PONG on outbound peer links (every peer; no labels).",
+            buckets=RTT_BUCKETS,
+        )
+        self._peer_up = metrics.gauge(
+            "peer_link_up",
+            "1 while the outbound packet link to the peer is up, 0 while it is down, by peer_id "
+            "(join tunmesh_peer_info for the name); removed with the peer.",
+            ["peer_id"],
+        )
+        self._peer_rtt = metrics.gauge(
+            "peer_link_rtt_seconds",
+            "Last keepalive round-trip time of the outbound link to the peer, by peer_id; removed with the peer.",
+            ["peer_id"],
+        )
+
+    def peer_up(self, peer_id: str) -> Any:
+        """The link-up gauge of ``peer_id``'s outbound link."""
+        return self._peer_up.labels(peer_id=peer_id)
+
+    def peer_rtt(self, peer_id: str) -> Any:
+        """The RTT gauge of ``peer_id``'s outbound link (created at the first measurement: no 0 before)."""
+        return self._peer_rtt.labels(peer_id=peer_id)
+
+    def forget_peer(self, peer_id: str) -> None:
+        """``peer_id`` left the mesh: its series go (the series count stays bounded by the pool)."""
+        for gauge in (self._peer_up, self._peer_rtt):
+            try:
+                gauge.remove(peer_id)
+            except KeyError:
+                pass
 
     def frame_dropped(self, reason: str) -> None:
         self._frame_drops.labels(reason=reason).inc()
@@ -682,6 +718,10 @@ class LinkClient:
         self._expire_timer: IDelayedCall | None = None
         self._last_rx = 0.0
         self._attempt_started = 0.0
+        #: link up/down and RTT gauges of this peer (tunmesh_peer_link_*); the RTT one from the first PONG.
+        self._up_gauge = link_metrics.peer_up(peer_id)
+        self._up_gauge.set(0)
+        self._rtt_gauge: Any = None
         self._client_random = b""
         self._server_random = b""
         self._channel = b""
@@ -716,6 +756,10 @@ class LinkClient:
         self._reconnect = self._hello_timer = self._ping_timer = self._expire_timer = None
         self.stats.stopped(self._clock.seconds())
         self._drop_all(reason)
+        if reason == PEER_REMOVED:
+            self._lm.forget_peer(self.peer_id)
+        else:
+            self._up_gauge.set(0)
         proto = self._proto
         if proto is not None and proto.transport is not None:
             proto.transport.abortConnection()  # type: ignore[attr-defined]
@@ -826,7 +870,8 @@ class LinkClient:
                 proto.transport.loseConnection()  # type: ignore[union-attr]
                 return False
             if kind == F.PONG and self.ready:
-                self.stats.echoed(F.decode_ping(frame), self._last_rx)
+                if self.stats.echoed(F.decode_ping(frame), self._last_rx):
+                    self._pong()
                 return True
         except F.FrameError:
             pass
@@ -866,6 +911,7 @@ class LinkClient:
         self.attempts = 0
         self._lm.connected_out.inc()
         self.stats.up(self._clock.seconds(), self._kid)
+        self._up_gauge.set(1)
         proto.transport.registerProducer(self, True)  # type: ignore[union-attr]
         # A first probe now: the RTT is known from the start, not one keepalive period later.
         proto.transport.write(F.encode_ping(F.PING, self.stats.probe(self._clock.seconds())))  # type: ignore[union-attr]
@@ -887,6 +933,21 @@ class LinkClient:
         proto.transport.write(F.encode_ping(F.PING, opaque))  # type: ignore[union-attr]
         self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
 
+    def _pong(self) -> None:
+        """A PONG answered the outstanding probe: the RTT ``LinkStats`` measured goes to the metrics."""
+        rtt = self.stats.rtt
+        if rtt is None:
+            return
+        self._lm.rtt.observe(rtt)
+        if self._rtt_gauge is None:
+            self._rtt_gauge = self._lm.peer_rtt(self.peer_id)
+        self._rtt_gauge.set(rtt)
+
+    @property
+    def rtt(self) -> float | None:
+        """Last measured keepalive round trip (seconds), None before the first PONG."""
+        return self.stats.rtt
+
     def _connection_lost(self, proto: LinkClientProtocol, reason: Failure) -> None:
         if self._proto is not proto:
             return
@@ -901,6 +962,7 @@ class LinkClient:
         if self.ready:
             self.ready = False
             self._lm.connected_out.dec()
+            self._up_gauge.set(0)
         if not self._stopped:
             # Lost before HELLO_OK: the TLS handshake (or the peer) refused us; say so, not just "lost".
             # A more precise reason noted during this attempt (no session, refused, timeout) is kept.

@@ -21,6 +21,28 @@ from tunmesh.mesh.errors import PeerRequestFailed
 #: Largest response body accepted (a registration with max_nodes entries fits with room to spare).
 MAX_RESPONSE_BYTES = 1024 * 1024
 JSON = "application/json"
+#: Buckets of ``tunmesh_mesh_request_duration_seconds`` (up to the longest request_timeout worth waiting).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def request_kind(path: str) -> str:
+    """The label of a control request by its path: ``register``, ``init_session``, ``leave`` or
+    ``other`` (ids in the path are left out: the label set stays fixed)."""
+    if "/registrations/register" in path:
+        return "register"
+    if "/init_session" in path:
+        return "init_session"
+    if "/registrations/leave" in path:
+        return "leave"
+    return "other"
+
+
+def request_result(response: Any) -> str:
+    """``2xx``/``3xx``/``4xx``/``5xx`` for an answer, the failure reason (``timeout``, ``transport``,
+    ``tls``, ``cancelled``, ``response_too_large``) for none."""
+    if isinstance(response, Failure):
+        return str(getattr(response.value, "reason", "error"))
+    return f"{response.status // 100}xx"
 
 
 class TreqLike(Protocol):
@@ -133,16 +155,29 @@ class MeshClient:
         max_response: int = MAX_RESPONSE_BYTES,
         *,
         pool: Any = None,
+        metrics: Any = None,
     ) -> None:
         self._http = http
         self._pool = pool
+        self._duration = (
+            None
+            if metrics is None
+            else metrics.histogram(
+                "mesh_request_duration_seconds",
+                "Control requests to peers (this node as the client), by kind (register, init_session, "
+                "leave, other) and result (2xx, 4xx, 5xx, or timeout, transport, tls, cancelled): seconds "
+                "from the request to the whole response.",
+                ("kind", "result"),
+                buckets=REQUEST_BUCKETS,
+            )
+        )
         self._clock = clock
         self.timeout = timeout
         self._max_response = max_response
         self._in_flight: set[Deferred[Any]] = set()
 
     @classmethod
-    def with_tls(cls, reactor: Any, tls_policy: Any, timeout: float) -> MeshClient:
+    def with_tls(cls, reactor: Any, tls_policy: Any, timeout: float, metrics: Any = None) -> MeshClient:
         """A real client: treq over an `Agent` whose `contextFactory` is tunmesh's TLS client policy."""
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
@@ -151,7 +186,7 @@ class MeshClient:
         pool.maxPersistentPerHost = 3
         pool.cachedConnectionTimeout = 10
         agent = Agent(reactor, contextFactory=tls_policy, pool=pool, connectTimeout=timeout)
-        return cls(HTTPClient(agent), reactor, timeout, pool=pool)  # type: ignore[arg-type]
+        return cls(HTTPClient(agent), reactor, timeout, pool=pool, metrics=metrics)  # type: ignore[arg-type]
 
     @property
     def in_flight(self) -> int:
@@ -162,6 +197,7 @@ class MeshClient:
     ) -> Deferred[RawResponse]:
         """POST `body` (JSON) to `url` + `path` within `timeout` (default: the client's); fails with
         `PeerRequestFailed` (reason timeout/transport)."""
+        started = self._clock.seconds()
         d = self._post(url.rstrip("/") + path, body, authorization)
         d.addTimeout(self.timeout if timeout is None else timeout, self._clock)
         self._in_flight.add(d)
@@ -180,6 +216,16 @@ class MeshClient:
             return result
 
         d.addBoth(done)
+        if self._duration is not None:
+            duration = self._duration
+
+            def measured(result: Any) -> Any:
+                duration.labels(kind=request_kind(path), result=request_result(result)).observe(
+                    self._clock.seconds() - started
+                )
+                return result
+
+            d.addBoth(measured)
         return d
 
     @inlineCallbacks

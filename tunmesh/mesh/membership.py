@@ -215,6 +215,13 @@ class Membership:
             "Gossip entries (remote nodes in a registration) refused alone, by reason.",
             ("reason",),
         )
+        self.m_session_seconds = metrics.histogram(
+            "mesh_session_setup_seconds",
+            "Outbound session setups by kind (init/rotate) and result (ok or the failure reason): seconds "
+            "from the start to the key installed (or the failure), requests and retries included.",
+            ("kind", "result"),
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
         self.m_peers = metrics.gauge("mesh_peers", "Peers in the node pool.")
         self.m_sessions_gauge = metrics.gauge("mesh_sessions", "Peers with a usable outbound session.")
         # Rotation (docs/security.md): which secret ids this node accepts and signs with, and which ids the
@@ -702,6 +709,7 @@ class Membership:
             raise PeerRequestFailed("unknown_peer", peer_id)
         current = self.sessions.outbound(peer_id)
         kind = "rotate" if current is not None else "init"
+        started = self._monotonic()
         initiator = self._kex_initiator(peer_id)
         body = initiator.request_body()
         try:
@@ -732,6 +740,7 @@ class Membership:
             reason = exc.reason
             self.m_sessions.labels(kind=kind, result=reason).inc()
             self.contacts.peer_failed(peer_id, "session", reason, str(exc), getattr(exc, "status", 0))
+            self.m_session_seconds.labels(kind=kind, result=reason).observe(self._monotonic() - started)
             self._rlog.emit(
                 ("session", peer_id, reason),
                 LogLevel.warn if kind == "init" else LogLevel.error,
@@ -749,6 +758,7 @@ class Membership:
         self.pool.touch(peer_id)
         self.contacts.peer_ok(peer_id)
         self.m_sessions.labels(kind=kind, result="ok").inc()
+        self.m_session_seconds.labels(kind=kind, result="ok").observe(self._monotonic() - started)
         self._update_gauges()
         return None
 

@@ -1,5 +1,6 @@
-"""Per-node Prometheus metrics: C{tunmesh_} prefix, C{node_id} and base labels on every series."""
+"""Per-node Prometheus metrics: C{tunmesh_} prefix, base labels on every series, the node in C{tunmesh_node_info}."""
 
+from tunmesh.metrics.peers import PeerInfo
 from tunmesh.metrics.registry import (
     DEFAULT_BUCKETS,
     Metrics,
@@ -16,4 +17,5 @@ __all__ = [
     "MetricsDisabledError",
     "MetricsError",
     "MetricsLabelError",
+    "PeerInfo",
 ]

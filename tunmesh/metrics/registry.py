@@ -4,9 +4,16 @@ The per-node Prometheus registry.
 Every node owns one L{Metrics} object with its own
 L{prometheus_client.CollectorRegistry} (never the global default registry, so
 several nodes can live in one test process).  Names get the C{tunmesh_}
-prefix, and every exposed sample carries C{node_id} plus the configured
-C{base_labels}; those constant labels are added at collect time by a wrapper
-collector, so the collectors themselves stay cheap and label-free.
+prefix, and every exposed sample carries the configured C{base_labels}; those
+constant labels are added at collect time by a wrapper collector, so the
+collectors themselves stay cheap and label-free.
+
+The node's random per-process id is B{not} a label of every series (issue 8):
+Prometheus' target labels (C{instance}, C{job}, the pod's labels) already name
+the scraped node, and a label that changes at every restart splits each series
+in two.  The id, the name and the advertise URL are the labels of one info
+metric, C{tunmesh_node_info} (value 1), which dashboards join on C{instance}.
+No C{_created} series are exposed (L{disable_created_metrics}).
 """
 
 from __future__ import annotations
@@ -22,12 +29,23 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 
 PREFIX = "tunmesh_"
 NODE_ID_LABEL = "node_id"
+#: The labels of C{tunmesh_node_info}; reserved, so no base label can hide one.
+NODE_INFO_LABELS = ("node_id", "node_name", "advertise_url")
+#: The labels of C{tunmesh_peer_info} (L{tunmesh.metrics.peers}); reserved too.
+PEER_INFO_LABELS = ("peer_id", "peer_name", "url", "addresses")
+#: Label names a base label may not take: every series would carry it, and these series have their own.
+RESERVED_BASE_LABELS = frozenset(NODE_INFO_LABELS + PEER_INFO_LABELS)
+
+# A counter's "_created" series (its creation time) doubles the series count and is no use to
+# a dashboard; prometheus_client's switch is process-wide, and every registry in a node is ours.
+disable_created_metrics()
 
 # Label names the exposition format reserves for histograms and summaries.
 _FORMAT_RESERVED_LABELS = frozenset({"le", "quantile"})
@@ -103,20 +121,22 @@ class Metrics:
         started_at: float | None = None,
         wall: Callable[[], float] = time.time,
         process_metrics: bool = True,
+        node_name: str = "",
+        advertise_url: str = "",
     ) -> None:
         if not isinstance(node_id, str) or not node_id:
             raise MetricsError("node_id must be a non-empty string")
         base = dict(base_labels or {})
         for name, value in base.items():
             _check_label_name(name, "base label")
-            if name == NODE_ID_LABEL or name in _FORMAT_RESERVED_LABELS:
+            if name in RESERVED_BASE_LABELS or name in _FORMAT_RESERVED_LABELS:
                 raise MetricsLabelError(f"base label {name!r} is reserved")
             if not isinstance(value, str):
                 raise MetricsLabelError(f"base label {name!r} must have a string value")
         self.node_id = node_id
         self.enabled = enabled
         self.base_labels: Mapping[str, str] = base
-        self._constant: dict[str, str] = {NODE_ID_LABEL: node_id, **base}
+        self._constant: dict[str, str] = dict(base)
         self._inner = CollectorRegistry(auto_describe=True)
         self._exposed = CollectorRegistry()
         self._exposed.register(_ConstantLabelCollector(self._inner, self._constant))
@@ -142,6 +162,18 @@ class Metrics:
         self.gauge("start_time_seconds", "Unix time at which this node process started.").set(
             wall() if started_at is None else started_at
         )
+        self._node_info = self.gauge(
+            "node_info",
+            "Always 1; labels: node_id (random, new at each start), node_name (clustering.node_name, "
+            "empty when unnamed) and advertise_url of this node. Join on the target labels (instance).",
+            NODE_INFO_LABELS,
+        )
+        self.set_node_info(node_name=node_name, advertise_url=advertise_url)
+
+    def set_node_info(self, *, node_name: str = "", advertise_url: str = "") -> None:
+        """Label C{tunmesh_node_info} with this node's name and URL (one series: the old one goes)."""
+        self._node_info.clear()
+        self._node_info.labels(node_id=self.node_id, node_name=node_name, advertise_url=advertise_url).set(1)
 
     def _full_name(self, name: str) -> str:
         if not isinstance(name, str) or not _METRIC_NAME.match(name):
@@ -157,7 +189,7 @@ class Metrics:
         for name in names:
             _check_label_name(name, "label")
             if name in self._constant:
-                raise MetricsLabelError(f"label {name!r} collides with a constant label (node_id or base_labels)")
+                raise MetricsLabelError(f"label {name!r} collides with a base label")
             if name in _FORMAT_RESERVED_LABELS:
                 raise MetricsLabelError(f"label {name!r} is reserved by the exposition format")
         if len(set(names)) != len(names):
