@@ -1,4 +1,4 @@
-"""Log observer for twistd that honours ``tun_mesh/logging/level``.
+"""Log observer for twistd that honours ``tun_mesh/logging/level`` and ``tun_mesh/logging/format``.
 
 twistd builds its log observer after ``makeService``; the plugin points twistd's own ``--logger`` option at
 :func:`twistd_observer`, so the configured level filters every event, twistd's included, and the destination
@@ -14,15 +14,16 @@ from twisted.python import logfile
 
 from tunmesh.logutil import make_observer, parse_level
 
-_twistd_settings: dict[str, object] = {"level": "info", "path": None, "nodaemon": True}
+_twistd_settings: dict[str, object] = {"level": "info", "path": None, "nodaemon": True, "format": "text"}
 #: The level filter of the observer twistd installs; :func:`set_level` changes it at run time.
 _level_filter = LogLevelFilterPredicate()
 
 
-def configure_twistd(level: str, path: str | None, nodaemon: bool) -> str:
-    """Remember what ``twistd_observer`` needs; return its dotted name for twistd's ``--logger`` option
-    (twistd imports that name itself, so it has to be a module-level function)."""
-    _twistd_settings.update(level=level, path=path, nodaemon=nodaemon)
+def configure_twistd(level: str, path: str | None, nodaemon: bool, format: str = "text") -> str:
+    """Remember what ``twistd_observer`` needs (``format``: ``tun_mesh/logging/format``, text or json);
+    return its dotted name for twistd's ``--logger`` option (twistd imports that name itself, so it
+    has to be a module-level function)."""
+    _twistd_settings.update(level=level, path=path, nodaemon=nodaemon, format=format)
     return f"{__name__}.twistd_observer"
 
 
@@ -33,7 +34,12 @@ def twistd_observer() -> ILogObserver:
         stream = sys.stdout
     else:
         stream = logfile.LogFile.fromFullPath(str(path or "twistd.log"), rotateLength=10_000_000, maxRotatedFiles=5)
-    return make_observer(str(_twistd_settings["level"]), out=stream, predicate=_level_filter)
+    return make_observer(
+        str(_twistd_settings["level"]),
+        json=_twistd_settings["format"] == "json",
+        out=stream,
+        predicate=_level_filter,
+    )
 
 
 def current_level() -> str:

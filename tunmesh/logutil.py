@@ -5,6 +5,13 @@ observer the twistd plugin installs.
 A flood of identical problems (dropped packets, failed auth) must not become
 a flood of log lines: the exact counts live in metrics, the log only needs the
 first few events and then a periodic summary.
+
+The observer (:func:`make_observer`) writes ``text`` lines or ``json`` (one
+event per line, every format field a key of its own, plus ``text`` and
+``level``), and tidies what reaches it (:class:`TidyObserver`): Twisted's
+"Starting factory <... at 0x...>" chatter is demoted to debug, and an error
+carrying an exception is one line with the exception's type and message, its
+traceback a separate debug event.
 """
 
 from __future__ import annotations
@@ -17,14 +24,18 @@ from typing import IO, Any, Protocol
 import attr
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    jsonFileLogObserver,
+    eventAsJSON,
+    formatEvent,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 #: Config spelling (C{logging.level}) to Twisted level.
 LEVELS: dict[str, LogLevel] = {
@@ -194,6 +205,77 @@ def parse_level(level: str) -> LogLevel:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}") from None
 
 
+#: Twisted's per-connection INFO chatter (a repr with a memory address per outgoing connection):
+#: demoted to debug by :class:`TidyObserver`.
+DEMOTED_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
+#: Config spelling (``logging.format``).
+FORMATS = ("text", "json")
+
+
+@implementer(ILogObserver)
+class TidyObserver:
+    """Sits before the level filter: demotes :data:`DEMOTED_FORMATS` to debug, and rewrites an event
+    that carries an exception (``log.failure``, or a legacy ``log.err``) into one line ending in
+    ``: <ExceptionType>: <message>`` (fields ``exception_type``, ``exception_message``) followed by a
+    debug event holding the traceback (``traceback`` field), so that ERROR lines stay one line each
+    and the traceback shows only at ``logging.level: debug``.
+
+    Events are copied, never changed in place: other observers see them as they were.
+    """
+
+    def __init__(self, inner: ILogObserver) -> None:
+        self._inner = inner
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_format") in DEMOTED_FORMATS and event.get("log_level") == LogLevel.info:
+            event = {**event, "log_level": LogLevel.debug}
+        failure = event.get("log_failure")
+        if failure is None and event.get("isError") and isinstance(event.get("failure"), Failure):
+            failure = event["failure"]
+        if isinstance(failure, Failure):
+            self._with_failure(event, failure)
+            return
+        self._inner(event)
+
+    def _with_failure(self, event: dict[str, Any], failure: Failure) -> None:
+        exc_type = failure.type.__name__ if isinstance(failure.type, type) else str(failure.type)
+        exc_message = str(failure.value)
+        if "log_failure" in event:
+            head = formatEvent({k: v for k, v in event.items() if k != "log_failure"})
+        else:  # legacy log.err: its log_text holds the traceback; "why" is the headline.
+            head = str(event.get("why") or "Unhandled Error")
+        text = f"{head}: {exc_type}: {exc_message}" if exc_message else f"{head}: {exc_type}"
+        short = {k: v for k, v in event.items() if k not in ("log_failure", "failure", "log_flattened")}
+        short.update(
+            log_format="{log_text}",
+            log_text=text,
+            exception_type=exc_type,
+            exception_message=exc_message,
+        )
+        self._inner(short)
+        self._inner(
+            {
+                "log_level": LogLevel.debug,
+                "log_namespace": event.get("log_namespace", "log_legacy"),
+                "log_time": event.get("log_time", time.time()),
+                "log_system": event.get("log_system", "-"),
+                "log_format": "traceback of the error above ({exception_type}):\n{traceback}",
+                "exception_type": exc_type,
+                "traceback": failure.getTraceback(),
+            }
+        )
+
+
+def _json_line(event: dict[str, Any]) -> str:
+    """One JSON object per line: the event's fields, with ``text`` (the formatted message) and
+    ``level`` (``debug``/``info``/``warn``/``error``/``critical``) for pipelines that do not format."""
+    record = dict(event)
+    record.setdefault("text", formatEvent(event))
+    level = event.get("log_level")
+    record.setdefault("level", getattr(level, "name", "info"))
+    return eventAsJSON(record) + "\n"
+
+
 def make_observer(
     level: str,
     json: bool = False,
@@ -202,16 +284,17 @@ def make_observer(
 ) -> ILogObserver:
     """
     An observer writing events at C{level} or above to C{out} (stderr), as
-    text lines or as one JSON object per line, for the twistd plugin.
+    text lines or as one JSON object per line, for the twistd plugin; both
+    through a L{TidyObserver}.
 
     Pass C{predicate} to keep a handle on the level filter (its default level
     is set to C{level} here and may be changed later, as a SIGHUP reload does).
     """
     min_level = parse_level(level)
     stream = sys.stderr if out is None else out
-    inner = jsonFileLogObserver(stream, recordSeparator="") if json else textFileLogObserver(stream)
+    inner = FileLogObserver(stream, _json_line) if json else textFileLogObserver(stream)
     if predicate is None:
         predicate = LogLevelFilterPredicate(defaultLogLevel=min_level)
     else:
         predicate.setLogLevelForNamespace("", min_level)
-    return FilteringLogObserver(inner, [predicate])
+    return TidyObserver(FilteringLogObserver(inner, [predicate]))

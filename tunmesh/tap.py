@@ -38,7 +38,7 @@ class Options(usage.Options):
         if parent is not None and not parent.get("logger"):
             # twistd's --logger hook: our observer applies tun_mesh/logging/level to every event.
             parent["logger"] = configure_twistd(
-                config.logging.level, parent.get("logfile"), bool(parent.get("nodaemon"))
+                config.logging.level, parent.get("logfile"), bool(parent.get("nodaemon")), config.logging.format
             )
 
 

@@ -188,7 +188,7 @@ class GroupSemanticsTests(ConfigTestMixin, SynchronousTestCase):
 
     def test_unknown_key(self) -> None:
         errors = self.errors_of(set_key(minimal_data(), "logging/colour", "red"))
-        self.assertEqual(errors, ["tun_mesh/logging/colour: unknown key; expected one of level"])
+        self.assertEqual(errors, ["tun_mesh/logging/colour: unknown key; expected one of format, level"])
 
     def test_missing_required_key(self) -> None:
         errors = self.errors_of(del_key(minimal_data(), "networking/ipv4/network_cidr"))

@@ -81,9 +81,11 @@ class FakeMetrics:
 class FakeRateLimitedLog:
     def __init__(self) -> None:
         self.events: list[tuple[object, str, dict[str, object]]] = []
+        self.levels: list[Any] = []
 
     def emit(self, key: object, level: Any, format: str, **fields: object) -> bool:
         self.events.append((key, format, fields))
+        self.levels.append(level)
         return True
 
 

@@ -8,6 +8,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.test_dataplane_fakes import FakeMetrics, FakeRateLimitedLog, addr, ipv4, ipv6, vnet
@@ -221,10 +222,20 @@ class OutboundTests(SynchronousTestCase):
         # one log call per reason per batch, never per packet
         self.assertEqual(len(rlog.events), 7)
 
-    def test_ipv6_unsupported_without_v6(self) -> None:
-        r, m, _ = make_router(local_v6=None, network_v6=None)
-        self.assertEqual(r.route_outbound([ipv6(ME6, A6)]), {})
-        self.assertEqual(m.drops(), {"unsupported_protocol": 1})
+    def test_ipv6_on_an_ipv4_only_node_is_counted_and_logged_at_debug_only(self) -> None:
+        """The host's kernel sends IPv6 (router solicitations, MLD) on the TUN on its own: a WARN
+        for each few seconds would say nothing; the counter keeps the number (issue 8)."""
+        r, m, rlog = make_router(local_v6=None, network_v6=None)
+        self.assertEqual(r.route_outbound([ipv6("fe80::1", "ff02::2"), ipv6(ME6, A6)]), {})
+        self.assertEqual(r.accept_inbound(PEER_A, [ipv6(A6, ME6)]), [])
+        self.assertEqual(m.drops(), {"ipv6_disabled": 3})
+        self.assertEqual(rlog.levels, [LogLevel.debug, LogLevel.debug])
+
+    def test_link_local_ipv6_is_counted_and_logged_at_debug_only(self) -> None:
+        r, m, rlog = make_router()
+        self.assertEqual(r.route_outbound([ipv6("fe80::1", "ff02::16"), ipv6("fd00:99::1", A6)]), {})
+        self.assertEqual(m.drops(), {"link_local": 1, "source_not_local": 1})
+        self.assertEqual(sorted(rlog.levels), [LogLevel.debug, LogLevel.warn])
 
     def test_broadcast_enabled(self) -> None:
         r, m, _ = make_router(enable_broadcast=True)

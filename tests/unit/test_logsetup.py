@@ -32,3 +32,17 @@ class TwistdObserverTests(SynchronousTestCase):
         observer({"log_level": LogLevel.debug, "log_format": "hello", "log_namespace": "t", "log_time": 0})
         with open(path) as f:
             self.assertIn("hello", f.read())
+
+    def test_json_format(self) -> None:
+        """``logging.format: json``: twistd's observer writes one JSON object per event."""
+        import json
+
+        logsetup.configure_twistd("info", None, True, "json")
+        self.addCleanup(logsetup.configure_twistd, "info", None, True, "text")
+        out = io.StringIO()
+        self.patch(logsetup.sys, "stdout", out)
+        publisher = LogPublisher(logsetup.twistd_observer())
+        Logger(namespace="t", observer=publisher).info("peer {peer} up", peer="p1")
+        (line,) = out.getvalue().splitlines()
+        self.assertEqual(json.loads(line)["peer"], "p1")
+        self.assertEqual(json.loads(line)["text"], "peer p1 up")

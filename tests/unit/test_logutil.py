@@ -6,8 +6,12 @@ import io
 import json
 from typing import Any
 
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger._legacy import publishToNewObserver
+from twisted.python.failure import Failure
+from twisted.python.log import textFromEventDict
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.logutil import OVERFLOW_KEY, MonotonicClock, RateLimitedLog, make_observer, parse_level
@@ -186,6 +190,80 @@ class ObserverTests(SynchronousTestCase):
         events = [json.loads(line) for line in lines]
         self.assertEqual([e["x"] for e in events], [3, 4, 5])
         self.assertEqual(events[0]["log_namespace"], "tunmesh.test")
+
+    def test_json_lines_round_trip_with_text_and_level(self) -> None:
+        """One event per line; ``eventFromJSON`` gives back an event that formats to the same text."""
+        out = io.StringIO()
+        logger = Logger(namespace="tunmesh.test", observer=make_observer("info", json=True, out=out))
+        logger.info("peer {peer_id} up over {url}", peer_id="p1", url="https://a:1/", extra={"k": [1, 2]})
+        logger.warn("multi\nline {x}", x="y")
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        for line, text, level in zip(
+            lines, ["peer p1 up over https://a:1/", "multi\nline y"], ["info", "warn"], strict=True
+        ):
+            record = json.loads(line)
+            self.assertEqual((record["text"], record["level"]), (text, level))
+            self.assertEqual(formatEvent(eventFromJSON(line)), text)
+        self.assertEqual(json.loads(lines[0])["peer_id"], "p1")
+        self.assertEqual(json.loads(lines[0])["extra"], {"k": [1, 2]})
+
+    def failing(self) -> Failure:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError:
+            return Failure()
+
+    def test_error_with_exception_is_one_line_with_type_and_message(self) -> None:
+        for level, traceback_shown in (("info", False), ("debug", True)):
+            out = io.StringIO()
+            logger = Logger(namespace="tunmesh.test", observer=make_observer(level, out=out))
+            logger.failure("link to {peer} failed", self.failing(), peer="p1")
+            text = out.getvalue()
+            first = text.splitlines()[0]
+            self.assertIn("[tunmesh.test#critical] link to p1 failed: ConnectionRefusedError: "
+                          "[Errno 111] Connection refused", first)
+            self.assertEqual("Traceback" in text, traceback_shown, text)
+            if not traceback_shown:
+                self.assertEqual(len(text.splitlines()), 1, text)
+
+    def test_error_with_exception_in_json(self) -> None:
+        out = io.StringIO()
+        logger = Logger(namespace="tunmesh.test", observer=make_observer("info", json=True, out=out))
+        logger.failure("boom {x}", self.failing(), level=LogLevel.error, x=1)
+        (line,) = out.getvalue().splitlines()
+        record = json.loads(line)
+        self.assertEqual(record["exception_type"], "ConnectionRefusedError")
+        self.assertEqual(record["exception_message"], "[Errno 111] Connection refused")
+        self.assertEqual(record["level"], "error")
+        self.assertTrue(record["text"].startswith("boom 1: ConnectionRefusedError: "))
+        self.assertNotIn("log_failure", record)
+
+    def test_legacy_unhandled_error_is_short_too(self) -> None:
+        """Twisted's own ``log.err`` (e.g. "Unhandled Error" from a protocol) goes the same way."""
+        out = io.StringIO()
+        observer = make_observer("info", out=out)
+        event = {"isError": 1, "failure": self.failing(), "why": None, "message": (), "time": 0.0,
+                 "system": "HTTP11ClientProtocol,client"}
+        publishToNewObserver(observer, event, textFromEventDict)
+        (line,) = out.getvalue().splitlines()
+        self.assertIn("Unhandled Error: ConnectionRefusedError: [Errno 111] Connection refused", line)
+
+    def test_factory_chatter_is_debug(self) -> None:
+        class Chatty(Factory):
+            pass
+
+        for level, shown in (("info", False), ("debug", True)):
+            out = io.StringIO()
+            globalLogPublisher.addObserver(observer := make_observer(level, out=out))
+            try:
+                f = Chatty()
+                f.doStart()
+                f.doStop()
+            finally:
+                globalLogPublisher.removeObserver(observer)
+            self.assertEqual("Starting factory" in out.getvalue(), shown, out.getvalue())
+            self.assertEqual("Stopping factory" in out.getvalue(), shown)
 
     def test_unknown_level(self) -> None:
         for bad in ("warning", "INFO", "", None, "critical"):

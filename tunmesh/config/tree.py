@@ -422,6 +422,21 @@ class Logging:
         "Minimum level of logged events.",
         default="info",
     )
+    format: str = option(
+        Enum(
+            {
+                "text": "One line per event: time, [namespace#level], message.",
+                "json": "One JSON object per line: every field of the event as a key, plus text (the "
+                "formatted message), level, log_namespace and log_time (Unix time).",
+            }
+        ),
+        "How log lines are written.",
+        (
+            "Errors carrying an exception are one line ending in the exception's type and message "
+            "(exception_type, exception_message in JSON); the traceback follows at debug level.",
+        ),
+        default="text",
+    )
 
 
 @group("Prometheus exposition settings.")

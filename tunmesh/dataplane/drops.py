@@ -17,6 +17,10 @@ from tunmesh.dataplane.interfaces import MetricsLike, RateLimitedLogLike
 DROPPED_DOC = "Packets dropped by the data plane, by reason."
 #: peers whose drops are kept by reason for ``tunmesh status`` (beyond: counted in the metric only)
 MAX_PEERS = 4096
+#: Drops of traffic a host emits on its own that the mesh does not carry by design (IPv6 on an
+#: IPv4-only node, link-local IPv6, multicast): counted like every drop, logged at debug only,
+#: since a WARN every few seconds for the kernel's router solicitations tells the operator nothing.
+QUIET_REASONS = frozenset({"ipv6_disabled", "link_local", "multicast"})
 
 
 class DropCounter:
@@ -52,7 +56,7 @@ class DropCounter:
         if self._rlog is not None:
             self._rlog.emit(
                 (reason, peer),
-                LogLevel.warn,
+                LogLevel.debug if reason in QUIET_REASONS else LogLevel.warn,
                 "dropped {count} packet(s): {reason} (peer {peer})",
                 count=count,
                 reason=reason,

@@ -24,7 +24,6 @@ from tunmesh.dataplane.packets import (
     MAX_IP_PACKET,
     OVERSIZE,
     PLAIN_VNET_HDR,
-    UNSUPPORTED_PROTOCOL,
     VNET_HDR_LEN,
     check_ip,
     check_vnet,
@@ -43,6 +42,10 @@ DESTINATION_NOT_LOCAL = "destination_not_local"
 BROADCAST_DISABLED = "broadcast_disabled"
 MULTICAST = "multicast"
 OFFLOAD_MISMATCH = "offload_mismatch"
+#: An IPv6 packet on a node without ``networking.ipv6`` (the host's kernel sends some on its own).
+IPV6_DISABLED = "ipv6_disabled"
+#: An IPv6 packet from a link-local address (fe80::/10): the kernel's router and neighbour chatter.
+LINK_LOCAL = "link_local"
 
 _CACHE_MAX = 4096
 _MISS = object()
@@ -206,9 +209,9 @@ class Router:
             reason, version, src, dst, end = check_ip(pkt, off, max_len)
             if reason is None:
                 if version == 6 and not self._v6:
-                    reason = UNSUPPORTED_PROTOCOL
+                    reason = IPV6_DISABLED
                 elif local(version, src) is None:
-                    reason = SOURCE_NOT_LOCAL
+                    reason = LINK_LOCAL if version == 6 and src >> 118 == 0x3FA else SOURCE_NOT_LOCAL
                 elif local(version, dst) is not None:
                     reason = DESTINATION_LOCAL
                 else:
@@ -271,7 +274,7 @@ class Router:
             reason, version, src, dst, end = check_ip(pkt, off, max_len)
             if reason is None:
                 if version == 6 and not self._v6:
-                    reason = UNSUPPORTED_PROTOCOL
+                    reason = IPV6_DISABLED
                 elif off and (reason := check_vnet(pkt, version)) is not None:
                     pass
                 elif lookup(version, src) != peer_id:
