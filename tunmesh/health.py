@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
@@ -86,3 +87,28 @@ class HealthRegistry:
     def readiness(self) -> dict[str, bool]:
         """Current readiness, one boolean per check."""
         return self._run("readiness", self._readiness)
+
+    def export(self, metrics: Any) -> None:
+        """Expose what ``/health`` and ``/ready`` answer as gauges computed at scrape time:
+        ``tunmesh_live``, ``tunmesh_ready`` (1 or 0) and ``tunmesh_health_check{probe, check}`` (each
+        check registered so far: call this once every check is in, at the end of ``makeService``)."""
+        metrics.gauge("live", "1 while /health answers 200 (every liveness check passes), else 0.").set_function(
+            lambda: float(all(self.liveness().values()))
+        )
+        metrics.gauge("ready", "1 while /ready answers 200 (every readiness check passes), else 0.").set_function(
+            lambda: float(all(self.readiness().values()))
+        )
+        checks = metrics.gauge(
+            "health_check",
+            "1 or 0 for each check, by probe (liveness: /health, readiness: /ready) and check name: "
+            "why a node is not live or not ready.",
+            ("probe", "check"),
+        )
+        for probe, table, run in (
+            ("liveness", self._liveness, self.liveness),
+            ("readiness", self._readiness, self.readiness),
+        ):
+            for name in table:
+                checks.labels(probe=probe, check=name).set_function(
+                    lambda run=run, name=name: float(run().get(name, False))
+                )

@@ -280,6 +280,7 @@ def _make_service(
     # 6. Drop root last; then the node serves a few requests in memory as the new uid, or exits.
     self_check = node_self_check(site, cfg, config_path)
     PrivilegeDropService(cfg.process.uid, cfg.process.gid, preload=preload, self_check=self_check).setServiceParent(top)
+    health.export(metrics)  # every check is registered by now
 
     log.info(
         "tunmesh {version} node {node_name} ({node_id}) advertising {url}",

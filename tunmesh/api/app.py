@@ -177,7 +177,9 @@ class ControlAPI:
         self._node_info = json.dumps(
             {"id": identity.node_id, "listen_url": identity.advertise_url}, separators=(",", ":")
         ).encode("utf-8")
-        self._errors = metrics.counter("errors", "Unexpected exceptions caught at a boundary.", ("where",))
+        self._errors = metrics.counter(
+            "errors", "Unexpected exceptions caught at a boundary, by where (api, pre_auth, a mesh route...).", ("where",)
+        )
         self._error_log = RateLimitedLog(self.log, clock if clock is not None else MonotonicClock())
 
     def mount(self, prefix: str, resource: IResource) -> None:

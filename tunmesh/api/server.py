@@ -216,6 +216,28 @@ class _ChannelTransport(Protocol):
     def abortConnection(self) -> None: ...
 
 
+#: The port's counters, declared when the site or the connection caps get a metrics object, so that
+#: each is exposed (with this HELP) before its first event: name -> (HELP, label names).
+SERVER_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "requests_rate_limited_total": ("Requests refused by the per-source rate limit (429).", ()),
+    "http_deadline_expired_total": (
+        "Connections aborted for slow headers or body, by phase (headers, body).", ("phase",),
+    ),
+    "http_refused_total": ("Requests refused before the body was read, by HTTP status.", ("status",)),
+    "errors_total": (
+        "Unexpected exceptions caught at a boundary, by where (api, pre_auth, a mesh route...).", ("where",),
+    ),
+    "connections_refused_total": ("Connections refused by a cap, by cap (peer, total).", ("cap",)),
+}
+
+
+def declare_server_metrics(metrics: Any) -> None:
+    """Create the :data:`SERVER_METRICS` counters (create-or-get: the first HELP stays)."""
+    if metrics is not None:
+        for name, (doc, labels) in SERVER_METRICS.items():
+            metrics.counter(name, doc, labelnames=labels)
+
+
 def _count(metrics: Any, name: str, doc: str, **labels: str) -> None:
     """Increment a counter when a metrics object was given; metrics must never break serving."""
     if metrics is None:
@@ -484,6 +506,7 @@ class HardenedSite(Site):
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.metrics = metrics
+        declare_server_metrics(metrics)
         self.ratelimited = RateLimitedLog(self._log, clock)
 
     def count(self, name: str, doc: str, **labels: str) -> None:
@@ -560,6 +583,7 @@ class ConnectionLimitFactory(WrappingFactory[_CountedWrapper]):
         self.max_per_peer = max_per_peer
         self.max_total = max_total
         self.metrics = metrics
+        declare_server_metrics(metrics)
         self.total = 0
         self._per_peer: dict[str, int] = {}
         self._ratelimited = RateLimitedLog(self._log, clock) if clock is not None else None

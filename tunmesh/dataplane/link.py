@@ -128,10 +128,10 @@ class LinkMetrics:
 
     def __init__(self, metrics: MetricsLike, drops: DropCounter) -> None:
         self.drops = drops
-        frames = metrics.counter("link_frames_total", "DATA frames over peer links.", ["direction"])
+        frames = metrics.counter("link_frames_total", "DATA frames over peer links, by direction (tx, rx).", ["direction"])
         self.frames_tx = frames.labels(direction="tx")
         self.frames_rx = frames.labels(direction="rx")
-        link_bytes = metrics.counter("link_bytes_total", "Bytes of DATA frames.", ["direction"])
+        link_bytes = metrics.counter("link_bytes_total", "Bytes of DATA frames, by direction (tx, rx).", ["direction"])
         self.bytes_tx = link_bytes.labels(direction="tx")
         self.bytes_rx = link_bytes.labels(direction="rx")
         self._frame_drops = metrics.counter(

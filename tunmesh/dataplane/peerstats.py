@@ -38,16 +38,16 @@ class PeerPacketMetrics:
         self._clock = clock
         self.ttl = ttl
         self._rx_packets = metrics.counter(
-            "remote_rx_packets_by_source_node", "Packets received from each peer.", ["source_node_id"]
+            "remote_rx_packets_by_source_node", "Packets received from each peer, by source_node_id (the authenticated link's peer).", ["source_node_id"]
         )
         self._rx_bytes = metrics.counter(
-            "remote_rx_bytes_by_source_node", "Packet bytes received from each peer.", ["source_node_id"]
+            "remote_rx_bytes_by_source_node", "Packet bytes received from each peer, by source_node_id.", ["source_node_id"]
         )
         self._tx_packets = metrics.counter(
-            "remote_tx_packets_by_dest_node", "Packets sent to each peer.", ["dest_node_id"]
+            "remote_tx_packets_by_dest_node", "Packets sent to each peer, by dest_node_id.", ["dest_node_id"]
         )
         self._tx_bytes = metrics.counter(
-            "remote_tx_bytes_by_dest_node", "Packet bytes sent to each peer.", ["dest_node_id"]
+            "remote_tx_bytes_by_dest_node", "Packet bytes sent to each peer, by dest_node_id.", ["dest_node_id"]
         )
         self._peers: dict[str, _Peer] = {}
         self._timer: IDelayedCall | None = None

@@ -123,7 +123,7 @@ class MeshAPI:
     def __init__(self, membership: Membership) -> None:
         self.membership = membership
         self._errors = membership.metrics.counter(
-            "errors", "Unexpected exceptions caught at a boundary.", ("where",)
+            "errors", "Unexpected exceptions caught at a boundary, by where (api, pre_auth, a mesh route...).", ("where",)
         )
         self._rlog = RateLimitedLog(self.log, membership.clock)
 

@@ -280,6 +280,16 @@ class Metrics:
         assert isinstance(h, Histogram)
         return h
 
+    def describe(self) -> list[tuple[str, str, tuple[str, ...], str]]:
+        """``(name as exposed, type, label names, HELP)`` of every ``tunmesh_`` metric created so
+        far, sorted by name (base labels not listed: they are on every series). Counters are named
+        with their ``_total`` suffix, histograms by their family name."""
+        out = []
+        for full, (kind, names, _buckets, collector) in self._collectors.items():
+            exposed = full + "_total" if kind == "counter" else full
+            out.append((exposed, kind, names, str(collector._documentation)))
+        return sorted(out)
+
     def collector_registry(self) -> CollectorRegistry:
         """The registry as exposed (constant labels applied), for tests and custom exporters."""
         return self._exposed
