@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.auth.errors import AuthError
@@ -114,6 +114,19 @@ class JoinTests(MeshTestCase):
         advance(self.clock, 20)
         self.assertEqual(n1.counter("tunmesh_mesh_bootstrap_attempts_total"), 0)
         self.assertEqual(self.net.log, [])
+        # The seed of a mesh whose nodes share one list: expected, so not a warning every pass.
+        quiet = self.logged("no URL could be tried")
+        self.assertTrue(quiet)
+        self.assertEqual({e["log_level"] for e in quiet}, {LogLevel.debug})
+
+    def test_group_with_no_url_to_try_but_its_own_warns(self) -> None:
+        """Only when other URLs exist but none could be tried (all backing off) is it a warning."""
+        n2 = self.node(2, (N1, "https://n2.test:4567"))
+        n2.start()
+        advance(self.clock, 20)
+        warned = self.logged("no URL could be tried")
+        self.assertTrue(warned)
+        self.assertEqual({e["log_level"] for e in warned}, {LogLevel.warn})
 
 
 class RestartTests(MeshTestCase):

@@ -1055,9 +1055,11 @@ class Membership:
                 d.addCallbacks(self._group_reached, self._group_url_failed, (group,), {}, (group, url))
                 passes.append(d)
             if not passes:
+                # A group naming only this node (the seed of a mesh whose nodes share one list) is
+                # expected and stays so: not a warning every pass (issue 8, quiet steady state).
                 self._rlog.emit(
                     ("group", name),
-                    LogLevel.warn,
+                    LogLevel.debug if not urls else LogLevel.warn,
                     "bootstrap group {group}: no URL could be tried this pass",
                     group=name,
                 )
