@@ -10,9 +10,11 @@ root_dir=$(pwd)
 if [ "$(id -u)" = 0 ]; then
     missing=()
     # podman, runc and debootstrap: the real-container test builds the image (contrib/container/build.sh);
-    # faketime: the wall-clock step test; groff: the man page test.
+    # faketime: the wall-clock step test; groff: the man page test; promtool (prometheus): the alert rules
+    # and dashboard checks.
     for pair in ip:iproute2 iperf3:iperf3 nft:nftables ping:iputils-ping curl:curl openssl:openssl \
-                podman:podman runc:runc debootstrap:debootstrap faketime:faketime groff:groff-base; do
+                podman:podman runc:runc debootstrap:debootstrap faketime:faketime groff:groff-base \
+                promtool:prometheus; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -47,11 +47,15 @@ class SingleNodeTests(TestCase):
     def test_metrics_are_prefixed_and_labelled(self) -> None:
         body = self.curl(URL + "/metrics").stdout
         node_id = self.cluster.node_id(1)
-        self.assertIn(f'tunmesh_build_info{{env_name="netns_test",node_id="{node_id}"', body.replace(
-            f'node_id="{node_id}",env_name="netns_test"', f'env_name="netns_test",node_id="{node_id}"'))
+        self.assertIn('tunmesh_build_info{env_name="netns_test",version=', body)
+        self.assertIn(f'tunmesh_node_info{{advertise_url="https://198.18.0.1:4567/",env_name="netns_test",'
+                      f'node_id="{node_id}",node_name=""}} 1.0', body)
         self.assertIn("process_resident_memory_bytes", body)
         metric_lines = [line for line in body.splitlines() if line and not line.startswith("#")]
-        self.assertTrue(all("node_id=" in line for line in metric_lines))
+        # base_labels on every series; the node's id on its info series only (issue 8).
+        self.assertTrue(all('env_name="netns_test"' in line for line in metric_lines))
+        self.assertEqual([line for line in metric_lines if "node_id=" in line],
+                         [line for line in metric_lines if line.startswith("tunmesh_node_info")])
 
     def test_tls11_refused(self) -> None:
         r = self.node.ns.run(
