@@ -266,10 +266,19 @@ class TidyObserver:
         )
 
 
+_JSON_TYPES = (str, int, float, bool, type(None), list, tuple, dict)
+
+
 def _json_line(event: dict[str, Any]) -> str:
     """One JSON object per line: the event's fields, with ``text`` (the formatted message) and
     ``level`` (``debug``/``info``/``warn``/``error``/``critical``) for pipelines that do not format."""
-    record = dict(event)
+    # The emitting Logger and object say nothing in JSON ({"unpersistable": true}): left out; other
+    # fields JSON cannot hold (addresses, exceptions...) are written as their str().
+    record = {
+        k: v if k.startswith("log_") or isinstance(v, _JSON_TYPES) else str(v)
+        for k, v in event.items()
+        if k not in ("log_logger", "log_source")
+    }
     record.setdefault("text", formatEvent(event))
     level = event.get("log_level")
     record.setdefault("level", getattr(level, "name", "info"))

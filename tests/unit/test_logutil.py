@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from ipaddress import ip_interface
 from typing import Any
 
 from twisted.internet.protocol import Factory
@@ -195,7 +196,8 @@ class ObserverTests(SynchronousTestCase):
         """One event per line; ``eventFromJSON`` gives back an event that formats to the same text."""
         out = io.StringIO()
         logger = Logger(namespace="tunmesh.test", observer=make_observer("info", json=True, out=out))
-        logger.info("peer {peer_id} up over {url}", peer_id="p1", url="https://a:1/", extra={"k": [1, 2]})
+        logger.info("peer {peer_id} up over {url}", peer_id="p1", url="https://a:1/", extra={"k": [1, 2]},
+                    address=ip_interface("100.64.0.1/24"))
         logger.warn("multi\nline {x}", x="y")
         lines = out.getvalue().splitlines()
         self.assertEqual(len(lines), 2)
@@ -206,6 +208,8 @@ class ObserverTests(SynchronousTestCase):
             self.assertEqual((record["text"], record["level"]), (text, level))
             self.assertEqual(formatEvent(eventFromJSON(line)), text)
         self.assertEqual(json.loads(lines[0])["peer_id"], "p1")
+        self.assertEqual(json.loads(lines[0])["address"], "100.64.0.1/24")
+        self.assertNotIn("unpersistable", out.getvalue())
         self.assertEqual(json.loads(lines[0])["extra"], {"k": [1, 2]})
 
     def failing(self) -> Failure:
