@@ -8,7 +8,7 @@ in two namespaces, node 1 writing text logs, node 2 JSON logs.
   :data:`STEADY` seconds while traffic flows (IPv6 sent into the IPv4-only node's TUN included:
   counted as ``ipv6_disabled``, never a WARN).
 
-With ``TUNMESH_SCRAPE_SUMMARY=PATH`` the scrape summary is also written to PATH.
+With ``TUNMESH_SCRAPE_SUMMARY=PATH`` the summary and node 1's whole scrape are also written to PATH.
 """
 
 from __future__ import annotations
@@ -139,8 +139,9 @@ class ObservabilityTests(TestCase):
     def check_scrape(self, cluster: Any, ids: dict[int, str]) -> None:
         lines = list(getattr(self, "summary_lines", []))
         used = promql.used_names()
+        bodies = {}
         for i in (1, 2):
-            body = cluster.nodes[i].metrics()
+            body = bodies[i] = cluster.nodes[i].metrics()
             names, declared, samples = scrape_names(body)
             self.assertNotIn("_created", body)
             own = ids[i]
@@ -181,4 +182,4 @@ class ObservabilityTests(TestCase):
         print("\n" + summary)
         target = os.environ.get("TUNMESH_SCRAPE_SUMMARY")
         if target:
-            Path(target).write_text(summary + "\n")
+            Path(target).write_text(f"{summary}\n\n--- the whole scrape of node 1\n{bodies[1]}")
