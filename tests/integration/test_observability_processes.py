@@ -4,6 +4,7 @@ in two namespaces, node 1 writing text logs, node 2 JSON logs.
 - The scrape of a real node has every metric the Grafana dashboard and the alert rules use, no
   ``_created`` series, and no label naming the node's random id except ``tunmesh_node_info``.
 - JSON logs: one event per line, each line round-trips (``eventFromJSON`` formats to its ``text``).
+- Per-peer series (``tunmesh_peer_info``, ``tunmesh_peer_link_*``) go when the peer leaves.
 - Steady state is quiet: no Twisted factory chatter at all, and nothing at INFO or above over
   :data:`STEADY` seconds while traffic flows (IPv6 sent into the IPv4-only node's TUN included:
   counted as ``ipv6_disabled``, never a WARN).
@@ -76,6 +77,10 @@ class ObservabilityTests(TestCase):
                 self.check_scrape(cluster, ids)
                 self.check_json_log(cluster.nodes[2].log_path.read_text())
                 self.check_text_log(cluster.nodes[1].log_path.read_text())
+                # Node 2 leaves: node 1's per-peer series go with it (bounded by the pool).
+                cluster.stop(2)
+                wait_until(lambda: ids[2] not in cluster.nodes[1].metrics(), 20, "node 2's series to go", cluster.logs)
+                self.assertEqual(cluster.metric(1, "tunmesh_mesh_peers"), 0)
 
     # -- logs ---------------------------------------------------------------------------------------
 
