@@ -90,3 +90,24 @@ class HealthRegistryTests(SynchronousTestCase):
         health = HealthRegistry()
         health.add_liveness("x", Flag(True))
         self.assertEqual(health.liveness(), {"x": True})
+
+
+class ExportTests(SynchronousTestCase):
+    def test_gauges_say_what_the_probes_answer_at_scrape_time(self) -> None:
+        from tunmesh.metrics import Metrics
+
+        state = {"mesh": False}
+        registry = HealthRegistry()
+        registry.add_liveness("tun", lambda: True)
+        registry.add_readiness("mesh", lambda: state["mesh"])
+        registry.add_readiness("api", lambda: True)
+        metrics = Metrics("n", process_metrics=False)
+        registry.export(metrics)
+        value = metrics.collector_registry().get_sample_value
+        self.assertEqual((value("tunmesh_live", {}), value("tunmesh_ready", {})), (1.0, 0.0))
+        self.assertEqual(value("tunmesh_health_check", {"probe": "readiness", "check": "mesh"}), 0.0)
+        self.assertEqual(value("tunmesh_health_check", {"probe": "readiness", "check": "api"}), 1.0)
+        self.assertEqual(value("tunmesh_health_check", {"probe": "liveness", "check": "tun"}), 1.0)
+        state["mesh"] = True
+        self.assertEqual(value("tunmesh_ready", {}), 1.0)
+        self.assertEqual(value("tunmesh_health_check", {"probe": "readiness", "check": "mesh"}), 1.0)
