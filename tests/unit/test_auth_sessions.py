@@ -6,6 +6,8 @@ import random
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.auth import kex
@@ -224,6 +226,23 @@ class RotationTests(SynchronousTestCase):
 
 
 class StoreTests(SynchronousTestCase):
+    def test_first_session_is_info_and_rotations_debug(self) -> None:
+        """Hourly rotations of every peer's sessions are routine (counted in metrics): INFO stays quiet."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        store = SessionStore("node-b", Clock(), monotonic=lambda: 0.0)
+        for kid in ("k1", "k2", "k3"):
+            store.install_outbound("node-a", kid, b"s" * 32)
+            store.install_inbound("node-a", kid, b"s" * 32)
+        levels = [(e["log_format"].split()[0], e["log_level"]) for e in events if "installed" in e["log_format"]]
+        self.assertEqual(
+            levels,
+            [("outbound", LogLevel.info), ("inbound", LogLevel.info)] + [
+                ("outbound", LogLevel.debug), ("inbound", LogLevel.debug)] * 2,
+        )
+        store.forget("node-a")
+        store.install_outbound("node-a", "k4", b"s" * 32)  # a new start with the peer
+        self.assertEqual(events[-1]["log_level"], LogLevel.info)
+
     def test_init_rate_limit(self) -> None:
         p = Pair()
         p.b.inbound_rate_limit("node-a")  # the first is free

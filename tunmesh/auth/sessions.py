@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from tunmesh.auth import keys
 from tunmesh.auth.cluster import check_timing
@@ -249,13 +249,18 @@ class SessionStore:
         jitter = self._rng.uniform(*JITTER)
         session = OutboundSession(peer_id, kid, secret, now, self.max_age * jitter)
         peer = self._peers.setdefault(peer_id, _Peer())
+        rotation = peer.outbound is not None
         if peer.outbound is not None:
             if peer.outbound.kid == kid:
                 raise ValueError("kid already installed")
             peer.outbound.retire_at = now + self.validity + self.leeway
             peer.outbound_previous = peer.outbound
         peer.outbound = session
-        self.log.info("outbound session to {peer_id} installed, kid {kid}", peer_id=peer_id, kid=kid)
+        # A rotation (hourly, per peer: counted in metrics) is routine: INFO stays quiet at steady state.
+        self.log.emit(
+            LogLevel.debug if rotation else LogLevel.info,
+            "outbound session to {peer_id} installed, kid {kid}", peer_id=peer_id, kid=kid,
+        )
         self._notify(peer_id, OUTBOUND, kid)
         return session
 
@@ -266,13 +271,17 @@ class SessionStore:
         now = self.monotonic()
         session = InboundSession(peer_id, kid, secret, now, self.window_size)
         peer = self._peers.setdefault(peer_id, _Peer())
+        rotation = peer.inbound is not None
         if peer.inbound is not None:
             if peer.inbound.kid == kid:
                 raise ValueError("kid already installed")
             peer.inbound.retire_at = now + self.validity + self.leeway
             peer.inbound_previous = peer.inbound
         peer.inbound = session
-        self.log.info("inbound session from {peer_id} installed, kid {kid}", peer_id=peer_id, kid=kid)
+        self.log.emit(
+            LogLevel.debug if rotation else LogLevel.info,
+            "inbound session from {peer_id} installed, kid {kid}", peer_id=peer_id, kid=kid,
+        )
         self._notify(peer_id, INBOUND, kid)
         return session
 
