@@ -2,7 +2,8 @@
 in two namespaces, node 1 writing text logs, node 2 JSON logs.
 
 - The scrape of a real node has every metric the Grafana dashboard and the alert rules use, no
-  ``_created`` series, and no label naming the node's random id except ``tunmesh_node_info``.
+  ``_created`` series, and no label naming the node's random id except ``tunmesh_node_info``; with
+  promtool installed, ``promtool check metrics`` finds nothing to say about it.
 - JSON logs: one event per line, each line round-trips (``eventFromJSON`` formats to its ``text``).
 - Per-peer series (``tunmesh_peer_info``, ``tunmesh_peer_link_*``) go when the peer leaves.
 - Steady state is quiet: no Twisted factory chatter at all, and nothing at INFO or above over
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -165,12 +167,22 @@ class ObservabilityTests(TestCase):
                 self.assertEqual(s.labels.get("env_name"), "netns_test", s.name)
             missing = {where: sorted(n for n in want if n not in names | declared) for where, want in used.items()}
             self.assertEqual(missing, {"dashboard": [], "rules": []}, f"node {i}")
+            if promql.promtool() is not None:
+                # Prometheus' own linter of an exposition (HELP, types, naming, units): no complaint.
+                lint = subprocess.run(
+                    [str(promql.promtool()), "check", "metrics"], input=body, capture_output=True, text=True,
+                    timeout=60, check=False,
+                )
+                self.assertEqual((lint.returncode, lint.stdout + lint.stderr), (0, ""), f"node {i}")
+                lints = "promtool check metrics: no problem"
+            else:
+                lints = "promtool not installed: exposition not linted"
             unsampled = sorted({n for want in used.values() for n in want if n not in names})
             lines.append(
                 f"node {i} (IPv4-only, {'text' if i == 1 else 'JSON'} logs): "
                 f"{len(samples)} series in {len(body)} bytes; _created series: 0; "
                 f"series labelled with the node's id {own}: tunmesh_node_info only; "
-                f"labels on every series: env_name (base_labels) only"
+                f"labels on every series: env_name (base_labels) only; {lints}"
             )
             lines.append(
                 f"  dashboard check: {len(used['dashboard'])} metric names in contrib/grafana/tunmesh.json, "
