@@ -229,3 +229,14 @@ class PeerInfoTests(SynchronousTestCase):
         info.peer_down("p1")
         info.peer_down("p1")
         self.assertEqual([labels["peer_id"] for labels, _ in samples(m)["tunmesh_peer_info"]], ["p2"])
+
+    def test_names_from_membership(self) -> None:
+        m = Metrics(NODE, process_metrics=False)
+        names = {"p1": "web-1"}
+        info = PeerInfo(m, max_peers=4, name_of=names.get)
+        info.peer_up("p1", "https://a:4567/", [])
+        info.peer_up("p2", "https://b:4567/", [])
+        self.assertEqual(
+            sorted((labels["peer_id"], labels["peer_name"]) for labels, _ in samples(m)["tunmesh_peer_info"]),
+            [("p1", "web-1"), ("p2", "")],
+        )
