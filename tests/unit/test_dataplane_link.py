@@ -373,7 +373,8 @@ class ReconnectTests(SynchronousTestCase):
         pair.pump()
         up = pair.metrics_a.collectors["peer_link_up"]
         self.assertEqual(up.children[(B,)].value, 1)
-        self.assertIsNone(pair.client.rtt)
+        # The first probe goes out at link up (answered at once in memory: 0 s).
+        self.assertEqual(pair.metrics_a.collectors["link_rtt_seconds"].observed, [0.0])
         for delay in (0.25, 0.004):
             pair.clock.advance(10)  # the PING is written
             pair.pumps[0].pump()  # ...reaches the server, which answers
@@ -381,12 +382,12 @@ class ReconnectTests(SynchronousTestCase):
             pair.pump()  # the PONG arrives `delay` later
             self.assertAlmostEqual(pair.client.rtt or 0.0, delay, places=5)
         self.assertEqual(
-            [round(v, 4) for v in pair.metrics_a.collectors["link_rtt_seconds"].observed], [0.25, 0.004]
+            [round(v, 4) for v in pair.metrics_a.collectors["link_rtt_seconds"].observed], [0.0, 0.25, 0.004]
         )
         self.assertAlmostEqual(pair.metrics_a.collectors["peer_link_rtt_seconds"].children[(B,)].value, 0.004, 5)
         # A stale PONG (not the number in flight) is not a measurement.
         pair.client._frame(pair.client._proto, F.encode_ping(F.PONG, 12345))  # type: ignore[arg-type]
-        self.assertEqual(len(pair.metrics_a.collectors["link_rtt_seconds"].observed), 2)
+        self.assertEqual(len(pair.metrics_a.collectors["link_rtt_seconds"].observed), 3)
         pair.pumps[0].serverIO.abortConnection()
         pair.pump()
         self.assertEqual(up.children[(B,)].value, 0)
