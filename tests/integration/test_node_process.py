@@ -48,8 +48,9 @@ class SingleNodeTests(TestCase):
         body = self.curl(URL + "/metrics").stdout
         node_id = self.cluster.node_id(1)
         self.assertIn('tunmesh_build_info{env_name="netns_test",version=', body)
-        self.assertIn(f'tunmesh_node_info{{advertise_url="https://198.18.0.1:4567/",env_name="netns_test",'
-                      f'node_id="{node_id}",node_name=""}} 1.0', body)
+        # node_name: clustering.node_name, else $POD_NAME, else the host name.
+        self.assertRegex(body, r'tunmesh_node_info\{advertise_url="https://198.18.0.1:4567/",env_name="netns_test",'
+                               rf'node_id="{node_id}",node_name="[^"]+"\}} 1.0')
         self.assertIn("process_resident_memory_bytes", body)
         metric_lines = [line for line in body.splitlines() if line and not line.startswith("#")]
         # base_labels on every series; the node's id on its info series only (issue 8).

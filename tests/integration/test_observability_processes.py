@@ -42,6 +42,7 @@ def config(i: int) -> str:
     # IPv4 only (a node refuses peers advertising CIDRs outside its networks: all alike).
     text = re.sub(r"    ipv6:\n(      .*\n)+", "", node_config(i, bootstrap=BOOT, timing=SLOW_STALE))
     assert "ipv6" not in text
+    text = text.replace("  clustering:\n", f"  clustering:\n    node_name: obs-{i}\n", 1)
     if i == 2:
         text = text.replace("  logging:\n    level: info\n", "  logging:\n    level: info\n    format: json\n")
     return text
@@ -129,9 +130,10 @@ class ObservabilityTests(TestCase):
             self.assertEqual(formatEvent(event), record["text"], line)
             self.assertIn(record["level"], {"debug", "info", "warn", "error", "critical"})
             events.append(record)
-        links = [e for e in events if e.get("log_format", "").startswith("packet link to {peer_id} up")]
+        links = [e for e in events if e.get("log_format", "").startswith("packet link to {") and "peer_id" in e]
         self.assertTrue(links, "no 'packet link up' event with its fields")
         self.assertRegex(links[0]["peer_id"], r"^[0-9a-f-]{36}$")
+        self.assertIn("obs-1", links[0]["text"])  # named by its peer's name
         self.assertNotIn("Starting factory", text)
         self.assertNotIn("Traceback", text)
 
@@ -160,8 +162,10 @@ class ObservabilityTests(TestCase):
             info = [s for s in samples if s.name == "tunmesh_node_info"]
             self.assertEqual(len(info), 1)
             self.assertEqual(info[0].labels["advertise_url"], f"https://198.18.0.{i}:4567/")
+            self.assertEqual(info[0].labels["node_name"], f"obs-{i}")
             peers = [s for s in samples if s.name == "tunmesh_peer_info"]
             self.assertEqual([p.labels["peer_id"] for p in peers], [ids[3 - i]])
+            self.assertEqual(peers[0].labels["peer_name"], f"obs-{3 - i}")
             self.assertEqual(peers[0].labels["addresses"].split(",")[0], f"{overlay_v4(3 - i)}/32")
             for s in samples:  # base_labels still on every series
                 self.assertEqual(s.labels.get("env_name"), "netns_test", s.name)
