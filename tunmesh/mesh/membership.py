@@ -228,12 +228,12 @@ class Membership:
         # cluster tokens it accepted named: before removing an id, its counter must stop growing everywhere.
         self.m_cluster_secrets = metrics.gauge(
             "cluster_secrets",
-            "Cluster secret ids this node accepts (1); signing=true for the one it signs with.",
+            "1 for each cluster secret this node accepts, by secret_id; signing=true for the one it signs with.",
             ("secret_id", "signing"),
         )
         self.m_cluster_tokens = metrics.counter(
             "cluster_tokens_accepted",
-            "Cluster-signed requests accepted, by the id of the cluster secret they were signed with.",
+            "Cluster-signed requests accepted, by secret_id (the cluster secret they were signed with).",
             ("secret_id",),
         )
         self._show_cluster_secrets()
