@@ -119,15 +119,6 @@ class JoinTests(MeshTestCase):
         self.assertTrue(quiet)
         self.assertEqual({e["log_level"] for e in quiet}, {LogLevel.debug})
 
-    def test_group_with_no_url_to_try_but_its_own_warns(self) -> None:
-        """Only when other URLs exist but none could be tried (all backing off) is it a warning."""
-        n2 = self.node(2, (N1, "https://n2.test:4567"))
-        n2.start()
-        advance(self.clock, 20)
-        warned = self.logged("no URL could be tried")
-        self.assertTrue(warned)
-        self.assertEqual({e["log_level"] for e in warned}, {LogLevel.warn})
-
 
 class RestartTests(MeshTestCase):
     def test_restart_with_new_id_replaces_old_entry_once_its_url_answers(self) -> None:

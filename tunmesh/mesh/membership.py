@@ -1055,11 +1055,12 @@ class Membership:
                 d.addCallbacks(self._group_reached, self._group_url_failed, (group,), {}, (group, url))
                 passes.append(d)
             if not passes:
-                # A group naming only this node (the seed of a mesh whose nodes share one list) is
-                # expected and stays so: not a warning every pass (issue 8, quiet steady state).
+                # Only this node's own URL (or none usable: each bad one is logged above): the seed of
+                # a mesh whose nodes share one list, expected and lasting, so not a warning every pass
+                # (issue 8, quiet steady state). Backed-off URLs wait above without reaching here.
                 self._rlog.emit(
                     ("group", name),
-                    LogLevel.debug if not urls else LogLevel.warn,
+                    LogLevel.debug,
                     "bootstrap group {group}: no URL could be tried this pass",
                     group=name,
                 )
