@@ -189,14 +189,7 @@ def _resolve_auth(values: dict[str, Any], present: frozenset[str], path: str, ct
             f"{path}/signing_secret_id",
             f"{values['signing_secret_id']!r} names no secret: the single secret's id is {DEFAULT_SECRET_ID!r}",
         )
-    if {"secret", "secret_file"} <= present:
-        return ctx.fail(path, "set only one of secret and secret_file")
-    if values["secret"] is None and values["secret_file"] is not None:
-        secret = _read_secret_file(values["secret_file"], f"{path}/secret_file", ctx)
-        if not secret:
-            return secret
-        values["secret"] = secret
-    return values
+    return _resolve_secret_entry(values, present, path, ctx)
 
 
 @group(
