@@ -59,12 +59,12 @@ def link_hint(error: str) -> str:
         return "the peer does not accept our link yet (sessions are being set up), or it no longer knows us"
     if "no session" in error:
         return "waiting for the session with the peer (set up by the control API)"
+    if "TLS" in error:  # before "refused": a TLS error may say the peer refused our certificate
+        return TLS
     if "refused" in error:
         return f"nothing listens there: {PORT}"
     if "timed out" in error or "no HELLO" in error:
         return f"no answer: {NETWORK}"
-    if "TLS" in error:
-        return TLS
     return ""
 
 

@@ -36,6 +36,7 @@ from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.dataplane.linkstats import LinkStats
+from tunmesh.failures import describe_failure
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.names import label
 
@@ -1127,17 +1128,9 @@ class LinkClient:
 
 
 def connect_error(failure: Failure) -> str:
-    """A failed link connection, for people: what happened, with what to check."""
-    from twisted.internet import error as net_error
-
-    value = failure.value
-    if isinstance(value, (net_error.ConnectionRefusedError, ConnectionRefusedError)):
-        return "connection refused (is tunmesh listening on that port?)"
-    if isinstance(value, (net_error.TimeoutError, net_error.TCPTimedOutError, defer.TimeoutError)):
-        return "connection timed out (check the address, the port and network policies)"
-    if isinstance(value, SSL.Error):
-        return f"TLS handshake failed: {failure.getErrorMessage()[:160]} (check certificates and ca_file_path)"
-    return f"{type(value).__name__}: {failure.getErrorMessage()[:160]}"
+    """A failed link connection, for people: what happened, with what to check (the same words as a failed
+    control request: :func:`tunmesh.failures.describe_failure`)."""
+    return describe_failure(failure)[1]
 
 
 # --- the real connector ---------------------------------------------------------------------
