@@ -39,23 +39,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.integration.cluster import (  # noqa: E402
-    PORT,
     Cluster,
-    node_config,
+    shipped_config,
     start_together,
     wait_first_ping,
     wait_links_full_mesh,
     wait_listening,
 )
 from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason  # noqa: E402
-
-#: the shipped defaults (tests/integration/cluster.py speeds them up for the tests)
-DEFAULT_TIMING = {"groom_interval": 5, "bootstrap_retry_interval": 15}
-BOOTSTRAP = [f"https://198.18.0.1:{PORT}/"]
-
-
-def config(i: int) -> str:
-    return node_config(i, bootstrap=BOOTSTRAP, timing=DEFAULT_TIMING)
 
 
 def two_nodes(workdir: Path, timeout: float) -> tuple[float, float]:
@@ -64,7 +55,7 @@ def two_nodes(workdir: Path, timeout: float) -> tuple[float, float]:
     both serve, and until node 2 pings node 1 through the overlay."""
     with Underlay(nodes=2, tag="j") as u:
         u.wait_reachable()
-        cluster = Cluster(u, workdir / "two", config)
+        cluster = Cluster(u, workdir / "two", shipped_config)
         try:
             cluster.start(2)
             wait_listening(cluster, timeout)
@@ -84,7 +75,7 @@ def many_nodes(
     and when the last node began to serve (from the first start)."""
     with Underlay(nodes=nodes, tag="j") as u:
         u.wait_reachable(timeout=30)
-        cluster = Cluster(u, workdir / "many", config)
+        cluster = Cluster(u, workdir / "many", shipped_config)
         order = list(range(1, nodes + 1))
         random.Random(seed).shuffle(order)
         try:

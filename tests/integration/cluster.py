@@ -105,6 +105,16 @@ def with_admin_socket(config: str, path: Path) -> str:
     return config.replace("\n  process:\n", f"\n  process:\n    admin_socket: {path}\n", 1)
 
 
+
+#: the shipped groom and bootstrap timings (``node_config`` speeds them up for most tests)
+SHIPPED_TIMING = {"groom_interval": 5, "bootstrap_retry_interval": 15}
+
+
+def shipped_config(i: int) -> str:
+    """Node ``i`` with the shipped timings, bootstrapping from node 1's URL only, as pods behind a headless
+    Service (node 1 skips its own URL): what the join benchmark and the join tests measure."""
+    return node_config(i, bootstrap=[f"https://198.18.0.1:{PORT}/"], timing=SHIPPED_TIMING)
+
 class Cluster:
     """Owns the configs and processes of one test's nodes (the Underlay owns the namespaces)."""
 
@@ -165,6 +175,12 @@ class Cluster:
     def stop_all(self) -> None:
         for i in list(self.nodes):
             self.stop(i)
+
+    def check_running(self) -> None:
+        """Raise (with its log tail) if a node this cluster started has exited."""
+        for i, node in self.nodes.items():
+            if node.proc.poll() is not None:
+                raise NetnsError(f"node {i} exited ({node.proc.returncode})\n{node.log_tail()}")
 
     def logs(self) -> str:
         return "\n".join(f"=== node {i}\n{n.log_tail(60)}" for i, n in sorted(self.nodes.items()))
@@ -329,9 +345,7 @@ def wait_listening(cluster: Cluster, timeout: float) -> dict[int, float]:
                 break
             if time.monotonic() > deadline:
                 raise NetnsError(f"nodes {sorted(set(probes) - set(seen))} not serving after {timeout}s\n{cluster.logs()}")
-            for i, node in cluster.nodes.items():
-                if node.proc.poll() is not None:
-                    raise NetnsError(f"node {i} exited ({node.proc.returncode})\n{node.log_tail()}")
+            cluster.check_running()
             time.sleep(0.05)
     finally:
         for probe in probes.values():
@@ -349,9 +363,7 @@ def wait_first_ping(cluster: Cluster, src: int, dst: int, timeout: float) -> flo
             return time.monotonic()
         if time.monotonic() > deadline:
             raise NetnsError(f"no ping {src} -> {dst} through the overlay after {timeout}s\n{cluster.logs()}")
-        for i, node in cluster.nodes.items():
-            if node.proc.poll() is not None:
-                raise NetnsError(f"node {i} exited ({node.proc.returncode})\n{node.log_tail()}")
+        cluster.check_running()
         time.sleep(0.05)
 
 
@@ -376,9 +388,7 @@ def wait_links_full_mesh(cluster: Cluster, timeout: float, poll: float = 0.25) -
                 missing = sorted(set(probes) - set(done))
                 counts = {i: probes[i].links_out() for i in missing}
                 raise NetnsError(f"no full mesh after {timeout}s; outbound links of unfinished nodes {counts}")
-            for i, node in cluster.nodes.items():
-                if node.proc.poll() is not None:
-                    raise NetnsError(f"node {i} exited ({node.proc.returncode})\n{node.log_tail()}")
+            cluster.check_running()
             time.sleep(poll)
     finally:
         for probe in probes.values():

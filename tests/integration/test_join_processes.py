@@ -20,9 +20,8 @@ from pathlib import Path
 from twisted.trial.unittest import TestCase
 
 from tests.integration.cluster import (
-    PORT,
     Cluster,
-    node_config,
+    shipped_config,
     start_together,
     wait_first_ping,
     wait_links_full_mesh,
@@ -30,10 +29,6 @@ from tests.integration.cluster import (
 )
 from tests.netns import Underlay, requires_root_netns
 
-#: the shipped defaults (cluster.node_config speeds them up for the other tests)
-DEFAULT_TIMING = {"groom_interval": 5, "bootstrap_retry_interval": 15}
-#: one URL for all, as pods behind a headless Service (node 1 skips its own URL)
-BOOTSTRAP = [f"https://198.18.0.1:{PORT}/"]
 #: from the moment both nodes serve until the first ping answer (was about 15 s)
 JOIN_BOUND = 5.0
 #: from the later start until the first ping answer, process start-up included (was 16-17 s)
@@ -47,7 +42,7 @@ def cluster_of(nodes: int, tag: str) -> Iterator[Cluster]:
     with Underlay(nodes=nodes, tag=tag) as underlay:
         underlay.wait_reachable(timeout=30)
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-join{tag}-{os.getpid()}"
-        cluster = Cluster(underlay, workdir, lambda i: node_config(i, bootstrap=BOOTSTRAP, timing=DEFAULT_TIMING))
+        cluster = Cluster(underlay, workdir, shipped_config)
         try:
             yield cluster
         finally:

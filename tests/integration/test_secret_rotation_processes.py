@@ -181,7 +181,8 @@ class SecretRotationProcessTests(TestCase):
                 self.assertEqual(node_id, before[j], f"node {j} was not supposed to restart")
         return time.monotonic() - t0
 
-    def test_three_step_rolling_rotation_keeps_every_registration(self) -> None:
+    def start_meshed_with_ping(self) -> tuple[dict[int, str], PingLog]:
+        """All nodes started and fully meshed, then node 1 pinging node 2 over the overlay every INTERVAL."""
         cluster = self.cluster
         cluster.start_all(ready_timeout=90)
         ids = cluster.wait_full_mesh(timeout=90)
@@ -195,6 +196,11 @@ class SecretRotationProcessTests(TestCase):
             )
         ping = PingLog(proc, ping_path)
         self.addCleanup(lambda: ping.proc.poll() is None and ping.proc.kill())
+        return ids, ping
+
+    def test_three_step_rolling_rotation_keeps_every_registration(self) -> None:
+        cluster = self.cluster
+        ids, ping = self.start_meshed_with_ping()
         windows: list[tuple[str, int, float, float, float]] = []
         removed: dict[int, dict[str, float]] = {}  # by process: node index, then reason
         auth_failures: dict[str, float] = {}
@@ -292,18 +298,7 @@ class SecretRotationProcessTests(TestCase):
         for name in ("key.pem", "cluster.secret", "new.secret"):
             os.chown(self.workdir / name, UNPRIVILEGED_UID, -1)
             (self.workdir / name).chmod(0o600)
-        cluster.start_all(ready_timeout=90)
-        ids = cluster.wait_full_mesh(timeout=90)
-        ping_path = self.workdir / "ping.out"
-        with ping_path.open("w") as out:
-            proc = cluster.ns(1).popen(
-                ["ping", "-n", "-D", "-i", str(INTERVAL), "-W", "1", overlay_v4(2)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        ping = PingLog(proc, ping_path)
-        self.addCleanup(lambda: ping.proc.poll() is None and ping.proc.kill())
+        ids, ping = self.start_meshed_with_ping()
         time.sleep(3)
         applied: list[str] = []
         for step, auth in STEPS:
