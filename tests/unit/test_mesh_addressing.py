@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.mesh.addressing import (
@@ -20,9 +19,8 @@ from tunmesh.mesh.addressing import (
 from tunmesh.mesh.errors import InvalidRegistration
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
 
-from .test_mesh_support import FakeNetwork, Node, advance, node_id
+from .test_mesh_support import MeshTestCase, Node, advance, node_id
 
-START = 1_700_000_000.0
 SMALL = ipaddress.ip_network("100.64.0.0/29")  # 6 usable addresses
 
 
@@ -76,17 +74,10 @@ class SeedTests(SynchronousTestCase):
             Registration.from_json(body, Bounds())
 
 
-class AddressingTestCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.net = FakeNetwork()
-        self.nodes: list[Node] = []
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def node(self, n: int, bootstrap: tuple[str, ...] = (), seed: AddressSeed | None = None, **kw: object) -> Node:
+class AddressingTestCase(MeshTestCase):
+    def node(  # type: ignore[override]
+        self, n: int, bootstrap: tuple[str, ...] = (), seed: AddressSeed | None = None, **kw: object
+    ) -> Node:
         kw.setdefault("settle", 3.0)
         node = Node(
             self.net, self.clock, n, bootstrap, seed=seed or AddressSeed(f"n{n}"), groom_interval=1.0,

@@ -20,6 +20,8 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from tunmesh.api.app import ControlAPI
@@ -277,3 +279,47 @@ def advance(clock: Clock, seconds: float, step: float = 1.0) -> None:
         clock.advance(step)
         elapsed += step
     clock.advance(0)
+
+
+N1 = "https://n1.test:4567"
+START = 1_700_000_000.0
+
+
+class MeshTestCase(SynchronousTestCase):
+    """In-memory nodes on one ``FakeNetwork`` and ``Clock`` (at ``START``), with the log events captured."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.net = FakeNetwork()
+        self.nodes: list[Node] = []
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def node(self, n: int, bootstrap: tuple[str, ...] = (N1,), **kw: object) -> Node:
+        node = Node(self.net, self.clock, n, bootstrap, **kw)  # type: ignore[arg-type]
+        self.nodes.append(node)
+        self.addCleanup(node.stop)
+        return node
+
+    def mesh(self, count: int) -> list[Node]:
+        nodes = [self.node(1, ())] + [self.node(i) for i in range(2, count + 1)]
+        for n in nodes:
+            n.start()
+        advance(self.clock, 12)
+        return nodes
+
+    def assertFullMesh(self, nodes: list[Node]) -> None:
+        ids = {n.id for n in nodes}
+        for n in nodes:
+            self.assertEqual(n.peer_ids(), ids - {n.id}, f"pool of {n.id}")
+            for other in nodes:
+                if other is not n:
+                    self.assertIsNotNone(n.sessions.outbound(other.id), f"{n.id} -> {other.id}")
+                    self.assertEqual(
+                        n.observer.routes[other.id], (ipaddress.ip_network(other.address.split("/")[0] + "/32"),)
+                    )
+
+    def logged(self, fragment: str) -> list[dict]:
+        return [e for e in self.events if fragment in str(e.get("log_format", ""))]

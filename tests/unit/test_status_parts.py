@@ -13,8 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.unit.test_config_helpers import ConfigTestMixin, minimal_data, set_key
 from tests.unit.test_dataplane_fakes import FakeMetrics
 from tests.unit.test_dataplane_link import Pair
-from tests.unit.test_mesh_flows import MeshTestCase
-from tests.unit.test_mesh_support import FakeNetwork, Node, advance
+from tests.unit.test_mesh_support import FakeNetwork, MeshTestCase, Node, advance
 from tunmesh.admin.hints import failure_hint, inbound_hint, link_hint
 from tunmesh.admin.status import StatusReporter
 from tunmesh.dataplane.drops import DropCounter
