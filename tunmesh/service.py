@@ -59,7 +59,6 @@ from tunmesh.tls.contexts import (
     MeshTLSPolicy,
     ReloadableServerTLS,
     TLSConfigError,
-    load_trust_bundle,
     server_context,
 )
 from tunmesh.tls.expiry import CertExpiryWatch
@@ -181,12 +180,10 @@ def _make_service(
     trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
     server_tls = ReloadableServerTLS(make_server_tls(ssl_cfg.cert_file_path, ssl_cfg.key_file_path))
     trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
-    expiry = CertExpiryWatch(metrics, reactor)
-    expiry.set_certificates(
-        load_certificates(ssl_cfg.cert_file_path)[0], load_trust_bundle(trust_path, trust_key)
-    )
-    expiry.setServiceParent(top)
     http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key)
+    expiry = CertExpiryWatch(metrics, reactor)
+    expiry.set_certificates(load_certificates(ssl_cfg.cert_file_path)[0], http_policy.trust)
+    expiry.setServiceParent(top)
     http_client = MeshClient.with_tls(
         reactor, http_policy, timeout=float(cfg.process.timing.request_timeout), metrics=metrics
     )
