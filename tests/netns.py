@@ -78,6 +78,16 @@ def require_netns() -> None:
     raise unittest.SkipTest(reason)
 
 
+def require_root() -> None:
+    """Skip (or, with ``TUNMESH_REQUIRE_ROOT_TESTS=1``, fail) unless the tests run as root (privilege drops,
+    setpriv, files owned by other uids)."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("TUNMESH_REQUIRE_ROOT_TESTS") == "1":
+        raise AssertionError("TUNMESH_REQUIRE_ROOT_TESTS=1 but the tests do not run as root")
+    raise unittest.SkipTest("needs root (set TUNMESH_REQUIRE_ROOT_TESTS=1 to make this a failure)")
+
+
 def requires_root_netns(obj: F) -> F:
     """Decorator for a test method or a test class (wraps ``setUp``) calling :func:`require_netns`."""
     if isinstance(obj, type):

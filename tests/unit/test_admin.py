@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.netns import require_root
 from tunmesh.admin.client import AdminError, request, socket_path
 from tunmesh.admin.protocol import AdminFactory, peer_uid
 from tunmesh.admin.render import count, duration, render_reload, render_status, size
@@ -388,14 +389,6 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertNotIn("admin", [s.name for s in top])
 
 
-def _require_root() -> None:
-    from twisted.trial.unittest import SkipTest
-
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("TUNMESH_REQUIRE_ROOT_TESTS") == "1":
-        raise AssertionError("TUNMESH_REQUIRE_ROOT_TESTS=1 but the tests do not run as root")
-    raise SkipTest("needs root (set TUNMESH_REQUIRE_ROOT_TESTS=1 to make this a failure)")
 
 
 class PermissionTests(TestCase):
@@ -403,7 +396,7 @@ class PermissionTests(TestCase):
     status`` runs as root without CAP_DAC_OVERRIDE (``capabilities: drop: [ALL]``), or as another user."""
 
     def setUp(self) -> None:
-        _require_root()
+        require_root()
         directory = short_dir(self)
         directory.chmod(0o755)  # as /run/tunmesh (created 0755) or an emptyDir (0777)
         self.path = directory / "admin.sock"

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.netns import require_root
 from tests.unit.test_config_helpers import SECRET, ConfigTestMixin, minimal_data, set_key
 from tests.unit.tls_support import certificate, ec_key, rsa_key, write_cert, write_key, write_pair
 from tunmesh.cli import main
@@ -394,19 +395,13 @@ class KeyAndValueTests(BothWays, SynchronousTestCase):
         self.assertEqual(self.check(self.config(data))[:2][0], 0)
 
 
-def _require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("TUNMESH_REQUIRE_ROOT_TESTS") == "1":
-        raise AssertionError("TUNMESH_REQUIRE_ROOT_TESTS=1 but the tests do not run as root")
-    raise SkipTest("needs root (set TUNMESH_REQUIRE_ROOT_TESTS=1 to make this a failure)")
 
 
 class ReadableAsUidTests(BothWays, SynchronousTestCase):
     """Files read after the privilege drop: checked as ``process.uid`` by the kernel, in a forked child."""
 
     def setUp(self) -> None:
-        _require_root()
+        require_root()
         # A directory every uid can search (the trial temp dir may lie under a private one).
         self.base = Path(tempfile.mkdtemp(prefix="tunmesh-preflight-"))
         self.base.chmod(0o755)

@@ -13,6 +13,7 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.netns import require_root
 from tunmesh.preload import PreloadError
 from tunmesh.privileges import (
     PR_GET_NO_NEW_PRIVS,
@@ -370,12 +371,6 @@ class PrivilegeDropSelfCheckTests(SynchronousTestCase):
         self.assertIn("encodings.idna", self.stderr.getvalue())
 
 
-def _require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("TUNMESH_REQUIRE_ROOT_TESTS") == "1":
-        raise AssertionError("TUNMESH_REQUIRE_ROOT_TESTS=1 but the tests do not run as root")
-    raise SkipTest("needs root (set TUNMESH_REQUIRE_ROOT_TESTS=1 to make this a failure)")
 
 
 class RealDropTests(SynchronousTestCase):
@@ -426,7 +421,7 @@ class RealDropTests(SynchronousTestCase):
         return report
 
     def test_drop_to_nobody(self) -> None:
-        _require_root()
+        require_root()
         report = self.run_child(65534, 65534)
         self.assertNotIn("error", report)
         self.assertEqual(report["result"], [65534, 65534, False])
@@ -444,7 +439,7 @@ class RealDropTests(SynchronousTestCase):
         self.assertEqual(os.geteuid(), 0)
 
     def test_default_gid_from_passwd(self) -> None:
-        _require_root()
+        require_root()
         try:
             expected = pwd.getpwuid(65534).pw_gid
         except KeyError:
@@ -454,7 +449,7 @@ class RealDropTests(SynchronousTestCase):
         self.assertEqual(report["result"], [65534, expected, False])
 
     def test_already_unprivileged_for_real(self) -> None:
-        _require_root()
+        require_root()
 
         def become_nobody() -> None:
             os.setgroups([])
@@ -467,7 +462,7 @@ class RealDropTests(SynchronousTestCase):
         self.assertEqual(report["status"]["NoNewPrivs"], "1")
 
     def test_unprivileged_other_uid_for_real(self) -> None:
-        _require_root()
+        require_root()
 
         def become_nobody() -> None:
             os.setgroups([])
@@ -479,7 +474,7 @@ class RealDropTests(SynchronousTestCase):
         self.assertIn("not root", report["error"])
 
     def test_refuses_root_for_real(self) -> None:
-        _require_root()
+        require_root()
         report = self.run_child(0, 0)
         self.assertIn("PrivilegeError", report["error"])
 
@@ -490,13 +485,13 @@ class RequireRootTests(SynchronousTestCase):
     def test_skip_when_not_root(self) -> None:
         self.patch(os, "geteuid", lambda: 1000)
         self.patch(os, "environ", {})
-        self.assertRaises(SkipTest, _require_root)
+        self.assertRaises(SkipTest, require_root)
 
     def test_fail_when_required(self) -> None:
         self.patch(os, "geteuid", lambda: 1000)
         self.patch(os, "environ", {"TUNMESH_REQUIRE_ROOT_TESTS": "1"})
-        self.assertRaises(AssertionError, _require_root)
+        self.assertRaises(AssertionError, require_root)
 
     def test_root_runs(self) -> None:
         self.patch(os, "geteuid", lambda: 0)
-        self.assertIsNone(_require_root())
+        self.assertIsNone(require_root())

@@ -13,11 +13,12 @@ import yaml
 from twisted.internet.interfaces import ITransport
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
+from tests.netns import require_root
 from tests.unit.test_config_helpers import SECRET, del_key, minimal_data, set_key
 from tunmesh.api.server import RouteLimits, make_site
 from tunmesh.config import load_config
@@ -320,10 +321,7 @@ class AsDroppedUidTests(SynchronousTestCase):
     """The real thing: a forked child drops to uid 65534 and runs the node's check."""
 
     def run_dropped(self, check: SelfCheck) -> str:
-        if os.geteuid() != 0:
-            if os.environ.get("TUNMESH_REQUIRE_ROOT_TESTS") == "1":
-                raise AssertionError("TUNMESH_REQUIRE_ROOT_TESTS=1 but the tests do not run as root")
-            raise SkipTest("needs root")
+        require_root()
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
