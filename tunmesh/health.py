@@ -17,7 +17,8 @@ from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
-from tunmesh.logutil import MonotonicClock, RateLimitedLog, SecondsClock
+from tunmesh.interfaces import SecondsClock
+from tunmesh.logutil import MonotonicClock, RateLimitedLog
 
 Check = Callable[[], bool]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Hashable
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import attr
 from twisted.internet.interfaces import IDelayedCall
@@ -37,6 +37,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tunmesh.interfaces import SecondsClock
+
 #: Config spelling (C{logging.level}) to Twisted level.
 LEVELS: dict[str, LogLevel] = {
     "error": LogLevel.error,
@@ -47,12 +49,6 @@ LEVELS: dict[str, LogLevel] = {
 
 #: Key used for every event once the key table is full of busy keys.
 OVERFLOW_KEY = ("tunmesh.logutil", "overflow")
-
-
-class SecondsClock(Protocol):
-    """Anything with C{seconds()} (an C{IReactorTime}, or a monotonic adapter)."""
-
-    def seconds(self) -> float: ...
 
 
 class MonotonicClock:

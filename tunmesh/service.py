@@ -337,7 +337,7 @@ def build_dataplane(
 
     net = cfg.networking
     ipv6 = net.ipv6
-    offload = bool(getattr(device, "offload_active", False))
+    offload = device.offload_active
     # Configured, or the claimed address filled in by networking_with (dynamic addressing).
     local_v4 = net.ipv4.node_address_cidr
     assert local_v4 is not None

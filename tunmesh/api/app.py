@@ -48,7 +48,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from tunmesh.health import HealthRegistry
-from tunmesh.logutil import MonotonicClock, RateLimitedLog, SecondsClock
+from tunmesh.interfaces import SecondsClock
+from tunmesh.logutil import MonotonicClock, RateLimitedLog
 from tunmesh.metrics import Metrics, MetricsDisabledError
 from tunmesh.node import NodeIdentity
 

@@ -46,7 +46,7 @@ from tunmesh.auth.tokens import (
     valid_secret_id,
     verify_token,
 )
-from tunmesh.logutil import SecondsClock
+from tunmesh.interfaces import SecondsClock
 
 DEFAULT_JTI_ENTRIES = 16384
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from tunmesh.auth.errors import AuthError
-from tunmesh.logutil import SecondsClock
+from tunmesh.interfaces import SecondsClock
 
 MAX_CTR = 2**64 - 1
 

@@ -53,15 +53,12 @@ from tunmesh.auth.tokens import (
     valid_node_id,
     verify_token,
 )
-from tunmesh.logutil import SecondsClock
+from tunmesh.interfaces import SecondsClock, SessionObserver
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
 DEFAULT_INIT_INTERVAL = 10.0
 JITTER = (0.9, 1.0)
-
-#: observer(peer_id, direction, kid): kid is the new key on install, None when the direction was forgotten.
-SessionObserver = Callable[[str, str, "str | None"], None]
 
 
 class _SessionKeys:

@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.logger import LogLevel
 
-from tunmesh.dataplane.interfaces import MetricsLike, RateLimitedLogLike
+from tunmesh.interfaces import MetricsLike, RateLimitedLogLike
 
 DROPPED_DOC = "Packets dropped by the data plane, by reason."
 #: peers whose drops are kept by reason for ``tunmesh status`` (beyond: counted in the metric only)

@@ -34,9 +34,9 @@ from zope.interface import implementer
 from tunmesh.auth.errors import AuthError
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
-from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.dataplane.linkstats import LinkStats
 from tunmesh.failures import describe_failure
+from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.names import label
 

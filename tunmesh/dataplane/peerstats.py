@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from tunmesh.dataplane.interfaces import MetricsLike
+from tunmesh.interfaces import MetricsLike
 
 
 class _Peer:

@@ -18,7 +18,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunmesh.dataplane.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike, TunLike
 from tunmesh.dataplane.link import (
     HELLO_TIMEOUT,
     KEEPALIVE,
@@ -32,6 +31,7 @@ from tunmesh.dataplane.link import (
 from tunmesh.dataplane.packets import VNET_HDR_LEN
 from tunmesh.dataplane.peerstats import PeerPacketMetrics
 from tunmesh.dataplane.router import NO_ROUTE, Network, Router
+from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, PacketDevice, SessionsLike
 
 TUN_WRITE_ERROR = "tun_write_error"
 
@@ -69,7 +69,7 @@ class DataPlane(Service):
     def __init__(
         self,
         node_id: str,
-        tun: TunLike,
+        tun: PacketDevice,
         router: Router,
         sessions: SessionsLike,
         authority: LinkAuthorityLike,
@@ -133,9 +133,7 @@ class DataPlane(Service):
             keepalive=keepalive,
         )
 
-        add_observer = getattr(sessions, "add_observer", None)
-        if add_observer is not None:
-            add_observer(self._session_changed)
+        sessions.add_observer(self._session_changed)
 
     def _session_changed(self, peer_id: str, direction: str, kid: str | None) -> None:
         """SessionStore observer: a forgotten inbound session ends that peer's inbound link
@@ -265,7 +263,7 @@ class DataPlane(Service):
         (``/health`` ``tun``) turns false and an orchestrator restarts the node (issue 12, defect 3)."""
         self.log.error(
             "TUN {name} failed, no longer forwarding ({error}); /health now reports tun: false",
-            name=getattr(self.tun, "name", "?"),
+            name=self.tun.name,
             error=error,
         )
         self.tun.close()
@@ -277,15 +275,12 @@ class DataPlane(Service):
         accepted = self.router.accept_inbound(peer_id, packets, vnet_hdr)
         if not accepted:
             return
-        stats = getattr(self.tun, "stats", None)
-        before = stats.bytes_written if stats is not None else 0
-        written, failed = self._write_tun(accepted)
+        stats = self.tun.stats
+        before = stats.bytes_written
+        written, failed = self.tun.write_batch(accepted)
         if written:
             self._tx_packets.inc(written)
-            if stats is not None:
-                self._tx_bytes.inc(stats.bytes_written - before)
-            elif not failed:
-                self._tx_bytes.inc(sum(len(p) for p in accepted))
+            self._tx_bytes.inc(stats.bytes_written - before)
         if failed:
             self.drops.add(TUN_WRITE_ERROR, failed, peer_id)
         if written and self.peer_metrics is not None:
@@ -303,20 +298,3 @@ class DataPlane(Service):
         for p in packets:
             total += len(p)
         return total - VNET_HDR_LEN * len(packets) if self._vnet else total
-
-    def _write_tun(self, packets: list[bytes]) -> tuple[int, int]:
-        write_batch = getattr(self.tun, "write_batch", None)
-        if write_batch is not None:
-            written, failed = write_batch(packets)
-            return int(written), int(failed)
-        written = failed = 0
-        for p in packets:
-            try:
-                ok = self.tun.write(p)
-            except OSError:
-                ok = False
-            if ok is False:
-                failed += 1
-            else:
-                written += 1
-        return written, failed

@@ -18,7 +18,6 @@ from ipaddress import (
 )
 
 from tunmesh.dataplane.drops import DropCounter
-from tunmesh.dataplane.interfaces import MetricsLike, RateLimitedLogLike
 from tunmesh.dataplane.packets import (
     MALFORMED,
     MAX_IP_PACKET,
@@ -29,6 +28,7 @@ from tunmesh.dataplane.packets import (
     check_vnet,
     needs_offload,
 )
+from tunmesh.interfaces import MetricsLike, RateLimitedLogLike
 from tunmesh.tun.gso import GSOError, segment
 
 Network = IPv4Network | IPv6Network

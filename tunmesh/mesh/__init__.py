@@ -11,9 +11,10 @@
 See docs/api_flows.md.
 """
 
+from tunmesh.interfaces import PeerObserver
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
-from tunmesh.mesh.membership import Membership, PeerObserver
+from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.pool import NodePool, Peer
 from tunmesh.mesh.service import MeshService, build_mesh
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings, PeerTiming

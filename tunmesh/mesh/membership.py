@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import (
     Deferred,
@@ -53,6 +53,7 @@ from tunmesh.auth.tokens import (
     is_cluster_kid,
     secret_id_of_kid,
 )
+from tunmesh.interfaces import PeerObserver
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.addressing import AddressClaimer, Verdict
 from tunmesh.mesh.backoff import Backoff
@@ -68,7 +69,7 @@ from tunmesh.mesh.errors import (
 )
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
-from tunmesh.mesh.structs import IPInterface, IPNetwork, NodeInfo, Registration, check_url, url_host
+from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url, url_host
 from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.names import label
 
@@ -100,14 +101,6 @@ def leave_path(node_id: str) -> str:
 
 def leave_body(node_id: str) -> bytes:
     return b'{"id":"' + node_id.encode("ascii") + b'"}'
-
-
-class PeerObserver(Protocol):
-    """What the data plane implements to follow membership."""
-
-    def peer_up(self, peer_id: str, url: str, cidrs: Sequence[IPNetwork]) -> None: ...
-
-    def peer_down(self, peer_id: str) -> None: ...
 
 
 @dataclass

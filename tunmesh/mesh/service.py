@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.sessions import SessionStore
 from tunmesh.clocks import WallClock
-from tunmesh.logutil import SecondsClock
+from tunmesh.interfaces import SecondsClock
 from tunmesh.mesh.addressing import AddressClaimer
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient

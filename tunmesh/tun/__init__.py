@@ -1,11 +1,12 @@
 """The TUN device (python-pytun, ``IFF_VNET_HDR`` offload), software GSO for mixed nodes, and a fake TUN.
 
 Public names: :class:`TunDevice`, :class:`TunDeviceError`, :class:`FakeTun`, :class:`TunService`,
-:class:`PacketDevice` (the interface the data plane uses), :class:`TunStats`, :class:`TunClosedError`,
+:class:`PacketDevice` (the interface the data plane uses, declared in :mod:`tunmesh.interfaces`), :class:`TunStats`, :class:`TunClosedError`,
 and :mod:`tunmesh.tun.gso` / :mod:`tunmesh.tun.vnet` for the virtio header.
 """
 
-from tunmesh.tun.base import PacketDevice, TunClosedError, TunStats
+from tunmesh.interfaces import PacketDevice
+from tunmesh.tun.base import TunClosedError, TunStats
 from tunmesh.tun.device import TunDevice, TunDeviceError, node_interface
 from tunmesh.tun.fake import FakeTun
 from tunmesh.tun.service import TunService

@@ -11,7 +11,6 @@ import errno
 import os
 from collections import Counter
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
 
 DEFAULT_MAX_PACKETS = 64
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
@@ -22,31 +21,6 @@ _CLOSED = frozenset({errno.EBADF, errno.EBADFD})
 
 class TunClosedError(OSError):
     """The device (or the fake's peer) is gone; reading again cannot succeed."""
-
-
-@runtime_checkable
-class PacketDevice(Protocol):
-    """What the data plane uses: :class:`~tunmesh.tun.device.TunDevice` and
-    :class:`~tunmesh.tun.fake.FakeTun` both provide it."""
-
-    name: str
-    mtu: int
-    offload_active: bool
-    vnet_hdr_len: int
-    stats: TunStats
-
-    def fileno(self) -> int: ...
-
-    def read_batch(self, max_packets: int = ..., max_bytes: int = ...) -> list[bytes]: ...
-
-    def write(self, packet: bytes) -> bool: ...
-
-    def write_batch(self, packets: Iterable[bytes]) -> tuple[int, int]: ...
-
-    def close(self) -> None: ...
-
-    @property
-    def closed(self) -> bool: ...
 
 
 class TunStats:

@@ -9,7 +9,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from tunmesh.tun.base import PacketDevice
+from tunmesh.interfaces import PacketDevice
 from tunmesh.tun.device import TunDevice
 
 
