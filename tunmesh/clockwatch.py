@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from tunmesh.interfaces import MetricsLike
 
 #: A wall-clock jump larger than this (seconds, beyond the monotonic clock's progress) is a step.
 STEP_THRESHOLD = 2.0
@@ -33,8 +35,8 @@ class ClockStepWatch(TimerService):
 
     def __init__(
         self,
-        reactor: Any,
-        metrics: Any = None,
+        reactor: IReactorTime,
+        metrics: MetricsLike | None = None,
         *,
         threshold: float = STEP_THRESHOLD,
         interval: float = CHECK_INTERVAL,

@@ -23,10 +23,16 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -38,6 +44,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from tunmesh.interfaces import MetricsLike
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.tls.dispatch import ALPNDispatchFactory, IAcceptTimeAware
 
@@ -231,14 +238,14 @@ SERVER_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def declare_server_metrics(metrics: Any) -> None:
+def declare_server_metrics(metrics: MetricsLike | None) -> None:
     """Create the :data:`SERVER_METRICS` counters (create-or-get: the first HELP stays)."""
     if metrics is not None:
         for name, (doc, labels) in SERVER_METRICS.items():
             metrics.counter(name, doc, labelnames=labels)
 
 
-def _count(metrics: Any, name: str, doc: str, **labels: str) -> None:
+def _count(metrics: MetricsLike | None, name: str, doc: str, **labels: str) -> None:
     """Increment a counter when a metrics object was given; metrics must never break serving."""
     if metrics is None:
         return
@@ -493,7 +500,7 @@ class HardenedSite(Site):
         header_timeout: float = 10.0,
         body_timeout: float = 30.0,
         idle_timeout: float = 60.0,
-        metrics: Any = None,
+        metrics: MetricsLike | None = None,
         rate_limiter: SourceRateLimiter | None = None,
         rate_limited_prefix: str = "/tunmesh/",
     ) -> None:
@@ -543,7 +550,7 @@ def make_site(
     clock: IReactorTime,
     header_timeout: float = 10.0,
     body_timeout: float = 30.0,
-    metrics: Any = None,
+    metrics: MetricsLike | None = None,
     idle_timeout: float = 60.0,
     rate_limiter: SourceRateLimiter | None = None,
 ) -> HardenedSite:
@@ -575,7 +582,7 @@ class ConnectionLimitFactory(WrappingFactory[_CountedWrapper]):
         max_per_peer: int = 32,
         max_total: int = 1024,
         clock: IReactorTime | None = None,
-        metrics: Any = None,
+        metrics: MetricsLike | None = None,
     ) -> None:
         if max_per_peer < 1 or max_total < 1:
             raise ValueError("connection caps must be >= 1")
@@ -593,7 +600,7 @@ class ConnectionLimitFactory(WrappingFactory[_CountedWrapper]):
 
     # IProtocolFactory.buildProtocol may return None (the port then closes the socket; see the class
     # docstring); WrappingFactory's annotation leaves that out.
-    def buildProtocol(self, addr: Any) -> _CountedWrapper | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress) -> _CountedWrapper | None:  # type: ignore[override]
         host = _peer_host(addr)
         if self.total >= self.max_total or self._per_peer.get(host, 0) >= self.max_per_peer:
             scope = "total" if self.total >= self.max_total else "peer"
@@ -633,12 +640,12 @@ class ConnectionLimitFactory(WrappingFactory[_CountedWrapper]):
 
 def make_server_factory(
     site: HardenedSite,
-    server_context: Any,
+    server_context: IOpenSSLServerConnectionCreator,
     alternatives: Mapping[bytes, IProtocolFactory],
     clock: IReactorTime,
     max_per_peer: int = 32,
     max_total: int = 1024,
-    metrics: Any = None,
+    metrics: MetricsLike | None = None,
 ) -> ConnectionLimitFactory:
     """caps(TLS(ALPN dispatch(site, alternatives))), ready for ``reactor.listenTCP``.
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.sessions import SessionStore
 from tunmesh.clocks import WallClock
-from tunmesh.interfaces import SecondsClock
+from tunmesh.config.tree import TunMeshConfig
+from tunmesh.health import HealthRegistry
+from tunmesh.interfaces import MetricsLike, SecondsClock
 from tunmesh.mesh.addressing import AddressClaimer
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
@@ -42,7 +45,7 @@ class MeshService(Service):
         d = loop.start(self.membership.settings.groom_interval, now=True)
         d.addErrback(lambda f: self.log.failure("groom loop stopped", failure=f))
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[int]:
         """Stop the loop and everything in flight, tell the peers we leave (bounded), close the
         client's pooled connections, and fire with the number of peers that acknowledged.
 
@@ -59,13 +62,13 @@ class MeshService(Service):
         super().stopService()
         d = self.membership.leave()
 
-        def leave_failed(failure: Any) -> int:
+        def leave_failed(failure: Failure) -> int:
             self.log.failure("telling peers we leave failed", failure=failure)
             return 0
 
         d.addErrback(leave_failed)
 
-        def close_client(acked: int) -> Any:
+        def close_client(acked: int) -> Deferred[int]:
             closed = self.membership.client.close()
             closed.addErrback(lambda f: self.log.failure("closing the mesh client failed", failure=f))
             return closed.addCallback(lambda _: acked)
@@ -82,7 +85,7 @@ class MeshService(Service):
         interval = self.membership.settings.groom_interval
         return last is not None and self.membership._monotonic() - last <= 3 * interval
 
-    def register_health(self, health: Any) -> None:
+    def register_health(self, health: HealthRegistry) -> None:
         """`mesh` readiness (joined, or nothing to join), `address` readiness (dynamic addressing: the
         claimed address is held) and `mesh_groom` liveness."""
         health.add_readiness("mesh", self.membership.ready)
@@ -92,17 +95,17 @@ class MeshService(Service):
         health.add_liveness("mesh_groom", self.alive)
 
 
-def cluster_keyring(cfg: Any) -> ClusterKeyring:
+def cluster_keyring(cfg: TunMeshConfig) -> ClusterKeyring:
     """The cluster secrets of a config, by id, and the one this node signs with."""
     auth = cfg.clustering.auth
     return ClusterKeyring(auth.accepted_secrets, auth.signing_id)
 
 
 def build_mesh(
-    cfg: Any,
+    cfg: TunMeshConfig,
     node_id: str,
-    reactor: Any,
-    metrics: Any,
+    reactor: IReactorTime,
+    metrics: MetricsLike,
     http_client: MeshClient,
     reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
