@@ -85,7 +85,7 @@ def built_node_metrics() -> Metrics:
 
     from tunmesh import service
     from tunmesh.config import load_config
-    from tunmesh.tun.fake import FakeTun
+    from tunmesh.testing import FakeTun
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

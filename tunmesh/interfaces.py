@@ -22,6 +22,7 @@ The contracts:
 - :class:`PacketDevice`: the TUN device, :class:`tunmesh.tun.device.TunDevice`;
 - :class:`SessionsLike`: :class:`tunmesh.auth.sessions.SessionStore` as the data plane uses it, and
   :class:`LinkAuthorityLike`: its :class:`~tunmesh.auth.sessions.SessionAuthority`;
+- :class:`TreqLike`: the control plane's HTTP client (treq);
 - :class:`PeerObserver`: what follows membership (the data plane, ``PeerInfo``).
 """
 
@@ -33,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from twisted.logger import LogLevel
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from tunmesh.mesh.structs import IPNetwork
     from tunmesh.tun.base import TunStats
 
@@ -51,6 +54,7 @@ __all__ = [
     "SessionObserver",
     "SessionsLike",
     "SignedHello",
+    "TreqLike",
 ]
 
 
@@ -223,6 +227,18 @@ class LinkAuthorityLike(Protocol):
     def sign_link_hello(self, peer_id: str, body: bytes = b"") -> SignedHello: ...
 
     def verify_link_hello(self, peer_id: str | None, token: str, body: bytes = b"") -> LinkHelloClaims: ...
+
+
+# -- the control plane's HTTP client ----------------------------------------------------------------
+
+
+class TreqLike(Protocol):
+    """The part of the treq API the mesh client uses: ``treq.client.HTTPClient``, ``treq.testing.StubTreq``,
+    or :class:`tunmesh.testing.FakeNetwork`."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
+
+    def collect(self, response: Any, collector: Any) -> Deferred[None]: ...
 
 
 # -- membership --------------------------------------------------------------------------------------

@@ -354,8 +354,8 @@ class MakeServiceTests(SynchronousTestCase):
         from tests.unit.test_config_helpers import minimal_data
         from tunmesh import service
         from tunmesh.config import load_config
+        from tunmesh.testing import FakeTun
         from tunmesh.tls.certs import write_self_signed
-        from tunmesh.tun.fake import FakeTun
 
         base = Path(self.mktemp()).resolve()
         (base / "ssl").mkdir(parents=True)

@@ -9,8 +9,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_dataplane_fakes import FakeMetrics
 from tests.unit.tls_support import certificate, ec_key
+from tunmesh.testing import FakeMetrics
 from tunmesh.tls.expiry import CHECK_INTERVAL, CertExpiryWatch
 
 NOW = datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC)

@@ -10,8 +10,8 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.unit.support import ipv4
 from tests.unit.test_dataplane_direct_tls import _tls_pair
-from tests.unit.test_dataplane_fakes import ipv4
 from tests.unit.test_dataplane_link import Pair
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane import link as L

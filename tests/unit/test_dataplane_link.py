@@ -12,14 +12,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_dataplane_fakes import FakeMetrics, ipv4
+from tests.unit.support import ipv4
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.link import PEER_REMOVED, LinkClient, LinkMetrics, LinkServerFactory
 from tunmesh.dataplane.plane import DataPlane
 from tunmesh.dataplane.router import Router, RouteTable
-from tunmesh.tun.fake import FakeTun
+from tunmesh.testing import FakeMetrics, FakeTun
 
 A = "node-a"
 B = "node-b"

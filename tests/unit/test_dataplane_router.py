@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_dataplane_fakes import FakeMetrics, FakeRateLimitedLog, addr, ipv4, ipv6, vnet
+from tests.unit.support import addr, ipv4, ipv6, vnet
 from tunmesh.dataplane import packets as P
 from tunmesh.dataplane.router import Router, RouteTable
+from tunmesh.testing import FakeMetrics, FakeRateLimitedLog
 from tunmesh.tun import gso as gso_mod
 
 NET4 = IPv4Network("100.64.0.0/10")

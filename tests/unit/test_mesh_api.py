@@ -25,9 +25,10 @@ from tunmesh.mesh.membership import (
     leave_path,
 )
 from tunmesh.mesh.structs import NodeInfo
+from tunmesh.testing import FakeNetwork
 
 from .test_mesh_structs import info, reg_body
-from .test_mesh_support import SECRET, FakeNetwork, Node, advance, node_id
+from .test_mesh_support import SECRET, Node, advance, node_id
 
 START = 1_700_000_000.0
 N1 = "https://n1.test:4567"

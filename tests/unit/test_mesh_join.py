@@ -17,8 +17,9 @@ from twisted.web.resource import Resource
 from tunmesh.mesh.backoff import Backoff
 from tunmesh.mesh.membership import REGISTER_PATH
 from tunmesh.mesh.timers import KeyedTimers
+from tunmesh.testing import FakeNetwork
 
-from .test_mesh_support import FakeNetwork, Node, advance
+from .test_mesh_support import Node, advance
 
 START = 1_700_000_000.0
 N1 = "https://n1.test:4567"

@@ -1,28 +1,23 @@
 """In-memory mesh harness for the mesh tests: nodes behind a fake network map, no sockets.
 
 Every node has its own `Membership`, `MeshAPI` mounted on a real `ControlAPI`, and a `MeshClient`
-whose HTTP client is `FakeNetwork`: a `treq.testing.StubTreq` over a resource that dispatches on the
-request's Host header to the node (or "load balancer") registered for that URL. All nodes share one
+whose HTTP client is `tunmesh.testing.FakeNetwork`: a `treq.testing.StubTreq` over a resource that dispatches
+on the request's Host header to the node (or "load balancer") registered for that URL. All nodes share one
 `task.Clock` (reactor time, JWT time and the monotonic clock). This module holds no tests.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import random
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 
 from tunmesh.api.app import ControlAPI
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
@@ -34,9 +29,9 @@ from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.service import MeshService
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings, PeerTiming
-from tunmesh.mesh.structs import IPNetwork
 from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
+from tunmesh.testing import FakeNetwork, RecordingObserver
 
 SECRET = "k3y-for-tests-0123456789abcdefghijklmnopqrstuvwxyz"
 NETWORK = ipaddress.ip_network("100.64.0.0/16")
@@ -44,89 +39,6 @@ NETWORK = ipaddress.ip_network("100.64.0.0/16")
 
 def node_id(n: int) -> str:
     return str(uuid.UUID(int=n))
-
-
-def host_key(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 443}"
-
-
-class _Dispatch(Resource):
-    """Leaf resource: hand the whole request to the resource behind its Host header."""
-
-    isLeaf = True
-
-    def __init__(self, net: FakeNetwork) -> None:
-        super().__init__()
-        self._net = net
-
-    def render(self, request: Any) -> Any:
-        host = request.getHeader(b"host").decode("ascii")
-        if ":" not in host:
-            host += ":443"
-        target = self._net.resolve(host)
-        self._net.log.append((host, request.method, request.path))
-        request.postpath = list(request.prepath) + list(request.postpath)
-        request.prepath = []
-        return target.render(request)
-
-
-class FakeNetwork:
-    """URL host:port -> resource; `down` hosts refuse connections, `hang` hosts never answer."""
-
-    def __init__(self) -> None:
-        self._targets: dict[str, Any] = {}
-        self.down: set[str] = set()
-        self.hang: set[str] = set()
-        self.hanging: list[Deferred[Any]] = []
-        self.log: list[tuple[str, bytes, bytes]] = []
-        self._stub = StubTreq(_Dispatch(self))
-
-    def add(self, url: str, resource: Any) -> None:
-        self._targets[host_key(url)] = resource
-
-    def add_balancer(self, url: str, urls: Sequence[str]) -> None:
-        """A load balancer that alternates between the resources registered for `urls`."""
-        cycle = itertools.cycle([host_key(u) for u in urls])
-        self._targets[host_key(url)] = lambda: self._targets[next(cycle)]
-
-    def resolve(self, host: str) -> Any:
-        target = self._targets[host]
-        return target() if callable(target) and not hasattr(target, "render") else target
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
-        key = host_key(url)
-        if key in self.down or key not in self._targets:
-            return fail(ConnectionRefusedError(key))
-        if key in self.hang:
-            d: Deferred[Any] = Deferred()
-            self.hanging.append(d)
-            return d
-        return self._stub.request(method, url, **kwargs)
-
-    def collect(self, response: Any, collector: Any) -> Deferred[None]:
-        return self._stub.collect(response, collector)
-
-    # direct access for tests that post raw requests
-    @property
-    def stub(self) -> StubTreq:
-        return self._stub
-
-
-class RecordingObserver:
-    """Records peer_up/peer_down and keeps the current routes, like the data plane would."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-        self.routes: dict[str, tuple[IPNetwork, ...]] = {}
-
-    def peer_up(self, peer_id: str, url: str, cidrs: Sequence[IPNetwork]) -> None:
-        self.events.append(("up", peer_id))
-        self.routes[peer_id] = tuple(cidrs)
-
-    def peer_down(self, peer_id: str) -> None:
-        self.events.append(("down", peer_id))
-        self.routes.pop(peer_id, None)
 
 
 def make_settings(url: str, address: str, bootstrap: Sequence[str] = (), **overrides: Any) -> MeshSettings:
@@ -255,20 +167,6 @@ class Node:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     total += float(sample.value)
         return total
-
-
-class SteppedWall:
-    """A node's wall clock: the timers' ``Clock`` plus the steps its host made (NTP, VM resume)."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.offset = 0.0
-
-    def seconds(self) -> float:
-        return self.clock.seconds() + self.offset
-
-    def step(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 def advance(clock: Clock, seconds: float, step: float = 1.0) -> None:

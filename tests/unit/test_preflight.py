@@ -28,8 +28,8 @@ from tunmesh.config.docs import example_config
 from tunmesh.preflight import EXPIRY_WARNING_DAYS, check_files, preflight
 from tunmesh.service import makeService
 from tunmesh.tap import Options
+from tunmesh.testing import FakeTun
 from tunmesh.tls.certs import load_certificates
-from tunmesh.tun.fake import FakeTun
 from tunmesh.uidaccess import Access, _estimate, effective_gid, readable_as
 
 KEY = "tun_mesh/control_api/ssl/key_file_path"

@@ -38,8 +38,8 @@ from tunmesh.selfcheck import (
     reread_files,
 )
 from tunmesh.service import makeService
+from tunmesh.testing import FakeTun
 from tunmesh.tls.certs import write_self_signed
-from tunmesh.tun.fake import FakeTun
 
 STDLIB = "/root/.pyenv/versions/3.11.7/lib/python3.11"
 

@@ -10,13 +10,13 @@ import yaml
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.unit.support import ipv4
 from tests.unit.test_config_helpers import make_files, minimal_data, set_key
-from tests.unit.test_dataplane_fakes import ipv4
 from tunmesh.config import ConfigError, load_config
 from tunmesh.mesh.structs import NodeInfo
 from tunmesh.service import makeService, reloader
+from tunmesh.testing import FakeTun
 from tunmesh.tls.certs import write_self_signed
-from tunmesh.tun.fake import FakeTun
 
 
 class ReloaderTests(SynchronousTestCase):

@@ -11,9 +11,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.test_config_helpers import ConfigTestMixin, minimal_data, set_key
-from tests.unit.test_dataplane_fakes import FakeMetrics
 from tests.unit.test_dataplane_link import Pair
-from tests.unit.test_mesh_support import FakeNetwork, MeshTestCase, Node, advance
+from tests.unit.test_mesh_support import MeshTestCase, Node, advance
 from tunmesh.admin.hints import failure_hint, inbound_hint, link_hint
 from tunmesh.admin.status import StatusReporter
 from tunmesh.dataplane.drops import DropCounter
@@ -22,6 +21,7 @@ from tunmesh.mesh.contacts import ContactLog
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
 from tunmesh.metrics import Metrics, PeerInfo
 from tunmesh.names import resolve_node_name, sanitize, valid_name
+from tunmesh.testing import FakeMetrics, FakeNetwork
 
 N1 = "https://n1.test:4567"
 

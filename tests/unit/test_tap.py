@@ -71,7 +71,7 @@ class MakeServiceTests(SynchronousTestCase):
 
         from tunmesh.config import load_config
         from tunmesh.reload import ReloadOnSignal
-        from tunmesh.tun.fake import FakeTun
+        from tunmesh.testing import FakeTun
 
         base = Path(self.mktemp()).resolve()
         (base / "ssl").mkdir(parents=True)

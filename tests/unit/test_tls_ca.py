@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_dataplane_fakes import FakeMetrics
 from tests.unit.test_tls_contexts import handshake
 from tunmesh.cli import main
+from tunmesh.testing import FakeMetrics
 from tunmesh.tls.certs import (
     CAError,
     Issued,

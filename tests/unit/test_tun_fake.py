@@ -9,7 +9,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.health import HealthRegistry
-from tunmesh.tun import FakeTun, PacketDevice, TunClosedError, TunService
+from tunmesh.interfaces import PacketDevice
+from tunmesh.testing import FakeTun
+from tunmesh.tun import TunClosedError, TunService
 
 
 class FakeTunTests(SynchronousTestCase):

@@ -8,7 +8,7 @@ response token signs). Every request in flight is tracked so `cancel_all()` can 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from treq import collect as treq_collect
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks, succeed
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunmesh.failures import describe_failure
+from tunmesh.interfaces import TreqLike
 from tunmesh.mesh.errors import PeerRequestFailed
 
 #: Largest response body accepted (a registration with max_nodes entries fits with room to spare).
@@ -44,14 +45,6 @@ def request_result(response: Any) -> str:
     if isinstance(response, Failure):
         return str(getattr(response.value, "reason", "error"))
     return f"{response.status // 100}xx"
-
-
-class TreqLike(Protocol):
-    """The part of the treq API used here (`treq.client.HTTPClient` or `treq.testing.StubTreq`)."""
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
-
-    def collect(self, response: Any, collector: Any) -> Deferred[None]: ...
 
 
 @dataclass(frozen=True)

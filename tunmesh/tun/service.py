@@ -17,7 +17,7 @@ class TunService(Service):
     """Owns the node's TUN device. ``.device`` is ``None`` until the service has started.
 
     ``open_device`` defaults to :meth:`TunDevice.from_config` on ``networking`` (``cfg.networking``); tests
-    pass a function returning a :class:`~tunmesh.tun.fake.FakeTun`. ``health`` (a ``HealthRegistry``) gets a
+    pass a function returning a :class:`~tunmesh.testing.FakeTun`. ``health`` (a ``HealthRegistry``) gets a
     liveness check ``tun``: the device is open.
     """
 

@@ -1,0 +1,325 @@
+"""Fakes of tunmesh's seams, for tests of tunmesh and of code built on it.
+
+Each fake provides one contract of :mod:`tunmesh.interfaces` (mypy checks that structurally;
+``tests/unit/test_testing.py`` compares the signatures with the real classes, so a fake cannot drift
+from what it stands in for) and adds what a test needs to look inside:
+
+- :class:`FakeTun`: a :class:`~tunmesh.interfaces.PacketDevice` over a ``SOCK_SEQPACKET`` socketpair; the
+  test plays the kernel (:meth:`FakeTun.inject`, :meth:`FakeTun.take_written`);
+- :class:`FakeMetrics`: a :class:`~tunmesh.interfaces.MetricsLike` whose values tests read
+  (:meth:`FakeMetrics.value`, :meth:`FakeMetrics.drops`);
+- :class:`FakeRateLimitedLog`: a :class:`~tunmesh.interfaces.RateLimitedLogLike` that records every line;
+- :class:`FakeNetwork`: the control plane's HTTP client (:class:`~tunmesh.interfaces.TreqLike`) over
+  in-memory resources, by URL, with hosts that refuse or never answer (``treq.testing.StubTreq``
+  underneath);
+- :class:`RecordingObserver`: a :class:`~tunmesh.interfaces.PeerObserver` that keeps the routes, as the
+  data plane would;
+- :class:`SteppedWall`: a :class:`~tunmesh.interfaces.SecondsClock` that is a ``Clock`` plus the steps
+  its host made.
+
+Timers are faked with Twisted's own :class:`twisted.internet.task.Clock`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+from tunmesh.interfaces import TreqLike
+from tunmesh.mesh.structs import IPNetwork
+from tunmesh.tun.base import FdPacketIO, TunStats
+from tunmesh.tun.vnet import VNET_HDR_LEN
+
+__all__ = [
+    "FakeCollector",
+    "FakeMetrics",
+    "FakeNetwork",
+    "FakeRateLimitedLog",
+    "FakeTun",
+    "RecordingObserver",
+    "SteppedWall",
+    "host_key",
+]
+
+
+# -- the TUN device ----------------------------------------------------------------------------------
+
+
+class FakeTun(FdPacketIO):
+    """An in-memory TUN: a ``SOCK_SEQPACKET`` socketpair keeps packet boundaries, and its descriptor
+    works with the reactor's ``addReader`` just like the real device's.
+
+    Same interface as :class:`~tunmesh.tun.device.TunDevice`. The test plays the kernel's side:
+    :meth:`inject` is "the kernel routed a packet into the TUN", :meth:`take_written` is "packets the node
+    wrote to the TUN"."""
+
+    def __init__(
+        self, name: str = "faketun", mtu: int = 1500, offload_active: bool = False, sndbuf: int | None = None
+    ) -> None:
+        self._app, self._kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if sndbuf is not None:
+            self._app.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self._app.setblocking(False)
+        self._kernel.setblocking(False)
+        self._fd = self._app.fileno()
+        self.name = name
+        self.mtu = mtu
+        self.offload_active = offload_active
+        self.vnet_hdr_len = VNET_HDR_LEN if offload_active else 0
+        self.read_size = 65535 + VNET_HDR_LEN if offload_active else mtu
+        self.stats = TunStats()
+
+    def inject(self, packet: bytes) -> None:
+        """Queue a packet for the node to read (raises ``BlockingIOError`` when the buffer is full)."""
+        self._kernel.send(packet)
+
+    def take_written(self) -> list[bytes]:
+        """Everything written to the device since the last call, in order."""
+        out = []
+        while True:
+            try:
+                out.append(self._kernel.recv(65535 + VNET_HDR_LEN))
+            except BlockingIOError:
+                return out
+
+    def close(self) -> None:
+        """Close both ends."""
+        if self._fd >= 0:
+            self._fd = -1
+            self._app.close()
+            self._kernel.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def kernel_fileno(self) -> int:
+        """The other end, for tests that want to poll it."""
+        return self._kernel.fileno()
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+
+
+class FakeChild:
+    """One series: ``value`` (counter, gauge) and every ``observed`` value (histogram)."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.observed: list[float] = []
+        self.function: Callable[[], float] | None = None
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        self.function = f
+
+    def observe(self, amount: float) -> None:
+        self.observed.append(amount)
+
+
+class FakeCollector(FakeChild):
+    """A counter, gauge or histogram, with its labelled ``children``."""
+
+    def __init__(self, labelnames: tuple[str, ...]) -> None:
+        super().__init__()
+        self.labelnames = labelnames
+        self.children: dict[tuple[str, ...], FakeCollector] = {}
+
+    def labels(self, *labelvalues: str, **labelkwargs: str) -> FakeCollector:
+        key = tuple(labelvalues) if labelvalues else tuple(labelkwargs[n] for n in self.labelnames)
+        assert len(key) == len(self.labelnames), (key, self.labelnames)
+        return self.children.setdefault(key, FakeCollector(()))
+
+    def remove(self, *labelvalues: str) -> None:
+        del self.children[tuple(labelvalues)]
+
+
+class FakeMetrics:
+    """Create-or-get collectors like :class:`tunmesh.metrics.Metrics`; values readable by tests."""
+
+    def __init__(self) -> None:
+        self.collectors: dict[str, FakeCollector] = {}
+
+    def _get(self, name: str, labelnames: Sequence[str]) -> FakeCollector:
+        c = self.collectors.get(name)
+        if c is None:
+            c = self.collectors[name] = FakeCollector(tuple(labelnames))
+        assert c.labelnames == tuple(labelnames)
+        return c
+
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> FakeCollector:
+        return self._get(name, labelnames)
+
+    def gauge(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> FakeCollector:
+        return self._get(name, labelnames)
+
+    def histogram(
+        self, name: str, documentation: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = ()
+    ) -> FakeCollector:
+        return self._get(name, labelnames)
+
+    def value(self, name: str, *labels: str) -> float:
+        """The value of ``name`` (of its child with ``labels``); 0 when it was never touched."""
+        c = self.collectors.get(name)
+        if c is None:
+            return 0.0
+        if not labels:
+            return c.value
+        child = c.children.get(tuple(labels))
+        return child.value if child is not None else 0.0
+
+    def drops(self) -> dict[str, float]:
+        """``dropped_packets_total`` by reason, the reasons counted at least once."""
+        c = self.collectors.get("dropped_packets_total")
+        if c is None:
+            return {}
+        return {k[0]: v.value for k, v in c.children.items() if v.value}
+
+
+# -- logging -----------------------------------------------------------------------------------------
+
+
+class FakeRateLimitedLog:
+    """Writes every line: ``events`` are ``(key, format, fields)``, ``levels`` their levels."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Hashable, str, dict[str, Any]]] = []
+        self.levels: list[LogLevel] = []
+
+    def emit(self, key: Hashable, level: LogLevel, format: str, **fields: Any) -> bool:
+        self.events.append((key, format, fields))
+        self.levels.append(level)
+        return True
+
+
+# -- the control plane's network ---------------------------------------------------------------------
+
+
+def host_key(url: str) -> str:
+    """``host:port`` of a URL (port 443 when absent): how :class:`FakeNetwork` finds its target."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 443}"
+
+
+class _Dispatch(Resource):
+    """Leaf resource: hand the whole request to the resource behind its Host header."""
+
+    isLeaf = True
+
+    def __init__(self, net: FakeNetwork) -> None:
+        super().__init__()
+        self._net = net
+
+    def render(self, request: IRequest) -> Any:
+        host = (request.getHeader(b"host") or b"").decode("ascii")
+        if ":" not in host:
+            host += ":443"
+        target = self._net.resolve(host)
+        self._net.log.append((host, request.method, request.path))
+        request.postpath = list(request.prepath) + list(request.postpath)
+        request.prepath = []
+        return target.render(request)
+
+
+class FakeNetwork:
+    """URL ``host:port`` -> resource; ``down`` hosts refuse connections, ``hang`` hosts never answer.
+
+    ``log`` records ``(host, method, path)`` of every request served.
+    """
+
+    def __init__(self) -> None:
+        self._targets: dict[str, Any] = {}
+        self.down: set[str] = set()
+        self.hang: set[str] = set()
+        self.hanging: list[Deferred[Any]] = []
+        self.log: list[tuple[str, bytes, bytes]] = []
+        self._stub = StubTreq(_Dispatch(self))
+        # StubTreq sets its treq functions as attributes at run time, which mypy cannot see.
+        self._http = cast(TreqLike, self._stub)
+
+    def add(self, url: str, resource: Any) -> None:
+        self._targets[host_key(url)] = resource
+
+    def add_balancer(self, url: str, urls: Sequence[str]) -> None:
+        """A load balancer that alternates between the resources registered for ``urls``."""
+        cycle = itertools.cycle([host_key(u) for u in urls])
+        self._targets[host_key(url)] = lambda: self._targets[next(cycle)]
+
+    def resolve(self, host: str) -> Any:
+        target = self._targets[host]
+        return target() if callable(target) and not hasattr(target, "render") else target
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        key = host_key(url)
+        if key in self.down or key not in self._targets:
+            return fail(ConnectionRefusedError(key))
+        if key in self.hang:
+            d: Deferred[Any] = Deferred()
+            self.hanging.append(d)
+            return d
+        return self._http.request(method, url, **kwargs)
+
+    def collect(self, response: Any, collector: Any) -> Deferred[None]:
+        return self._http.collect(response, collector)
+
+    @property
+    def stub(self) -> StubTreq:
+        """The ``StubTreq`` underneath, for tests that post raw requests."""
+        return self._stub
+
+
+# -- membership --------------------------------------------------------------------------------------
+
+
+class RecordingObserver:
+    """Records ``peer_up``/``peer_down`` and keeps the current routes, like the data plane would."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.routes: dict[str, tuple[IPNetwork, ...]] = {}
+
+    def peer_up(self, peer_id: str, url: str, cidrs: Sequence[IPNetwork]) -> None:
+        self.events.append(("up", peer_id))
+        self.routes[peer_id] = tuple(cidrs)
+
+    def peer_down(self, peer_id: str) -> None:
+        self.events.append(("down", peer_id))
+        self.routes.pop(peer_id, None)
+
+
+# -- clocks ------------------------------------------------------------------------------------------
+
+
+class SteppedWall:
+    """A node's wall clock: the timers' ``Clock`` plus the steps its host made (NTP, VM resume)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.offset = 0.0
+
+    def seconds(self) -> float:
+        return self.clock.seconds() + self.offset
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
