@@ -8,6 +8,7 @@ relationship comes from gossip.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +24,10 @@ PORT = 4567
 OVERLAY_V4 = "100.64.0"
 OVERLAY_V6 = "fd7e:7e57::"
 UNPRIVILEGED_UID = 65534
+#: every node bootstraps from node 1
+BOOT = ["https://198.18.0.1:4567/"]
+#: timings under which a peer is never groomed for silence during a test (only a leave removes it)
+SLOW_STALE = {"local": {"reregistration_interval": 1, "stale_threshold": 120}}
 
 
 def overlay_v4(i: int) -> str:
@@ -394,3 +399,20 @@ def wait_links_full_mesh(cluster: Cluster, timeout: float, poll: float = 0.25) -
         for probe in probes.values():
             probe.close()
     return done
+
+
+def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise NetnsError(f"timed out after {timeout}s waiting for {what}\n{logs()}")
+        time.sleep(0.5)
+
+
+@contextmanager
+def started_mesh(nodes: int, tag: str, timing: Mapping[str, Any]) -> Iterator[tuple[Cluster, dict[int, str]]]:
+    """``nodes`` nodes bootstrapping from node 1, started and fully meshed; removed afterwards."""
+    with Underlay(nodes=nodes, tag=tag) as underlay:
+        workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-mesh{tag}-{os.getpid()}"
+        with running_cluster(underlay, workdir, lambda i: node_config(i, bootstrap=BOOT, timing=timing)) as cluster:
+            yield cluster, cluster.wait_full_mesh(timeout=60)

@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests.integration.test_mesh_processes import SLOW_STALE, started_mesh, wait_until
+from tests.integration.cluster import SLOW_STALE, started_mesh, wait_until
 from tests.netns import requires_root_netns
 
 

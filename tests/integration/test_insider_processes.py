@@ -15,8 +15,7 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from tests.integration.cluster import overlay_v4
-from tests.integration.test_mesh_processes import SLOW_STALE, started_mesh
+from tests.integration.cluster import SLOW_STALE, overlay_v4, started_mesh
 from tests.netns import requires_root_netns
 
 #: Run in node 3's namespace: signs registrations with the cluster secret as a made-up node whose

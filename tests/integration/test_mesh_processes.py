@@ -5,38 +5,12 @@ and replaces its old entry."""
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
-
 from twisted.trial.unittest import TestCase
 
-from tests.integration.cluster import Cluster, node_config, running_cluster
-from tests.netns import NetnsError, Underlay, requires_root_netns
+from tests.integration.cluster import SLOW_STALE, started_mesh, wait_until
+from tests.netns import requires_root_netns
 
-BOOT = ["https://198.18.0.1:4567/"]
 FAST = {"local": {"reregistration_interval": 1, "stale_threshold": 5}, "mesh": {"reregistration_interval": 1, "stale_threshold": 5}}
-SLOW_STALE = {"local": {"reregistration_interval": 1, "stale_threshold": 120}}
-
-
-def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise NetnsError(f"timed out after {timeout}s waiting for {what}\n{logs()}")
-        time.sleep(0.5)
-
-
-@contextmanager
-def started_mesh(nodes: int, tag: str, timing: Mapping[str, Any]) -> Iterator[tuple[Cluster, dict[int, str]]]:
-    """``nodes`` nodes bootstrapping from node 1, started and fully meshed; removed afterwards."""
-    with Underlay(nodes=nodes, tag=tag) as underlay:
-        workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-mesh{tag}-{os.getpid()}"
-        with running_cluster(underlay, workdir, lambda i: node_config(i, bootstrap=BOOT, timing=timing)) as cluster:
-            yield cluster, cluster.wait_full_mesh(timeout=60)
 
 
 @requires_root_netns

@@ -28,8 +28,7 @@ from twisted.logger import eventFromJSON, formatEvent
 from twisted.trial.unittest import TestCase
 
 from tests import promql
-from tests.integration.cluster import node_config, overlay_v4, running_cluster
-from tests.integration.test_mesh_processes import BOOT, SLOW_STALE, wait_until
+from tests.integration.cluster import BOOT, SLOW_STALE, node_config, overlay_v4, running_cluster, wait_until
 from tests.netns import Underlay, requires_root_netns
 
 #: Seconds of steady state watched for log lines.

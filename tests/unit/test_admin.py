@@ -351,7 +351,7 @@ class MakeServiceTests(SynchronousTestCase):
         import yaml
         from twisted.internet.testing import MemoryReactorClock
 
-        from tests.unit.test_config_helpers import minimal_data
+        from tests.unit.support import minimal_data
         from tunmesh import service
         from tunmesh.config import load_config
         from tunmesh.testing import FakeTun

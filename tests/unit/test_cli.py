@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import SAMPLE_YAML, SECRET, ConfigTestMixin
+from tests.unit.support import SAMPLE_YAML, SECRET, ConfigTestMixin
 from tunmesh.cli import main
 from tunmesh.config.docs import config_reference_markdown, example_config
 from tunmesh.config.lint import secret_problem

@@ -14,7 +14,7 @@ import attrs
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import (
+from tests.unit.support import (
     SAMPLE_YAML,
     SECRET,
     ConfigTestMixin,

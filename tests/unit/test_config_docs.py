@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import SECRET, ConfigTestMixin
+from tests.unit.support import SECRET, ConfigTestMixin
 from tunmesh.config import load_config
 from tunmesh.config.docs import DOCS_COMMAND, config_reference_markdown, example_config
 from tunmesh.config.schema import GroupType, MapOf, Option, SubGroup, members

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import ConfigTestMixin, minimal_data, set_key
+from tests.unit.support import ConfigTestMixin, minimal_data, set_key
 from tunmesh.cli import generate_secret
 from tunmesh.config.lint import MIN_SECRET_BITS, secret_entropy_bits, secret_problem
 

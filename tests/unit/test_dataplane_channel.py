@@ -10,9 +10,8 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.unit.support import ipv4
-from tests.unit.test_dataplane_direct_tls import _tls_pair
-from tests.unit.test_dataplane_link import Pair
+from tests.unit.support import Pair, ipv4
+from tests.unit.tls_support import tls_pair
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane import link as L
 
@@ -28,14 +27,14 @@ class _TLSTransport:
 
 class TlsChannelTests(SynchronousTestCase):
     def test_both_ends_of_one_session_agree(self) -> None:
-        client, server = _tls_pair()
+        client, server = tls_pair()
         a = L.tls_channel(_TLSTransport(client))
         self.assertEqual(len(a or b""), F.CHANNEL_LEN)
         self.assertEqual(a, L.tls_channel(_TLSTransport(server)))
 
     def test_another_session_differs(self) -> None:
-        c1, _ = _tls_pair()
-        c2, _ = _tls_pair()
+        c1, _ = tls_pair()
+        c2, _ = tls_pair()
         self.assertNotEqual(L.tls_channel(_TLSTransport(c1)), L.tls_channel(_TLSTransport(c2)))
 
     def test_no_value_before_the_handshake(self) -> None:

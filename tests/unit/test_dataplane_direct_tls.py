@@ -3,49 +3,15 @@ stream exact (record-sized slices, tag joined to the tail) and fall back to Twis
 
 from __future__ import annotations
 
-import datetime
 import socket
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.unit.tls_support import tls_pair
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.link import TLS_RECORD, DirectTLSWriter
-
-
-def _tls_pair() -> tuple[SSL.Connection, SSL.Connection]:
-    """A handshaken client/server pair of memory-BIO connections."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
-    )
-    sctx = SSL.Context(SSL.TLS_METHOD)
-    sctx.use_privatekey(key)
-    sctx.use_certificate(cert)
-    server = SSL.Connection(sctx, None)
-    server.set_accept_state()
-    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-    client.set_connect_state()
-    for _ in range(10):
-        for a, b in ((client, server), (server, client)):
-            try:
-                a.do_handshake()
-            except SSL.WantReadError:
-                pass
-            try:
-                b.bio_write(a.bio_read(1 << 20))
-            except SSL.WantReadError:
-                pass
-    return client, server
 
 
 class FakeTLS:
@@ -95,7 +61,7 @@ class FakeTCP:
 
 class DirectTLSWriterTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.client, self.server = _tls_pair()
+        self.client, self.server = tls_pair()
         a, b = socket.socketpair()
         a.setblocking(False)
         b.setblocking(False)

@@ -12,85 +12,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.support import ipv4
+from tests.unit.support import NOW, A, B, Pair, ipv4
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.dataplane import frames as F
-from tunmesh.dataplane.drops import DropCounter
-from tunmesh.dataplane.link import PEER_REMOVED, LinkClient, LinkMetrics, LinkServerFactory
+from tunmesh.dataplane.link import PEER_REMOVED
 from tunmesh.dataplane.plane import DataPlane
 from tunmesh.dataplane.router import Router, RouteTable
 from tunmesh.testing import FakeMetrics, FakeTun
-
-A = "node-a"
-B = "node-b"
-NOW = 1_700_000_000.0
-
-
-class Pair:
-    """Node A (link client) and node B (link server) with real session stores, in memory."""
-
-    def __init__(self, test: SynchronousTestCase, *, install_inbound: bool = True, **client_kw: Any) -> None:
-        self.clock = task.Clock()
-        self.clock.advance(NOW)
-        mono = self.clock.seconds
-        self.store_a = SessionStore(A, self.clock, monotonic=mono)
-        self.store_b = SessionStore(B, self.clock, monotonic=mono)
-        self.secret = os.urandom(32)
-        self.store_a.install_outbound(B, "kid1", self.secret)
-        if install_inbound:
-            self.store_b.install_inbound(A, "kid1", self.secret)
-        self.auth_a = SessionAuthority(self.store_a)
-        self.auth_b = SessionAuthority(self.store_b)
-        self.metrics_a, self.metrics_b = FakeMetrics(), FakeMetrics()
-        self.received: list[tuple[str, list[bytes], bool]] = []
-        self.known = {A}
-        self.server = LinkServerFactory(
-            B,
-            self.store_b,
-            self.auth_b,
-            self.known.__contains__,
-            lambda peer, pkts, vnet: self.received.append((peer, pkts, vnet)),
-            self.clock,
-            LinkMetrics(self.metrics_b, DropCounter(self.metrics_b)),
-        )
-        self.pumps: list[iosim.IOPump] = []
-        self.connects: list[float] = []
-        self.fail_connect = False
-        self.client = LinkClient(
-            A,
-            B,
-            "https://b.example:4567/",
-            self.connector,
-            self.store_a,
-            self.auth_a,
-            self.clock,
-            LinkMetrics(self.metrics_a, DropCounter(self.metrics_a)),
-            rng=lambda: 1.0,
-            **client_kw,
-        )
-
-    def connector(self, url: str, proto: Any) -> defer.Deferred[Any]:
-        self.connects.append(self.clock.seconds())
-        if self.fail_connect:
-            return defer.fail(ConnectionRefusedError())
-        server = self.server.buildProtocol(None)
-        self.server_proto = server
-        pump = iosim.connect(
-            server, iosim.makeFakeServer(server), proto, iosim.makeFakeClient(proto), greet=False
-        )
-        self.pumps.append(pump)
-        return defer.succeed(proto)
-
-    def pump(self) -> None:
-        for _ in range(3):
-            for p in list(self.pumps):
-                p.flush()
-
-    def packets(self) -> list[bytes]:
-        out = []
-        for _, pkts, _ in self.received:
-            out.extend(pkts)
-        return out
 
 
 class HandshakeTests(SynchronousTestCase):
@@ -609,7 +537,7 @@ class DataPlaneTests(SynchronousTestCase):
         self.assertEqual(len(self.a.tun.take_written()), 3)
 
     def test_per_peer_metrics_fed_from_batches(self) -> None:
-        from tests.unit.test_dataplane_peerstats import samples
+        from tests.unit.support import samples
         from tunmesh.dataplane.peerstats import PeerPacketMetrics
         from tunmesh.metrics import Metrics
 

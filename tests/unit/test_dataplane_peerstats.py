@@ -5,17 +5,9 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.unit.support import samples
 from tunmesh.dataplane.peerstats import PeerPacketMetrics
 from tunmesh.metrics import Metrics
-
-
-def samples(metrics: Metrics, name: str) -> dict[str, float]:
-    out = {}
-    for family in metrics.collector_registry().collect():
-        for s in family.samples:
-            if s.name == name:
-                out[s.labels.get("source_node_id") or s.labels.get("dest_node_id")] = s.value
-    return out
 
 
 class PeerPacketMetricsTests(SynchronousTestCase):

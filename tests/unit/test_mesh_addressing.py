@@ -7,6 +7,7 @@ import ipaddress
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.unit.mesh_support import MeshTestCase, Node, advance, node_id
 from tunmesh.mesh.addressing import (
     NODE_INDEX_ENV,
     AddressClaimer,
@@ -18,8 +19,6 @@ from tunmesh.mesh.addressing import (
 )
 from tunmesh.mesh.errors import InvalidRegistration
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
-
-from .test_mesh_support import MeshTestCase, Node, advance, node_id
 
 SMALL = ipaddress.ip_network("100.64.0.0/29")  # 6 usable addresses
 

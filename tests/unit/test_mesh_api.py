@@ -6,11 +6,10 @@ import ipaddress
 import json
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from tests.unit.mesh_support import SECRET, Node, RouteTestCase, advance, info, node_id, reg_body
 from tunmesh.api.server import RequestHead, RouteLimits
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.kex import KexInitiator
@@ -25,61 +24,9 @@ from tunmesh.mesh.membership import (
     leave_path,
 )
 from tunmesh.mesh.structs import NodeInfo
-from tunmesh.testing import FakeNetwork
-
-from .test_mesh_structs import info, reg_body
-from .test_mesh_support import SECRET, Node, advance, node_id
 
 START = 1_700_000_000.0
 N1 = "https://n1.test:4567"
-
-
-class RouteTestCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.net = FakeNetwork()
-        self.n1 = Node(self.net, self.clock, 1)
-        self.n2 = Node(self.net, self.clock, 2, (N1,))
-        for n in (self.n1, self.n2):
-            n.start()
-            self.addCleanup(n.stop)
-        advance(self.clock, 3)
-        self.assertIn(self.n2.id, self.n1.peer_ids())
-        # an outsider holding the cluster secret, as node 7 (not on the network)
-        self.stranger = ClusterAuthority(SECRET, node_id(7), self.clock)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes = b"",
-        auth: str | None = None,
-        content_type: bytes | None = b"application/json",
-        url: str = N1,
-    ) -> tuple[Any, bytes]:
-        headers: dict[bytes, list[bytes]] = {}
-        if auth is not None:
-            headers[b"Authorization"] = [auth.encode()]
-        if content_type is not None:
-            headers[b"Content-Type"] = [content_type]
-        response = self.successResultOf(self.net.stub.request(method, url + path, headers=headers, data=body))
-        content = self.successResultOf(self.net.stub.content(response))
-        return response, content
-
-    def register_as_stranger(self, body: bytes, typ: str | None = None, n: int = 7) -> tuple[Any, bytes, Any]:
-        authority = self.stranger if n == 7 else ClusterAuthority(SECRET, node_id(n), self.clock)
-        if typ == TYP_BOOTSTRAP:
-            signed = authority.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
-        else:
-            signed = authority.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
-        response, content = self.request("POST", REGISTER_PATH, body, signed.header_value)
-        return response, content, signed
-
-    def failures(self, reason: str | None = None) -> float:
-        if reason is None:
-            return self.n1.counter("tunmesh_auth_failures_total")
-        return self.n1.counter("tunmesh_auth_failures_total", reason=reason)
 
 
 class RegistrationRouteTests(RouteTestCase):

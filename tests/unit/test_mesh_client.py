@@ -10,14 +10,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from tests.unit.mesh_support import Node, advance, info, node_id, reg_body
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.mesh.client import MeshClient, request_kind
 from tunmesh.mesh.errors import PeerRequestFailed
 from tunmesh.metrics import Metrics
 from tunmesh.testing import FakeNetwork
-
-from .test_mesh_structs import info, reg_body
-from .test_mesh_support import Node, advance, node_id
 
 START = 1_700_000_000.0
 

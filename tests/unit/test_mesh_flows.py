@@ -6,13 +6,12 @@ import ipaddress
 
 from twisted.logger import LogLevel
 
+from tests.unit.mesh_support import N1, MeshTestCase, Node, advance, node_id
 from tunmesh.auth.errors import AuthError
 from tunmesh.clockwatch import CHECK_INTERVAL, ClockStepWatch
 from tunmesh.mesh.membership import GroupState
 from tunmesh.mesh.settings import BootstrapGroupSpec
 from tunmesh.testing import SteppedWall
-
-from .test_mesh_support import N1, MeshTestCase, Node, advance, node_id
 
 
 class JoinTests(MeshTestCase):

@@ -14,12 +14,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from tests.unit.mesh_support import Node, advance
 from tunmesh.mesh.backoff import Backoff
 from tunmesh.mesh.membership import REGISTER_PATH
 from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.testing import FakeNetwork
-
-from .test_mesh_support import Node, advance
 
 START = 1_700_000_000.0
 N1 = "https://n1.test:4567"

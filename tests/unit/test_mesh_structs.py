@@ -9,31 +9,12 @@ import random
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.unit.mesh_support import info, make_settings, node_id, reg_body
 from tunmesh.mesh.backoff import Backoff
 from tunmesh.mesh.errors import InvalidRegistration, PoolFull, RegistrationConflict
 from tunmesh.mesh.pool import ClaimConflict, NodePool
 from tunmesh.mesh.settings import MeshSettings
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration, check_url
-
-from .test_mesh_support import make_settings, node_id
-
-
-def info(n: int, address: str | None = None, url: str | None = None) -> dict:
-    return {
-        "id": node_id(n),
-        "listen_url": url or f"https://n{n}.test:4567",
-        "network_addresses": {"ipv4": {"cidr": "100.64.0.0/16"}},
-        "node_addresses": {"ipv4": {"cidr": address or f"100.64.1.{n}/24"}},
-    }
-
-
-def reg_body(local: dict, remote: list | None = None, stamp: int = 1, seq: int | None = 1, **extra: object) -> bytes:
-    value: dict = {"local": local, "remote": remote or [], "stamp": stamp}
-    if seq is not None:
-        value["seq"] = seq
-    value.update(extra)
-    return json.dumps(value).encode()
-
 
 BOUNDS = Bounds(max_nodes=4, max_cidrs_per_node=16, max_url_length=64)
 

@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.netns import require_root
-from tests.unit.test_config_helpers import SECRET, ConfigTestMixin, minimal_data, set_key
+from tests.unit.support import SECRET, ConfigTestMixin, minimal_data, set_key
 from tests.unit.tls_support import certificate, ec_key, rsa_key, write_cert, write_key, write_pair
 from tunmesh.cli import main
 from tunmesh.config.docs import example_config

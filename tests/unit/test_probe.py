@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import SECRET
+from tests.unit.support import SECRET
 from tunmesh.cli import main
 from tunmesh.probe import probe_address
 from tunmesh.tls.certs import write_self_signed

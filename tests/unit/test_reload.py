@@ -13,8 +13,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import minimal_data, set_key
-from tests.unit.test_tls_contexts import handshake
+from tests.unit.support import minimal_data, set_key
+from tests.unit.tls_support import handshake
 from tunmesh import logsetup
 from tunmesh.auth.cluster import ClusterKeyring
 from tunmesh.config import load_config

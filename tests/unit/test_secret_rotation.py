@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import itertools
 
+from tests.unit.mesh_support import MeshTestCase, Node, advance, node_id
 from tunmesh.auth.cluster import ClusterKeyring
-
-from .test_mesh_support import MeshTestCase, Node, advance, node_id
 
 OLD = "Qx7vR2mN9pL4kT8wZ3yB6cF1hJ5dG0sAe"
 NEW = "Zy8wX3vU6tS1rQ4pO7nM0lK9jI2hG5fEdCbA"

@@ -19,7 +19,7 @@ from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
 from tests.netns import require_root
-from tests.unit.test_config_helpers import SECRET, del_key, minimal_data, set_key
+from tests.unit.support import SECRET, del_key, minimal_data, set_key
 from tunmesh.api.server import RouteLimits, make_site
 from tunmesh.config import load_config
 from tunmesh.preload import PRELOAD_CODECS, PRELOAD_MODULES, PreloadError, preload

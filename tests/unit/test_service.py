@@ -10,8 +10,7 @@ import yaml
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.support import ipv4
-from tests.unit.test_config_helpers import make_files, minimal_data, set_key
+from tests.unit.support import ipv4, make_files, minimal_data, set_key
 from tunmesh.config import ConfigError, load_config
 from tunmesh.mesh.structs import NodeInfo
 from tunmesh.service import makeService, reloader

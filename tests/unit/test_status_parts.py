@@ -10,9 +10,8 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import ConfigTestMixin, minimal_data, set_key
-from tests.unit.test_dataplane_link import Pair
-from tests.unit.test_mesh_support import MeshTestCase, Node, advance
+from tests.unit.mesh_support import MeshTestCase, Node, advance
+from tests.unit.support import ConfigTestMixin, Pair, minimal_data, set_key
 from tunmesh.admin.hints import failure_hint, inbound_hint, link_hint
 from tunmesh.admin.status import StatusReporter
 from tunmesh.dataplane.drops import DropCounter

@@ -9,7 +9,7 @@ import yaml
 from twisted.application.service import IServiceMaker
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_config_helpers import minimal_data
+from tests.unit.support import minimal_data
 from tunmesh import logsetup, service, tap
 from tunmesh.cli import main
 from tunmesh.tls.certs import write_self_signed

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_tls_contexts import handshake
+from tests.unit.tls_support import handshake
 from tunmesh.cli import main
 from tunmesh.testing import FakeMetrics
 from tunmesh.tls.certs import (

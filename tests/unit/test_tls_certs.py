@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.test_tls_contexts import temp_dir
+from tests.unit.tls_support import temp_dir
 from tunmesh.tls.certs import CertificateFileError, certificate_sha256, load_certificates, write_self_signed
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,16 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.interfaces import (
-    IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 
-from tunmesh.tls.certs import certificate_sha256, write_self_signed
+from tests.unit.tls_support import handshake, self_signed, temp_dir
+from tunmesh.tls.certs import certificate_sha256
 from tunmesh.tls.contexts import (
     CA_FILE_KEY,
     CERT_FILE_KEY,
@@ -45,27 +40,6 @@ from tunmesh.tls.contexts import (
     peer_certificate_sha256,
     server_context,
 )
-
-# ---------------------------------------------------------------- helpers shared with other tests
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="tunmesh-tls-"))
-
-    def cleanup() -> None:
-        for child in path.iterdir():
-            child.unlink()
-        path.rmdir()
-
-    case.addCleanup(cleanup)
-    return path
-
-
-def self_signed(directory: Path, name: str, hostnames: tuple[str, ...] = ("tunmesh.local",),
-                ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    write_self_signed(cert, key, hostnames, ips)
-    return cert, key
 
 
 def _name(cn: str) -> x509.Name:
@@ -124,30 +98,6 @@ def rsa_self_signed(directory: Path, bits: int = 2048) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@implementer(IHandshakeListener)
-class Recorder(Protocol):
-    """Records the handshake, received data and the loss reason."""
-
-    def __init__(self, greeting: bytes = b"") -> None:
-        self.handshake_done = False
-        self.data = b""
-        self.lost: Any = None
-        self.greeting = greeting
-
-    def connectionMade(self) -> None:
-        if self.greeting:
-            self.transport.write(self.greeting)
-
-    def handshakeCompleted(self) -> None:
-        self.handshake_done = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = reason
-
-
 @implementer(IOpenSSLClientConnectionCreator)
 class RawClient:
     """A client creator from a bare pyOpenSSL context (to offer what our policy would not)."""
@@ -188,28 +138,6 @@ def permissive_server(cert: Path, key: Path) -> RawServer:
     ctx.use_certificate_chain_file(str(cert))
     ctx.use_privatekey_file(str(key))
     return RawServer(ctx)
-
-
-def settle(pump: Any, clock: Clock, rounds: int = 20) -> None:
-    """Pump bytes both ways; advance the clock that flushes TLS write aggregation."""
-    for _ in range(rounds):
-        clock.advance(0)
-        pump.flush()
-
-
-def handshake(server_creator: Any, client_creator: Any, server_proto: Any = None,
-              client_proto: Any = None) -> tuple[Any, Any, Any, Any]:
-    """Run a TLS connection in memory; returns (client TLS, server TLS, client app, server app)."""
-    server_app = server_proto or Recorder()
-    client_app = client_proto or Recorder(greeting=b"ping")
-    clock = Clock()
-    server_factory = TLSMemoryBIOFactory(server_creator, False, Factory.forProtocol(lambda: server_app), clock=clock)
-    client_factory = TLSMemoryBIOFactory(client_creator, True, Factory.forProtocol(lambda: client_app), clock=clock)
-    client, server, pump = connectedServerAndClient(
-        lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None)
-    )
-    settle(pump, clock)
-    return client, server, client_app, server_app
 
 
 # ---------------------------------------------------------------- tests

@@ -13,7 +13,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.unit.test_tls_contexts import Recorder, self_signed, settle, temp_dir
+from tests.unit.tls_support import Recorder, self_signed, settle, temp_dir
 from tunmesh.tls.contexts import client_context, server_context
 from tunmesh.tls.dispatch import ALPNDispatchFactory, IAcceptTimeAware
 

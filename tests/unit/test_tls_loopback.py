@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.unit.test_tls_contexts import self_signed, temp_dir
+from tests.unit.tls_support import self_signed, temp_dir
 from tunmesh.api.server import RouteLimits, make_server_factory, make_site
 from tunmesh.tls.certs import certificate_sha256
 from tunmesh.tls.contexts import MeshTLSPolicy, client_context, peer_certificate_sha256, server_context

@@ -22,17 +22,14 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from tests.unit.mesh_support import SECRET, RouteTestCase, advance, info, reg_body
+from tests.unit.support import Pair
 from tunmesh import strictjson
 from tunmesh.api.server import RequestHead
 from tunmesh.auth import keys
 from tunmesh.auth.tokens import CLUSTER_KID, TYP_REQUEST, base_claims, bearer, encode_token
 from tunmesh.dataplane import frames as F
 from tunmesh.mesh.membership import INIT_SESSION_PATH, LEAVE_PATH, REGISTER_PATH
-
-from .test_dataplane_link import Pair
-from .test_mesh_api import RouteTestCase
-from .test_mesh_structs import info, reg_body
-from .test_mesh_support import SECRET, advance
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 

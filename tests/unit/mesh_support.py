@@ -3,12 +3,15 @@
 Every node has its own `Membership`, `MeshAPI` mounted on a real `ControlAPI`, and a `MeshClient`
 whose HTTP client is `tunmesh.testing.FakeNetwork`: a `treq.testing.StubTreq` over a resource that dispatches
 on the request's Host header to the node (or "load balancer") registered for that URL. All nodes share one
-`task.Clock` (reactor time, JWT time and the monotonic clock). This module holds no tests.
+`task.Clock` (reactor time, JWT time and the monotonic clock). :class:`MeshTestCase` starts such nodes;
+:class:`RouteTestCase` posts raw requests to node 1's routes (as an outsider holding the secret), with bodies
+from :func:`info` and :func:`reg_body`. This module holds no tests.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 import uuid
 from collections.abc import Sequence
@@ -22,11 +25,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from tunmesh.api.app import ControlAPI
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.sessions import SessionStore
+from tunmesh.auth.tokens import TYP_BOOTSTRAP
 from tunmesh.health import HealthRegistry
 from tunmesh.mesh.addressing import AddressClaimer, AddressSeed
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
-from tunmesh.mesh.membership import Membership
+from tunmesh.mesh.membership import REGISTER_PATH, Membership
 from tunmesh.mesh.service import MeshService
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings, PeerTiming
 from tunmesh.metrics import Metrics
@@ -221,3 +225,71 @@ class MeshTestCase(SynchronousTestCase):
 
     def logged(self, fragment: str) -> list[dict]:
         return [e for e in self.events if fragment in str(e.get("log_format", ""))]
+
+
+# -- registration bodies and raw requests -----------------------------------------------------------
+
+
+def info(n: int, address: str | None = None, url: str | None = None) -> dict:
+    return {
+        "id": node_id(n),
+        "listen_url": url or f"https://n{n}.test:4567",
+        "network_addresses": {"ipv4": {"cidr": "100.64.0.0/16"}},
+        "node_addresses": {"ipv4": {"cidr": address or f"100.64.1.{n}/24"}},
+    }
+
+
+def reg_body(local: dict, remote: list | None = None, stamp: int = 1, seq: int | None = 1, **extra: object) -> bytes:
+    value: dict = {"local": local, "remote": remote or [], "stamp": stamp}
+    if seq is not None:
+        value["seq"] = seq
+    value.update(extra)
+    return json.dumps(value).encode()
+
+
+class RouteTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.net = FakeNetwork()
+        self.n1 = Node(self.net, self.clock, 1)
+        self.n2 = Node(self.net, self.clock, 2, (N1,))
+        for n in (self.n1, self.n2):
+            n.start()
+            self.addCleanup(n.stop)
+        advance(self.clock, 3)
+        self.assertIn(self.n2.id, self.n1.peer_ids())
+        # an outsider holding the cluster secret, as node 7 (not on the network)
+        self.stranger = ClusterAuthority(SECRET, node_id(7), self.clock)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        auth: str | None = None,
+        content_type: bytes | None = b"application/json",
+        url: str = N1,
+    ) -> tuple[Any, bytes]:
+        headers: dict[bytes, list[bytes]] = {}
+        if auth is not None:
+            headers[b"Authorization"] = [auth.encode()]
+        if content_type is not None:
+            headers[b"Content-Type"] = [content_type]
+        response = self.successResultOf(self.net.stub.request(method, url + path, headers=headers, data=body))
+        content = self.successResultOf(self.net.stub.content(response))
+        return response, content
+
+    def register_as_stranger(self, body: bytes, typ: str | None = None, n: int = 7) -> tuple[Any, bytes, Any]:
+        authority = self.stranger if n == 7 else ClusterAuthority(SECRET, node_id(n), self.clock)
+        if typ == TYP_BOOTSTRAP:
+            signed = authority.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
+        else:
+            signed = authority.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
+        response, content = self.request("POST", REGISTER_PATH, body, signed.header_value)
+        return response, content, signed
+
+    def failures(self, reason: str | None = None) -> float:
+        if reason is None:
+            return self.n1.counter("tunmesh_auth_failures_total")
+        return self.n1.counter("tunmesh_auth_failures_total", reason=reason)
