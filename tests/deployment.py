@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-import kubernetes_validate  # type: ignore[import-untyped]
+import kubernetes_validate
 import yaml
 
 from tunmesh.cli import generate_secret

@@ -91,7 +91,7 @@ def require_root() -> None:
 def requires_root_netns(obj: F) -> F:
     """Decorator for a test method or a test class (wraps ``setUp``) calling :func:`require_netns`."""
     if isinstance(obj, type):
-        original = obj.setUp
+        original = obj.setUp  # type: ignore[attr-defined]
 
         @functools.wraps(original)
         def setUp(self: Any) -> Any:

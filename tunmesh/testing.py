@@ -11,7 +11,7 @@ from what it stands in for) and adds what a test needs to look inside:
 - :class:`FakeRateLimitedLog`: a :class:`~tunmesh.interfaces.RateLimitedLogLike` that records every line;
 - :class:`FakeNetwork`: the control plane's HTTP client (:class:`~tunmesh.interfaces.TreqLike`) over
   in-memory resources, by URL, with hosts that refuse or never answer (``treq.testing.StubTreq``
-  underneath);
+  underneath), and :func:`stub_treq`, a typed ``StubTreq``;
 - :class:`RecordingObserver`: a :class:`~tunmesh.interfaces.PeerObserver` that keeps the routes, as the
   data plane would;
 - :class:`SteppedWall`: a :class:`~tunmesh.interfaces.SecondsClock` that is a ``Clock`` plus the steps
@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import socket
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
@@ -34,7 +34,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from tunmesh.interfaces import TreqLike
 from tunmesh.mesh.structs import IPNetwork
@@ -49,7 +49,9 @@ __all__ = [
     "FakeTun",
     "RecordingObserver",
     "SteppedWall",
+    "InMemoryTreq",
     "host_key",
+    "stub_treq",
 ]
 
 
@@ -216,6 +218,23 @@ class FakeRateLimitedLog:
 # -- the control plane's network ---------------------------------------------------------------------
 
 
+class InMemoryTreq(TreqLike, Protocol):
+    """``treq.testing.StubTreq`` as tests use it: it sets treq's functions as attributes when built,
+    which a type checker cannot see, so :func:`stub_treq` names them."""
+
+    def content(self, response: Any) -> Deferred[bytes]: ...
+
+    def flush(self) -> None: ...
+
+
+def stub_treq(resource: IResource) -> InMemoryTreq:
+    """A ``StubTreq`` over ``resource``, typed (see :class:`InMemoryTreq`)."""
+    return cast(InMemoryTreq, StubTreq(resource))
+
+
+# -- the control plane's network, by URL ---------------------------------------------------------------------
+
+
 def host_key(url: str) -> str:
     """``host:port`` of a URL (port 443 when absent): how :class:`FakeNetwork` finds its target."""
     parts = urlsplit(url)
@@ -254,9 +273,7 @@ class FakeNetwork:
         self.hang: set[str] = set()
         self.hanging: list[Deferred[Any]] = []
         self.log: list[tuple[str, bytes, bytes]] = []
-        self._stub = StubTreq(_Dispatch(self))
-        # StubTreq sets its treq functions as attributes at run time, which mypy cannot see.
-        self._http = cast(TreqLike, self._stub)
+        self._stub = stub_treq(_Dispatch(self))
 
     def add(self, url: str, resource: Any) -> None:
         self._targets[host_key(url)] = resource
@@ -278,13 +295,13 @@ class FakeNetwork:
             d: Deferred[Any] = Deferred()
             self.hanging.append(d)
             return d
-        return self._http.request(method, url, **kwargs)
+        return self._stub.request(method, url, **kwargs)
 
     def collect(self, response: Any, collector: Any) -> Deferred[None]:
-        return self._http.collect(response, collector)
+        return self._stub.collect(response, collector)
 
     @property
-    def stub(self) -> StubTreq:
+    def stub(self) -> InMemoryTreq:
         """The ``StubTreq`` underneath, for tests that post raw requests."""
         return self._stub
 

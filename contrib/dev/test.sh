@@ -40,7 +40,7 @@ echo "== ruff"
 "$venv/bin/ruff" check tunmesh twisted tests contrib
 
 echo "== mypy"
-"$venv/bin/mypy" tunmesh
+"$venv/bin/mypy" tunmesh tests
 
 echo "== trial"
 export PYTHONPATH="$root_dir${PYTHONPATH:+:$PYTHONPATH}"

@@ -47,7 +47,7 @@ def node_config(
     packet_metrics: bool = False,
 ) -> str:
     """The YAML config of node ``i`` (cert, key and secret files sit one directory up)."""
-    reg = {"groom_interval": 1, "bootstrap_retry_interval": 1}
+    reg: dict[str, Any] = {"groom_interval": 1, "bootstrap_retry_interval": 1}
     reg.update(timing or {})
     reg_lines = "\n".join(f"        {k}: {v}" for k, v in reg.items() if not isinstance(v, dict))
     sub = "\n".join(
@@ -401,7 +401,7 @@ def wait_links_full_mesh(cluster: Cluster, timeout: float, poll: float = 0.25) -
     return done
 
 
-def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

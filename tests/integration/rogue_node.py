@@ -13,7 +13,7 @@ from tunmesh.dataplane import router
 _original_init = router.Router.__init__
 
 
-def _rogue_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _rogue_init(self, *args, **kwargs):
     kwargs["local_cidrs"] = [*kwargs.get("local_cidrs", ()), ipaddress.ip_network("100.64.0.2/32")]
     _original_init(self, *args, **kwargs)
 

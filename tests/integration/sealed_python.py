@@ -188,7 +188,7 @@ class SealedCluster(Cluster):
         self.env = {**sealed_env(), **(env or {})}
         super().__init__(underlay, workdir, make_config)
 
-    def start(self, i: int) -> NodeProcess:
+    def start(self, i: int) -> NodeProcess:  # type: ignore[override]  # always the sealed interpreter
         d = self.workdir / f"node{i}"
         log_path = d / "node.log"
         argv = [str(self.tree.python), "-c", "from twisted.scripts.twistd import run; run()",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from ipaddress import ip_interface, ip_network
+from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,7 +31,7 @@ class AddressHelperTests(SynchronousTestCase):
         with self.ns.entered():
             self.dev = TunDevice.open("tmah0", False, 1400)
             self.addCleanup(self.dev.close)
-            self.dev.configure(ip_interface("100.64.0.5/10"), ip_interface("fd7e:7e57::5/64"))
+            self.dev.configure(IPv4Interface("100.64.0.5/10"), IPv6Interface("fd7e:7e57::5/64"))
             self.helper = AddressHelper.spawn("tmah0", [NET4, NET6], UID, UID)
         self.addCleanup(self.helper.close)
 

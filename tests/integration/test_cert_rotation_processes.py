@@ -98,7 +98,13 @@ def config(i: int) -> str:
     return text
 
 
-def wait_for(predicate, timeout: float, what: str, logs=lambda: "") -> float:  # type: ignore[no-untyped-def]
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` unless it has exited."""
+    if proc.poll() is None:
+        proc.kill()
+
+
+def wait_for(predicate, timeout: float, what: str, logs=lambda: "") -> float:
     """Poll ``predicate`` every 50 ms; return the seconds it took."""
     start = time.monotonic()
     while not predicate():
@@ -265,13 +271,13 @@ class CARolloverTests(TestCase):
             out = self.workdir / f"ping-{a}-{b}.json"
             proc = self.cluster.ns(a).popen([sys.executable, "-c", PINGER, overlay_v4(b), str(INTERVAL), str(out)],
                                             stdout=subprocess.PIPE, text=True)
-            self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
+            self.addCleanup(stop_process, proc)
             self.assertEqual(proc.stdout.readline().strip(), "started")
             pingers[(a, b)] = (proc, out)
 
         phases: list[tuple[str, str, float, float, dict[str, Any]]] = []
 
-        def phase(step: str, what: str, action) -> None:  # type: ignore[no-untyped-def]
+        def phase(step: str, what: str, action) -> None:
             links = self.links_up()
             start = time.time()
             extra = action() or {}
@@ -384,11 +390,11 @@ class CARolloverTests(TestCase):
         self.assertEqual(refused, {(1, 3): 0, (2, 3): 0}, f"links to node 3 came up (logs under {self.workdir})")
         self.sign(3, "new")
         self.reload(3, "cert_file_path: new connections get the certificate")
-        back = wait_for(lambda: all(self.links_up()[pair] > before[pair] for pair in ((1, 3), (2, 3))), 60,
+        reissued = wait_for(lambda: all(self.links_up()[pair] > before[pair] for pair in ((1, 3), (2, 3))), 60,
                         "links to node 3 after its new certificate", self.cluster.logs)
         self.write_figures(
             report + "control after step 3: a node serving an old-CA certificate again: its peers refuse it"
-            f" (links to it stay down); re-issued from the new CA: links back {back:.1f} s after its reload\n"
+            f" (links to it stay down); re-issued from the new CA: links back {reissued:.1f} s after its reload\n"
         )
 
     def write_figures(self, report: str) -> None:

@@ -247,7 +247,7 @@ for _ in range(count):
 """
 
 
-def _start_rogue(cluster: Cluster, i: int, d: Path):  # type: ignore[no-untyped-def]
+def _start_rogue(cluster: Cluster, i: int, d: Path):
     import subprocess
 
     from tests.netns import NodeProcess

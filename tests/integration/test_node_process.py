@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -21,7 +22,7 @@ class SingleNodeTests(TestCase):
 
     timeout = 180
 
-    _shared: dict[str, object] = {}
+    _shared: dict[str, Any] = {}
 
     def setUp(self) -> None:
         # One node for the whole class (trial has no setUpClass): starting twistd costs seconds.

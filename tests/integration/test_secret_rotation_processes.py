@@ -195,7 +195,12 @@ class SecretRotationProcessTests(TestCase):
                 text=True,
             )
         ping = PingLog(proc, ping_path)
-        self.addCleanup(lambda: ping.proc.poll() is None and ping.proc.kill())
+
+        def stop_ping() -> None:
+            if ping.proc.poll() is None:
+                ping.proc.kill()
+
+        self.addCleanup(stop_ping)
         return ids, ping
 
     def test_three_step_rolling_rotation_keeps_every_registration(self) -> None:

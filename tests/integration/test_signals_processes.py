@@ -33,7 +33,7 @@ def config(i: int) -> str:
     return text
 
 
-def wait_for(predicate, timeout: float, what: str, logs=lambda: "") -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float, what: str, logs=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import ip_interface
+from ipaddress import IPv4Interface, IPv6Interface
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -52,7 +52,7 @@ def open_in(ns: Namespace, name: str, offload: bool, v4: str, v6: str | None = N
     with ns.entered():
         dev = TunDevice.open(name, offload, MTU)
         try:
-            dev.configure(ip_interface(v4), ip_interface(v6) if v6 else None)
+            dev.configure(IPv4Interface(v4), IPv6Interface(v6) if v6 else None)
         except BaseException:
             dev.close()
             raise

@@ -196,8 +196,8 @@ class MeshTestCase(SynchronousTestCase):
         self.net = FakeNetwork()
         self.nodes: list[Node] = []
         self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def node(self, n: int, bootstrap: tuple[str, ...] = (N1,), **kw: object) -> Node:
         node = Node(self.net, self.clock, n, bootstrap, **kw)  # type: ignore[arg-type]

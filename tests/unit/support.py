@@ -267,8 +267,9 @@ class Pair:
         return out
 
 
-def samples(metrics: Metrics, name: str) -> dict[str, float]:
-    out = {}
+def samples(metrics: Metrics, name: str) -> dict[str | None, float]:
+    """The samples of ``name`` by peer (its ``source_node_id`` or ``dest_node_id`` label)."""
+    out: dict[str | None, float] = {}
     for family in metrics.collector_registry().collect():
         for s in family.samples:
             if s.name == name:

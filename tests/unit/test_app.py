@@ -7,7 +7,6 @@ from typing import Any
 
 from klein import Klein
 from prometheus_client.parser import text_string_to_metric_families
-from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +23,7 @@ from tunmesh.api.app import (
 from tunmesh.health import HealthRegistry
 from tunmesh.metrics import Metrics
 from tunmesh.node import NodeIdentity
+from tunmesh.testing import stub_treq
 
 NODE_ID = "0d9c6a4e-9a1f-4c7e-8f67-3f5b1f1a2b3c"
 URL = "https://198.18.0.1:4567"
@@ -92,7 +92,7 @@ class ControlAPITestCase(SynchronousTestCase):
         return ControlAPI(self.identity, self.health, self.metrics, self.monitoring, clock=Clock())
 
     def request(self, method: str, path: str, api: ControlAPI | None = None, **kw: Any) -> Response:
-        treq = StubTreq((api or self.api()).resource())
+        treq = stub_treq((api or self.api()).resource())
         response = self.successResultOf(treq.request(method, BASE + path, **kw))
         body = self.successResultOf(treq.content(response))
         return Response(response.code, response.headers, body)
@@ -217,8 +217,8 @@ class ErrorTests(ControlAPITestCase):
 
     def test_unexpected_exception_is_constant_500_and_counted(self) -> None:
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
 
         class Exploding(Metrics):
             def render(self) -> tuple[bytes, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.trial.unittest import SynchronousTestCase
@@ -49,7 +50,7 @@ class KexTests(SynchronousTestCase):
             self.assertNotEqual(base, kex.derive_session_secret(a_priv, b_priv.public_key(), K_KEX, *args))
 
     def test_bad_public_keys(self) -> None:
-        cases = {
+        cases: dict[str, list[Any]] = {
             "bad_public_key": [b64url(b"\x00" * 32), b64url(b"\x01" + b"\x00" * 31), b64url(b"\x01" * 31),
                                b64url(b"\x01" * 33)],
             "malformed": ["not base64!", 42, None, b64url(b"\x01" * 32) + "="],

@@ -138,7 +138,9 @@ class SessionTokenTests(SynchronousTestCase):
         token = self.p.sb.verify_link_hello(None, hello.header_value.split(" ", 1)[1], b"hi",
                                             cnf=cert_thumbprint(b"b cert"))
         inbound = self.p.b.inbound(token.iss, token.kid)
-        self.assertEqual(inbound.frame_key, self.p.a.outbound("node-b").frame_key)
+        outbound = self.p.a.outbound("node-b")
+        assert inbound is not None and outbound is not None
+        self.assertEqual(inbound.frame_key, outbound.frame_key)
         with self.assertRaises(AuthError) as ctx:
             self.p.sb.verify_link_hello("node-a", hello.header_value, b"hi")
         self.assertEqual(ctx.exception.reason, "replay")
@@ -228,7 +230,7 @@ class RotationTests(SynchronousTestCase):
 class StoreTests(SynchronousTestCase):
     def test_first_session_is_info_and_rotations_debug(self) -> None:
         """Hourly rotations of every peer's sessions are routine (counted in metrics): INFO stays quiet."""
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         store = SessionStore("node-b", Clock(), monotonic=lambda: 0.0)
         for kid in ("k1", "k2", "k3"):
             store.install_outbound("node-a", kid, b"s" * 32)
@@ -275,7 +277,11 @@ class StoreTests(SynchronousTestCase):
     def test_observer_failure_is_contained(self) -> None:
         p = Pair()
         calls: list[Any] = []
-        p.a.add_observer(lambda *e: 1 / 0)
+
+        def broken(*e: object) -> None:
+            raise ZeroDivisionError("observer failed")
+
+        p.a.add_observer(broken)
         p.a.add_observer(lambda *e: calls.append(e))
         kid = p.establish()
         self.assertEqual(calls, [("node-b", "outbound", kid)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+from cryptography import x509
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
@@ -16,7 +17,7 @@ from tunmesh.tls.expiry import CHECK_INTERVAL, CertExpiryWatch
 NOW = datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC)
 
 
-def cert(days_left: float) -> object:
+def cert(days_left: float) -> x509.Certificate:
     return certificate(
         ec_key(), not_before=NOW - datetime.timedelta(days=30), not_after=NOW + datetime.timedelta(days=days_left)
     )
@@ -24,7 +25,7 @@ def cert(days_left: float) -> object:
 
 class CertExpiryWatchTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.clock = Clock()
         self.wall = [NOW.timestamp()]
         self.metrics = FakeMetrics()
@@ -35,12 +36,12 @@ class CertExpiryWatchTests(SynchronousTestCase):
 
     def test_gauges_hold_not_after_of_node_and_soonest_ca(self) -> None:
         node, ca_late, ca_soon = cert(300), cert(900), cert(400)
-        self.watch.set_certificates(node, [ca_late, ca_soon])  # type: ignore[arg-type]
-        self.assertEqual(self.metrics.value("cert_expiry_timestamp_seconds", "node"), node.not_valid_after_utc.timestamp())  # type: ignore[attr-defined]
-        self.assertEqual(self.metrics.value("cert_expiry_timestamp_seconds", "ca"), ca_soon.not_valid_after_utc.timestamp())  # type: ignore[attr-defined]
+        self.watch.set_certificates(node, [ca_late, ca_soon])
+        self.assertEqual(self.metrics.value("cert_expiry_timestamp_seconds", "node"), node.not_valid_after_utc.timestamp())
+        self.assertEqual(self.metrics.value("cert_expiry_timestamp_seconds", "ca"), ca_soon.not_valid_after_utc.timestamp())
 
     def test_quiet_while_far_from_expiry_then_warns_daily(self) -> None:
-        self.watch.set_certificates(cert(20), [cert(400)])  # type: ignore[arg-type]
+        self.watch.set_certificates(cert(20), [cert(400)])
         self.watch.startService()
         self.addCleanup(self.watch.stopService)
         self.assertEqual(self.warnings(), [])
@@ -52,14 +53,14 @@ class CertExpiryWatchTests(SynchronousTestCase):
         self.assertEqual(self.warnings()[0]["which"], "node")
 
     def test_expired_is_an_error_and_reload_rechecks_at_once(self) -> None:
-        self.watch.set_certificates(cert(1), [])  # type: ignore[arg-type]
+        self.watch.set_certificates(cert(1), [])
         self.watch.startService()
         self.addCleanup(self.watch.stopService)
         self.assertEqual(len(self.warnings()), 1)
         self.wall[0] += 2 * 86400
         self.clock.advance(CHECK_INTERVAL)
         self.assertEqual(self.warnings()[-1]["log_level"], LogLevel.error)
-        self.watch.set_certificates(cert(365), [])  # type: ignore[arg-type]  # a reload with a new one
+        self.watch.set_certificates(cert(365), [])  # a reload with a new one
         count = len(self.warnings())
         self.clock.advance(CHECK_INTERVAL)
         self.assertEqual(len(self.warnings()), count)

@@ -41,7 +41,7 @@ class CheckTests(SynchronousTestCase):
         self.wall = Steps(self.clock)
         self.metrics = Metrics("node-a", enabled=True, process_metrics=False)
         self.watch = ClockStepWatch(self.clock, self.metrics, wall=self.wall, monotonic=self.clock.seconds)
-        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
     def steps_counted(self) -> bytes:
         return self.metrics.render()[0]
@@ -107,7 +107,9 @@ class MonotonicReactorTests(SynchronousTestCase):
         self.assertLess(abs(reactor.seconds() - (time.monotonic())), 0.5)
         self.assertLess(abs(early.getTime() - time.monotonic() - (30)), 0.5)
         self.assertLess(abs(late.getTime() - time.monotonic() - (60)), 0.5)
-        self.assertLess(abs(reactor.timeout() - (30)), 0.5)
+        timeout = reactor.timeout()
+        assert timeout is not None
+        self.assertLess(abs(timeout - (30)), 0.5)
         fresh = reactor.callLater(5, lambda: None)
         self.assertLess(abs(fresh.getTime() - time.monotonic() - (5)), 0.5)
         early.reset(1)  # uses the call's own seconds(): monotonic too

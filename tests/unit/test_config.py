@@ -135,6 +135,7 @@ class MinimalConfigTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(cfg.logging.level, "debug")
         self.assertEqual(cfg.monitoring.method, "prometheus")
         self.assertEqual(dict(cfg.monitoring.prometheus.base_labels), {"env_name": "local_test"})
+        assert cfg.networking.ipv4.node_address_cidr is not None
         self.assertEqual(cfg.networking.ipv4.node_address_cidr.network, ipaddress.IPv4Network("192.168.129.0/26"))
         self.assertEqual(cfg.control_api.ssl.key_file_path, self.base / "ssl" / "key.pem")
 
@@ -494,8 +495,9 @@ class TypeTests(ConfigTestMixin, SynchronousTestCase):
         self.assertIn(f"tun_mesh/{base}/network_cidr: '10.0.0.0/8' is not an IPv6 network", errors[0])
         self.assertIn(f"tun_mesh/{base}/node_address_cidr: 'fd00::5' has no prefix length", errors[1])
         # Without node_address_cidr the IPv6 address is claimed dynamically (docs/addressing.md).
-        self.assertIsNone(self.load(set_key(minimal_data(), base, {"network_cidr": "fd00::/64"}))
-                          .networking.ipv6.node_address_cidr)
+        ipv6 = self.load(set_key(minimal_data(), base, {"network_cidr": "fd00::/64"})).networking.ipv6
+        assert ipv6 is not None
+        self.assertIsNone(ipv6.node_address_cidr)
         self.assertIsNone(self.load(set_key(minimal_data(), base, None)).networking.ipv6)
 
     def test_peer_networks_bad_item(self) -> None:

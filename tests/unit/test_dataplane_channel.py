@@ -17,7 +17,7 @@ from tunmesh.dataplane import link as L
 
 
 @implementer(ISSLTransport)
-class _TLSTransport:
+class _TLSTransport:  # type: ignore[misc]  # provides only what DirectTLSWriter reads
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 

@@ -25,6 +25,7 @@ class FakeTLS:
         self.transport = tcp
         self.slow_writes: list[bytes] = []
         self._aggregator = self
+        self.aggregated: list[bytes] = []
 
     def _write(self, data: bytes) -> None:
         """Twisted's path: encrypt and hand to the TCP transport."""
@@ -70,8 +71,9 @@ class DirectTLSWriterTests(SynchronousTestCase):
         self.peer = b
         self.tcp = FakeTCP(a)
         self.tls = FakeTLS(self.client, self.tcp)
-        self.writer = DirectTLSWriter.wrap(self.tls)
-        assert self.writer is not None
+        writer = DirectTLSWriter.wrap(self.tls)
+        assert writer is not None
+        self.writer = writer
 
     def received(self) -> bytes:
         """Plaintext the server end decrypts from the socket and the TCP buffer, in order."""

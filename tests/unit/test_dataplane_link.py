@@ -85,7 +85,7 @@ class HandshakeTests(SynchronousTestCase):
             signed = real(peer_id, body=body)
             return type(signed)(signed.header_value[:-2] + "AA", signed.kid, signed.rid, signed.peer_id)
 
-        pair.auth_a.sign_link_hello = tampered  # type: ignore[method-assign]
+        pair.auth_a.sign_link_hello = tampered  # type: ignore[method-assign, assignment]
         pair.client.start()
         pair.pump()
         self.assertFalse(pair.client.ready)
@@ -95,7 +95,7 @@ class HandshakeTests(SynchronousTestCase):
         """A token minted for another connection's random is refused (bh mismatch)."""
         pair = Pair(self)
         real = pair.auth_a.sign_link_hello
-        pair.auth_a.sign_link_hello = lambda peer_id, body=b"": real(peer_id, body=b"other")  # type: ignore[method-assign]
+        pair.auth_a.sign_link_hello = lambda peer_id, body=b"": real(peer_id, body=b"other")  # type: ignore[method-assign, assignment, misc]
         pair.client.start()
         pair.pump()
         self.assertEqual(pair.metrics_b.value("link_hello_failures_total", "auth_body_mismatch"), 1)
@@ -107,7 +107,7 @@ class HandshakeTests(SynchronousTestCase):
             iss = A
             kid = "kid-unknown"
 
-        pair.auth_b.verify_link_hello = lambda peer, token, body=b"": Claims()  # type: ignore[assignment,method-assign]
+        pair.auth_b.verify_link_hello = lambda peer, token, body=b"": Claims()  # type: ignore[assignment, method-assign, misc]
         pair.client.start()
         pair.pump()
         self.assertFalse(pair.client.ready)
@@ -282,7 +282,7 @@ class ReconnectTests(SynchronousTestCase):
             pair.pump()
         self.assertTrue(pair.client.ready)
         # the server stops answering: the client gives up after 3 silent periods
-        pair.pumps[0].serverIO.write = lambda data: None  # type: ignore[method-assign]
+        pair.pumps[0].serverIO.write = lambda data: None
         for _ in range(3):
             pair.clock.advance(10)
             pair.pump()
@@ -327,7 +327,7 @@ class ReconnectTests(SynchronousTestCase):
         pair = Pair(self, keepalive=10.0)
         pair.client.start()
         pair.pump()
-        pair.pumps[0].clientIO.write = lambda data: None  # type: ignore[method-assign]
+        pair.pumps[0].clientIO.write = lambda data: None
         for _ in range(3):
             pair.clock.advance(10)
         self.assertEqual(pair.metrics_b.value("link_frames_dropped_total", "idle_timeout"), 1)
@@ -514,7 +514,7 @@ class DataPlaneTests(SynchronousTestCase):
                 node.tun.inject(ipv4("100.64.0.2", "100.64.0.1", b"re:" + p[20:]))
             return result
 
-        node.tun.write_batch = answering  # type: ignore[method-assign]
+        node.tun.write_batch = answering  # type: ignore[method-assign, assignment]
 
     def test_small_packet_answer_read_in_the_same_iteration(self) -> None:
         self._kernel_answers(self.b)

@@ -22,8 +22,8 @@ class Flag:
 class HealthRegistryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
         self.clock = Clock()
         self.health = HealthRegistry(self.clock)
 
@@ -71,7 +71,7 @@ class HealthRegistryTests(SynchronousTestCase):
 
     def test_non_bool_result_is_false(self) -> None:
         for i, value in enumerate([1, "yes", None, [True]]):
-            self.health.add_readiness(f"odd{i}", lambda value=value: value)
+            self.health.add_readiness(f"odd{i}", lambda value=value: value)  # type: ignore[misc]
         self.assertEqual(self.health.readiness(), {"odd0": False, "odd1": False, "odd2": False, "odd3": False})
         self.assertEqual(len(self.errors()), 4)
 

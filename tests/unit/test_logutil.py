@@ -31,7 +31,7 @@ class SecondsOnly:
 class RateLimitedLogTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self.logger = Logger(namespace="test", observer=self.events.append)
+        self.logger = Logger(namespace="test", observer=self.events.append)  # type: ignore[arg-type]
         self.clock = Clock()
         self.rl = RateLimitedLog(self.logger, self.clock, burst=5, period=10.0)
 

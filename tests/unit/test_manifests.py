@@ -44,7 +44,7 @@ def _env(workload: dict[str, Any]) -> list[dict[str, Any]]:
 def _volume(workload: dict[str, Any], name: str) -> dict[str, Any]:
     for v in workload["spec"]["template"]["spec"]["volumes"]:
         if v["name"] == name:
-            return v  # type: ignore[no-any-return]
+            return v
     raise AssertionError(name)
 
 

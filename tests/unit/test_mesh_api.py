@@ -126,8 +126,8 @@ class RegistrationRouteTests(RouteTestCase):
 
     def test_unexpected_error_is_a_constant_500_logged_at_a_bounded_rate(self) -> None:
         events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
 
         def broken(*args: Any, **kw: Any) -> Any:
             raise RuntimeError("secret-detail")
@@ -368,6 +368,7 @@ class LimitsTests(RouteTestCase):
         ]:
             _, pre_auth = self.limits.lookup(method, path)
             self.assertIsNotNone(pre_auth, path)
+            assert pre_auth is not None
             self.assertEqual(pre_auth(self.head(method, path, None)), 401, path)
         self.assertEqual(self.failures("missing"), 5)
 
@@ -375,10 +376,12 @@ class LimitsTests(RouteTestCase):
         body = reg_body(info(7))
         signed = self.stranger.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
         _, pre_auth = self.limits.lookup(b"POST", REGISTER_PATH)
+        assert pre_auth is not None
         self.assertIsNone(pre_auth(self.head(b"POST", REGISTER_PATH, signed.header_value)))
         # the head check did not burn the jti: the full request still succeeds once
         self.assertEqual(self.request("POST", REGISTER_PATH, body, signed.header_value)[0].code, 200)
         path = REGISTER_PATH + "/" + self.n2.id
         signed = self.n2.membership.session_auth.sign_request(self.n1.id, "POST", path, b"{}")
         _, pre_auth = self.limits.lookup(b"POST", path)
+        assert pre_auth is not None
         self.assertIsNone(pre_auth(self.head(b"POST", path, signed.header_value)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,7 +14,7 @@ from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.mesh.client import MeshClient, request_kind
 from tunmesh.mesh.errors import PeerRequestFailed
 from tunmesh.metrics import Metrics
-from tunmesh.testing import FakeNetwork
+from tunmesh.testing import FakeNetwork, stub_treq
 
 START = 1_700_000_000.0
 
@@ -40,14 +39,14 @@ class Fixed(Resource):
 
 class ClientTests(SynchronousTestCase):
     def test_response_size_cap(self) -> None:
-        client = MeshClient(StubTreq(Fixed(200, b"x" * 2000)), Clock(), 5.0, max_response=1000)
+        client = MeshClient(stub_treq(Fixed(200, b"x" * 2000)), Clock(), 5.0, max_response=1000)
         failure = self.failureResultOf(client.post("https://a.test:1", "/p", b"{}", "Bearer t"), PeerRequestFailed)
         self.assertEqual(failure.value.reason, "response_too_large")
         self.assertEqual(client.in_flight, 0)
 
     def test_posts_json_with_token(self) -> None:
         target = Fixed(200, b"{}", {b"Content-Type": b"application/json; charset=utf-8", b"Retry-After": b"3"})
-        client = MeshClient(StubTreq(target), Clock(), 5.0)
+        client = MeshClient(stub_treq(target), Clock(), 5.0)
         response = self.successResultOf(client.post("https://a.test:1/", "/p", b'{"a":1}', "Bearer t"))
         self.assertEqual((response.status, response.body, response.retry_after), (200, b"{}", "3"))
         self.assertTrue(response.is_json())
@@ -118,7 +117,7 @@ class _Pool:
 class CloseTests(SynchronousTestCase):
     def test_close_waits_for_the_pooled_connections_to_close(self) -> None:
         pool = _Pool()
-        client = MeshClient(StubTreq(Fixed(200, b"")), Clock(), 5.0, pool=pool)
+        client = MeshClient(stub_treq(Fixed(200, b"")), Clock(), 5.0, pool=pool)
         d = client.close()
         self.assertEqual(len(pool.closing), 1)
         self.assertNoResult(d)
@@ -128,7 +127,7 @@ class CloseTests(SynchronousTestCase):
     def test_close_gives_up_after_its_timeout(self) -> None:
         pool = _Pool()
         clock = Clock()
-        client = MeshClient(StubTreq(Fixed(200, b"")), clock, 5.0, pool=pool)
+        client = MeshClient(stub_treq(Fixed(200, b"")), clock, 5.0, pool=pool)
         d = client.close(timeout=1.0)
         clock.advance(1.0)
         self.assertIsNone(self.successResultOf(d))

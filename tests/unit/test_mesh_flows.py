@@ -8,6 +8,7 @@ from twisted.logger import LogLevel
 
 from tests.unit.mesh_support import N1, MeshTestCase, Node, advance, node_id
 from tunmesh.auth.errors import AuthError
+from tunmesh.auth.tokens import SignedRequest
 from tunmesh.clockwatch import CHECK_INTERVAL, ClockStepWatch
 from tunmesh.mesh.membership import GroupState
 from tunmesh.mesh.settings import BootstrapGroupSpec
@@ -255,7 +256,7 @@ class SessionTests(MeshTestCase):
         n2.start()
         advance(self.clock, 5)
         path = "/tunmesh/control/v0/packet/rx/" + n1.id
-        in_flight: list[tuple[object, bytes]] = []
+        in_flight: list[tuple[SignedRequest, bytes]] = []
         accepted = 0
         kids = set()
         for second in range(1500):
@@ -282,7 +283,7 @@ class SessionTests(MeshTestCase):
         before = n1.counter("tunmesh_mesh_inbound_sessions_total", kind="init", result="rate_limited")
         advance(self.clock, 11)
         for attempt in range(2):
-            n2.sessions.invalidate_outbound(n1.id, n2.sessions.outbound(n1.id).kid)
+            n2.sessions.invalidate_outbound(n1.id, n2.sessions.outbound(n1.id).kid)  # type: ignore[union-attr]
             n2.membership.peer_backoff.success(("session", n1.id))
             d = n2.membership.ensure_session(n1.id)
             if attempt == 0:

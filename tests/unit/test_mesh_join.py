@@ -70,7 +70,7 @@ class JoinTestCase(SynchronousTestCase):
         self.net = RecordingNetwork(self.clock)
 
     def node(self, n: int, bootstrap: tuple[str, ...] = (N1,), **kw: Any) -> Node:
-        settings = dict(DEFAULTS)
+        settings: dict[str, Any] = dict(DEFAULTS)
         settings.update(kw)
         node = Node(self.net, self.clock, n, bootstrap, **settings)
         self.addCleanup(node.stop)

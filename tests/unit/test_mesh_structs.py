@@ -59,7 +59,7 @@ class RegistrationParsingTests(SynchronousTestCase):
     def test_bad_types(self) -> None:
         self.assertBad(b"[]", "bad_type")
         self.assertBad(reg_body(info(2), stamp=-1), "bad_type")
-        self.assertBad(reg_body(info(2), stamp=True), "bad_type")  # type: ignore[arg-type]
+        self.assertBad(reg_body(info(2), stamp=True), "bad_type")
         self.assertBad(reg_body(info(2), seq="3"), "bad_type")  # type: ignore[arg-type]
         self.assertBad(json.dumps({"local": info(2), "remote": {}, "stamp": 1}).encode(), "bad_type")
         self.assertBad(json.dumps({"local": "x", "stamp": 1}).encode(), "bad_type")

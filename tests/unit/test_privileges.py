@@ -281,8 +281,8 @@ class DropOrderTests(SynchronousTestCase):
 class PrivilegeDropServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def test_drops_after_earlier_children(self) -> None:
         order: list[str] = []
@@ -319,8 +319,8 @@ class PrivilegeDropSelfCheckTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
         self.order: list[str] = []
         self.stderr = io.StringIO()
 
@@ -417,8 +417,8 @@ class RealDropTests(SynchronousTestCase):
         os.close(read_fd)
         _, status = os.waitpid(pid, 0)
         self.assertEqual(os.waitstatus_to_exitcode(status), 0)
-        report: dict[str, Any] = json.loads(b"".join(chunks))
-        return report
+        answer: dict[str, Any] = json.loads(b"".join(chunks))
+        return answer
 
     def test_drop_to_nobody(self) -> None:
         require_root()
@@ -494,4 +494,4 @@ class RequireRootTests(SynchronousTestCase):
 
     def test_root_runs(self) -> None:
         self.patch(os, "geteuid", lambda: 0)
-        self.assertIsNone(require_root())
+        self.assertIsNone(require_root())  # type: ignore[func-returns-value]

@@ -180,7 +180,7 @@ class ReloaderTests(SynchronousTestCase):
         report = self.reloader.reload()
         self.assertIn(CA_FILE_KEY, report.changed)
         self.assertEqual([c.fingerprint(c.signature_hash_algorithm) for c in self.policy.trust],  # type: ignore[arg-type]
-                         [c.fingerprint(c.signature_hash_algorithm) for c in load_certs(ca_cert)])  # type: ignore[arg-type]
+                         [c.fingerprint(c.signature_hash_algorithm) for c in load_certs(ca_cert)])
 
     def test_system_store_as_trust_is_refused_and_old_trust_kept(self) -> None:
         before = self.policy.trust

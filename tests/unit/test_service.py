@@ -45,7 +45,7 @@ class ReloaderTests(SynchronousTestCase):
         path = self.write(self.base, ["https://198.18.0.1:4567/"])
         reload = reloader(load_config(path, env={}), path)
         path.write_text("tun_mesh: [")
-        self.assertRaises(ConfigError, reload)  # type: ignore[arg-type]
+        self.assertRaises(ConfigError, reload)
 
     def test_off_unless_configured(self) -> None:
         path = self.write(self.base, ["https://198.18.0.1:4567/"], reload=False)

@@ -334,6 +334,7 @@ class LinkErrorTests(SynchronousTestCase):
         pair.client.start()
         pair.pump()
         pair.clock.advance(3)
+        assert pair.server_proto.transport is not None
         pair.server_proto.transport.loseConnection()
         pair.pump()
         doc = pair.client.stats.to_dict(pair.clock.seconds())

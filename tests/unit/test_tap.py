@@ -85,7 +85,12 @@ class MakeServiceTests(SynchronousTestCase):
             return tuns[-1]
 
         top = service.makeService(load_config(path), MemoryReactorClock(), open_tun, config_path=path)
-        self.addCleanup(lambda: [t.close() for t in tuns])
+
+        def close_all() -> None:
+            for t in tuns:
+                t.close()
+
+        self.addCleanup(close_all)
         reload = top.getServiceNamed("reload")
         self.assertIsInstance(reload, ReloadOnSignal)
         self.assertEqual(reload.reloader.config_path, path)

@@ -33,6 +33,7 @@ class SelfSignedTests(SynchronousTestCase):
                          [ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("fd00::1")])
         key = serialization.load_pem_private_key(self.key.read_bytes(), None)
         self.assertIsInstance(key, ec.EllipticCurvePrivateKey)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
         self.assertEqual(key.curve.name, "secp256r1")
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         self.assertLess(abs(lifetime.days - 10), 2)

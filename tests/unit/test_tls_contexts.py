@@ -346,8 +346,8 @@ class TrustBundleTests(SynchronousTestCase):
 
     def test_big_bundle_warns(self) -> None:
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         certs = []
         for i in range(11):
             cert, _ = self_signed(self.dir, f"n{i}")

@@ -75,6 +75,7 @@ class DispatchOverTLSTests(SynchronousTestCase):
 
     def test_connection_lost_forwarded(self) -> None:
         client = self._connect((b"tunmesh-link/1",))
+        assert client.transport is not None
         client.transport.loseConnection()
         settle(self.pump, self.clock)
         self.assertIsNotNone(self.link.built[0].lost)
@@ -109,7 +110,12 @@ class DispatchWithoutTLSTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(5)
         built: list[_AcceptAware] = []
-        inner_factory = Factory.forProtocol(lambda: built.append(_AcceptAware()) or built[-1])
+
+        def build() -> _AcceptAware:
+            built.append(_AcceptAware())
+            return built[-1]
+
+        inner_factory = Factory.forProtocol(build)
         factory = ALPNDispatchFactory(inner_factory, {b"x": _Collect()}, clock=clock, handshake_timeout=10.0)
         proto = factory.buildProtocol(None)
         proto.makeConnection(StringTransport())

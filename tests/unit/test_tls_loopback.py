@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import treq
 from klein import Klein
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -29,6 +30,7 @@ class _App:
 
 class _LinkEcho(Protocol):
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(b"link:" + data)
 
 
@@ -39,10 +41,12 @@ class _LinkClient(Protocol):
         self.peer_hash: bytes | None = None
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"frame")
 
     def dataReceived(self, data: bytes) -> None:
         if not self.answer.called:
+            assert self.transport is not None
             self.peer_hash = peer_certificate_sha256(self.transport)
             self.answer.callback(data)
             self.transport.loseConnection()
@@ -62,9 +66,10 @@ class LoopbackServer(TestCase):
         site = make_site(_App().app.resource(), RouteLimits(), reactor)
         factory = make_server_factory(site, server_context(self.cert, self.key),
                                       {b"tunmesh-link/1": Factory.forProtocol(_LinkEcho)}, reactor)
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(self.port.stopListening)
-        self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+        self.port_number = cast(IPv4Address, self.port.getHost()).port
+        self.url = f"https://127.0.0.1:{self.port_number}"
 
 
 class LoopbackTests(LoopbackServer):
@@ -81,7 +86,7 @@ class LoopbackTests(LoopbackServer):
     @inlineCallbacks
     def test_link_alpn_over_real_socket(self) -> Any:
         creator = client_context(self.cert, "127.0.0.1", True, alpn=(b"tunmesh-link/1",))
-        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port, creator)
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.port_number, creator)
         client = _LinkClient()
         yield connectProtocol(endpoint, client)
         answer = yield client.answer
@@ -115,7 +120,7 @@ class FailureDiagnosticsTests(LoopbackServer):
         from tunmesh.mesh.client import MeshClient
         from tunmesh.mesh.errors import PeerRequestFailed
 
-        port = self.port.getHost().port
+        port = self.port_number
         yield self.port.stopListening()
         client = MeshClient.with_tls(reactor, MeshTLSPolicy(self.cert, verify_hostname=True), timeout=5)
         try:

@@ -265,7 +265,7 @@ class WriteTests(SynchronousTestCase):
         os.set_blocking(w, False)
         self.addCleanup(self.close_r)
         raw = SimpleNamespace(fileno=lambda: w, close=lambda: os.close(w))
-        self.dev = TunDevice(raw, "tmt0", 1500, offload_active=False)  # type: ignore[arg-type]
+        self.dev = TunDevice(raw, "tmt0", 1500, offload_active=False)
         self.addCleanup(self.dev.close)
 
     def close_r(self) -> None:

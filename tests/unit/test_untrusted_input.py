@@ -248,8 +248,8 @@ class RouteBodyFuzzTests(RouteTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def post_everywhere(self, body: bytes) -> None:
         for path, sign in self.routes():
@@ -302,8 +302,8 @@ class LinkFrameFuzzTests(SynchronousTestCase):
     def test_unexpected_error_in_hello_is_a_counted_refusal(self) -> None:
         pair = Pair(self)
         events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
 
         def broken(*args: Any, **kw: Any) -> Any:
             raise RecursionError("deep")
@@ -393,8 +393,8 @@ class ClockSkewDiagnosticsTests(RouteTestCase):
 
     def test_future_token_logs_the_skew(self) -> None:
         events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         self.clock.advance(3600)  # the stranger's clock (this Clock) runs an hour ahead of...
         body = reg_body(info(7))
         signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)

@@ -117,6 +117,7 @@ class Recorder(Protocol):
 
     def connectionMade(self) -> None:
         if self.greeting:
+            assert self.transport is not None
             self.transport.write(self.greeting)
 
     def handshakeCompleted(self) -> None:
