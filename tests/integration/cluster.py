@@ -401,12 +401,19 @@ def wait_links_full_mesh(cluster: Cluster, timeout: float, poll: float = 0.25) -
     return done
 
 
-def wait_until(predicate, timeout: float, what: str, logs=lambda: "") -> None:
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    logs: Callable[[], str] = lambda: "",
+    poll: float = 0.5,
+) -> None:
+    """Poll ``predicate`` every ``poll`` seconds until it is true; after ``timeout``, fail with ``logs()``."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise NetnsError(f"timed out after {timeout}s waiting for {what}\n{logs()}")
-        time.sleep(0.5)
+        time.sleep(poll)
 
 
 @contextmanager

@@ -11,11 +11,12 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.integration.cluster import UNPRIVILEGED_UID, Cluster, node_config, overlay_v4
+from tests.integration.cluster import UNPRIVILEGED_UID, Cluster, node_config, overlay_v4, wait_until
 from tests.netns import NetnsError, Underlay, requires_root_netns
 from tunmesh.tls.certs import certificate_sha256, write_self_signed
 
@@ -33,12 +34,8 @@ def config(i: int) -> str:
     return text
 
 
-def wait_for(predicate, timeout: float, what: str, logs=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise NetnsError(f"timed out after {timeout}s waiting for {what}\n{logs()}")
-        time.sleep(0.2)
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, logs: Callable[[], str]) -> None:
+    wait_until(predicate, timeout, what, logs, poll=0.2)
 
 
 def readable_by_node(*paths: Path) -> None:

@@ -105,6 +105,33 @@ def mismatches(protocol: type, owner: object) -> list[str]:
     return problems
 
 
+def _contracts_provided(
+    tun: TunDevice,
+    fake_tun: FakeTun,
+    metrics: Metrics,
+    fake_metrics: FakeMetrics,
+    log: RateLimitedLog,
+    fake_log: FakeRateLimitedLog,
+    sessions: SessionStore,
+    plane: DataPlane,
+    peer_info: PeerInfo,
+    recorder: RecordingObserver,
+    network: FakeNetwork,
+    wall: WallClock,
+    stepped: SteppedWall,
+) -> tuple[object, ...]:
+    """Each real class and each fake is its contract, attributes included (which the run-time comparison
+    leaves out). Never called: mypy checks it (``tox -e typing`` runs over ``tests/``)."""
+    devices: list[PacketDevice] = [tun, fake_tun]
+    registries: list[MetricsLike] = [metrics, fake_metrics]
+    logs: list[RateLimitedLogLike] = [log, fake_log]
+    stores: list[SessionsLike] = [sessions]
+    observers: list[PeerObserver] = [plane, peer_info, recorder]
+    clients: list[TreqLike] = [network]
+    clocks: list[SecondsClock] = [wall, stepped, Clock()]
+    return (*devices, *registries, *logs, *stores, *observers, *clients, *clocks)
+
+
 class ContractTestsMixin:
     """For one contract: its protocol, the fake that stands in for it, and the real classes."""
 
