@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -195,9 +196,7 @@ class MeshTestCase(SynchronousTestCase):
         self.clock.advance(START)
         self.net = FakeNetwork()
         self.nodes: list[Node] = []
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
     def node(self, n: int, bootstrap: tuple[str, ...] = (N1,), **kw: object) -> Node:
         node = Node(self.net, self.clock, n, bootstrap, **kw)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from typing import Any
 from klein import Klein
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
@@ -216,9 +217,7 @@ class ErrorTests(ControlAPITestCase):
             self.assertEqual(r.header(b"Allow"), b"GET, HEAD")
 
     def test_unexpected_exception_is_constant_500_and_counted(self) -> None:
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
         class Exploding(Metrics):
             def render(self) -> tuple[bytes, str]:

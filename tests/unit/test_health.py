@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,9 +22,7 @@ class Flag:
 
 class HealthRegistryTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.clock = Clock()
         self.health = HealthRegistry(self.clock)
 

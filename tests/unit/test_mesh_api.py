@@ -6,6 +6,7 @@ import ipaddress
 import json
 from typing import Any
 
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.web.http_headers import Headers
 
@@ -125,9 +126,7 @@ class RegistrationRouteTests(RouteTestCase):
         self.assertEqual((response.code, content), (503, b"Service Unavailable"))
 
     def test_unexpected_error_is_a_constant_500_logged_at_a_bounded_rate(self) -> None:
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
         def broken(*args: Any, **kw: Any) -> Any:
             raise RuntimeError("secret-detail")

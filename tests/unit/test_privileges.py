@@ -10,6 +10,7 @@ from collections import namedtuple
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -280,9 +281,7 @@ class DropOrderTests(SynchronousTestCase):
 
 class PrivilegeDropServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
     def test_drops_after_earlier_children(self) -> None:
         order: list[str] = []
@@ -318,9 +317,7 @@ class PrivilegeDropSelfCheckTests(SynchronousTestCase):
     """Preload as root before the drop, self-check after it; a failed check ends the process with one line."""
 
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.order: list[str] = []
         self.stderr = io.StringIO()
 

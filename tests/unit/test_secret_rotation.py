@@ -169,5 +169,5 @@ class RollingRotationTests(MeshTestCase):
         hints = self.logged("which this node does not accept")
         self.assertTrue(hints)
         self.assertEqual({e["secret_id"] for e in hints}, {"new"})
-        self.assertNotIn(NEW, repr(self.events))
-        self.assertNotIn(OLD, repr(self.events))
+        self.assertNotIn(NEW, repr(list(self.events)))
+        self.assertNotIn(OLD, repr(list(self.events)))

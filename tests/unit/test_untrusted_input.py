@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -247,9 +247,7 @@ class RouteBodyFuzzTests(RouteTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
     def post_everywhere(self, body: bytes) -> None:
         for path, sign in self.routes():
@@ -301,9 +299,7 @@ class LinkFrameFuzzTests(SynchronousTestCase):
 
     def test_unexpected_error_in_hello_is_a_counted_refusal(self) -> None:
         pair = Pair(self)
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
         def broken(*args: Any, **kw: Any) -> Any:
             raise RecursionError("deep")
@@ -392,9 +388,7 @@ class ClockSkewDiagnosticsTests(RouteTestCase):
     """Issue 12, defect 7: a time refusal logs the skew the token showed."""
 
     def test_future_token_logs_the_skew(self) -> None:
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.clock.advance(3600)  # the stranger's clock (this Clock) runs an hour ahead of...
         body = reg_body(info(7))
         signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)
