@@ -50,6 +50,8 @@ setup(
             "types-PyYAML",
             # Offline validation of contrib/kubernetes (Kubernetes JSON schemas) and contrib/compose
             # (the compose-spec schema that check-jsonschema vendors): tests/unit/test_manifests.py.
+            # Every docstring parses as reStructuredText: tests/unit/test_docstrings.py.
+            "docutils>=0.20",
             "kubernetes-validate>=1.30",
             "check-jsonschema>=0.28",
             "jsonschema>=4.18",

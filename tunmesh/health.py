@@ -1,12 +1,12 @@
 """
-Liveness and readiness registries behind C{/health} and C{/ready}.
+Liveness and readiness registries behind ``/health`` and ``/ready``.
 
-Checks are plain callables returning C{bool}.  They run on every probe, on
+Checks are plain callables returning ``bool``.  They run on every probe, on
 the reactor thread, so they must be cheap: read a cached flag or compare a
 timestamp, never do I/O (security contract W9: health is answered from cached
 state even while the port is under load).  Only booleans leave this module
-(W14): a check that raises or returns anything but C{True}/C{False} counts as
-C{False} and the reason goes to a rate-limited log line, never to the client.
+(W14): a check that raises or returns anything but ``True``/``False`` counts as
+``False`` and the reason goes to a rate-limited log line, never to the client.
 """
 
 from __future__ import annotations

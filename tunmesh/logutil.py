@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from tunmesh.interfaces import SecondsClock
 
-#: Config spelling (C{logging.level}) to Twisted level.
+#: Config spelling (``logging.level``) to Twisted level.
 LEVELS: dict[str, LogLevel] = {
     "error": LogLevel.error,
     "warn": LogLevel.warn,
@@ -52,7 +52,7 @@ OVERFLOW_KEY = ("tunmesh.logutil", "overflow")
 
 
 class MonotonicClock:
-    """C{seconds()} from C{time.monotonic}, for users built without a reactor (no C{callLater})."""
+    """``seconds()`` from ``time.monotonic``, for users built without a reactor (no ``callLater``)."""
 
     def seconds(self) -> float:
         return time.monotonic()
@@ -69,15 +69,15 @@ class _Bucket:
 
 class RateLimitedLog:
     """
-    Log at most C{burst} events per key, then at most one line per C{period}
-    seconds per key (a token bucket, like Tailscale's C{logRateLimit}).
+    Log at most ``burst`` events per key, then at most one line per ``period``
+    seconds per key (a token bucket, like Tailscale's ``logRateLimit``).
 
     The line that spends a token after suppression carries the number of
-    suppressed events (C{rate_limit_suppressed} field).  If C{clock} can C{callLater},
+    suppressed events (``rate_limit_suppressed`` field).  If ``clock`` can ``callLater``,
     a summary is also scheduled for when the next token is due, so the count
     of a flood that stops is not lost; with a clock that only has
-    C{seconds()}, the count is reported with the key's next event or by
-    L{flush}.  The key table is bounded by C{max_keys}.
+    ``seconds()``, the count is reported with the key's next event or by
+    :meth:`flush`.  The key table is bounded by ``max_keys``.
     """
 
     def __init__(
@@ -132,9 +132,9 @@ class RateLimitedLog:
 
     def emit(self, key: Hashable, level: LogLevel, format: str, **fields: Any) -> bool:
         """
-        Log C{format} with C{fields} unless C{key} is over its rate.
+        Log ``format`` with ``fields`` unless ``key`` is over its rate.
 
-        @return: whether a line was written.
+        :returns: whether a line was written.
         """
         now = self._clock.seconds()
         key, bucket = self._bucket_for(key, now)
@@ -188,13 +188,13 @@ class RateLimitedLog:
                 self._write_summary(key, bucket)
 
     def suppressed(self, key: Hashable) -> int:
-        """How many events of C{key} are waiting to be summarised."""
+        """How many events of ``key`` are waiting to be summarised."""
         bucket = self._buckets.get(key)
         return 0 if bucket is None else bucket.suppressed
 
 
 def parse_level(level: str) -> LogLevel:
-    """C{logging.level} config value to a L{LogLevel}; C{ValueError} for anything else."""
+    """``logging.level`` config value to a :class:`LogLevel`; ``ValueError`` for anything else."""
     try:
         return LEVELS[level]
     except (KeyError, TypeError):
@@ -288,12 +288,12 @@ def make_observer(
     predicate: LogLevelFilterPredicate | None = None,
 ) -> ILogObserver:
     """
-    An observer writing events at C{level} or above to C{out} (stderr), as
+    An observer writing events at ``level`` or above to ``out`` (stderr), as
     text lines or as one JSON object per line, for the twistd plugin; both
-    through a L{TidyObserver}.
+    through a :class:`TidyObserver`.
 
-    Pass C{predicate} to keep a handle on the level filter (its default level
-    is set to C{level} here and may be changed later, as a SIGHUP reload does).
+    Pass ``predicate`` to keep a handle on the level filter (its default level
+    is set to ``level`` here and may be changed later, as a SIGHUP reload does).
     """
     min_level = parse_level(level)
     stream = sys.stderr if out is None else out

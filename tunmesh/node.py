@@ -3,7 +3,7 @@ The identity of one node process.
 
 As upstream, a node gets a fresh UUIDv4 every time the process starts: a
 restart is a new node that happens to reuse the URL and mesh address (peers
-detect it by the changed ID).  C{makeService} calls L{NodeIdentity.generate}
+detect it by the changed ID).  ``makeService`` calls :meth:`NodeIdentity.generate`
 exactly once and hands the value to everything that needs it.
 """
 

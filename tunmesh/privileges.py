@@ -2,20 +2,20 @@
 Dropping root after the TUN device and the listening port are open
 (security contract W19).
 
-Order, as OpenVPN's C{--user}: C{setgroups([])} (root's supplementary groups
-would otherwise survive), C{setgid}, C{setuid} (last: after it, the group
-calls are refused), then C{prctl(PR_SET_NO_NEW_PRIVS, 1)} so no exec can
+Order, as OpenVPN's ``--user``: ``setgroups([])`` (root's supplementary groups
+would otherwise survive), ``setgid``, ``setuid`` (last: after it, the group
+calls are refused), then ``prctl(PR_SET_NO_NEW_PRIVS, 1)`` so no exec can
 gain privileges back.  Then the drop is checked rather than trusted:
-C{setuid(0)} and C{setgid(0)} must fail, real/effective/saved IDs must all be
+``setuid(0)`` and ``setgid(0)`` must fail, real/effective/saved IDs must all be
 the target, no supplementary groups remain, and the kernel reports no
-capabilities and C{NoNewPrivs: 1}.
+capabilities and ``NoNewPrivs: 1``.
 
 Consequence for operators: the cert and key are read before the drop, so a
 renewed certificate needs a restart (or files readable by the service UID).
 
-After the drop the node works or exits: L{PrivilegeDropService} imports, as
-root, what the node would otherwise import later (L{tunmesh.preload}), then
-runs a self-check as the new uid (L{tunmesh.selfcheck}); a failed check ends
+After the drop the node works or exits: :class:`PrivilegeDropService` imports, as
+root, what the node would otherwise import later (:mod:`tunmesh.preload`), then
+runs a self-check as the new uid (:mod:`tunmesh.selfcheck`); a failed check ends
 the process with status 1 and one line naming the cause, instead of a node
 that answers 500 to every request.
 """
@@ -47,7 +47,7 @@ class PrivilegeError(Exception):
 class StartupCheckFailed(SystemExit):
     """
     The self-check after the drop failed: the process exits with status 1.
-    C{message} is the one line already written to stderr and logged.
+    ``message`` is the one line already written to stderr and logged.
     """
 
     def __init__(self, message: str) -> None:
@@ -57,11 +57,11 @@ class StartupCheckFailed(SystemExit):
 
 @dataclass(frozen=True)
 class DropResult:
-    """What L{drop_privileges} did and verified."""
+    """What :func:`drop_privileges` did and verified."""
 
     uid: int
     gid: int
-    #: True when the process already ran as C{uid} (not root) and was only verified.
+    #: True when the process already ran as ``uid`` (not root) and was only verified.
     already_unprivileged: bool
 
 
@@ -69,7 +69,7 @@ _libc: Any = None
 
 
 def libc_prctl(option: int, arg2: int) -> int:
-    """C{prctl(2)} through ctypes; C{OSError} on failure."""
+    """``prctl(2)`` through ctypes; ``OSError`` on failure."""
     global _libc
     if _libc is None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -88,15 +88,15 @@ def read_proc_status() -> str:
     The kernel's view of this process (IDs, capabilities, NoNewPrivs).
 
     Read as bytes and decoded without a codec lookup: after the drop, the
-    interpreter may no longer be able to import C{encodings.*} (a Python
-    installed under C{/root}), and a text-mode open would need that.
+    interpreter may no longer be able to import ``encodings.*`` (a Python
+    installed under ``/root``), and a text-mode open would need that.
     """
     with open("/proc/self/status", "rb") as f:
         return f.read().decode("ascii", "replace")
 
 
 def parse_proc_status(text: str) -> dict[str, str]:
-    """C{Key:<tab>value} lines of C{/proc/<pid>/status} to a dict."""
+    """``Key:<tab>value`` lines of ``/proc/<pid>/status`` to a dict."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -185,14 +185,14 @@ def drop_privileges(
     read_status: Callable[[], str] | None = read_proc_status,
 ) -> DropResult:
     """
-    Become C{uid}/C{gid} for good (C{gid} defaults to the uid's primary group,
-    or to C{uid} when it has no passwd entry).
+    Become ``uid``/``gid`` for good (``gid`` defaults to the uid's primary group,
+    or to ``uid`` when it has no passwd entry).
 
-    Run as root, this drops and verifies.  Run as C{uid} already (a developer
-    run, or a container started with C{--user}), it only sets no_new_privs and
+    Run as root, this drops and verifies.  Run as ``uid`` already (a developer
+    run, or a container started with ``--user``), it only sets no_new_privs and
     verifies.  Any other starting uid cannot switch and raises.
 
-    @raise PrivilegeError: refused IDs (0), cannot switch, or the verification
+    :raises PrivilegeError: refused IDs (0), cannot switch, or the verification
         found a way back to root.  The caller must not continue.
     """
     uid = _check_id(uid, "uid")
@@ -225,14 +225,14 @@ def drop_privileges(
 
 class PrivilegeDropService(Service):
     """
-    Drops privileges in C{privilegedStartService}.  Add it as the B{last}
+    Drops privileges in ``privilegedStartService``.  Add it as the **last**
     child of the node's MultiService: children start in order, so the TUN
     device and the listening port are opened (as root) before it runs.
 
-    Before the drop it calls C{preload} (as root: import what the node needs
-    later); after it, C{self_check} (as the new uid).  A C{self_check} that
-    raises ends the process: one line C{tunmesh: startup error: <cause>} on
-    stderr and in the log, then L{StartupCheckFailed} (exit status 1).
+    Before the drop it calls ``preload`` (as root: import what the node needs
+    later); after it, ``self_check`` (as the new uid).  A ``self_check`` that
+    raises ends the process: one line ``tunmesh: startup error: <cause>`` on
+    stderr and in the log, then :exc:`StartupCheckFailed` (exit status 1).
     """
 
     log = Logger()

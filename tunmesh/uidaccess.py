@@ -34,7 +34,7 @@ class Access:
 
 
 class ReadCheck(Protocol):
-    """What the preflight needs: can ``uid``/``gid`` (no supplementary groups) read each of ``paths``?"""
+    """What the preflight needs: whether ``uid``/``gid`` (no supplementary groups) can read each of ``paths``."""
 
     def __call__(self, uid: int, gid: int, paths: Sequence[Path]) -> list[Access]: ...
 

@@ -1,4 +1,4 @@
-"""`AdminSocketService`: the node's end of the admin UNIX socket (``process.admin_socket``).
+""":class:`AdminSocketService`: the node's end of the admin UNIX socket (``process.admin_socket``).
 
 The socket is bound in ``privilegedStartService`` (root, before the privilege drop), with a umask that
 makes the file 0600 from the start (and mode 0600 for Twisted, which sets the mode after binding: an

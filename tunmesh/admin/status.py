@@ -1,4 +1,4 @@
-"""`StatusReporter`: the node's own view for ``tunmesh status`` (issue 8), as one JSON-ready dict.
+""":class:`StatusReporter`: the node's own view for ``tunmesh status`` (issue 8), as one JSON-ready dict.
 
 Built on demand from what the node already keeps: the node pool and the contact log (membership), the
 session store, the links' :class:`tunmesh.dataplane.linkstats.LinkStats` (data plane) and the health

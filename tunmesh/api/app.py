@@ -3,15 +3,15 @@ The root klein application of the control API port.
 
 Own routes (all unauthenticated, all cheap):
 
-  - C{GET /health}: liveness booleans, 200 or 503;
-  - C{GET /ready}: readiness booleans, 503 until every check is true;
-  - C{GET /metrics}: Prometheus text, only when monitoring is enabled (else 404);
-  - C{GET /tunmesh/control/v0/node_info}: C{{"id", "listen_url"}}, an unsigned
+  - ``GET /health``: liveness booleans, 200 or 503;
+  - ``GET /ready``: readiness booleans, 503 until every check is true;
+  - ``GET /metrics``: Prometheus text, only when monitoring is enabled (else 404);
+  - ``GET /tunmesh/control/v0/node_info``: ``{"id", "listen_url"}``, an unsigned
     diagnostic (security contract W4: it never drives a redirect).
 
-Everything else below C{/tunmesh/} is delegated to resources mounted with
-L{ControlAPI.mount}.  A mounted resource sees the request with the prefix moved
-to C{request.prepath} and only the rest in C{request.postpath}, so a mounted
+Everything else below ``/tunmesh/`` is delegated to resources mounted with
+:meth:`ControlAPI.mount`.  A mounted resource sees the request with the prefix moved
+to ``request.prepath`` and only the rest in ``request.postpath``, so a mounted
 klein app declares its routes relative to the prefix::
 
     class MeshRoutes:
@@ -22,15 +22,15 @@ klein app declares its routes relative to the prefix::
 
     api.mount("/tunmesh/control/v0", MeshRoutes().app.resource())
 
-serves C{POST /tunmesh/control/v0/registrations/register}.  The longest
+serves ``POST /tunmesh/control/v0/registrations/register``.  The longest
 matching prefix wins; node_info keeps its exact path whatever is mounted.  A
 mounted app answers its own 404/405s and errors (it should install the same
 kind of constant-body handlers).
 
-Errors use constant plain-text bodies (contract 3.0, W18): 404 C{Not Found},
-405 C{Method Not Allowed} (with C{Allow}), 500 C{Internal Server Error} (the
-traceback goes to the log at debug, and C{tunmesh_errors_total{where="api"}}
-counts it).  Every response here carries C{Cache-Control: no-store}.
+Errors use constant plain-text bodies (contract 3.0, W18): 404 ``Not Found``,
+405 ``Method Not Allowed`` (with ``Allow``), 500 ``Internal Server Error`` (the
+traceback goes to the log at debug, and ``tunmesh_errors_total{where="api"}``
+counts it).  Every response here carries ``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def render_not_found(request: IRequest) -> bytes:
 
 
 def render_method_not_allowed(request: IRequest, valid_methods: Iterable[str] = ()) -> bytes:
-    """The constant 405 with an C{Allow} header; for mounted apps too."""
+    """The constant 405 with an ``Allow`` header; for mounted apps too."""
     request.setResponseCode(405)
     _common_headers(request, _TEXT)
     valid = sorted(set(valid_methods))
@@ -116,7 +116,7 @@ def _json(request: IRequest, code: int, value: Any) -> bytes:
 
 
 def _parse_prefix(prefix: str) -> tuple[bytes, ...]:
-    """C{"/tunmesh/control/v0"} to the segments after C{tunmesh}; C{ValueError} if unusable."""
+    """``"/tunmesh/control/v0"`` to the segments after ``tunmesh``; ``ValueError`` if unusable."""
     if not isinstance(prefix, str) or not prefix.startswith(MOUNT_ROOT):
         raise ValueError(f"mount prefix {prefix!r} must start with {MOUNT_ROOT!r}")
     rest = prefix[len(MOUNT_ROOT) :].rstrip("/")
@@ -154,7 +154,7 @@ class _Utf8PathGuard(Resource):
 class ControlAPI:
     """
     Root resource of the API port: health, readiness, metrics, node_info,
-    and the mount table for the C{/tunmesh/} sub-apps.
+    and the mount table for the ``/tunmesh/`` sub-apps.
     """
 
     app = Klein()
@@ -185,8 +185,8 @@ class ControlAPI:
 
     def mount(self, prefix: str, resource: IResource) -> None:
         """
-        Serve everything below C{prefix} (which starts with C{/tunmesh/}) with
-        C{resource}; it sees the path relative to C{prefix}.
+        Serve everything below ``prefix`` (which starts with ``/tunmesh/``) with
+        ``resource``; it sees the path relative to ``prefix``.
         """
         segments = _parse_prefix(prefix)
         if not IResource.providedBy(resource):
@@ -231,7 +231,7 @@ class ControlAPI:
     def mounted(self, request: IRequest) -> IResource:
         """
         Hand the request to the longest mounted prefix.  klein has already
-        moved C{tunmesh} to C{prepath}; move the prefix too.
+        moved ``tunmesh`` to ``prepath``; move the prefix too.
         """
         rest = tuple(request.postpath)
         for own, own_methods in _OWN_TUNMESH_PATHS.items():

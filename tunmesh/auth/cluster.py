@@ -1,7 +1,7 @@
 """Cluster-secret tokens: bootstrap, init_session and the registration fallback.
 
 A node accepts one or more cluster secrets, each with an id (a :class:`ClusterKeyring`), and signs with one
-of them. A token names its secret in `kid` (``cluster`` for the default id, ``cluster.<id>`` otherwise);
+of them. A token names its secret in ``kid`` (``cluster`` for the default id, ``cluster.<id>`` otherwise);
 the verifier picks the keys by that id and refuses an id it does not hold as ``unknown_key``. A response is
 signed with the secret its request used, so a node that signs with a new secret is answered in it, and a
 node that still signs with the old one is answered in the old one. That is what makes the rolling order
@@ -9,8 +9,8 @@ of docs/security.md ("Rotating the cluster secret") safe at every step.
 
 The cluster secret never signs anything directly: requests, bootstrap requests and responses each use
 their own HKDF-derived key (W12, W13), so a response cannot be replayed as a request. Cluster requests
-carry a 128-bit `jti` remembered in a bounded cache until the token could no longer verify
-(exp + leeway); when the cache is full of live ids it fails closed with `rate_limited` (429).
+carry a 128-bit ``jti`` remembered in a bounded cache until the token could no longer verify
+(exp + leeway); when the cache is full of live ids it fails closed with ``rate_limited`` (429).
 """
 
 from __future__ import annotations
@@ -108,9 +108,9 @@ class _ClusterKeys:
 class ClusterAuthority:
     """Signs and verifies cluster tokens for one node.
 
-    `secret` is one secret (the single-secret form, id ``default``) or a :class:`ClusterKeyring`;
-    :meth:`set_keyring` replaces it at run time (SIGHUP). `validity` is the token lifetime (capped at
-    60 s); `leeway` the clock-skew tolerance (W10).
+    ``secret`` is one secret (the single-secret form, id ``default``) or a :class:`ClusterKeyring`;
+    :meth:`set_keyring` replaces it at run time (SIGHUP). ``validity`` is the token lifetime (capped at
+    60 s); ``leeway`` the clock-skew tolerance (W10).
     """
 
     log = Logger()
@@ -135,7 +135,7 @@ class ClusterAuthority:
         self.set_keyring(secret if isinstance(secret, ClusterKeyring) else ClusterKeyring.single(secret))
 
     def set_keyring(self, keyring: ClusterKeyring) -> None:
-        """Accept exactly the secrets of `keyring` from now on and sign with its signing id.
+        """Accept exactly the secrets of ``keyring`` from now on and sign with its signing id.
 
         Tokens already verified keep their answer: a response is signed with its request's secret while
         that secret is still held (see :meth:`sign_response`).
@@ -155,7 +155,7 @@ class ClusterAuthority:
         return self._keys[self.signing_id].kex
 
     def kex_key_for(self, secret_id: str) -> bytes:
-        """The ``kex`` key of the accepted secret `secret_id`; ``unknown_key`` (401) when not accepted."""
+        """The ``kex`` key of the accepted secret ``secret_id``; ``unknown_key`` (401) when not accepted."""
         found = self._keys.get(secret_id)
         if found is None:
             raise AuthError("unknown_key", secret_id=secret_id)
@@ -177,9 +177,9 @@ class ClusterAuthority:
         typ: str = TYP_REQUEST,
         cnf: str | None = None,
     ) -> SignedRequest:
-        """A cluster request token. `typ=TYP_BOOTSTRAP` signs for `aud="bootstrap"` (W4) whatever `aud` is.
+        """A cluster request token. ``typ=TYP_BOOTSTRAP`` signs for ``aud="bootstrap"`` (W4) whatever ``aud`` is.
 
-        `cnf` is the x5t#S256 of the server certificate seen in the TLS handshake, when known.
+        ``cnf`` is the x5t#S256 of the server certificate seen in the TLS handshake, when known.
         """
         signing = self._keys[self.signing_id]
         if typ == TYP_BOOTSTRAP:
@@ -211,9 +211,9 @@ class ClusterAuthority:
     ) -> PendingToken:
         """Verify a cluster request from its headers (before the body is read).
 
-        `accept_bootstrap` is True only on `POST /registrations/register` (W4). `cnf` is this server's
+        ``accept_bootstrap`` is True only on ``POST /registrations/register`` (W4). ``cnf`` is this server's
         own certificate thumbprint; when given, the token must carry it (W5).
-        Then call `.verify_body(body)`, which checks `bh` and records the `jti`.
+        Then call ``.verify_body(body)``, which checks ``bh`` and records the ``jti``.
         """
         token = parse_authorization(header_value)
         if isinstance(method, bytes):
@@ -247,9 +247,9 @@ class ClusterAuthority:
     def sign_response(
         self, aud: str, request: VerifiedToken, body: bytes, cnf: str | None = None
     ) -> str:
-        """The response header value for a verified cluster request from `aud`; `rid` = its jti.
+        """The response header value for a verified cluster request from ``aud``; ``rid`` = its jti.
 
-        Signed with the secret the request used (its `kid`), which the requester is known to hold:
+        Signed with the secret the request used (its ``kid``), which the requester is known to hold:
         during a rotation a node that already signs with the new secret and one that still signs with
         the old one both get answers they can verify. ``unknown_key`` if that secret was dropped since.
         """
@@ -266,12 +266,12 @@ class ClusterAuthority:
         body: bytes,
         cnf: str | None = None,
     ) -> VerifiedToken:
-        """Verify the response to `request` (rid must be its jti).
+        """Verify the response to ``request`` (rid must be its jti).
 
-        `expected_issuer=None` for bootstrap: the caller does not know who answers; the verified `iss`
-        and the signed body's `listen_url` say it (W4). `cnf` is the thumbprint of the certificate
+        ``expected_issuer=None`` for bootstrap: the caller does not know who answers; the verified ``iss``
+        and the signed body's ``listen_url`` say it (W4). ``cnf`` is the thumbprint of the certificate
         this client saw in the handshake. The response must be signed with the request's secret (same
-        `kid`); any other id is ``unknown_key``.
+        ``kid``); any other id is ``unknown_key``.
         """
         token = parse_authorization(header_value)
 

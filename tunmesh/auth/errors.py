@@ -1,13 +1,13 @@
 """Authentication errors with a closed set of reasons.
 
-One boundary (the API / data plane) turns an `AuthError` into an HTTP status and a counted reason
-(`tunmesh_auth_failures_total{reason}`). The reason is a short label from `REASONS`; it never contains
+One boundary (the API / data plane) turns an :exc:`AuthError` into an HTTP status and a counted reason
+(``tunmesh_auth_failures_total{reason}``). The reason is a short label from ``REASONS``; it never contains
 the token, a claim value or a secret, so it is safe for logs and metric labels.
 """
 
 from __future__ import annotations
 
-#: Every reason an `AuthError` may carry. See docs/security.md for what each one means.
+#: Every reason an :exc:`AuthError` may carry. See docs/security.md for what each one means.
 REASONS: frozenset[str] = frozenset(
     {
         "missing",  # no Authorization header
@@ -39,9 +39,9 @@ _STATUS = {"rate_limited": 429}
 
 
 class AuthError(Exception):
-    """A token or session was refused; `reason` is one of `REASONS`.
+    """A token or session was refused; ``reason`` is one of ``REASONS``.
 
-    `retry_after` (seconds) is set for `rate_limited` so the boundary can send `Retry-After`.
+    ``retry_after`` (seconds) is set for ``rate_limited`` so the boundary can send ``Retry-After``.
     """
 
     def __init__(
@@ -71,7 +71,7 @@ class AuthError(Exception):
 
 
 class KexError(Exception):
-    """An init_session body or key is unusable (HTTP 400). `reason` is a short label."""
+    """An init_session body or key is unusable (HTTP 400). ``reason`` is a short label."""
 
     status = 400
 

@@ -1,15 +1,15 @@
 """Ephemeral X25519 session exchange (W2 b, W15), one POST per rotation.
 
-For traffic from sender S to receiver V, S (the requester) posts `{"public_key": <b64url 32 bytes>}` to V;
-V answers `{"kid": ..., "public_key": ...}` with its own ephemeral key. Both derive
+For traffic from sender S to receiver V, S (the requester) posts ``{"public_key": <b64url 32 bytes>}`` to V;
+V answers ``{"kid": ..., "public_key": ...}`` with its own ephemeral key. Both derive
 
     secret = HKDF-SHA256(ikm=X25519(shared), salt=K_kex, info=length_prefixed("tunmesh v1 session", S, V, kid))
 
-where `K_kex = derive_key(cluster_secret, "kex")` of the cluster secret the request names (`kex_secret`: the
+where ``K_kex = derive_key(cluster_secret, "kex")`` of the cluster secret the request names (``kex_secret``: the
 requester's signing secret; see docs/security.md, "Rotating the cluster secret"). Mixing in the cluster secret works like WireGuard's PSK:
 a MITM without it derives a different secret. Nothing secret crosses the wire and both private keys are
 thrown away. V stores the secret as its inbound key for S; S stores it as its outbound key to V.
-Bad keys (not exactly 32 bytes, low order / all-zero shared secret) raise `KexError` (HTTP 400).
+Bad keys (not exactly 32 bytes, low order / all-zero shared secret) raise :exc:`KexError` (HTTP 400).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _json_object(body: bytes) -> dict:
 def derive_session_secret(
     private_key: X25519PrivateKey, peer_public: X25519PublicKey, kex_key: bytes, sender: str, receiver: str, kid: str
 ) -> bytes:
-    """The 32-byte session secret of the direction sender -> receiver under `kid`."""
+    """The 32-byte session secret of the direction sender -> receiver under ``kid``."""
     try:
         shared = private_key.exchange(peer_public)
     except ValueError:  # all-zero shared secret: a low-order point
@@ -100,7 +100,7 @@ class KexRequest:
 
 @dataclass(frozen=True)
 class KexResponse:
-    """The init_session response body: the new `kid` and the responder's ephemeral public key."""
+    """The init_session response body: the new ``kid`` and the responder's ephemeral public key."""
 
     kid: str
     public_key: bytes
@@ -135,7 +135,7 @@ class KexInitiator:
         private_key: X25519PrivateKey | None = None,
         secret_id: str = DEFAULT_SECRET_ID,
     ) -> None:
-        """`kex_key` is the ``kex`` key of the cluster secret `secret_id`, which the request names."""
+        """``kex_key`` is the ``kex`` key of the cluster secret ``secret_id``, which the request names."""
         if not (valid_node_id(sender) and valid_node_id(receiver)):
             raise ValueError("invalid node id")
         self._kex_key = kex_key
@@ -167,7 +167,7 @@ class KexInitiator:
 
 @dataclass(frozen=True)
 class KexResult:
-    """What the responder sends back (`body`) and keeps (`kid`, `secret` as its inbound key)."""
+    """What the responder sends back (``body``) and keeps (``kid``, ``secret`` as its inbound key)."""
 
     kid: str
     secret: bytes
@@ -185,9 +185,9 @@ def respond(
     kid: str | None = None,
     private_key: X25519PrivateKey | None = None,
 ) -> KexResult:
-    """The receiver's side: `sender` is the VERIFIED `iss` of the init_session request, `receiver` this node.
+    """The receiver's side: ``sender`` is the VERIFIED ``iss`` of the init_session request, ``receiver`` this node.
 
-    `kex_key` is the salt, or a function from the secret id the request names to that secret's ``kex``
+    ``kex_key`` is the salt, or a function from the secret id the request names to that secret's ``kex``
     key (it raises ``AuthError("unknown_key")`` for an id this node does not accept).
     Raises KexError (400) for a malformed body or an unusable public key.
     """

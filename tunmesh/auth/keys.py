@@ -1,6 +1,6 @@
 """Key derivation: one root secret, a separate key per purpose (W12, W13).
 
-Every HMAC key is `HKDF-SHA256(secret, salt=b"tunmesh v1", info=purpose)`, so the cluster-request and
+Every HMAC key is ``HKDF-SHA256(secret, salt=b"tunmesh v1", info=purpose)``, so the cluster-request and
 cluster-response keys are different bytes and a token minted for one purpose never verifies for another.
 """
 
@@ -50,7 +50,7 @@ def to_secret_bytes(secret: bytes | str) -> bytes:
 
 
 def derive_key(secret: bytes | str, purpose: str, length: int = 32) -> bytes:
-    """HKDF-SHA256(secret, salt=b"tunmesh v1", info=purpose) -> `length` bytes."""
+    """HKDF-SHA256(secret, salt=b"tunmesh v1", info=purpose) -> ``length`` bytes."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown key purpose {purpose!r}")
     return HKDF(
@@ -87,7 +87,7 @@ def random_id(nbytes: int = 16) -> str:
 
 
 def cert_thumbprint(cert_der: bytes) -> str:
-    """`x5t#S256` for channel binding (W5): base64url(SHA-256(certificate DER))."""
+    """``x5t#S256`` for channel binding (W5): base64url(SHA-256(certificate DER))."""
     return b64url(hashlib.sha256(cert_der).digest())
 
 

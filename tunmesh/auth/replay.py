@@ -13,8 +13,8 @@ MAX_CTR = 2**64 - 1
 class ReplayWindow:
     """RFC 6479-style sliding window over a strictly increasing counter.
 
-    Accepts each counter at most once; counters up to `size - 1` below the highest seen are accepted
-    out of order, older ones are refused. The bitmap is a Python int: bit i set means `top - i` was seen.
+    Accepts each counter at most once; counters up to ``size - 1`` below the highest seen are accepted
+    out of order, older ones are refused. The bitmap is a Python int: bit i set means ``top - i`` was seen.
     """
 
     def __init__(self, size: int = 8192) -> None:
@@ -31,7 +31,7 @@ class ReplayWindow:
         return self._top
 
     def check(self, ctr: int) -> bool:
-        """True when `ctr` would be accepted; does not change the window."""
+        """True when ``ctr`` would be accepted; does not change the window."""
         if ctr < 0 or ctr > MAX_CTR:
             return False
         if ctr > self._top:
@@ -42,7 +42,7 @@ class ReplayWindow:
         return not (self._bits >> offset) & 1
 
     def check_and_update(self, ctr: int) -> bool:
-        """Accept `ctr` once: True and record it, or False (replayed or too old)."""
+        """Accept ``ctr`` once: True and record it, or False (replayed or too old)."""
         if not self.check(ctr):
             return False
         if ctr > self._top:
@@ -57,7 +57,7 @@ class ReplayWindow:
 class JtiCache:
     """Bounded memory of cluster token ids, each kept until its token could no longer verify.
 
-    When full of live entries it fails closed: `add` raises `AuthError("rate_limited")` (HTTP 429)
+    When full of live entries it fails closed: ``add`` raises ``AuthError("rate_limited")`` (HTTP 429)
     instead of forgetting an id that could still be replayed.
     """
 
@@ -79,12 +79,12 @@ class JtiCache:
             del self._entries[jti]
 
     def seen(self, jti: str) -> bool:
-        """True when `jti` is remembered (and not yet past its forget time)."""
+        """True when ``jti`` is remembered (and not yet past its forget time)."""
         until = self._entries.get(jti)
         return until is not None and until > self._clock.seconds()
 
     def add(self, jti: str, forget_at: float) -> bool:
-        """Record `jti` until `forget_at`; False when already seen. Raises rate_limited when full."""
+        """Record ``jti`` until ``forget_at``; False when already seen. Raises rate_limited when full."""
         if self.seen(jti):
             return False
         if len(self._entries) >= self.max_entries:

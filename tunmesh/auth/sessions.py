@@ -5,17 +5,18 @@ V keeps it as its *inbound* session for S, S as its *outbound* session to V. Eac
 no lock or wait is shared between directions, so simultaneous rotations cannot deadlock.
 
 Lifetimes (ages on the injected monotonic clock, from installation):
-* outbound: rotation due at `max_age * U(0.9, 1.0)` (jitter drawn per session); unusable after
-  `max_age + validity` (the caller then sets up a new session with the cluster token);
-* inbound current: refused (`session_expired`) after `max_age + validity + leeway`;
-* inbound previous: kept after a rotation for `validity + leeway` so in-flight tokens signed with the old
-  kid still verify, then refused with `unknown_key`. The outbound previous is kept as long, to verify
+
+* outbound: rotation due at ``max_age * U(0.9, 1.0)`` (jitter drawn per session); unusable after
+  ``max_age + validity`` (the caller then sets up a new session with the cluster token);
+* inbound current: refused (``session_expired``) after ``max_age + validity + leeway``;
+* inbound previous: kept after a rotation for ``validity + leeway`` so in-flight tokens signed with the old
+  kid still verify, then refused with ``unknown_key``. The outbound previous is kept as long, to verify
   responses to requests signed with it.
 
-Session tokens: requests (`tm-req+jwt`) and link hellos (`tm-link+jwt`) are signed with the direction's
-"session-request" / "link-hello" keys and carry `ctr` (0, 1, 2, ... per direction and kid), checked
+Session tokens: requests (``tm-req+jwt``) and link hellos (``tm-link+jwt``) are signed with the direction's
+"session-request" / "link-hello" keys and carry ``ctr`` (0, 1, 2, ... per direction and kid), checked
 against an 8192-counter window after the HMAC. The receiver V answers a session request with a
-`tm-resp+jwt` token signed with the SAME direction's "session-response" key and kid, `rid` = the
+``tm-resp+jwt`` token signed with the SAME direction's "session-response" key and kid, ``rid`` = the
 request's ctr: only S and V know that secret, the purpose key separates it from requests, and the answer
 never needs the reverse session (unlike upstream).
 """
@@ -84,7 +85,7 @@ class _SessionKeys:
 
 
 class OutboundSession(_SessionKeys):
-    """Our sending key to a peer; `next_ctr()` numbers our tokens under this kid."""
+    """Our sending key to a peer; ``next_ctr()`` numbers our tokens under this kid."""
 
     def __init__(self, peer_id: str, kid: str, secret: bytes, created: float, rotate_after: float) -> None:
         super().__init__(peer_id, kid, secret, created)
@@ -156,7 +157,7 @@ class SessionStore:
     # -- observers ----------------------------------------------------------------------------------
 
     def add_observer(self, observer: SessionObserver) -> None:
-        """Call `observer(peer_id, direction, kid)` on every install, and with kid None on forget."""
+        """Call ``observer(peer_id, direction, kid)`` on every install, and with kid None on forget."""
         self._observers.append(observer)
 
     def remove_observer(self, observer: SessionObserver) -> None:
@@ -182,7 +183,7 @@ class SessionStore:
         return self.max_age + self.validity + self.leeway
 
     def outbound(self, peer_id: str) -> OutboundSession | None:
-        """The current sending session to `peer_id`, or None (none yet, or too old to use)."""
+        """The current sending session to ``peer_id``, or None (none yet, or too old to use)."""
         peer = self._peers.get(peer_id)
         if peer is None or peer.outbound is None:
             return None
@@ -230,7 +231,7 @@ class SessionStore:
             return None
 
     def needs_rotation(self, peer_id: str) -> bool:
-        """True when there is no usable outbound session to `peer_id` or its jittered age is reached."""
+        """True when there is no usable outbound session to ``peer_id`` or its jittered age is reached."""
         session = self.outbound(peer_id)
         if session is None:
             return True
@@ -239,7 +240,7 @@ class SessionStore:
     # -- changes -----------------------------------------------------------------------------------
 
     def install_outbound(self, peer_id: str, kid: str, secret: bytes) -> OutboundSession:
-        """Start sending to `peer_id` under `kid` (counter from 0); the old one stays for responses."""
+        """Start sending to ``peer_id`` under ``kid`` (counter from 0); the old one stays for responses."""
         if not valid_node_id(peer_id):
             raise ValueError("invalid peer id")
         now = self.monotonic()
@@ -262,7 +263,7 @@ class SessionStore:
         return session
 
     def install_inbound(self, peer_id: str, kid: str, secret: bytes) -> InboundSession:
-        """Accept `peer_id`'s tokens under `kid`; the current one becomes previous (make-before-break)."""
+        """Accept ``peer_id``'s tokens under ``kid``; the current one becomes previous (make-before-break)."""
         if not valid_node_id(peer_id):
             raise ValueError("invalid peer id")
         now = self.monotonic()
@@ -283,7 +284,7 @@ class SessionStore:
         return session
 
     def invalidate_outbound(self, peer_id: str, kid: str) -> bool:
-        """Drop the outbound session `kid` after the peer refused it (a 4xx); True if it was current."""
+        """Drop the outbound session ``kid`` after the peer refused it (a 4xx); True if it was current."""
         peer = self._peers.get(peer_id)
         if peer is None or peer.outbound is None or peer.outbound.kid != kid:
             return False
@@ -293,7 +294,7 @@ class SessionStore:
         return True
 
     def forget(self, peer_id: str) -> None:
-        """Remove every key, window and rate-limit entry of `peer_id` (grooming)."""
+        """Remove every key, window and rate-limit entry of ``peer_id`` (grooming)."""
         self._last_init.pop(peer_id, None)
         peer = self._peers.pop(peer_id, None)
         if peer is None:
@@ -315,7 +316,7 @@ class SessionStore:
         }
 
     def inbound_rate_limit(self, peer_id: str) -> None:
-        """Allow one init_session per `init_interval` per peer (the first always); else rate_limited (429).
+        """Allow one init_session per ``init_interval`` per peer (the first always); else rate_limited (429).
 
         Call it only AFTER the init request authenticated, so strangers cannot use up a peer's turn.
         """
@@ -331,7 +332,7 @@ class SessionStore:
 
 
 class SessionAuthority:
-    """Signs and verifies session tokens with the keys in a `SessionStore`."""
+    """Signs and verifies session tokens with the keys in a :class:`SessionStore`."""
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
@@ -352,7 +353,7 @@ class SessionAuthority:
     def sign_request(
         self, peer_id: str, method: str, path: bytes | str, body: bytes, cnf: str | None = None
     ) -> SignedRequest:
-        """A request token to `peer_id` with the current outbound kid and the next ctr.
+        """A request token to ``peer_id`` with the current outbound kid and the next ctr.
 
         Raises AuthError("unknown_peer") when there is no usable outbound session (set one up first).
         """
@@ -433,10 +434,10 @@ class SessionAuthority:
         path: bytes | str,
         cnf: str | None = None,
     ) -> PendingToken:
-        """Verify a session request from its headers; the inbound key is chosen by `kid`.
+        """Verify a session request from its headers; the inbound key is chosen by ``kid``.
 
-        `peer_id` is the sender when the route names it, else None (the token's `iss` picks the session
-        and the HMAC then proves it). Then call `.verify_body(body)`, which checks `bh` and records `ctr`.
+        ``peer_id`` is the sender when the route names it, else None (the token's ``iss`` picks the session
+        and the HMAC then proves it). Then call ``.verify_body(body)``, which checks ``bh`` and records ``ctr``.
         """
         token = parse_authorization(header_value)
         return self._verify_counted(token, peer_id, TYP_REQUEST, "request_key", method, path, cnf)
@@ -456,7 +457,7 @@ class SessionAuthority:
         body: bytes,
         cnf: str | None = None,
     ) -> VerifiedToken:
-        """Verify `peer_id`'s answer to our `request` (same kid, rid = its ctr, bh over `body`)."""
+        """Verify ``peer_id``'s answer to our ``request`` (same kid, rid = its ctr, bh over ``body``)."""
         token = parse_authorization(header_value)
         header, _ = unverified_parts(token)
         if header.get("kid") != request.kid and not is_cluster_kid(header.get("kid")):
@@ -484,7 +485,7 @@ class SessionAuthority:
         return PendingToken(verified).verify_body(body)
 
     def sign_link_hello(self, peer_id: str, body: bytes = b"", cnf: str | None = None) -> SignedRequest:
-        """A `tm-link+jwt` for opening a data link to `peer_id` (outbound kid, next ctr)."""
+        """A ``tm-link+jwt`` for opening a data link to ``peer_id`` (outbound kid, next ctr)."""
         session = self._outbound(peer_id)
         ctr = session.next_ctr()
         claims = self._claims(peer_id, body, cnf)
@@ -495,10 +496,10 @@ class SessionAuthority:
     def verify_link_hello(
         self, peer_id: str | None, token: bytes | str, body: bytes = b"", cnf: str | None = None
     ) -> VerifiedToken:
-        """Verify a link hello (a bare JWT or `Bearer <jwt>`) and record its ctr.
+        """Verify a link hello (a bare JWT or ``Bearer <jwt>``) and record its ctr.
 
-        The returned token's `iss`/`kid` select the frame key:
-        `store.inbound(token.iss, token.kid).frame_key`.
+        The returned token's ``iss``/``kid`` select the frame key:
+        ``store.inbound(token.iss, token.kid).frame_key``.
         """
         if isinstance(token, bytes):
             try:

@@ -1,18 +1,18 @@
 """HS256 JWTs for tunmesh: the wire format, signing and two-step verification.
 
-A token travels as `Authorization: Bearer <jwt>` (the original's `Bearer: <jwt>` is accepted on input).
+A token travels as ``Authorization: Bearer <jwt>`` (the original's ``Bearer: <jwt>`` is accepted on input).
 
-Header: `alg` = HS256 (nothing else is ever accepted), `typ` (one of the `TYP_*` kinds), `kid`
-(`"cluster"` or `"cluster.<secret id>"` for cluster-secret tokens, a session kid otherwise).
+Header: ``alg`` = HS256 (nothing else is ever accepted), ``typ`` (one of the ``TYP_*`` kinds), ``kid``
+(``"cluster"`` or ``"cluster.<secret id>"`` for cluster-secret tokens, a session kid otherwise).
 
-Claims: `iss` sender node id, `aud` receiver node id (or `"bootstrap"`), `iat`, `exp` (exp - iat <= 60 s),
-`bh` = base64url(SHA-256(exact body bytes)), requests add `htm` (method) and `htu` (path only) and
-either `jti` (cluster, 128-bit random) or `ctr` (session, per direction and kid); responses add `rid`
-(the request's jti or ctr); `cnf: {"x5t#S256": ...}` binds the token to the server certificate (W5).
+Claims: ``iss`` sender node id, ``aud`` receiver node id (or ``"bootstrap"``), ``iat``, ``exp`` (exp - iat <= 60 s),
+``bh`` = base64url(SHA-256(exact body bytes)), requests add ``htm`` (method) and ``htu`` (path only) and
+either ``jti`` (cluster, 128-bit random) or ``ctr`` (session, per direction and kid); responses add ``rid``
+(the request's jti or ctr); ``cnf: {"x5t#S256": ...}`` binds the token to the server certificate (W5).
 
-Verification is split so that 401 is decided from the headers alone (W8): `verify_head`-style functions
+Verification is split so that 401 is decided from the headers alone (W8): ``verify_head``-style functions
 check format, size, alg, typ, kid, the HMAC, audience, issuer, method, path, times and channel binding and
-return a `PendingToken`; `PendingToken.verify_body(body)` checks `bh` and only then records the jti/ctr
+return a :class:`PendingToken`; ``PendingToken.verify_body(body)`` checks ``bh`` and only then records the jti/ctr
 in the replay state. A tampered body therefore never burns a counter, and replay is always checked after
 the HMAC (W1).
 """
@@ -78,17 +78,17 @@ _DECODE_OPTIONS: Any = {
 
 
 def body_hash(body: bytes) -> str:
-    """`bh`: base64url(SHA-256(body)), over the exact bytes on the wire (W3)."""
+    """``bh``: base64url(SHA-256(body)), over the exact bytes on the wire (W3)."""
     return b64url(hashlib.sha256(body).digest())
 
 
 def valid_node_id(value: object) -> bool:
-    """The shape of a node id as it may appear in `iss`/`aud`."""
+    """The shape of a node id as it may appear in ``iss``/``aud``."""
     return isinstance(value, str) and bool(_NODE_ID.match(value))
 
 
 def valid_kid(value: object) -> bool:
-    """The shape of a `kid` header value: a session kid, or a cluster kid (see :func:`cluster_kid`)."""
+    """The shape of a ``kid`` header value: a session kid, or a cluster kid (see :func:`cluster_kid`)."""
     return isinstance(value, str) and (bool(_KID.match(value)) or secret_id_of_kid(value) is not None)
 
 
@@ -98,7 +98,7 @@ def valid_secret_id(value: object) -> bool:
 
 
 def cluster_kid(secret_id: str) -> str:
-    """The `kid` of tokens signed with the cluster secret `secret_id`.
+    """The ``kid`` of tokens signed with the cluster secret ``secret_id``.
 
     ``"cluster"`` for the default id (the single-secret form, unchanged on the wire), else
     ``"cluster.<id>"``. Session kids are base64url and never contain a dot, so the two kinds cannot meet.
@@ -109,7 +109,7 @@ def cluster_kid(secret_id: str) -> str:
 
 
 def secret_id_of_kid(kid: object) -> str | None:
-    """The cluster secret id a cluster `kid` names, or None when `kid` is not a (canonical) cluster kid."""
+    """The cluster secret id a cluster ``kid`` names, or None when ``kid`` is not a (canonical) cluster kid."""
     if kid == CLUSTER_KID:
         return DEFAULT_SECRET_ID
     if not isinstance(kid, str) or not kid.startswith(_CLUSTER_KID_PREFIX):
@@ -121,17 +121,17 @@ def secret_id_of_kid(kid: object) -> str | None:
 
 
 def is_cluster_kid(kid: object) -> bool:
-    """Whether `kid` marks a cluster-secret token (``cluster`` or ``cluster.<id>``)."""
+    """Whether ``kid`` marks a cluster-secret token (``cluster`` or ``cluster.<id>``)."""
     return secret_id_of_kid(kid) is not None
 
 
 def bearer(token: str) -> str:
-    """The `Authorization` header value for `token`."""
+    """The ``Authorization`` header value for ``token``."""
     return "Bearer " + token
 
 
 def parse_authorization(value: bytes | str | None) -> str:
-    """Extract the JWT from `Bearer <jwt>` or `Bearer: <jwt>`; raises missing/malformed/oversized."""
+    """Extract the JWT from ``Bearer <jwt>`` or ``Bearer: <jwt>``; raises missing/malformed/oversized."""
     if value is None:
         raise AuthError("missing")
     if isinstance(value, bytes):
@@ -191,13 +191,13 @@ class VerifiedToken:
 
     @property
     def request_id(self) -> str | int | None:
-        """What a response to this request puts in `rid`: the jti or the ctr."""
+        """What a response to this request puts in ``rid``: the jti or the ctr."""
         return self.jti if self.jti is not None else self.ctr
 
 
 @dataclass(frozen=True)
 class SignedRequest:
-    """A signed request: the header value to send and what its response must echo in `rid`."""
+    """A signed request: the header value to send and what its response must echo in ``rid``."""
 
     header_value: str
     kid: str
@@ -223,7 +223,7 @@ class PendingToken:
         return self.token.iss
 
     def verify_body(self, body: bytes) -> VerifiedToken:
-        """Check `bh` against `body`, then record the jti/ctr (raises body_mismatch, replay, rate_limited)."""
+        """Check ``bh`` against ``body``, then record the jti/ctr (raises body_mismatch, replay, rate_limited)."""
         if not hmac.compare_digest(body_hash(body), self.token.bh):
             raise AuthError("body_mismatch")
         if self._commit is not None:
@@ -232,7 +232,7 @@ class PendingToken:
 
 
 def encode_token(key: bytes, typ: str, kid: str, claims: Mapping[str, Any]) -> str:
-    """Sign `claims` with HS256 under the given `typ` and `kid` headers."""
+    """Sign ``claims`` with HS256 under the given ``typ`` and ``kid`` headers."""
     if typ not in TYPES:
         raise ValueError(f"unknown token type {typ!r}")
     token = _PYJWT.encode(dict(claims), key, algorithm=ALGORITHM, headers={"typ": typ, "kid": kid})
@@ -295,9 +295,9 @@ def verify_token(
 ) -> VerifiedToken:
     """Check everything but the body; the order is format, alg, typ/kid, HMAC, then claims.
 
-    `key_for(header, unverified_claims)` returns the HMAC key or raises AuthError (unknown_peer,
-    unknown_key, ...). `audience` may be a set when the typ decides it (the caller re-checks).
-    `counter` is "jti", "ctr" or None (responses, which carry `rid` instead).
+    ``key_for(header, unverified_claims)`` returns the HMAC key or raises AuthError (unknown_peer,
+    unknown_key, ...). ``audience`` may be a set when the typ decides it (the caller re-checks).
+    ``counter`` is "jti", "ctr" or None (responses, which carry ``rid`` instead).
     """
     header, unverified = unverified_parts(token)
     if header.get("alg") != ALGORITHM:
@@ -433,6 +433,6 @@ def _check_claims(
 
 
 def check_rid(token: VerifiedToken, expected: str | int) -> None:
-    """A response must echo its request's jti/ctr in `rid` (W12); raises wrong_request."""
+    """A response must echo its request's jti/ctr in ``rid`` (W12); raises wrong_request."""
     if type(token.rid) is not type(expected) or token.rid != expected:
         raise AuthError("wrong_request")

@@ -1,4 +1,4 @@
-"""`LinkStats`: one direction of one peer's packet link as ``tunmesh status`` shows it (issue 8).
+""":class:`LinkStats`: one direction of one peer's packet link as ``tunmesh status`` shows it (issue 8).
 
 State and since when, packets and bytes (DATA frames: packets carried, frame bytes before TLS), the key in
 use, the last connection error, and the round-trip time measured with the link's keepalive PING/PONG

@@ -1,12 +1,12 @@
 """Mesh membership: registrations, node pool, bootstrap groups, gossip, grooming, sessions, routes.
 
-* `structs`: `NodeInfo`, `Registration` (wire JSON, strict parsing, bounds).
-* `settings`: `MeshSettings.from_config(cfg)`.
-* `pool`: `NodePool`, `Peer` (claims, conflicts, staleness on the monotonic clock).
-* `client`: `MeshClient` (treq transport with deadlines).
-* `membership`: `Membership` (flows, grooming, observers, readiness).
-* `api`: `MeshAPI` (klein routes, `register_limits`).
-* `service`: `MeshService`, `build_mesh`.
+* :mod:`structs <tunmesh.mesh.structs>`: :class:`NodeInfo`, :class:`Registration` (wire JSON, strict parsing, bounds).
+* :mod:`settings <tunmesh.mesh.settings>`: ``MeshSettings.from_config(cfg)``.
+* :mod:`pool <tunmesh.mesh.pool>`: :class:`NodePool`, :class:`Peer` (claims, conflicts, staleness on the monotonic clock).
+* :mod:`client <tunmesh.mesh.client>`: :class:`MeshClient` (treq transport with deadlines).
+* :mod:`membership <tunmesh.mesh.membership>`: :class:`Membership` (flows, grooming, observers, readiness).
+* :mod:`api <tunmesh.mesh.api>`: :class:`MeshAPI` (klein routes, ``register_limits``).
+* :mod:`service <tunmesh.mesh.service>`: :class:`MeshService`, :func:`build_mesh`.
 
 See docs/api_flows.md.
 """

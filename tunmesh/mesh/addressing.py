@@ -263,7 +263,7 @@ class AddressClaimer:
                 self._move(claim, _values(taken, claim.network), log_exhausted=False, avoid_lost=False)
 
     def resolve(self, info: NodeInfo, taken: Iterable[IPNetwork | IPInterface]) -> Verdict:
-        """A registration from ``info.id``: does it claim one of our dynamic addresses, and who keeps it?"""
+        """A registration from ``info.id``: whether it claims one of our dynamic addresses, and who keeps it."""
         verdict = Verdict.NO_CONFLICT
         theirs = info.claims
         for family, claim in self._claims.items():

@@ -1,20 +1,22 @@
-"""`MeshAPI`: the `/tunmesh/` control and auth routes (klein), thin over `Membership`.
+""":class:`MeshAPI`: the ``/tunmesh/`` control and auth routes (klein), thin over :class:`Membership`.
 
-Routes (full paths; the app is mounted at `/tunmesh/control/v0` and `/tunmesh/auth/v0`):
+Routes (full paths; the app is mounted at ``/tunmesh/control/v0`` and ``/tunmesh/auth/v0``):
 
-| Method | Path | Auth | Success |
-|---|---|---|---|
-| POST | /tunmesh/control/v0/registrations/register | cluster (request or bootstrap token) | 200 signed registration |
-| POST | /tunmesh/control/v0/registrations/register/<sender id> | session | 200 signed registration |
-| POST | /tunmesh/auth/v0/init_session | cluster | 200 signed `{"kid","public_key"}` |
-| POST | /tunmesh/auth/v0/init_session/<sender id> | session | 200 signed `{"kid","public_key"}` |
-| GET | /tunmesh/control/v0/peers | cluster | 200 signed full peer view |
+======  ======================================================  ====================================  ===================================
+Method  Path                                                    Auth                                  Success
+======  ======================================================  ====================================  ===================================
+POST    /tunmesh/control/v0/registrations/register              cluster (request or bootstrap token)  200 signed registration
+POST    /tunmesh/control/v0/registrations/register/<sender id>  session                               200 signed registration
+POST    /tunmesh/auth/v0/init_session                           cluster                               200 signed ``{"kid","public_key"}``
+POST    /tunmesh/auth/v0/init_session/<sender id>               session                               200 signed ``{"kid","public_key"}``
+GET     /tunmesh/control/v0/peers                               cluster                               200 signed full peer view
+======  ======================================================  ====================================  ===================================
 
-The original's unauthenticated `GET /registrations` dump is gone (W14); `/peers` replaces it behind a
+The original's unauthenticated ``GET /registrations`` dump is gone (W14); ``/peers`` replaces it behind a
 cluster token. Every auth failure (including an unknown sender id) is the same constant 401, counted in
-`tunmesh_auth_failures_total{reason}`. Each handler checks in this order: token head (401/429), content
+``tunmesh_auth_failures_total{reason}``. Each handler checks in this order: token head (401/429), content
 type (415), body size (413), body hash and replay (401), parsing (400), processing (409/421/429/503).
-`register_limits` declares the same head check as `pre_auth` so the hardened server refuses a bad token
+``register_limits`` declares the same head check as ``pre_auth`` so the hardened server refuses a bad token
 before reading any body byte (W8).
 """
 
@@ -78,9 +80,9 @@ HeadCheck = Callable[[Any, str, str], PendingToken]
 class _FullPath(Resource):
     """Serve a klein app with its FULL request path, wherever it is mounted.
 
-    `ControlAPI.mount` strips the prefix into `prepath`; the mesh routes are declared with full paths
-    (so one app serves both `/tunmesh/control/v0` and `/tunmesh/auth/v0`) and the path is what the
-    tokens bind (`htu`).
+    ``ControlAPI.mount`` strips the prefix into ``prepath``; the mesh routes are declared with full paths
+    (so one app serves both ``/tunmesh/control/v0`` and ``/tunmesh/auth/v0``) and the path is what the
+    tokens bind (``htu``).
     """
 
     isLeaf = True
@@ -115,7 +117,7 @@ def _is_json(content_type: bytes | None) -> bool:
 
 
 class MeshAPI:
-    """Klein app for the mesh routes; one per node, around its `Membership`."""
+    """Klein app for the mesh routes; one per node, around its :class:`Membership`."""
 
     app = Klein()
     log = Logger()
@@ -133,13 +135,13 @@ class MeshAPI:
         return _FullPath(self.app.resource())
 
     def mount_on(self, control_api: Any) -> None:
-        """Mount on a `tunmesh.api.app.ControlAPI` at both version prefixes."""
+        """Mount on a :class:`tunmesh.api.app.ControlAPI` at both version prefixes."""
         resource = self.resource()
         control_api.mount(CONTROL, resource)
         control_api.mount(AUTH, resource)
 
     def register_limits(self, limits: Any) -> None:
-        """Body limits and early token checks for the hardened server (`RouteLimits.add`)."""
+        """Body limits and early token checks for the hardened server (``RouteLimits.add``)."""
         limits.add(b"POST", re.escape(REGISTER_PATH), MAX_REGISTRATION_BODY, self._pre_auth(self._cluster_head(True), "register"))
         limits.add(
             b"POST",

@@ -18,7 +18,7 @@ class _State:
 
 
 class Backoff:
-    """`allowed(key)` until `failure(key)`; then wait initial·2^(n-1), capped, times U(0.5, 1)."""
+    """``allowed(key)`` until ``failure(key)``; then wait initial·2^(n-1), capped, times U(0.5, 1)."""
 
     def __init__(
         self,
@@ -42,7 +42,7 @@ class Backoff:
         return state is None or self._monotonic() >= state.not_before
 
     def delay_for(self, failures: int) -> float:
-        """The un-jittered delay after `failures` consecutive failures."""
+        """The un-jittered delay after ``failures`` consecutive failures."""
         return min(self.maximum, self.initial * 2 ** min(failures - 1, 62))
 
     def failure(self, key: Hashable, at_least: float = 0.0) -> float:
@@ -56,7 +56,7 @@ class Backoff:
         return delay
 
     def wait(self, key: Hashable) -> float:
-        """Seconds until `key` is allowed again (0 when it is)."""
+        """Seconds until ``key`` is allowed again (0 when it is)."""
         state = self._state.get(key)
         return 0.0 if state is None else max(0.0, state.not_before - self._monotonic())
 

@@ -1,4 +1,4 @@
-"""`ContactLog`: the last failure of each peer and bootstrap URL, for ``tunmesh status`` (issue 8).
+""":class:`ContactLog`: the last failure of each peer and bootstrap URL, for ``tunmesh status`` (issue 8).
 
 Membership already counts failures in metrics and logs them rate-limited; an operator looking at one node
 also needs to see *which* peer or URL fails, how, since when, and whether it recovered. This keeps exactly

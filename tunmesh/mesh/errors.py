@@ -1,6 +1,6 @@
 """Mesh errors: each carries the HTTP status the API boundary answers with and a short reason label.
 
-The reason is a fixed label (safe for logs and metric labels); `detail` may carry ids and addresses for
+The reason is a fixed label (safe for logs and metric labels); ``detail`` may carry ids and addresses for
 logs but is never sent to the client: the body of an error response is a constant per status.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class MeshError(Exception):
-    """Base class: `status` is the HTTP status, `reason` a short label, `detail` for logs only."""
+    """Base class: ``status`` is the HTTP status, ``reason`` a short label, ``detail`` for logs only."""
 
     status = 500
 
@@ -25,7 +25,7 @@ class InvalidRegistration(MeshError):
 
 
 class UnsupportedMediaType(MeshError):
-    """The request body is not `application/json` (415)."""
+    """The request body is not ``application/json`` (415)."""
 
     status = 415
 
@@ -43,7 +43,7 @@ class RegistrationConflict(MeshError):
 
 
 class PoolFull(MeshError):
-    """`max_nodes` peers are already known; a new one is refused until some go stale (503)."""
+    """``max_nodes`` peers are already known; a new one is refused until some go stale (503)."""
 
     status = 503
 
@@ -57,7 +57,7 @@ class Stopping(MeshError):
 class PeerRequestFailed(MeshError):
     """An outbound control request failed: transport error, timeout, bad status or bad signature.
 
-    `status` here is the HTTP status the peer answered (0 when there was no answer).
+    ``status`` here is the HTTP status the peer answered (0 when there was no answer).
     """
 
     def __init__(

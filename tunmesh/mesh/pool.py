@@ -1,7 +1,7 @@
 """The node pool: what this node believes about each peer, and the rules for changing it (W6, W7, W10).
 
 A peer's URL and addresses come only from its OWN authenticated registration (the caller checks
-`iss == local.id`); gossiped `remote` entries are kept per peer as hints and never become routes.
+``iss == local.id``); gossiped ``remote`` entries are kept per peer as hints and never become routes.
 Freshness is the time of the last authenticated contact on the receiver's monotonic clock; the sender's
 stamp/seq only orders its registrations.
 """
@@ -61,7 +61,7 @@ class Peer:
 
 @dataclass(frozen=True)
 class UpsertResult:
-    """What `NodePool.upsert` did: the peer, whether it is new or its routes/URL changed, who it replaced."""
+    """What :meth:`NodePool.upsert` did: the peer, whether it is new or its routes/URL changed, who it replaced."""
 
     peer: Peer
     created: bool
@@ -70,7 +70,7 @@ class UpsertResult:
 
 
 class NodePool:
-    """Peers by id, with a route → holder index; enforces the claim rules and `max_nodes`."""
+    """Peers by id, with a route → holder index; enforces the claim rules and ``max_nodes``."""
 
     log = Logger()
 
@@ -146,12 +146,12 @@ class NodePool:
         return routes
 
     def upsert(self, info: NodeInfo, seq: int, hints: tuple[NodeInfo, ...] = ()) -> UpsertResult:
-        """Record an authenticated registration of `info` by itself.
+        """Record an authenticated registration of ``info`` by itself.
 
-        Raises `RegistrationConflict` (409) for an older sequence, an id whose URL or addresses changed
-        while it is live, or an address or URL held by another live peer (`ClaimConflict`: the caller
+        Raises :exc:`RegistrationConflict` (409) for an older sequence, an id whose URL or addresses changed
+        while it is live, or an address or URL held by another live peer (:exc:`ClaimConflict`: the caller
         probes the holder's URL, and a holder whose URL now answers with another id is removed as
-        restarted, W6); `PoolFull` (503) at `max_nodes`. A stale holder is replaced at once.
+        restarted, W6); :exc:`PoolFull` (503) at ``max_nodes``. A stale holder is replaced at once.
         """
         now = self._monotonic()
         routes = self.check_claims(info)
@@ -230,7 +230,7 @@ class NodePool:
 
 
 class ClaimConflict(RegistrationConflict):
-    """An address claim collides with a live holder (409); `holder` is probed for a restart."""
+    """An address claim collides with a live holder (409); ``holder`` is probed for a restart."""
 
     def __init__(self, holder: Peer, detail: str, reason: str = "address_conflict") -> None:
         super().__init__(reason, detail)

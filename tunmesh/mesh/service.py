@@ -1,4 +1,4 @@
-"""`MeshService`: the groom loop as a Twisted service, plus the pieces `makeService` wires together."""
+""":class:`MeshService`: the groom loop as a Twisted service, plus the pieces ``makeService`` wires together."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 
 
 class MeshService(Service):
-    """Runs `Membership.groom` every `groom_interval` (first tick at start); stops and cancels cleanly."""
+    """Runs :meth:`Membership.groom` every ``groom_interval`` (first tick at start); stops and cancels cleanly."""
 
     name: str | None = "mesh"  # type: ignore[assignment]
     log = Logger()
@@ -86,8 +86,8 @@ class MeshService(Service):
         return last is not None and self.membership._monotonic() - last <= 3 * interval
 
     def register_health(self, health: HealthRegistry) -> None:
-        """`mesh` readiness (joined, or nothing to join), `address` readiness (dynamic addressing: the
-        claimed address is held) and `mesh_groom` liveness."""
+        """``mesh`` readiness (joined, or nothing to join), ``address`` readiness (dynamic addressing: the
+        claimed address is held) and ``mesh_groom`` liveness."""
         health.add_readiness("mesh", self.membership.ready)
         if self.membership.addressing is not None and self.membership.addressing.dynamic:
             # Ready only once our claimed address is held (docs/addressing.md).
@@ -112,7 +112,7 @@ def build_mesh(
     wall: SecondsClock | None = None,
     addressing: AddressClaimer | None = None,
 ) -> tuple[Membership, MeshAPI, MeshService]:
-    """Everything the mesh needs from a config, for `makeService`."""
+    """Everything the mesh needs from a config, for ``makeService``."""
     settings = MeshSettings.from_config(cfg)
     wall = wall if wall is not None else WallClock()
     auth_timing = cfg.process.timing.auth

@@ -1,6 +1,6 @@
-"""`MeshSettings`: the few config values the mesh uses, as one frozen value.
+""":class:`MeshSettings`: the few config values the mesh uses, as one frozen value.
 
-Built from the config tree by `MeshSettings.from_config(cfg)`; tests construct it directly so they do
+Built from the config tree by ``MeshSettings.from_config(cfg)``; tests construct it directly so they do
 not depend on config files.
 """
 
@@ -103,7 +103,7 @@ class MeshSettings:
         )
 
     def timing_for(self, node_addresses: Mapping[str, IPInterface]) -> tuple[str, PeerTiming]:
-        """A peer is `local` when one of its node addresses lies inside our node_address_cidr subnet; a
+        """A peer is ``local`` when one of its node addresses lies inside our node_address_cidr subnet; a
         dynamically addressed family (no node_address_cidr) has the whole network_cidr as its subnet, as
         its TUN address has the network's prefix (docs/addressing.md)."""
         for family, iface in node_addresses.items():
@@ -115,7 +115,7 @@ class MeshSettings:
 
     @classmethod
     def from_config(cls, cfg: Any) -> MeshSettings:
-        """Read the attribute tree of `tunmesh.config` (docs/internals.md)."""
+        """Read the attribute tree of :mod:`tunmesh.config` (docs/internals.md)."""
         clustering = cfg.clustering
         timing = cfg.process.timing
         regs = timing.registrations

@@ -1,12 +1,12 @@
-"""Wire structures of the mesh control API: `NodeInfo` and `Registration`.
+"""Wire structures of the mesh control API: :class:`NodeInfo` and :class:`Registration`.
 
-The JSON shape is the original's (`{"ipv4": {"cidr": "a.b.c.d/nn"}}` address maps, `local`/`remote`/`stamp`)
-plus optional fields: `seq`, a per-sender sequence number (W1/W10: sender stamps are used only as
-sequence numbers; when `seq` is absent, as from an upstream Ruby peer, `stamp` stands in for it),
-`local.address_claims`, the claim times of dynamically chosen addresses (docs/addressing.md), and a node's
-`name` (`clustering.node_name`, issue 8: absent from older nodes, ignored when not a valid name).
+The JSON shape is the original's (``{"ipv4": {"cidr": "a.b.c.d/nn"}}`` address maps, ``local``/``remote``/``stamp``)
+plus optional fields: ``seq``, a per-sender sequence number (W1/W10: sender stamps are used only as
+sequence numbers; when ``seq`` is absent, as from an upstream Ruby peer, ``stamp`` stands in for it),
+``local.address_claims``, the claim times of dynamically chosen addresses (docs/addressing.md), and a node's
+``name`` (``clustering.node_name``, issue 8: absent from older nodes, ignored when not a valid name).
 
-Parsing is strict about structure and types (anything wrong is `InvalidRegistration`, HTTP 400) but
+Parsing is strict about structure and types (anything wrong is :exc:`InvalidRegistration`, HTTP 400) but
 tolerates unknown keys (ignored), so fields can be added later without breaking older nodes; the
 original's 500 on unknown keys is the opposite choice (upstream-behaviour §10). Every size is bounded
 before any work is done for it (W7).
@@ -42,7 +42,7 @@ MAX_STAMP = 2**63 - 1
 
 @dataclass(frozen=True)
 class Bounds:
-    """Size limits applied while parsing (W7); built from `MeshSettings`."""
+    """Size limits applied while parsing (W7); built from ``MeshSettings``."""
 
     max_nodes: int = 256
     max_cidrs_per_node: int = 16
@@ -50,16 +50,16 @@ class Bounds:
 
 
 def check_node_id(value: object, where: str) -> str:
-    """A node id string, or `InvalidRegistration`."""
+    """A node id string, or :exc:`InvalidRegistration`."""
     if not isinstance(value, str) or not _NODE_ID.match(value) or value in RESERVED_IDS:
         raise InvalidRegistration("bad_node_id", where)
     return value
 
 
 def check_url(value: object, max_length: int, where: str = "listen_url") -> str:
-    """An advertise URL: https only, a host, no userinfo, no query or fragment, path empty or `/` (W7).
+    """An advertise URL: https only, a host, no userinfo, no query or fragment, path empty or ``/`` (W7).
 
-    Returns the URL without a trailing `/` so equal URLs compare equal as strings.
+    Returns the URL without a trailing ``/`` so equal URLs compare equal as strings.
     """
     if not isinstance(value, str) or not value:
         raise InvalidRegistration("bad_url", f"{where}: not a string")
@@ -112,7 +112,7 @@ def _obj(value: object, where: str) -> Mapping[str, Any]:
 
 
 def _address_map(value: object, where: str, interface: bool, max_entries: int) -> dict[str, Any]:
-    """Parse `{"ipv4": {"cidr": "..."}, "ipv6": {...}}`; unknown families are ignored."""
+    """Parse ``{"ipv4": {"cidr": "..."}, "ipv6": {...}}``; unknown families are ignored."""
     if value is None:
         return {}
     obj = _obj(value, where)
@@ -171,7 +171,7 @@ class NodeInfo:
 
     @classmethod
     def from_dict(cls, value: object, bounds: Bounds, where: str = "local") -> NodeInfo:
-        """Parse and bound one NodeInfo; raises `InvalidRegistration`."""
+        """Parse and bound one NodeInfo; raises :exc:`InvalidRegistration`."""
         obj = _obj(value, where)
         node_id = check_node_id(obj.get("id"), f"{where}/id")
         url = check_url(obj.get("listen_url"), bounds.max_url_length, f"{where}/listen_url")
@@ -197,7 +197,7 @@ def _claims(value: object, where: str, nodes: Mapping[str, Any]) -> dict[str, in
 
 @dataclass(frozen=True)
 class Registration:
-    """What a node sends to a peer: itself (`local`), the nodes it knows (`remote`: hints), `stamp`, `seq`."""
+    """What a node sends to a peer: itself (``local``), the nodes it knows (``remote``: hints), ``stamp``, ``seq``."""
 
     local: NodeInfo
     remote: tuple[NodeInfo, ...]
@@ -219,7 +219,7 @@ class Registration:
 
     @classmethod
     def from_json(cls, body: bytes, bounds: Bounds) -> Registration:
-        """Parse a registration body; every structural or bound problem is `InvalidRegistration` (400)."""
+        """Parse a registration body; every structural or bound problem is :exc:`InvalidRegistration` (400)."""
         obj = _obj(loads_json(body), "registration")
         local = NodeInfo.from_dict(obj.get("local"), bounds, "local")
         if not local.node_addresses:

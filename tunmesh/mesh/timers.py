@@ -1,4 +1,4 @@
-"""`KeyedTimers`: at most one pending call per key, on an injected clock.
+""":class:`KeyedTimers`: at most one pending call per key, on an injected clock.
 
 The mesh retries join work (bootstrap passes, gossip bootstraps, session setups) on its own timers as
 soon as a backoff allows, instead of waiting for the next groom tick; this keeps those timers in one
@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 
 class KeyedTimers:
-    """One `IDelayedCall` per key; asking again for a key keeps whichever call comes first."""
+    """One ``IDelayedCall`` per key; asking again for a key keeps whichever call comes first."""
 
     log = Logger()
 

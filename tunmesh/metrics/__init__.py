@@ -1,4 +1,4 @@
-"""Per-node Prometheus metrics: C{tunmesh_} prefix, base labels on every series, the node in C{tunmesh_node_info}."""
+"""Per-node Prometheus metrics: ``tunmesh_`` prefix, base labels on every series, the node in ``tunmesh_node_info``."""
 
 from tunmesh.metrics.peers import PeerInfo
 from tunmesh.metrics.registry import (

@@ -1,19 +1,19 @@
 """
 The per-node Prometheus registry.
 
-Every node owns one L{Metrics} object with its own
-L{prometheus_client.CollectorRegistry} (never the global default registry, so
-several nodes can live in one test process).  Names get the C{tunmesh_}
-prefix, and every exposed sample carries the configured C{base_labels}; those
+Every node owns one :class:`Metrics` object with its own
+:class:`prometheus_client.CollectorRegistry` (never the global default registry, so
+several nodes can live in one test process).  Names get the ``tunmesh_``
+prefix, and every exposed sample carries the configured ``base_labels``; those
 constant labels are added at collect time by a wrapper collector, so the
 collectors themselves stay cheap and label-free.
 
-The node's random per-process id is B{not} a label of every series (issue 8):
-Prometheus' target labels (C{instance}, C{job}, the pod's labels) already name
+The node's random per-process id is **not** a label of every series (issue 8):
+Prometheus' target labels (``instance``, ``job``, the pod's labels) already name
 the scraped node, and a label that changes at every restart splits each series
 in two.  The id, the name and the advertise URL are the labels of one info
-metric, C{tunmesh_node_info} (value 1), which dashboards join on C{instance}.
-No C{_created} series are exposed (L{disable_created_metrics}).
+metric, ``tunmesh_node_info`` (value 1), which dashboards join on ``instance``.
+No ``_created`` series are exposed (:func:`disable_created_metrics`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from prometheus_client.metrics_core import Metric
 
 PREFIX = "tunmesh_"
 NODE_ID_LABEL = "node_id"
-#: The labels of C{tunmesh_node_info}; reserved, so no base label can hide one.
+#: The labels of ``tunmesh_node_info``; reserved, so no base label can hide one.
 NODE_INFO_LABELS = ("node_id", "node_name", "advertise_url")
-#: The labels of C{tunmesh_peer_info} (L{tunmesh.metrics.peers}); reserved too.
+#: The labels of ``tunmesh_peer_info`` (:mod:`tunmesh.metrics.peers`); reserved too.
 PEER_INFO_LABELS = ("peer_id", "peer_name", "url", "addresses")
 #: Label names a base label may not take: every series would carry it, and these series have their own.
 RESERVED_BASE_LABELS = frozenset(NODE_INFO_LABELS + PEER_INFO_LABELS)
@@ -59,8 +59,8 @@ AnyCollector = Counter | Gauge | Histogram
 
 class MetricsError(ValueError):
     """
-    Base class of metric definition problems.  A C{ValueError} so that config
-    loading can report a bad C{base_labels} entry like any other bad value.
+    Base class of metric definition problems.  A ``ValueError`` so that config
+    loading can report a bad ``base_labels`` entry like any other bad value.
     """
 
 
@@ -107,8 +107,8 @@ class Metrics:
     """
     A node's metrics: create-or-get collectors, render the exposition.
 
-    Collectors count whether or not exposition is enabled; C{enabled} only
-    decides whether L{render} may be called (C{monitoring.method}).
+    Collectors count whether or not exposition is enabled; ``enabled`` only
+    decides whether :meth:`render` may be called (``monitoring.method``).
     """
 
     def __init__(
@@ -171,7 +171,7 @@ class Metrics:
         self.set_node_info(node_name=node_name, advertise_url=advertise_url)
 
     def set_node_info(self, *, node_name: str = "", advertise_url: str = "") -> None:
-        """Label C{tunmesh_node_info} with this node's name and URL (one series: the old one goes)."""
+        """Label ``tunmesh_node_info`` with this node's name and URL (one series: the old one goes)."""
         self._node_info.clear()
         self._node_info.labels(node_id=self.node_id, node_name=node_name, advertise_url=advertise_url).set(1)
 
@@ -228,7 +228,7 @@ class Metrics:
         return collector
 
     def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
-        """Create or get the counter C{tunmesh_<name>_total}."""
+        """Create or get the counter ``tunmesh_<name>_total``."""
         c = self._get_or_create(
             "counter",
             name,
@@ -241,7 +241,7 @@ class Metrics:
         return c
 
     def gauge(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Gauge:
-        """Create or get the gauge C{tunmesh_<name>}."""
+        """Create or get the gauge ``tunmesh_<name>``."""
         g = self._get_or_create(
             "gauge",
             name,
@@ -260,7 +260,7 @@ class Metrics:
         labelnames: Sequence[str] = (),
         buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> Histogram:
-        """Create or get the histogram C{tunmesh_<name>}; same name needs the same buckets."""
+        """Create or get the histogram ``tunmesh_<name>``; same name needs the same buckets."""
         try:
             normalized = tuple(float(b) for b in buckets)
         except (TypeError, ValueError) as e:
@@ -298,7 +298,7 @@ class Metrics:
         """
         Text exposition (format 0.0.4, as upstream served) and its content type.
 
-        @raise MetricsDisabledError: when this node's monitoring is off.
+        :raises MetricsDisabledError: when this node's monitoring is off.
         """
         if not self.enabled:
             raise MetricsDisabledError("metrics exposition is disabled (monitoring.method: none)")

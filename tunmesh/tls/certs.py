@@ -112,7 +112,7 @@ def _write_private(path: Path, data: bytes, replace: bool = True) -> None:
 
 
 def load_certificates(pem_path: Path) -> list[x509.Certificate]:
-    """All certificates of a PEM file, leaf first; raise L{CertificateFileError} when there are none."""
+    """All certificates of a PEM file, leaf first; raise :exc:`CertificateFileError` when there are none."""
     try:
         data = Path(pem_path).read_bytes()
     except OSError as exc:

@@ -181,7 +181,7 @@ def server_context(
     """The server side of the port: certificate chain + key, TLS >= 1.2, FS AEAD, ALPN ``alpn``.
 
     The certificate file may hold intermediates after the leaf; they are sent in the handshake.
-    Raises L{TLSConfigError} for unreadable or malformed files and for a key that does not match
+    Raises :exc:`TLSConfigError` for unreadable or malformed files and for a key that does not match
     the certificate, here at startup rather than at the first handshake.
     """
     chain = _load_chain(cert_path, CERT_FILE_KEY)
