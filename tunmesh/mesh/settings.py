@@ -35,7 +35,7 @@ class PeerTiming:
 
 @dataclass(frozen=True)
 class MeshSettings:
-    """Everything the mesh needs from the config (see docs/internals.md for the source keys)."""
+    """Everything the mesh needs from the config (docs/configuration.md lists the source keys)."""
 
     advertise_url: str
     network_cidrs: Mapping[str, IPNetwork]
@@ -115,7 +115,7 @@ class MeshSettings:
 
     @classmethod
     def from_config(cls, cfg: Any) -> MeshSettings:
-        """Read the attribute tree of :mod:`tunmesh.config` (docs/internals.md)."""
+        """Read the attribute tree of :mod:`tunmesh.config` (its keys: docs/configuration.md)."""
         clustering = cfg.clustering
         timing = cfg.process.timing
         regs = timing.registrations

@@ -206,7 +206,7 @@ class TunDevice(FdPacketIO):
 
     @classmethod
     def from_config(cls, networking: Any, **open_kwargs: Any) -> TunDevice:
-        """Open and configure the device from ``cfg.networking`` (see docs/internals.md)."""
+        """Open and configure the device from ``cfg.networking`` (its keys: docs/configuration.md)."""
         ipv4 = node_interface(networking.ipv4.node_address_cidr, networking.ipv4.network_cidr)
         ipv6 = None
         if getattr(networking, "ipv6", None) is not None:
