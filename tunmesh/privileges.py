@@ -235,6 +235,7 @@ class PrivilegeDropService(Service):
     stderr and in the log, then :exc:`StartupCheckFailed` (exit status 1).
     """
 
+    name: str | None = "privileges"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(

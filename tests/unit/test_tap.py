@@ -6,13 +6,22 @@ import io
 from pathlib import Path
 
 import yaml
-from twisted.application.service import IServiceMaker
+from twisted.application import internet
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.support import minimal_data
 from tunmesh import logsetup, service, tap
+from tunmesh.api.server import ConnectionLimitFactory
 from tunmesh.cli import main
+from tunmesh.config import load_config
+from tunmesh.privileges import PrivilegeDropService
+from tunmesh.reload import ReloadOnSignal
+from tunmesh.testing import FakeTun
 from tunmesh.tls.certs import write_self_signed
+from tunmesh.tls.dispatch import ALPNDispatchFactory
 
 
 class PluginTests(SynchronousTestCase):
@@ -62,17 +71,12 @@ class RunOptionsTests(SynchronousTestCase):
         self.assertIn("SIGHUP", out.getvalue())
 
 
-
 class MakeServiceTests(SynchronousTestCase):
     """``makeService`` only builds: a memory reactor and a fake TUN, no root, nothing started."""
 
-    def test_node_has_the_sighup_reload_wired_to_its_tls_and_membership(self) -> None:
-        from twisted.internet.testing import MemoryReactorClock
-
-        from tunmesh.config import load_config
-        from tunmesh.reload import ReloadOnSignal
-        from tunmesh.testing import FakeTun
-
+    def build(self) -> tuple[Path, MemoryReactorClock, list[FakeTun], MultiService]:
+        """The node of :func:`minimal_data` with a self-signed certificate, on a ``MemoryReactorClock``
+        with a :class:`FakeTun` (the config path, the reactor, the opened TUNs and the service tree)."""
         base = Path(self.mktemp()).resolve()
         (base / "ssl").mkdir(parents=True)
         write_self_signed(base / "ssl" / "cert.pem", base / "ssl" / "key.pem")
@@ -84,13 +88,45 @@ class MakeServiceTests(SynchronousTestCase):
             tuns.append(FakeTun())
             return tuns[-1]
 
-        top = service.makeService(load_config(path), MemoryReactorClock(), open_tun, config_path=path)
+        reactor = MemoryReactorClock()
+        top = service.makeService(load_config(path), reactor, open_tun, config_path=path)
 
         def close_all() -> None:
             for t in tuns:
                 t.close()
 
         self.addCleanup(close_all)
+        return path, reactor, tuns, top
+
+    def test_node_is_a_tree_of_named_services_in_start_order(self) -> None:
+        _path, reactor, tuns, top = self.build()
+        self.assertEqual(
+            [s.name for s in top],
+            ["clockwatch", "tun", "cert_expiry", "api", "mesh", "dataplane", "reload", "admin", "privileges"],
+        )
+        self.assertEqual(len(tuns), 1)  # opened while building, as root would
+        self.assertIs(top.getServiceNamed("tun").device, tuns[0])
+        self.assertIsInstance(top.getServiceNamed("privileges"), PrivilegeDropService)
+        self.assertEqual(reactor.getDelayedCalls(), [])  # nothing scheduled: it only builds
+        self.assertFalse(top.running)
+
+    def test_api_port_listens_on_the_configured_address_once_bound(self) -> None:
+        _path, reactor, _tuns, top = self.build()
+        port = top.getServiceNamed("api")
+        self.assertIsInstance(port, internet.TCPServer)
+        self.assertEqual(reactor.tcpServers, [])  # bound in privilegedStartService, not before
+        port.privilegedStartService()
+        self.addCleanup(port.stopService)
+        [(number, factory, _backlog, interface)] = reactor.tcpServers
+        self.assertEqual((number, interface), (4567, "0.0.0.0"))
+        # caps(TLS(ALPN dispatch(site, packet links)))
+        assert isinstance(factory, ConnectionLimitFactory)
+        tls = factory.wrappedFactory
+        assert isinstance(tls, TLSMemoryBIOFactory)
+        self.assertIsInstance(tls.wrappedFactory, ALPNDispatchFactory)
+
+    def test_node_has_the_sighup_reload_wired_to_its_tls_and_membership(self) -> None:
+        path, _reactor, _tuns, top = self.build()
         reload = top.getServiceNamed("reload")
         self.assertIsInstance(reload, ReloadOnSignal)
         self.assertEqual(reload.reloader.config_path, path)
