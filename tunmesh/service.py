@@ -44,6 +44,8 @@ from tunmesh.clocks import use_monotonic_timers
 from tunmesh.clockwatch import ClockStepWatch
 from tunmesh.config import load_config, resolve_config_path
 from tunmesh.config.tree import TunMeshConfig
+from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
+from tunmesh.dataplane.settings import DataPlaneSettings
 from tunmesh.health import HealthRegistry
 from tunmesh.metrics import Metrics, PeerInfo
 from tunmesh.node import NodeIdentity
@@ -206,7 +208,9 @@ def _make_service(
 
     # 4. Data plane, fed by membership's authenticated peers.
     link_policy = link_tls_policy(cfg, trust_path)
-    dataplane = build_dataplane(local_cfg, identity.node_id, device, membership, reactor, metrics, link_policy)
+    dataplane = build_dataplane(
+        DataPlaneSettings.from_config(local_cfg), identity.node_id, device, membership, reactor, metrics, link_policy
+    )
     membership.add_observer(dataplane)
     dataplane.name_of = lambda peer_id: _peer_name(membership, peer_id)
     # tunmesh_peer_info: one series per peer in the pool (bounded by max_nodes), gone with the peer.
@@ -328,50 +332,48 @@ def build_admin(
 
 
 def build_dataplane(
-    cfg: TunMeshConfig, node_id: str, device: Any, membership: Any, reactor: Any, metrics: Any, link_policy: Any
-) -> Any:
+    settings: DataPlaneSettings,
+    node_id: str,
+    device: Any,
+    membership: Any,
+    reactor: Any,
+    metrics: Any,
+    link_policy: MeshTLSPolicy,
+) -> DataPlane:
     """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
-    from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
     from tunmesh.dataplane.peerstats import PeerPacketMetrics
     from tunmesh.logutil import RateLimitedLog
 
-    net = cfg.networking
-    ipv6 = net.ipv6
-    offload = device.offload_active
-    # Configured, or the claimed address filled in by networking_with (dynamic addressing).
-    local_v4 = net.ipv4.node_address_cidr
-    assert local_v4 is not None
     router = Router(
-        local_v4,
-        ipv6.node_address_cidr if ipv6 is not None else None,
-        net.ipv4.network_cidr,
-        ipv6.network_cidr if ipv6 is not None else None,
+        settings.ipv4_address,
+        settings.ipv6_address,
+        settings.ipv4_network,
+        settings.ipv6_network,
         RouteTable(),
         metrics,
-        enable_broadcast=net.ipv4.enable_broadcast,
-        mtu=net.mtu,
+        enable_broadcast=settings.enable_broadcast,
+        mtu=settings.mtu,
         rate_limited_log=RateLimitedLog(Logger(namespace="tunmesh.dataplane"), reactor),
-        vnet_hdr=offload,
+        vnet_hdr=device.offload_active,
     )
 
     def context_for(hostname: str) -> Any:
         return link_policy.creatorForNetloc(hostname.encode("idna"), 0)
 
-    timing = cfg.process.timing
     return DataPlane(
         node_id,
         device,
         router,
         membership.sessions,
         membership.session_auth,
-        TLSLinkConnector(reactor, context_for, timeout=max(1.0, float(timing.request_timeout) * 5)),
+        TLSLinkConnector(reactor, context_for, timeout=settings.link_connect_timeout),
         reactor,
         metrics,
-        packet_expiration=float(timing.network.mesh.packet_expiration),
-        max_read_batch=int(cfg.control_api.max_batch_size),
+        packet_expiration=settings.packet_expiration,
+        max_read_batch=settings.max_read_batch,
         peer_metrics=(
-            PeerPacketMetrics(metrics, reactor, float(cfg.monitoring.metric_ttl))
-            if cfg.monitoring.enable_node_packet_metrics and cfg.monitoring.method == "prometheus"
+            PeerPacketMetrics(metrics, reactor, settings.peer_metrics_ttl)
+            if settings.peer_metrics_ttl is not None
             else None
         ),
     )
