@@ -27,11 +27,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application import internet
 from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
 from tunmesh import __version__, logsetup
@@ -39,14 +40,15 @@ from tunmesh.admin.protocol import AdminFactory
 from tunmesh.admin.service import AdminSocketService
 from tunmesh.admin.status import StatusReporter
 from tunmesh.api.app import ControlAPI
-from tunmesh.api.server import RouteLimits, SourceRateLimiter, make_server_factory, make_site
+from tunmesh.api.server import HardenedSite, RouteLimits, SourceRateLimiter, make_server_factory, make_site
 from tunmesh.clocks import use_monotonic_timers
 from tunmesh.clockwatch import ClockStepWatch
 from tunmesh.config import load_config, resolve_config_path
-from tunmesh.config.tree import TunMeshConfig
+from tunmesh.config.tree import Networking, TunMeshConfig
 from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
 from tunmesh.dataplane.settings import DataPlaneSettings
 from tunmesh.health import HealthRegistry
+from tunmesh.interfaces import PacketDevice
 from tunmesh.metrics import Metrics, PeerInfo
 from tunmesh.node import NodeIdentity
 from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
@@ -64,6 +66,11 @@ from tunmesh.tls.contexts import (
     server_context,
 )
 from tunmesh.tls.expiry import CertExpiryWatch
+from tunmesh.tun.addrhelper import AddressSetter
+
+if TYPE_CHECKING:
+    from tunmesh.mesh.addressing import AddressClaimer
+    from tunmesh.tun.service import TunService
 
 LINK_ALPN = b"tunmesh-link/1"
 
@@ -93,9 +100,9 @@ def _fail(message: str) -> SystemExit:
 def makeService(  # noqa: N802
     cfg: TunMeshConfig,
     reactor: Any = None,
-    open_tun: Any = None,
+    open_tun: Callable[[Networking], PacketDevice] | None = None,
     config_path: Path | None = None,
-    address_setter: Any = None,
+    address_setter: AddressSetter | None = None,
 ) -> MultiService:
     """Build the node. ``open_tun(networking)`` defaults to the real TUN device (needs root);
     ``config_path`` is re-read before bootstrap passes when ``reload_config_on_bootstrap`` is set;
@@ -120,7 +127,11 @@ def _preflight(cfg: TunMeshConfig, config_path: Path | None) -> None:
 
 
 def _make_service(
-    cfg: TunMeshConfig, reactor: Any, open_tun: Any, config_path: Path | None, address_setter: Any
+    cfg: TunMeshConfig,
+    reactor: Any,
+    open_tun: Callable[[Networking], PacketDevice] | None,
+    config_path: Path | None,
+    address_setter: AddressSetter | None,
 ) -> MultiService:
     # 0. PREFLIGHT, before anything is created (TUN, port, threads): a refused config leaves nothing behind.
     _preflight(cfg, config_path)
@@ -134,16 +145,9 @@ def _make_service(
 
     from tunmesh.mesh.client import MeshClient
     from tunmesh.mesh.service import build_mesh
-    from tunmesh.tun.service import TunService
 
     identity = NodeIdentity.generate(cfg.clustering.control_api_advertise_url)
-    monitoring = cfg.monitoring
-    metrics = Metrics(
-        identity.node_id,
-        dict(monitoring.prometheus.base_labels) if monitoring.prometheus is not None else {},
-        enabled=monitoring.method == "prometheus",
-        advertise_url=identity.advertise_url,
-    )
+    metrics = build_metrics(cfg, identity)
     health = HealthRegistry()
     top = MultiService()
     # Wall-clock steps are detected and logged; they cannot move timers, which are monotonic (W10).
@@ -159,35 +163,18 @@ def _make_service(
         local_cfg = attrs.evolve(cfg, networking=networking_with(cfg.networking, addressing.addresses()))
 
     # 1. TUN, opened now: we are root, and the data plane needs to know whether offload is active.
-    tun_service = TunService(local_cfg.networking, health, **({"open_device": open_tun} if open_tun else {}))
-    try:
-        tun_service.privilegedStartService()
-    except OSError as e:
-        raise StartupError(f"tun_mesh/networking/tun_device_id: cannot open the TUN device: {e}") from None
+    tun_service = build_tun(local_cfg.networking, health, open_tun)
     tun_service.setServiceParent(top)
     device = tun_service.device
+    assert device is not None  # opened by build_tun
     if addressing is not None and address_setter is None and open_tun is None:
-        # Moving the TUN address later needs CAP_NET_ADMIN, which the node itself drops (docs/security.md).
-        from tunmesh.tun.addrhelper import AddressChangeError, AddressHelper
-
-        try:
-            address_setter = AddressHelper.spawn(
-                cfg.networking.tun_device_id, list(addressing.networks.values()), cfg.process.uid, cfg.process.gid
-            )
-        except AddressChangeError as e:
-            raise StartupError(f"tun_mesh/networking: dynamic addressing: {e}") from None
+        address_setter = spawn_address_helper(cfg, addressing)
 
     # 2. TLS material, read as root (the key may be readable by root only).
-    ssl_cfg = cfg.control_api.ssl
-    trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
-    server_tls = ReloadableServerTLS(make_server_tls(ssl_cfg.cert_file_path, ssl_cfg.key_file_path))
-    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
-    http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key)
-    expiry = CertExpiryWatch(metrics, reactor)
-    expiry.set_certificates(load_certificates(ssl_cfg.cert_file_path)[0], http_policy.trust)
-    expiry.setServiceParent(top)
+    tls = build_tls(cfg, metrics, reactor)
+    tls.expiry.setServiceParent(top)
     http_client = MeshClient.with_tls(
-        reactor, http_policy, timeout=float(cfg.process.timing.request_timeout), metrics=metrics
+        reactor, tls.http_policy, timeout=float(cfg.process.timing.request_timeout), metrics=metrics
     )
 
     # 3. Membership and sessions.
@@ -207,9 +194,8 @@ def _make_service(
     metrics.set_node_info(node_name=membership.local.name or "", advertise_url=identity.advertise_url)
 
     # 4. Data plane, fed by membership's authenticated peers.
-    link_policy = link_tls_policy(cfg, trust_path)
     dataplane = build_dataplane(
-        DataPlaneSettings.from_config(local_cfg), identity.node_id, device, membership, reactor, metrics, link_policy
+        DataPlaneSettings.from_config(local_cfg), identity.node_id, device, membership, reactor, metrics, tls.link_policy
     )
     membership.add_observer(dataplane)
     dataplane.name_of = lambda peer_id: _peer_name(membership, peer_id)
@@ -222,36 +208,12 @@ def _make_service(
         follower.register_health(health)
         follower.setServiceParent(top)
 
-    # 5. The one port.
-    api = ControlAPI(identity, health, metrics, monitoring.method == "prometheus")
+    # 5. The one port: the HTTP API and, by ALPN, the packet links.
+    api = ControlAPI(identity, health, metrics, cfg.monitoring.method == "prometheus")
     mesh_api.mount_on(api)
     limits = RouteLimits()
     mesh_api.register_limits(limits)
-    api_limits = cfg.control_api.limits
-    site = make_site(
-        api.resource(),
-        limits,
-        reactor,
-        header_timeout=float(api_limits.header_timeout),
-        body_timeout=float(api_limits.body_timeout),
-        metrics=metrics,
-        rate_limiter=SourceRateLimiter(
-            reactor, rate=float(api_limits.requests_per_second), burst=int(api_limits.request_burst)
-        ),
-    )
-    factory = make_server_factory(
-        site,
-        server_tls,
-        {LINK_ALPN: dataplane.server_factory},
-        reactor,
-        max_per_peer=int(api_limits.max_connections_per_peer),
-        max_total=int(api_limits.max_connections),
-        metrics=metrics,
-    )
-    port = internet.TCPServer(
-        cfg.control_api.listen_port, factory, interface=cfg.control_api.listen_address, reactor=reactor
-    )
-    port.setName("api")
+    site, port = build_api_port(cfg, api, limits, tls.server, dataplane.server_factory, reactor, metrics)
     port.setServiceParent(top)
     health.add_liveness("api", lambda: bool(port.running))
     health.add_readiness("api", lambda: bool(port.running))
@@ -263,12 +225,12 @@ def _make_service(
     node_reloader = NodeReloader(
         config_path,
         cfg,
-        server_tls=server_tls,
+        server_tls=tls.server,
         make_server_tls=make_server_tls,
-        client_policies=(http_policy, link_policy),
+        client_policies=(tls.http_policy, tls.link_policy),
         groups=membership,
         set_log_level=logsetup.set_level,
-        certificates=expiry,
+        certificates=tls.expiry,
         secrets=membership,
     )
     ReloadOnSignal(node_reloader, reactor).setServiceParent(top)
@@ -291,6 +253,110 @@ def _make_service(
         url=identity.advertise_url,
     )
     return top
+
+
+def build_metrics(cfg: TunMeshConfig, identity: NodeIdentity) -> Metrics:
+    """The node's metrics, labelled with ``monitoring.prometheus.base_labels`` (off unless ``prometheus``)."""
+    monitoring = cfg.monitoring
+    return Metrics(
+        identity.node_id,
+        dict(monitoring.prometheus.base_labels) if monitoring.prometheus is not None else {},
+        enabled=monitoring.method == "prometheus",
+        advertise_url=identity.advertise_url,
+    )
+
+
+def build_tun(
+    networking: Networking, health: HealthRegistry, open_tun: Callable[[Networking], PacketDevice] | None
+) -> TunService:
+    """The TUN service with its device already open (as root; ``open_tun`` defaults to the real device)."""
+    from tunmesh.tun.service import TunService
+
+    tun_service = TunService(networking, health, **({"open_device": open_tun} if open_tun else {}))
+    try:
+        tun_service.privilegedStartService()
+    except OSError as e:
+        raise StartupError(f"tun_mesh/networking/tun_device_id: cannot open the TUN device: {e}") from None
+    return tun_service
+
+
+def spawn_address_helper(cfg: TunMeshConfig, addressing: AddressClaimer) -> AddressSetter:
+    """The root helper that moves the real TUN's address later (dynamic addressing): moving it needs
+    CAP_NET_ADMIN, which the node itself drops (docs/security.md)."""
+    from tunmesh.tun.addrhelper import AddressChangeError, AddressHelper
+
+    try:
+        return AddressHelper.spawn(
+            cfg.networking.tun_device_id, list(addressing.networks.values()), cfg.process.uid, cfg.process.gid
+        )
+    except AddressChangeError as e:
+        raise StartupError(f"tun_mesh/networking: dynamic addressing: {e}") from None
+
+
+@attrs.frozen
+class NodeTLS:
+    """The node's TLS, read once at start (as root) and replaced in place by a SIGHUP reload."""
+
+    #: the port's certificate and key (ALPN: packet links, HTTP/1.1)
+    server: ReloadableServerTLS
+    #: client side of control requests to peers
+    http_policy: MeshTLSPolicy
+    #: client side of the packet links (ALPN ``tunmesh-link/1``)
+    link_policy: MeshTLSPolicy
+    #: the expiry metrics of our certificate and the trust anchors
+    expiry: CertExpiryWatch
+
+
+def build_tls(cfg: TunMeshConfig, metrics: Metrics, reactor: Any) -> NodeTLS:
+    """Read ``control_api.ssl``: our certificate and key, the trust anchors (``ca_file_path``, else our
+    own certificate) for both client policies, and the expiry watch of both."""
+    ssl_cfg = cfg.control_api.ssl
+    trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
+    server_tls = ReloadableServerTLS(make_server_tls(ssl_cfg.cert_file_path, ssl_cfg.key_file_path))
+    trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
+    http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key)
+    expiry = CertExpiryWatch(metrics, reactor)
+    expiry.set_certificates(load_certificates(ssl_cfg.cert_file_path)[0], http_policy.trust)
+    return NodeTLS(server_tls, http_policy, link_tls_policy(cfg, trust_path), expiry)
+
+
+def build_api_port(
+    cfg: TunMeshConfig,
+    api: ControlAPI,
+    limits: RouteLimits,
+    server_tls: ReloadableServerTLS,
+    link_factory: IProtocolFactory,
+    reactor: Any,
+    metrics: Metrics,
+) -> tuple[HardenedSite, internet.TCPServer]:
+    """The hardened site of ``api`` and the ``api`` port serving it and, by ALPN, ``link_factory``
+    (``control_api`` limits and listen address); the port binds in ``privilegedStartService``."""
+    api_limits = cfg.control_api.limits
+    site = make_site(
+        api.resource(),
+        limits,
+        reactor,
+        header_timeout=float(api_limits.header_timeout),
+        body_timeout=float(api_limits.body_timeout),
+        metrics=metrics,
+        rate_limiter=SourceRateLimiter(
+            reactor, rate=float(api_limits.requests_per_second), burst=int(api_limits.request_burst)
+        ),
+    )
+    factory = make_server_factory(
+        site,
+        server_tls,
+        {LINK_ALPN: link_factory},
+        reactor,
+        max_per_peer=int(api_limits.max_connections_per_peer),
+        max_total=int(api_limits.max_connections),
+        metrics=metrics,
+    )
+    port = internet.TCPServer(
+        cfg.control_api.listen_port, factory, interface=cfg.control_api.listen_address, reactor=reactor
+    )
+    port.setName("api")
+    return site, port
 
 
 def _peer_name(membership: Any, peer_id: str) -> str | None:

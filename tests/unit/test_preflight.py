@@ -25,6 +25,7 @@ from tests.unit.support import SECRET, ConfigTestMixin, minimal_data, set_key
 from tests.unit.tls_support import certificate, ec_key, rsa_key, write_cert, write_key, write_pair
 from tunmesh.cli import main
 from tunmesh.config.docs import example_config
+from tunmesh.config.tree import Networking
 from tunmesh.preflight import EXPIRY_WARNING_DAYS, check_files, preflight
 from tunmesh.service import makeService
 from tunmesh.tap import Options
@@ -114,8 +115,13 @@ class TLSPreflightTests(BothWays, SynchronousTestCase):
         opened: list[Any] = []
         err = io.StringIO()
         self.patch(sys, "stderr", err)
+
+        def open_tun(networking: Networking) -> FakeTun:
+            opened.append(networking)
+            return FakeTun()
+
         with self.assertRaises(SystemExit) as caught:
-            makeService(cfg, reactor=MemoryReactorClock(), open_tun=opened.append)
+            makeService(cfg, reactor=MemoryReactorClock(), open_tun=open_tun)
         self.assertEqual((caught.exception.code, opened), (1, []))
         self.assertEqual(err.getvalue(), f"tunmesh: config error: {KEY}: RSA key of 1024 bits; at least 2048 required\n")
 
