@@ -21,6 +21,7 @@ check-config``, same lines), so a refused config exits before the TUN device exi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -32,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.application import internet
 from twisted.application.service import MultiService, Service
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.logger import Logger
 
 from tunmesh import __version__, logsetup
@@ -54,7 +61,7 @@ from tunmesh.node import NodeIdentity
 from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
 from tunmesh.preload import preload
 from tunmesh.privileges import PrivilegeDropService
-from tunmesh.reload import NodeReloader, ReloadOnSignal
+from tunmesh.reload import NodeReloader, ReloadOnSignal, ReloadReport
 from tunmesh.selfcheck import node_self_check
 from tunmesh.tls.certs import load_certificates
 from tunmesh.tls.contexts import (
@@ -70,6 +77,9 @@ from tunmesh.tun.addrhelper import AddressSetter
 
 if TYPE_CHECKING:
     from tunmesh.mesh.addressing import AddressClaimer
+    from tunmesh.mesh.membership import Membership
+    from tunmesh.mesh.settings import BootstrapGroupSpec
+    from tunmesh.mesh.structs import IPInterface, IPNetwork
     from tunmesh.tun.service import TunService
 
 LINK_ALPN = b"tunmesh-link/1"
@@ -307,7 +317,7 @@ class NodeTLS:
     expiry: CertExpiryWatch
 
 
-def build_tls(cfg: TunMeshConfig, metrics: Metrics, reactor: Any) -> NodeTLS:
+def build_tls(cfg: TunMeshConfig, metrics: Metrics, reactor: IReactorTime) -> NodeTLS:
     """Read ``control_api.ssl``: our certificate and key, the trust anchors (``ca_file_path``, else our
     own certificate) for both client policies, and the expiry watch of both."""
     ssl_cfg = cfg.control_api.ssl
@@ -359,12 +369,12 @@ def build_api_port(
     return site, port
 
 
-def _peer_name(membership: Any, peer_id: str) -> str | None:
+def _peer_name(membership: Membership, peer_id: str) -> str | None:
     peer = membership.pool.get(peer_id)
     return peer.info.name if peer is not None else None
 
 
-def reload_result(report: Any) -> dict[str, Any]:
+def reload_result(report: ReloadReport) -> dict[str, list[str]]:
     """A reload report as JSON-ready lists (``tunmesh reload``)."""
     return {key: list(getattr(report, key)) for key in ("changed", "refused", "restart_needed")}
 
@@ -372,8 +382,8 @@ def reload_result(report: Any) -> dict[str, Any]:
 def build_admin(
     cfg: TunMeshConfig,
     identity: NodeIdentity,
-    membership: Any,
-    dataplane: Any,
+    membership: Membership,
+    dataplane: DataPlane,
     health: HealthRegistry,
     reloader: NodeReloader,
     reactor: Any,
@@ -400,10 +410,10 @@ def build_admin(
 def build_dataplane(
     settings: DataPlaneSettings,
     node_id: str,
-    device: Any,
-    membership: Any,
+    device: PacketDevice,
+    membership: Membership,
     reactor: Any,
-    metrics: Any,
+    metrics: Metrics,
     link_policy: MeshTLSPolicy,
 ) -> DataPlane:
     """TUN <-> router <-> one TLS link per peer (ALPN ``tunmesh-link/1`` on the peers' API ports)."""
@@ -423,7 +433,7 @@ def build_dataplane(
         vnet_hdr=device.offload_active,
     )
 
-    def context_for(hostname: str) -> Any:
+    def context_for(hostname: str) -> IOpenSSLClientConnectionCreator:
         return link_policy.creatorForNetloc(hostname.encode("idna"), 0)
 
     return DataPlane(
@@ -455,18 +465,18 @@ def link_tls_policy(cfg: TunMeshConfig, trust_path: Path) -> MeshTLSPolicy:
     return MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, alpn=(LINK_ALPN,), trust_key=trust_key)
 
 
-def make_server_tls(cert_path: Path, key_path: Path) -> Any:
+def make_server_tls(cert_path: Path, key_path: Path) -> IOpenSSLServerConnectionCreator:
     """The port's TLS: the certificate and key, offering the packet links and HTTP/1.1 by ALPN."""
     return server_context(cert_path, key_path, alpn=(LINK_ALPN, b"http/1.1"))
 
 
-def build_addressing(cfg: TunMeshConfig, node_id: str) -> Any:
+def build_addressing(cfg: TunMeshConfig, node_id: str) -> AddressClaimer | None:
     """An ``AddressClaimer`` when a family has no configured address (docs/addressing.md), else ``None``."""
     from tunmesh.mesh.addressing import AddressClaimer, address_seed
 
     net = cfg.networking
-    networks: dict[str, Any] = {"ipv4": net.ipv4.network_cidr}
-    explicit: dict[str, Any] = {}
+    networks: dict[str, IPNetwork] = {"ipv4": net.ipv4.network_cidr}
+    explicit: dict[str, IPInterface] = {}
     if net.ipv4.node_address_cidr is not None:
         explicit["ipv4"] = net.ipv4.node_address_cidr
     if net.ipv6 is not None:
@@ -485,13 +495,22 @@ def build_addressing(cfg: TunMeshConfig, node_id: str) -> Any:
     return AddressClaimer(node_id, networks, explicit, seed, settle=max(3 * groom, 3.0))
 
 
-def networking_with(networking: Any, addresses: Mapping[str, Any]) -> Any:
+def networking_with(networking: Networking, addresses: Mapping[str, IPInterface]) -> Networking:
     """``cfg.networking`` with the current (claimed) node addresses filled in, for the TUN and the router."""
-    ipv4 = attrs.evolve(networking.ipv4, node_address_cidr=addresses["ipv4"])
+    ipv4_address, ipv6_address = _by_family(addresses)
+    ipv4 = attrs.evolve(networking.ipv4, node_address_cidr=ipv4_address)
     ipv6 = networking.ipv6
     if ipv6 is not None:
-        ipv6 = attrs.evolve(ipv6, node_address_cidr=addresses["ipv6"])
+        ipv6 = attrs.evolve(ipv6, node_address_cidr=ipv6_address)
     return attrs.evolve(networking, ipv4=ipv4, ipv6=ipv6)
+
+
+def _by_family(addresses: Mapping[str, IPInterface]) -> tuple[ipaddress.IPv4Interface, ipaddress.IPv6Interface | None]:
+    """The ``ipv4`` and (optional) ``ipv6`` entries of an ``AddressClaimer``'s addresses, as their types."""
+    ipv4, ipv6 = addresses["ipv4"], addresses.get("ipv6")
+    if not isinstance(ipv4, ipaddress.IPv4Interface) or not (ipv6 is None or isinstance(ipv6, ipaddress.IPv6Interface)):
+        raise TypeError(f"addresses by family expected, got {dict(addresses)!r}")
+    return ipv4, ipv6
 
 
 class AddressFollower(Service):
@@ -504,19 +523,19 @@ class AddressFollower(Service):
     name = "addressing"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, router: Any, setter: Any, addressing: Any) -> None:
+    def __init__(self, router: Router, setter: AddressSetter | None, addressing: AddressClaimer) -> None:
         self.router = router
         self.setter = setter
         self.addressing = addressing
-        self.applied: dict[str, Any] = dict(addressing.addresses())
+        self.applied: dict[str, IPInterface] = dict(addressing.addresses())
         self.failed = False
         addressing.add_observer(self.follow)
 
-    def register_health(self, health: Any) -> None:
+    def register_health(self, health: HealthRegistry) -> None:
         health.add_readiness("tun_address", lambda: not self.failed)
 
-    def follow(self, addresses: Mapping[str, Any]) -> None:
-        self.router.set_local(addresses["ipv4"], addresses.get("ipv6"))
+    def follow(self, addresses: Mapping[str, IPInterface]) -> None:
+        self.router.set_local(*_by_family(addresses))
         for family, address in addresses.items():
             if self.applied.get(family) == address:
                 continue
@@ -532,13 +551,13 @@ class AddressFollower(Service):
             self.failed = False
             self.log.info("TUN {family} address is now {address}", family=family, address=str(address))
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None] | None:
         if self.setter is not None:
             self.setter.close()
         return super().stopService()
 
 
-def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], Any] | None:
+def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], tuple[BootstrapGroupSpec, ...]] | None:
     """``reload_config_on_bootstrap``: re-read the file before bootstrap passes (templated URL lists).
 
     A file that no longer loads raises ``ConfigError``; membership keeps the previous groups and logs it.
@@ -547,7 +566,7 @@ def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], Any] 
         return None
     from tunmesh.mesh.settings import MeshSettings
 
-    def reload() -> Any:
+    def reload() -> tuple[BootstrapGroupSpec, ...]:
         return MeshSettings.from_config(load_config(config_path)).bootstrap_groups
 
     return reload
