@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from twisted.application.internet import TimerService
 from twisted.logger import LogLevel
 
 from tests.unit.mesh_support import N1, MeshTestCase, Node, advance, node_id
@@ -235,6 +236,41 @@ class GroomTests(MeshTestCase):
         n2.stop()
         self.assertEqual(n2.client.in_flight, 0)
         self.assertFalse(n2.service.alive())
+
+    def test_the_groom_loop_is_a_timer_service_on_the_node_clock(self) -> None:
+        alone = self.node(1, ())
+        self.assertIsInstance(alone.service, TimerService)
+        alone.start()
+        first = alone.membership.last_groom
+        assert first is not None  # first tick at start
+        interval = alone.membership.settings.groom_interval
+        self.clock.advance(interval)
+        self.assertEqual(alone.membership.last_groom, first + interval)
+        self.assertTrue(alone.service.alive())
+
+    def test_a_tick_that_raises_stops_the_loop_with_one_line(self) -> None:
+        alone = self.node(1, ())
+        alone.start()
+
+        def broken() -> None:
+            raise RuntimeError("boom")
+
+        alone.membership.groom = broken  # type: ignore[method-assign]
+        self.clock.advance(alone.membership.settings.groom_interval)
+        self.assertFalse(alone.service.alive())
+        [event] = self.logged("groom loop stopped")
+        self.assertEqual(event["log_failure"].type, RuntimeError)
+        self.flushLoggedErrors(RuntimeError)
+        self.clock.advance(10 * alone.membership.settings.groom_interval)
+        self.assertEqual(len(self.logged("groom loop stopped")), 1)  # no tick after it
+        d = alone.stop()
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), 0)
+
+    def test_stop_before_start_still_leaves(self) -> None:
+        d = self.node(1, ()).stop()
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), 0)
 
     def test_max_concurrent_bootstraps(self) -> None:
         urls = tuple(f"https://h{i}.test:4567" for i in range(6))

@@ -6,10 +6,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -26,24 +27,25 @@ from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 
 
-class MeshService(Service):
+class MeshService(TimerService):
     """Runs :meth:`Membership.groom` every ``groom_interval`` (first tick at start); stops and cancels cleanly."""
 
     name: str | None = "mesh"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, membership: Membership, clock: IReactorTime) -> None:
+        super().__init__(membership.settings.groom_interval, self._groom)
         self.membership = membership
         self.clock = clock
-        self._loop: LoopingCall | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        loop = LoopingCall(self.membership.groom)
-        loop.clock = self.clock
-        self._loop = loop
-        d = loop.start(self.membership.settings.groom_interval, now=True)
-        d.addErrback(lambda f: self.log.failure("groom loop stopped", failure=f))
+    def _groom(self) -> None:
+        """One tick; an exception (``groom`` catches its own) stops the loop, as a failed call stops a
+        ``LoopingCall``, with one log line instead of ``TimerService``'s unhandled-error report."""
+        try:
+            self.membership.groom()
+        except Exception:
+            self.log.failure("groom loop stopped")
+            self._loop.stop()
 
     def stopService(self) -> Deferred[int]:
         """Stop the loop and everything in flight, tell the peers we leave (bounded), close the
@@ -55,11 +57,12 @@ class MeshService(Service):
         the very TLS connection whose ``dataReceived`` is still on the stack (``'NoneType' object
         has no attribute 'bio_read'``).
         """
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        if self.running:
+            # Stops the loop; the tick is synchronous, so none is in progress and this is done now.
+            super().stopService()
+        else:
+            Service.stopService(self)
         self.membership.cancel_all()
-        super().stopService()
         d = self.membership.leave()
 
         def leave_failed(failure: Failure) -> int:
@@ -79,7 +82,7 @@ class MeshService(Service):
 
     def alive(self) -> bool:
         """Liveness: the loop runs and ticked within three intervals."""
-        if self._loop is None or not self._loop.running:
+        if not self.running or not self._loop.running:
             return False
         last = self.membership.last_groom
         interval = self.membership.settings.groom_interval
