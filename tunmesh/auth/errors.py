@@ -7,6 +7,8 @@ the token, a claim value or a secret, so it is safe for logs and metric labels.
 
 from __future__ import annotations
 
+from tunmesh.errors import StatusError
+
 #: Every reason an :exc:`AuthError` may carry. See docs/security.md for what each one means.
 REASONS: frozenset[str] = frozenset(
     {
@@ -38,8 +40,9 @@ REASONS: frozenset[str] = frozenset(
 _STATUS = {"rate_limited": 429}
 
 
-class AuthError(Exception):
-    """A token or session was refused; ``reason`` is one of ``REASONS``.
+class AuthError(StatusError):
+    """A token or session was refused; ``reason`` is one of ``REASONS``; ``status`` is 429 when rate
+    limited, otherwise 401.
 
     ``retry_after`` (seconds) is set for ``rate_limited`` so the boundary can send ``Retry-After``.
     """
@@ -55,22 +58,18 @@ class AuthError(Exception):
             raise ValueError(f"unknown auth failure reason {reason!r}")
         super().__init__(reason)
         self.reason = reason
+        self.status = _STATUS.get(reason, 401)
         self.retry_after = retry_after
         #: for time refusals: the sender's clock minus ours, as its token showed it (``iat - now``)
         self.skew = skew
         #: for ``unknown_key`` on a cluster token: the (well-formed) cluster secret id it named
         self.secret_id = secret_id
 
-    @property
-    def status(self) -> int:
-        """The HTTP status for this failure: 429 when rate limited, otherwise 401."""
-        return _STATUS.get(self.reason, 401)
-
     def __repr__(self) -> str:
         return f"AuthError({self.reason!r})"
 
 
-class KexError(Exception):
+class KexError(StatusError):
     """An init_session body or key is unusable (HTTP 400). ``reason`` is a short label."""
 
     status = 400

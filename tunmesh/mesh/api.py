@@ -233,7 +233,7 @@ class MeshAPI:
             self.membership.auth_failed(exc, where)
             return self._refuse(request, exc.status, exc.retry_after)
         except (MeshError, KexError) as exc:
-            return self._refuse(request, exc.status, getattr(exc, "retry_after", None))
+            return self._refuse(request, exc.status, exc.retry_after)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", _JSON)
         request.setHeader(b"Cache-Control", b"no-store")

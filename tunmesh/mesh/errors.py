@@ -6,8 +6,10 @@ logs but is never sent to the client: the body of an error response is a constan
 
 from __future__ import annotations
 
+from tunmesh.errors import StatusError
 
-class MeshError(Exception):
+
+class MeshError(StatusError):
     """Base class: ``status`` is the HTTP status, ``reason`` a short label, ``detail`` for logs only."""
 
     status = 500
