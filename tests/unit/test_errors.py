@@ -1,9 +1,17 @@
-"""Errors answered with an HTTP status share one base (``tunmesh.errors.StatusError``)."""
+"""Errors answered with an HTTP status share one base (``tunmesh.errors.StatusError``) and one
+constant-body renderer (``tunmesh.api.errors.render_error``)."""
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+from typing import Any
 
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from tunmesh.api.errors import BODIES, allowed_methods, render_error
 from tunmesh.auth.errors import AuthError, KexError
 from tunmesh.errors import StatusError
 from tunmesh.mesh.errors import InvalidRegistration, PeerRequestFailed, PoolFull, Stopping
@@ -28,3 +36,36 @@ class StatusErrorTests(SynchronousTestCase):
         error = InvalidRegistration("schema", "10.0.0.1 sent junk")
         self.assertEqual(error.reason, "schema")
         self.assertEqual(str(error), "schema: 10.0.0.1 sent junk")
+
+
+class RenderErrorTests(SynchronousTestCase):
+    """``tunmesh.api.errors.render_error``: the one constant-body answer of the port."""
+
+    def render(self, status: int, **kw: Any) -> tuple[Request, bytes]:
+        request = Request(DummyChannel())
+        return request, render_error(request, status, **kw)
+
+    def test_body_is_the_constant_of_the_status_and_never_cached(self) -> None:
+        for status, body in BODIES.items():
+            request, rendered = self.render(status)
+            self.assertEqual((request.code, rendered), (status, body))
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"Content-Type"), [b"text/plain; charset=utf-8"])
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"Cache-Control"), [b"no-store"])
+
+    def test_405_names_the_allowed_methods_sorted_once(self) -> None:
+        request, _ = self.render(405, allow=["POST", "GET", "POST"])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"Allow"), [b"GET, POST"])
+        request, _ = self.render(405)
+        self.assertIsNone(request.responseHeaders.getRawHeaders(b"Allow"))
+
+    def test_429_asks_for_whole_seconds_at_least_one(self) -> None:
+        for retry_after, header in ((None, b"10"), (0.2, b"1"), (7.9, b"7")):
+            request, _ = self.render(429, retry_after=retry_after)
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"Retry-After"), [header])
+        request, _ = self.render(401, retry_after=5.0)
+        self.assertIsNone(request.responseHeaders.getRawHeaders(b"Retry-After"))
+
+    def test_allowed_methods_come_from_method_not_allowed_only(self) -> None:
+        self.assertEqual(sorted(allowed_methods(Failure(MethodNotAllowed(valid_methods=["GET"])))), ["GET"])
+        self.assertEqual(allowed_methods(Failure(MethodNotAllowed())), [])
+        self.assertEqual(allowed_methods(Failure(NotFound())), [])

@@ -24,8 +24,8 @@ klein app declares its routes relative to the prefix::
 
 serves ``POST /tunmesh/control/v0/registrations/register``.  The longest
 matching prefix wins; node_info keeps its exact path whatever is mounted.  A
-mounted app answers its own 404/405s and errors (it should install the same
-kind of constant-body handlers).
+mounted app answers its own 404/405s and errors (through the same renderer,
+:func:`tunmesh.api.errors.render_error`, from its ``handle_errors``).
 
 Errors use constant plain-text bodies (contract 3.0, W18): 404 ``Not Found``,
 405 ``Method Not Allowed`` (with ``Allow``), 500 ``Internal Server Error`` (the
@@ -47,6 +47,7 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from tunmesh.api.errors import BODIES, allowed_methods, render_error
 from tunmesh.health import HealthRegistry
 from tunmesh.interfaces import SecondsClock
 from tunmesh.logutil import MonotonicClock, RateLimitedLog
@@ -58,13 +59,12 @@ MOUNT_ROOT = "/tunmesh/"
 #: node_info path; wins over any mounted prefix.
 NODE_INFO_PATH = "/tunmesh/control/v0/node_info"
 
-BAD_REQUEST_BODY = b"Bad Request"
-NOT_FOUND_BODY = b"Not Found"
-METHOD_NOT_ALLOWED_BODY = b"Method Not Allowed"
-INTERNAL_ERROR_BODY = b"Internal Server Error"
+BAD_REQUEST_BODY = BODIES[400]
+NOT_FOUND_BODY = BODIES[404]
+METHOD_NOT_ALLOWED_BODY = BODIES[405]
+INTERNAL_ERROR_BODY = BODIES[500]
 
 _JSON = b"application/json"
-_TEXT = b"text/plain; charset=utf-8"
 
 # Own paths below MOUNT_ROOT, as segments after "tunmesh", with their methods.
 _OWN_TUNMESH_PATHS: dict[tuple[bytes, ...], tuple[str, ...]] = {
@@ -78,35 +78,11 @@ def _common_headers(request: IRequest, content_type: bytes) -> None:
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
 
 
-def render_bad_request(request: IRequest) -> bytes:
-    """The constant 400 for malformed input."""
-    request.setResponseCode(400)
-    _common_headers(request, _TEXT)
-    return BAD_REQUEST_BODY
-
-
-def render_not_found(request: IRequest) -> bytes:
-    """The constant 404; mounted apps call this from their own NotFound handler."""
-    request.setResponseCode(404)
-    _common_headers(request, _TEXT)
-    return NOT_FOUND_BODY
-
-
-def render_method_not_allowed(request: IRequest, valid_methods: Iterable[str] = ()) -> bytes:
-    """The constant 405 with an ``Allow`` header; for mounted apps too."""
-    request.setResponseCode(405)
-    _common_headers(request, _TEXT)
-    valid = sorted(set(valid_methods))
-    if valid:
-        request.setHeader(b"Allow", ", ".join(valid).encode("ascii"))
-    return METHOD_NOT_ALLOWED_BODY
-
-
-def render_internal_error(request: IRequest) -> bytes:
-    """The constant 500; log and count before calling it."""
-    request.setResponseCode(500)
-    _common_headers(request, _TEXT)
-    return INTERNAL_ERROR_BODY
+def _render_error(request: IRequest, status: int, allow: Iterable[str] = ()) -> bytes:
+    """:func:`tunmesh.api.errors.render_error`, with this app's ``nosniff`` on every answer."""
+    body = render_error(request, status, allow=allow)
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    return body
 
 
 def _json(request: IRequest, code: int, value: Any) -> bytes:
@@ -146,7 +122,7 @@ class _Utf8PathGuard(Resource):
         try:
             b"/".join(request.prepath + request.postpath).decode("utf-8")
         except UnicodeDecodeError:
-            return render_bad_request(request)
+            return _render_error(request, 400)
         result: bytes | int = self._inner.render(request)
         return result
 
@@ -252,11 +228,11 @@ class ControlAPI:
 
     @app.handle_errors(NotFound, RequestRedirect)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return render_not_found(request)
+        return _render_error(request, 404)
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        return render_method_not_allowed(request, getattr(failure.value, "valid_methods", None) or ())
+        return _render_error(request, 405, allowed_methods(failure))
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -270,4 +246,4 @@ class ControlAPI:
             path=request.path.decode("ascii", "replace")[:200],
         )
         self.log.failure("traceback of the 500 above", failure=failure, level=LogLevel.debug)
-        return render_internal_error(request)
+        return _render_error(request, 500)

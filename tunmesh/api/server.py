@@ -44,6 +44,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from tunmesh.api.errors import BODIES, DEFAULT_RETRY_AFTER, TEXT_PLAIN
 from tunmesh.interfaces import MetricsLike
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.tls.dispatch import ALPNDispatchFactory, IAcceptTimeAware
@@ -52,17 +53,9 @@ DEFAULT_MAX_BODY = 4096
 #: Methods whose bodies we never use; a body on them is refused unless a route says otherwise
 #: (a body on GET is a request-smuggling and buffering vector with no use on this API).
 BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
-#: Statuses whose body is always the same constant text (contract §3.0): no reason leaks.
-CONSTANT_BODIES: Mapping[int, bytes] = {
-    401: b"Unauthorized",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Request Entity Too Large",
-    429: b"Too Many Requests",
-    500: b"Internal Server Error",
-}
-DEFAULT_RETRY_AFTER = 10
-_TEXT_PLAIN = b"text/plain; charset=utf-8"
+#: Statuses whose body this layer always replaces with the constant text (contract §3.0): no reason
+#: leaks, whatever a resource wrote. (A 503 keeps its body: /health and /ready answer JSON with it.)
+CONSTANT_BODIES: Mapping[int, bytes] = {status: BODIES[status] for status in (401, 404, 405, 413, 429, 500)}
 
 
 @dataclass(frozen=True)
@@ -196,7 +189,7 @@ def _refusal_bytes(refusal: Refusal, include_body: bool) -> bytes:
     reason = http.RESPONSES.get(refusal.status, b"Error")
     lines = [
         b"HTTP/1.1 %d %s" % (refusal.status, reason),
-        b"Content-Type: " + _TEXT_PLAIN,
+        b"Content-Type: " + TEXT_PLAIN,
         b"Content-Length: %d" % len(body),
         b"Connection: close",
         b"Cache-Control: no-store",
@@ -327,7 +320,7 @@ class HardenedRequest(Request):
         if self._constant_written:
             return
         self._constant_written = True
-        self.responseHeaders.setRawHeaders(b"content-type", [_TEXT_PLAIN])
+        self.responseHeaders.setRawHeaders(b"content-type", [TEXT_PLAIN])
         self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
         Request.write(self, body)
 

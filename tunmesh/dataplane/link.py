@@ -484,7 +484,7 @@ class LinkServerProtocol(Protocol):
             # The token signs the client's view of the TLS session; ours must be the same.
             claims = f.authority.verify_link_hello(None, token, body=binding + channel)
         except AuthError as e:
-            self._refuse(F.ERR_BAD_TOKEN, f"auth_{e.reason}" if hasattr(e, "reason") else "auth")
+            self._refuse(F.ERR_BAD_TOKEN, f"auth_{e.reason}")
             return
         peer_id, kid = claims.iss, claims.kid
         if not f.mesh_lookup(peer_id):

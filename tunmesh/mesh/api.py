@@ -34,11 +34,12 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from tunmesh.auth.errors import AuthError, KexError
+from tunmesh.api.errors import allowed_methods, render_error
+from tunmesh.auth.errors import AuthError
 from tunmesh.auth.tokens import PendingToken, VerifiedToken
+from tunmesh.errors import StatusError
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.client import is_json_media_type
-from tunmesh.mesh.errors import MeshError
 from tunmesh.mesh.membership import (
     AUTH,
     CONTROL,
@@ -54,21 +55,7 @@ MAX_REGISTRATION_BODY = 64 * 1024
 MAX_INIT_SESSION_BODY = 8 * 1024
 MAX_LEAVE_BODY = 256
 
-_TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
-BODIES: dict[int, bytes] = {
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    409: b"Conflict",
-    413: b"Request Entity Too Large",
-    415: b"Unsupported Media Type",
-    421: b"Misdirected Request",
-    429: b"Too Many Requests",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
 
 _ID = r"[^/]+"
 _SESSION_PATH = re.compile(r"^(?P<base>.+)/(?P<peer>[^/]+)$")
@@ -195,14 +182,6 @@ class MeshAPI:
 
     # -- the common request pipeline ---------------------------------------------------------------
 
-    def _refuse(self, request: IRequest, status: int, retry_after: float | None = None) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", _TEXT)
-        request.setHeader(b"Cache-Control", b"no-store")
-        if status == 429:
-            request.setHeader(b"Retry-After", str(max(1, int(retry_after or 10))).encode("ascii"))
-        return BODIES.get(status, b"Error")
-
     def _handle(
         self,
         request: IRequest,
@@ -217,23 +196,22 @@ class MeshAPI:
         try:
             pending = head(_authorization(request.requestHeaders), method, path)
             if needs_body and not _is_json(request.getHeader(b"Content-Type")):
-                return self._refuse(request, 415)
+                return render_error(request, 415)
             body = request.content.read(max_body + 1) if request.content is not None else b""
             if len(body) > max_body:
-                return self._refuse(request, 413)
+                return render_error(request, 413)
             token = pending.verify_body(body)
         except AuthError as exc:
             self.membership.auth_failed(exc, where)
-            return self._refuse(request, exc.status, exc.retry_after)
+            raise
         self.membership.cluster_token_accepted(token)
         self.membership.touch(token.iss)
         try:
             response_body, sign, commit = process(token, body)
         except AuthError as exc:
             self.membership.auth_failed(exc, where)
-            return self._refuse(request, exc.status, exc.retry_after)
-        except (MeshError, KexError) as exc:
-            return self._refuse(request, exc.status, exc.retry_after)
+            raise
+        # MeshError and KexError go to refused() as they are.
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", _JSON)
         request.setHeader(b"Cache-Control", b"no-store")
@@ -330,16 +308,21 @@ class MeshAPI:
 
     # -- errors --------------------------------------------------------------------------------------
 
+    @app.handle_errors(StatusError)
+    def refused(self, request: IRequest, failure: Failure) -> bytes:
+        """A refusal of the pipeline or of membership (``AuthError``, ``MeshError``, ``KexError``):
+        its status with the constant body."""
+        error = failure.value
+        assert isinstance(error, StatusError)
+        return render_error(request, error.status, retry_after=error.retry_after)
+
     @app.handle_errors(NotFound, RequestRedirect)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return self._refuse(request, 404)
+        return render_error(request, 404)
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        valid = getattr(failure.value, "valid_methods", None) or []
-        if valid:
-            request.setHeader(b"Allow", ", ".join(sorted(valid)).encode("ascii"))
-        return self._refuse(request, 405)
+        return render_error(request, 405, allow=allowed_methods(failure))
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -351,4 +334,4 @@ class MeshAPI:
             "unhandled {type} in a mesh route; answered 500",
             type=failure.type.__name__,
         )
-        return self._refuse(request, 500)
+        return render_error(request, 500)
