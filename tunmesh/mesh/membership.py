@@ -67,6 +67,7 @@ from tunmesh.mesh.errors import (
     SelfRegistration,
     Stopping,
 )
+from tunmesh.mesh.inflight import InFlight
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url, url_host
@@ -161,11 +162,11 @@ class Membership:
         self._last_join_pass: float | None = None
         self._gossip_waiting = False
         self._bootstrap_slots = DeferredSemaphore(settings.max_concurrent_bootstraps)
-        self._bootstrapping: dict[str, Deferred[str | None]] = {}
-        self._session_ops: dict[str, Deferred[None]] = {}
+        self._bootstrapping: InFlight[str, str | None] = InFlight()
+        self._session_ops: InFlight[str, None] = InFlight()
         #: peer id -> id of the cluster secret that salted our current outbound session to it
         self._outbound_salt: dict[str, str] = {}
-        self._renewals: dict[str, Deferred[None]] = {}
+        self._renewals: InFlight[str, None] = InFlight()
         self._observers: list[PeerObserver] = []
         self.groups = [GroupState(g) for g in settings.bootstrap_groups]
         self._seq = 0
@@ -564,14 +565,12 @@ class Membership:
         At most `max_concurrent_bootstraps` run at once; the same URL is never bootstrapped twice at
         the same time. Failures errback with `PeerRequestFailed` and back the URL off.
         """
-        existing = self._bootstrapping.get(url)
+        existing = self._bootstrapping.follow(url)
         if existing is not None:
-            return _follow(existing)
-        d: Deferred[str | None] = self._bootstrap_slots.run(self._bootstrap, url)
-        self._bootstrapping[url] = d
+            return existing
+        d = self._bootstrapping.start(url, self._bootstrap_slots.run(self._bootstrap, url))
 
         def done(result: Any) -> Any:
-            self._bootstrapping.pop(url, None)
             if isinstance(result, Failure):
                 # a gossiped URL is tried again when its backoff ends, not on some later groom tick
                 self._schedule_join(self.url_backoff.wait(url))
@@ -673,17 +672,15 @@ class Membership:
         with `force`)."""
         if not force and not self.sessions.needs_rotation(peer_id):
             return succeed(None)
-        running = self._session_ops.get(peer_id)
+        running = self._session_ops.follow(peer_id)
         if running is not None:
-            return _follow(running)
+            return running
         key = ("session", peer_id)
         if not self.peer_backoff.allowed(key):
             return _fail(PeerRequestFailed("backoff", peer_id))
-        op = self._session_setup(peer_id)
-        self._session_ops[peer_id] = op
+        op = self._session_ops.start(peer_id, self._session_setup(peer_id))
 
         def done(result: Any) -> Any:
-            self._session_ops.pop(peer_id, None)
             if isinstance(result, Failure):
                 rotating = self.sessions.outbound(peer_id) is not None
                 floor = _session_retry_floor(result.value, self.settings.init_session_min_interval, rotating)
@@ -803,14 +800,11 @@ class Membership:
 
     def renew(self, peer_id: str) -> Deferred[None]:
         """Re-register with a known peer (session auth, cluster fallback); one at a time per peer."""
-        running = self._renewals.get(peer_id)
-        if running is not None:
+        if peer_id in self._renewals:
             return succeed(None)
-        d = self._renew(peer_id)
-        self._renewals[peer_id] = d
+        d = self._renewals.start(peer_id, self._renew(peer_id))
 
         def done(result: Any) -> Any:
-            self._renewals.pop(peer_id, None)
             peer = self.pool.get(peer_id)
             if peer is not None:
                 if isinstance(result, Failure):
@@ -1234,21 +1228,6 @@ def _session_retry_floor(exc: object, min_interval: float, rotating: bool) -> fl
     if not rotating and getattr(exc, "status", None) == 401:
         return 0.0
     return min_interval
-
-
-def _follow(source: Deferred[Any]) -> Deferred[Any]:
-    """A new Deferred with the same result as `source`, leaving `source`'s own chain untouched."""
-    mirror: Deferred[Any] = Deferred()
-
-    def relay(result: Any) -> Any:
-        if isinstance(result, Failure):
-            mirror.errback(result)
-        else:
-            mirror.callback(result)
-        return result
-
-    source.addBoth(relay)
-    return mirror
 
 
 def _fail(exc: Exception) -> Deferred[Any]:
