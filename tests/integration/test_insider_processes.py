@@ -24,7 +24,7 @@ CLAIMANT = r"""
 import json, ssl, sys, time, urllib.error, urllib.request
 from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.keys import random_id
-from tunmesh.mesh.membership import REGISTER_PATH
+from tunmesh.mesh.exchange import REGISTER_PATH
 import uuid
 
 secret_file, target_url, target_id, victim_url, count = sys.argv[1:6]

@@ -16,7 +16,7 @@ from tunmesh.auth.cluster import ClusterAuthority
 from tunmesh.auth.kex import KexInitiator
 from tunmesh.auth.tokens import TYP_BOOTSTRAP
 from tunmesh.mesh.api import MAX_INIT_SESSION_BODY, MAX_REGISTRATION_BODY
-from tunmesh.mesh.membership import (
+from tunmesh.mesh.exchange import (
     INIT_SESSION_PATH,
     LEAVE_PATH,
     PEERS_PATH,

@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 
 from tests.unit.mesh_support import Node, advance
 from tunmesh.mesh.backoff import Backoff
-from tunmesh.mesh.membership import REGISTER_PATH
+from tunmesh.mesh.exchange import REGISTER_PATH
 from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.testing import FakeNetwork
 

@@ -29,7 +29,7 @@ from tunmesh.api.server import RequestHead
 from tunmesh.auth import keys
 from tunmesh.auth.tokens import CLUSTER_KID, TYP_REQUEST, base_claims, bearer, encode_token
 from tunmesh.dataplane import frames as F
-from tunmesh.mesh.membership import INIT_SESSION_PATH, LEAVE_PATH, REGISTER_PATH
+from tunmesh.mesh.exchange import INIT_SESSION_PATH, LEAVE_PATH, REGISTER_PATH
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -40,15 +40,8 @@ from tunmesh.auth.tokens import PendingToken, VerifiedToken
 from tunmesh.errors import StatusError
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.client import is_json_media_type
-from tunmesh.mesh.membership import (
-    AUTH,
-    CONTROL,
-    INIT_SESSION_PATH,
-    LEAVE_PATH,
-    PEERS_PATH,
-    REGISTER_PATH,
-    Membership,
-)
+from tunmesh.mesh.exchange import AUTH, CONTROL, INIT_SESSION_PATH, LEAVE_PATH, PEERS_PATH, REGISTER_PATH
+from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.structs import dumps_json
 
 MAX_REGISTRATION_BODY = 64 * 1024

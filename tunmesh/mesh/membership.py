@@ -47,8 +47,6 @@ from tunmesh.auth.kex import KexInitiator, KexRequest, respond
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.auth.tokens import (
     TYP_BOOTSTRAP,
-    TYP_REQUEST,
-    SignedRequest,
     VerifiedToken,
     is_cluster_kid,
     secret_id_of_kid,
@@ -57,7 +55,7 @@ from tunmesh.interfaces import PeerObserver
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.addressing import AddressClaimer, Verdict
 from tunmesh.mesh.backoff import Backoff
-from tunmesh.mesh.client import MeshClient, RawResponse
+from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.contacts import ContactLog
 from tunmesh.mesh.errors import (
     InvalidRegistration,
@@ -67,6 +65,16 @@ from tunmesh.mesh.errors import (
     SelfRegistration,
     Stopping,
 )
+from tunmesh.mesh.exchange import (
+    INIT_SESSION_PATH,
+    REGISTER_PATH,
+    PeerExchange,
+    init_session_path,
+    leave_body,
+    leave_path,
+    register_path,
+    retry_after,
+)
 from tunmesh.mesh.inflight import InFlight
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
@@ -74,12 +82,6 @@ from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url,
 from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.names import label
 
-CONTROL = "/tunmesh/control/v0"
-AUTH = "/tunmesh/auth/v0"
-REGISTER_PATH = CONTROL + "/registrations/register"
-INIT_SESSION_PATH = AUTH + "/init_session"
-PEERS_PATH = CONTROL + "/peers"
-LEAVE_PATH = CONTROL + "/registrations/leave"
 #: how long a stopping node waits for its peers to acknowledge that it leaves
 LEAVE_TIMEOUT = 2.0
 #: extra tries of a bootstrap URL that answered 421 (a load balancer that sent us to ourselves)
@@ -88,20 +90,6 @@ SELF_RETRIES = 2
 JOIN = "join"
 
 
-def register_path(node_id: str) -> str:
-    return f"{REGISTER_PATH}/{node_id}"
-
-
-def init_session_path(node_id: str) -> str:
-    return f"{INIT_SESSION_PATH}/{node_id}"
-
-
-def leave_path(node_id: str) -> str:
-    return f"{LEAVE_PATH}/{node_id}"
-
-
-def leave_body(node_id: str) -> bytes:
-    return b'{"id":"' + node_id.encode("ascii") + b'"}'
 
 
 @dataclass
@@ -142,6 +130,7 @@ class Membership:
         self.sessions = sessions
         self.session_auth = SessionAuthority(sessions)
         self.client = client
+        self.exchange = PeerExchange(settings, cluster, sessions, self.session_auth, client, self.auth_failed)
         self.clock = clock
         self._monotonic = monotonic or clock.seconds
         self._wall = wall
@@ -507,38 +496,6 @@ class Membership:
 
     # -- outbound: helpers ---------------------------------------------------------------------------
 
-    def _check_response(self, response: RawResponse, url: str) -> None:
-        if response.status != 200:
-            retry_after = None
-            if response.status == 429 and response.retry_after is not None:
-                try:
-                    retry_after = min(float(response.retry_after), self.settings.backoff_max)
-                except ValueError:
-                    retry_after = None
-            raise PeerRequestFailed(
-                f"status_{response.status}", f"{url} answered {response.status}", response.status, retry_after
-            )
-        if not response.is_json():
-            raise PeerRequestFailed("content_type", url, response.status)
-
-    def _verify_cluster(
-        self, response: RawResponse, expected: str | None, request: SignedRequest, where: str
-    ) -> VerifiedToken:
-        try:
-            return self.cluster.verify_response(response.authorization, expected, request, response.body)
-        except AuthError as exc:
-            self.auth_failed(exc, where)
-            raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
-
-    def _verify_session(
-        self, peer_id: str, response: RawResponse, request: SignedRequest, where: str
-    ) -> VerifiedToken:
-        try:
-            return self.session_auth.verify_response(peer_id, response.authorization, request, response.body)
-        except AuthError as exc:
-            self.auth_failed(exc, where)
-            raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
-
     def _peer_url_allowed(self, url: str) -> bool:
         """`peer_networks` allow-list for URLs learned from the network (W7).
 
@@ -597,8 +554,8 @@ class Membership:
                 self.log.info("bootstrap via {url} reached this node", url=url)
             else:
                 return None
-            self._check_response(response, url)
-            verified = self._verify_cluster(response, None, request, "bootstrap response")
+            self.exchange.check_response(response, url)
+            verified = self.exchange.verify_cluster(response, None, request, "bootstrap response")
             peer_id = verified.iss
             if peer_id == self.node_id:
                 self.m_bootstraps.labels(result="self").inc()
@@ -612,7 +569,7 @@ class Membership:
                 self._teardown(previous, "restarted")
             self.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
-            self.url_backoff.failure(url, _retry_after(exc))
+            self.url_backoff.failure(url, retry_after(exc))
             self.contacts.url_failed(url, "bootstrap", exc.reason, exc.detail, exc.status)
             self.m_bootstraps.labels(result=exc.reason).inc()
             self._rlog.emit(
@@ -700,31 +657,29 @@ class Membership:
         current = self.sessions.outbound(peer_id)
         kind = "rotate" if current is not None else "init"
         started = self._monotonic()
-        initiator = self._kex_initiator(peer_id)
-        body = initiator.request_body()
+        initiator: KexInitiator | None = None
+
+        def kex_body() -> bytes:
+            nonlocal initiator
+            initiator = self._kex_initiator(peer_id)
+            return initiator.request_body()
+
+        def refused() -> None:
+            nonlocal kind
+            self.m_sessions.labels(kind=kind, result="refused").inc()
+            kind = "init"
+
         try:
-            if current is not None:
-                path = init_session_path(self.node_id)
-                request = self.session_auth.sign_request(peer_id, "POST", path, body)
-                response = yield self.client.post(peer.url, path, body, request.header_value)
-                if response.status in (401, 404):
-                    # The peer no longer knows this key: drop it and start over with the cluster token.
-                    self.sessions.invalidate_outbound(peer_id, request.kid)
-                    self.m_sessions.labels(kind=kind, result="refused").inc()
-                    kind = "init"
-                    current = None
-                else:
-                    self._check_response(response, peer.url)
-                    self._verify_session(peer_id, response, request, "init_session/<id> response")
-            if current is None:
-                initiator = self._kex_initiator(peer_id)
-                body = initiator.request_body()
-                request = self.cluster.sign_request(peer_id, "POST", INIT_SESSION_PATH, body, typ=TYP_REQUEST)
-                response = yield self.client.post(
-                    peer.url, INIT_SESSION_PATH, body, request.header_value, timeout=self.settings.registration_timeout
-                )
-                self._check_response(response, peer.url)
-                self._verify_cluster(response, peer_id, request, "init_session response")
+            response, _ = yield self.exchange.post(
+                peer_id,
+                peer.url,
+                "init_session",
+                init_session_path(self.node_id),
+                INIT_SESSION_PATH,
+                kex_body,
+                refused=refused,
+            )
+            assert initiator is not None
             kid, secret = initiator.complete(response.body)
         except (MeshError, KexError) as exc:
             reason = exc.reason
@@ -808,7 +763,7 @@ class Membership:
             peer = self.pool.get(peer_id)
             if peer is not None:
                 if isinstance(result, Failure):
-                    delay = self.peer_backoff.failure(("renew", peer_id), _retry_after(result.value))
+                    delay = self.peer_backoff.failure(("renew", peer_id), retry_after(result.value))
                     peer.next_attempt = self._monotonic() + delay
                 else:
                     self.peer_backoff.success(("renew", peer_id))
@@ -833,35 +788,25 @@ class Membership:
                     # cluster token anyway, so a session retry never costs the peer its renewal
                     if exc.status not in (401, 404) and exc.reason != "backoff":
                         raise
-            fallback = self.sessions.outbound(peer_id) is None
-            response: RawResponse | None = None
-            if not fallback:
-                body = self.our_registration().to_json()
-                path = register_path(self.node_id)
-                request = self.session_auth.sign_request(peer_id, "POST", path, body)
-                response = yield self.client.post(
-                    url, path, body, request.header_value, timeout=self.settings.registration_timeout
-                )
-                if response.status in (401, 404):
-                    self.sessions.invalidate_outbound(peer_id, request.kid)
-                    fallback = True
-                else:
-                    self._check_response(response, url)
-                    self._verify_session(peer_id, response, request, "register/<id> response")
-            if fallback:
+
+            def falling_back() -> None:
                 self.log.warn(
                     "peer {peer_id} does not know us (or no session): re-registering with the cluster token",
                     peer_id=peer_id,
                 )
-                body = self.our_registration().to_json()
-                request = self.cluster.sign_request(peer_id, "POST", REGISTER_PATH, body, typ=TYP_REQUEST)
-                response = yield self.client.post(
-                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.registration_timeout
-                )
-                self._check_response(response, url)
-                self._verify_cluster(response, peer_id, request, "register response")
+
+            response, by_cluster = yield self.exchange.post(
+                peer_id,
+                url,
+                "register",
+                register_path(self.node_id),
+                REGISTER_PATH,
+                lambda: self.our_registration().to_json(),
+                session_timeout=self.settings.registration_timeout,
+                falling_back=falling_back,
+            )
+            if by_cluster:
                 self.m_registrations.labels(direction="out", result="fallback").inc()
-            assert response is not None
             if self.pool.get(peer_id) is None:
                 raise PeerRequestFailed("unknown_peer", peer_id)
             self.accept_registration(peer_id, response.body, direction="out")
@@ -1208,11 +1153,6 @@ class Membership:
         self.client.cancel_all()
 
 
-def _retry_after(exc: object) -> float:
-    retry = getattr(exc, "retry_after", None)
-    return float(retry) if isinstance(retry, (int, float)) else 0.0
-
-
 def _session_retry_floor(exc: object, min_interval: float, rotating: bool) -> float:
     """The least wait before the next session setup with a peer after `exc` (W11).
 
@@ -1222,7 +1162,7 @@ def _session_retry_floor(exc: object, min_interval: float, rotating: bool) -> fl
     key keeps working; no answer, which may have been counted, or may come from a peer too busy to
     answer) waits at least `min_interval`.
     """
-    retry = _retry_after(exc)
+    retry = retry_after(exc)
     if retry > 0:
         return retry
     if not rotating and getattr(exc, "status", None) == 401:
