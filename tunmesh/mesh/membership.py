@@ -76,6 +76,7 @@ from tunmesh.mesh.exchange import (
     retry_after,
 )
 from tunmesh.mesh.inflight import InFlight
+from tunmesh.mesh.meters import MembershipMetrics
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url, url_host
@@ -167,76 +168,26 @@ class Membership:
         #: last failures per peer and URL, removals, inbound refusals (``tunmesh status``)
         self.contacts = ContactLog(self._monotonic)
         self._rlog = RateLimitedLog(self.log, clock)
-        self._init_metrics(metrics)
+        self.metrics = metrics
+        self.meters = MembershipMetrics(metrics)
+        self.meters.show_cluster_secrets(cluster)
         self.addressing = addressing
         if addressing is not None:
             self._addresses_changed(addressing.addresses())
             addressing.add_observer(self._addresses_changed)
 
-    # -- metrics ------------------------------------------------------------------------------------
-
-    def _init_metrics(self, metrics: Any) -> None:
-        self.metrics = metrics
-        self.m_auth_failures = metrics.counter(
-            "auth_failures", "Requests or responses refused by authentication, by reason.", ("reason",)
-        )
-        self.m_registrations = metrics.counter(
-            "mesh_registrations", "Registrations by direction (in/out) and result.", ("direction", "result")
-        )
-        self.m_sessions = metrics.counter(
-            "mesh_session_setups", "Outbound session setups by kind (init/rotate) and result.", ("kind", "result")
-        )
-        self.m_inbound_sessions = metrics.counter(
-            "mesh_inbound_sessions", "Inbound session setups answered, by kind and result.", ("kind", "result")
-        )
-        self.m_bootstraps = metrics.counter(
-            "mesh_bootstrap_attempts", "Bootstrap registrations by URL, by result.", ("result",)
-        )
-        self.m_removed = metrics.counter("mesh_peers_removed", "Peers removed, by reason.", ("reason",))
-        self.m_gossip_dropped = metrics.counter(
-            "mesh_gossip_entries_dropped",
-            "Gossip entries (remote nodes in a registration) refused alone, by reason.",
-            ("reason",),
-        )
-        self.m_session_seconds = metrics.histogram(
-            "mesh_session_setup_seconds",
-            "Outbound session setups by kind (init/rotate) and result (ok or the failure reason): seconds "
-            "from the start to the key installed (or the failure), requests and retries included.",
-            ("kind", "result"),
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-        )
-        self.m_peers = metrics.gauge("mesh_peers", "Peers in the node pool.")
-        self.m_sessions_gauge = metrics.gauge("mesh_sessions", "Peers with a usable outbound session.")
-        # Rotation (docs/security.md): which secret ids this node accepts and signs with, and which ids the
-        # cluster tokens it accepted named: before removing an id, its counter must stop growing everywhere.
-        self.m_cluster_secrets = metrics.gauge(
-            "cluster_secrets",
-            "1 for each cluster secret this node accepts, by secret_id; signing=true for the one it signs with.",
-            ("secret_id", "signing"),
-        )
-        self.m_cluster_tokens = metrics.counter(
-            "cluster_tokens_accepted",
-            "Cluster-signed requests accepted, by secret_id (the cluster secret they were signed with).",
-            ("secret_id",),
-        )
-        self._show_cluster_secrets()
-
-    def _show_cluster_secrets(self) -> None:
-        self.m_cluster_secrets.clear()
-        for secret_id in self.cluster.secret_ids:
-            signing = "true" if secret_id == self.cluster.signing_id else "false"
-            self.m_cluster_secrets.labels(secret_id=secret_id, signing=signing).set(1)
+    # -- auth reports ------------------------------------------------------------------------------------
 
     def cluster_token_accepted(self, token: VerifiedToken) -> None:
         """Count an accepted cluster-signed request by the secret id its ``kid`` named."""
         secret_id = secret_id_of_kid(token.kid)
         if secret_id is not None:
-            self.m_cluster_tokens.labels(secret_id=secret_id).inc()
+            self.meters.cluster_tokens.labels(secret_id=secret_id).inc()
 
     def auth_failed(self, error: AuthError, where: str) -> None:
         """Count an auth failure and log it rate-limited (never the token); time refusals say the skew."""
         reason = error.reason
-        self.m_auth_failures.labels(reason=reason).inc()
+        self.meters.auth_failures.labels(reason=reason).inc()
         self.contacts.inbound_refused(reason, where)
         if error.skew is not None:
             self._rlog.emit(
@@ -272,8 +223,8 @@ class Membership:
         )
 
     def _update_gauges(self) -> None:
-        self.m_peers.set(len(self.pool))
-        self.m_sessions_gauge.set(sum(1 for p in self.pool if self.sessions.outbound(p.id) is not None))
+        self.meters.peers.set(len(self.pool))
+        self.meters.sessions.set(sum(1 for p in self.pool if self.sessions.outbound(p.id) is not None))
 
     # -- observers and readiness ------------------------------------------------------------------
 
@@ -332,7 +283,7 @@ class Membership:
 
     def _count_dropped_gossip(self, registration: Registration, iss: str) -> None:
         for reason in registration.dropped:
-            self.m_gossip_dropped.labels(reason=reason).inc()
+            self.meters.gossip_dropped.labels(reason=reason).inc()
         if registration.dropped:
             self._rlog.emit(
                 ("gossip_dropped", iss),
@@ -364,7 +315,7 @@ class Membership:
             result = self.pool.upsert(registration.local, registration.seq, registration.remote)
             self._count_dropped_gossip(registration, iss)
         except ClaimConflict as exc:
-            self.m_registrations.labels(direction=direction, result=exc.reason).inc()
+            self.meters.registrations.labels(direction=direction, result=exc.reason).inc()
             self.log.warn(
                 "registration conflict: {detail} (holder {holder}, claimant {claimant})",
                 detail=exc.detail,
@@ -378,7 +329,7 @@ class Membership:
                 self.clock.callLater(0, self._probe_url, registration.local.listen_url)
             raise
         except MeshError as exc:
-            self.m_registrations.labels(direction=direction, result=exc.reason).inc()
+            self.meters.registrations.labels(direction=direction, result=exc.reason).inc()
             level = LogLevel.info if isinstance(exc, SelfRegistration) else LogLevel.warn
             self._rlog.emit(
                 ("registration", exc.reason, iss),
@@ -399,7 +350,7 @@ class Membership:
                 peer_name=old.info.name,
             )
             self._teardown(old, "replaced")
-        self.m_registrations.labels(direction=direction, result="ok").inc()
+        self.meters.registrations.labels(direction=direction, result="ok").inc()
         self._registered_once = True
         if direction == "out" and self.addressing is not None and not moved:
             self.addressing.acknowledged()  # the peer accepted a registration carrying our (current) claims
@@ -441,13 +392,13 @@ class Membership:
             self.sessions.inbound_rate_limit(peer_id)
             result = respond(kex_key, body, sender=peer_id, receiver=self.node_id)
         except (AuthError, KexError) as exc:
-            self.m_inbound_sessions.labels(kind=kind, result=exc.reason).inc()
+            self.meters.inbound_sessions.labels(kind=kind, result=exc.reason).inc()
             raise
         self.pool.touch(peer_id)
 
         def commit() -> None:
             self.sessions.install_inbound(peer_id, result.kid, result.secret)
-            self.m_inbound_sessions.labels(kind=kind, result="ok").inc()
+            self.meters.inbound_sessions.labels(kind=kind, result="ok").inc()
 
         return result.body, commit
 
@@ -550,7 +501,7 @@ class Membership:
                 if response.status != 421:
                     break
                 # A load balancer sent us to ourselves: not an error; ask again, it may pick another node.
-                self.m_bootstraps.labels(result="self").inc()
+                self.meters.bootstraps.labels(result="self").inc()
                 self.log.info("bootstrap via {url} reached this node", url=url)
             else:
                 return None
@@ -558,7 +509,7 @@ class Membership:
             verified = self.exchange.verify_cluster(response, None, request, "bootstrap response")
             peer_id = verified.iss
             if peer_id == self.node_id:
-                self.m_bootstraps.labels(result="self").inc()
+                self.meters.bootstraps.labels(result="self").inc()
                 return None
             # The URL we used now answers with another id: its old holder restarted (W6).
             previous = self.pool.by_url(url.rstrip("/"))
@@ -571,7 +522,7 @@ class Membership:
         except MeshError as exc:
             self.url_backoff.failure(url, retry_after(exc))
             self.contacts.url_failed(url, "bootstrap", exc.reason, exc.detail, exc.status)
-            self.m_bootstraps.labels(result=exc.reason).inc()
+            self.meters.bootstraps.labels(result=exc.reason).inc()
             self._rlog.emit(
                 ("bootstrap", url, exc.reason),
                 LogLevel.warn,
@@ -583,7 +534,7 @@ class Membership:
             raise
         self.url_backoff.success(url)
         self.contacts.url_ok(url)
-        self.m_bootstraps.labels(result="ok").inc()
+        self.meters.bootstraps.labels(result="ok").inc()
         peer = self.pool.get(peer_id)
         self.log.info(
             "bootstrapped via {url}: peer {peer}",
@@ -666,7 +617,7 @@ class Membership:
 
         def refused() -> None:
             nonlocal kind
-            self.m_sessions.labels(kind=kind, result="refused").inc()
+            self.meters.session_setups.labels(kind=kind, result="refused").inc()
             kind = "init"
 
         try:
@@ -683,9 +634,9 @@ class Membership:
             kid, secret = initiator.complete(response.body)
         except (MeshError, KexError) as exc:
             reason = exc.reason
-            self.m_sessions.labels(kind=kind, result=reason).inc()
+            self.meters.session_setups.labels(kind=kind, result=reason).inc()
             self.contacts.peer_failed(peer_id, "session", reason, str(exc), getattr(exc, "status", 0))
-            self.m_session_seconds.labels(kind=kind, result=reason).observe(self._monotonic() - started)
+            self.meters.session_seconds.labels(kind=kind, result=reason).observe(self._monotonic() - started)
             self._rlog.emit(
                 ("session", peer_id, reason),
                 LogLevel.warn if kind == "init" else LogLevel.error,
@@ -702,8 +653,8 @@ class Membership:
         self._outbound_salt[peer_id] = initiator.request.secret_id
         self.pool.touch(peer_id)
         self.contacts.peer_ok(peer_id)
-        self.m_sessions.labels(kind=kind, result="ok").inc()
-        self.m_session_seconds.labels(kind=kind, result="ok").observe(self._monotonic() - started)
+        self.meters.session_setups.labels(kind=kind, result="ok").inc()
+        self.meters.session_seconds.labels(kind=kind, result="ok").observe(self._monotonic() - started)
         self._update_gauges()
         return None
 
@@ -716,7 +667,7 @@ class Membership:
         """Accept the cluster secrets of `keyring` from now on (SIGHUP), sign with its signing id, and
         re-salt the sessions that rested on a secret no longer accepted."""
         self.cluster.set_keyring(keyring)
-        self._show_cluster_secrets()
+        self.meters.show_cluster_secrets(self.cluster)
         rotated = self.cluster_secrets_changed()
         if rotated:
             self.log.info(
@@ -806,7 +757,7 @@ class Membership:
                 falling_back=falling_back,
             )
             if by_cluster:
-                self.m_registrations.labels(direction="out", result="fallback").inc()
+                self.meters.registrations.labels(direction="out", result="fallback").inc()
             if self.pool.get(peer_id) is None:
                 raise PeerRequestFailed("unknown_peer", peer_id)
             self.accept_registration(peer_id, response.body, direction="out")
@@ -844,7 +795,7 @@ class Membership:
         for group in self.groups:
             group.reached.discard(peer.id)
         self._notify_down(peer.id)
-        self.m_removed.labels(reason=reason).inc()
+        self.meters.removed.labels(reason=reason).inc()
         self._update_gauges()
 
     def accept_leave(self, iss: str, body: bytes) -> Callable[[], None]:
