@@ -284,7 +284,7 @@ class MeshAPI:
 
     def peer_view(self) -> dict[str, Any]:
         m = self.membership
-        now = m._monotonic()
+        now = m.monotonic()
         peers = {}
         for peer in m.pool:
             out = m.sessions.outbound(peer.id)

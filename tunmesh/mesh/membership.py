@@ -133,19 +133,20 @@ class Membership:
         self.client = client
         self.exchange = PeerExchange(settings, cluster, sessions, self.session_auth, client, self.auth_failed)
         self.clock = clock
-        self._monotonic = monotonic or clock.seconds
+        #: the clock of ages, backoffs and staleness (reactor time unless a monotonic clock is given)
+        self.monotonic = monotonic or clock.seconds
         self._wall = wall
         self._rng = rng or random.SystemRandom()
         self._reload = reload
         self.local = settings.local_info(node_id)
-        self.pool = NodePool(settings, node_id, self._monotonic)
-        self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self._monotonic, self._rng)
-        self.peer_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self._monotonic, self._rng)
+        self.pool = NodePool(settings, node_id, self.monotonic)
+        self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self._rng)
+        self.peer_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self._rng)
         #: passes of each bootstrap group (by name): 0.5 s doubling to bootstrap_retry_interval
         self.group_backoff = Backoff(
             min(settings.bootstrap_retry_initial, settings.bootstrap_retry_interval),
             settings.bootstrap_retry_interval,
-            self._monotonic,
+            self.monotonic,
             self._rng,
         )
         self.timers = KeyedTimers(clock)
@@ -162,11 +163,11 @@ class Membership:
         self._seq = 0
         self._registered_once = False
         self._stopped = False
-        self._started = self._monotonic()
+        self._started = self.monotonic()
         self._grace_over_logged = False
         self.last_groom: float | None = None
         #: last failures per peer and URL, removals, inbound refusals (``tunmesh status``)
-        self.contacts = ContactLog(self._monotonic)
+        self.contacts = ContactLog(self.monotonic)
         self._rlog = RateLimitedLog(self.log, clock)
         self.metrics = metrics
         self.meters = MembershipMetrics(metrics)
@@ -257,7 +258,7 @@ class Membership:
         load balancer that only routes to ready pods would otherwise never become ready)."""
         if self._registered_once or not self.bootstrap_urls():
             return True
-        return self._monotonic() - self._started < self.settings.startup_grace
+        return self.monotonic() - self._started < self.settings.startup_grace
 
     def _check_grace(self) -> None:
         """One WARN when a startup grace has run out before we joined (`ready` turned false)."""
@@ -275,7 +276,7 @@ class Membership:
     def our_registration(self) -> Registration:
         """What we send: ourselves, the live peers we know (hints for the receiver), stamp, seq."""
         self._seq += 1
-        now = self._monotonic()
+        now = self.monotonic()
         remote = tuple(p.info for p in self.pool if not p.is_stale(now))
         return Registration(self.local, remote, int(self._wall()), self._seq)
 
@@ -607,7 +608,7 @@ class Membership:
             raise PeerRequestFailed("unknown_peer", peer_id)
         current = self.sessions.outbound(peer_id)
         kind = "rotate" if current is not None else "init"
-        started = self._monotonic()
+        started = self.monotonic()
         initiator: KexInitiator | None = None
 
         def kex_body() -> bytes:
@@ -636,7 +637,7 @@ class Membership:
             reason = exc.reason
             self.meters.session_setups.labels(kind=kind, result=reason).inc()
             self.contacts.peer_failed(peer_id, "session", reason, str(exc), getattr(exc, "status", 0))
-            self.meters.session_seconds.labels(kind=kind, result=reason).observe(self._monotonic() - started)
+            self.meters.session_seconds.labels(kind=kind, result=reason).observe(self.monotonic() - started)
             self._rlog.emit(
                 ("session", peer_id, reason),
                 LogLevel.warn if kind == "init" else LogLevel.error,
@@ -654,7 +655,7 @@ class Membership:
         self.pool.touch(peer_id)
         self.contacts.peer_ok(peer_id)
         self.meters.session_setups.labels(kind=kind, result="ok").inc()
-        self.meters.session_seconds.labels(kind=kind, result="ok").observe(self._monotonic() - started)
+        self.meters.session_seconds.labels(kind=kind, result="ok").observe(self.monotonic() - started)
         self._update_gauges()
         return None
 
@@ -715,7 +716,7 @@ class Membership:
             if peer is not None:
                 if isinstance(result, Failure):
                     delay = self.peer_backoff.failure(("renew", peer_id), retry_after(result.value))
-                    peer.next_attempt = self._monotonic() + delay
+                    peer.next_attempt = self.monotonic() + delay
                 else:
                     self.peer_backoff.success(("renew", peer_id))
                     peer.next_attempt = 0.0
@@ -774,7 +775,7 @@ class Membership:
             raise
         peer = self.pool.get(peer_id)
         if peer is not None:
-            peer.last_renewal = self._monotonic()
+            peer.last_renewal = self.monotonic()
             peer.registered_with = True
             self.contacts.peer_ok(peer_id)
             if self.sessions.outbound(peer_id) is None:
@@ -868,7 +869,7 @@ class Membership:
         """Upstream §4.3: no URLs, a reached node still live, or retries exhausted."""
         if not group.spec.urls:
             return True
-        now = self._monotonic()
+        now = self.monotonic()
         group.reached = {pid for pid in group.reached if (p := self.pool.get(pid)) is not None and not p.is_stale(now)}
         if group.reached:
             return True
@@ -1033,14 +1034,14 @@ class Membership:
         if self._stopped:
             return
         if self._last_join_pass is not None:
-            spacing = self._last_join_pass + self.settings.join_pass_min_interval - self._monotonic()
+            spacing = self._last_join_pass + self.settings.join_pass_min_interval - self.monotonic()
             delay = max(delay, spacing)
         self.timers.call_within(JOIN, delay, self._join_pass)
 
     def _join_pass(self) -> None:
         if self._stopped:
             return
-        self._last_join_pass = self._monotonic()
+        self._last_join_pass = self.monotonic()
         try:
             self._bootstrap_groups()
             self._gossip()
@@ -1050,7 +1051,7 @@ class Membership:
     def groom(self) -> None:
         """One groom tick; starts operations and returns without waiting for them."""
         self._stopped = False
-        self.last_groom = self._monotonic()
+        self.last_groom = self.monotonic()
         try:
             self._check_grace()
             if self.addressing is not None:
@@ -1058,7 +1059,7 @@ class Membership:
                     self.addressing.acknowledged()  # nothing to join: the first node holds its claim
                 self.addressing.tick(alone=len(self.pool) == 0, taken=self.pool.taken(hints=False))
             self._bootstrap_groups()
-            now = self._monotonic()
+            now = self.monotonic()
             for peer in self.pool:
                 if peer.is_stale(now):
                     continue
@@ -1073,13 +1074,17 @@ class Membership:
                     peer=label(peer.info.name, peer.id),
                     peer_id=peer.id,
                     peer_name=peer.info.name,
-                    age=peer.age(self._monotonic()),
+                    age=peer.age(self.monotonic()),
                 )
                 self._teardown(peer, "stale")
             self.url_backoff.prune()
             self._update_gauges()
         except Exception:
             self.log.failure("groom tick failed")
+
+    def since_last_groom(self) -> float | None:
+        """Seconds since the last groom tick began (None before the first)."""
+        return None if self.last_groom is None else self.monotonic() - self.last_groom
 
     def clock_stepped(self, step: float) -> None:
         """This host's wall clock stepped (``ClockStepWatch``): requests refused while our tokens were off

@@ -84,9 +84,8 @@ class MeshService(TimerService):
         """Liveness: the loop runs and ticked within three intervals."""
         if not self.running or not self._loop.running:
             return False
-        last = self.membership.last_groom
-        interval = self.membership.settings.groom_interval
-        return last is not None and self.membership._monotonic() - last <= 3 * interval
+        age = self.membership.since_last_groom()
+        return age is not None and age <= 3 * self.membership.settings.groom_interval
 
     def register_health(self, health: HealthRegistry) -> None:
         """``mesh`` readiness (joined, or nothing to join), ``address`` readiness (dynamic addressing: the
