@@ -33,7 +33,6 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     DeferredSemaphore,
-    TimeoutError,
     inlineCallbacks,
     succeed,
 )
@@ -71,11 +70,11 @@ from tunmesh.mesh.exchange import (
     PeerExchange,
     init_session_path,
     leave_body,
-    leave_path,
     register_path,
     retry_after,
 )
 from tunmesh.mesh.inflight import InFlight
+from tunmesh.mesh.leave import LEAVE_TIMEOUT, Leave
 from tunmesh.mesh.meters import MembershipMetrics
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
@@ -83,8 +82,6 @@ from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url,
 from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.names import label
 
-#: how long a stopping node waits for its peers to acknowledge that it leaves
-LEAVE_TIMEOUT = 2.0
 #: extra tries of a bootstrap URL that answered 421 (a load balancer that sent us to ourselves)
 SELF_RETRIES = 2
 #: timer key of the join pass (bootstrap groups and gossip) run outside the groom tick
@@ -159,6 +156,7 @@ class Membership:
         self._outbound_salt: dict[str, str] = {}
         self._renewals: InFlight[str, None] = InFlight()
         self._observers: list[PeerObserver] = []
+        self.leaving = Leave(self)
         self.groups = [GroupState(g) for g in settings.bootstrap_groups]
         self._seq = 0
         self._registered_once = False
@@ -818,43 +816,8 @@ class Membership:
         return commit
 
     def leave(self, timeout: float = LEAVE_TIMEOUT) -> Deferred[int]:
-        """Tell every peer we hold a session with that we leave (service stop).
-
-        Best effort and bounded: fires with the number of peers that acknowledged, after at most
-        `timeout` seconds; peers that miss it groom us as usual.
-        """
-        path = leave_path(self.node_id)
-        body = leave_body(self.node_id)
-        requests = []
-        for peer in list(self.pool):
-            if self.sessions.outbound(peer.id) is None:
-                continue
-            try:
-                request = self.session_auth.sign_request(peer.id, "POST", path, body)
-            except AuthError:
-                continue
-            d = self.client.post(peer.url, path, body, request.header_value)
-            d.addCallbacks(lambda response: response.status == 200, lambda _failure: False)
-            requests.append(d)
-        if not requests:
-            return succeed(0)
-        total = len(requests)
-        done: Deferred[Any] = DeferredList(requests, consumeErrors=True)
-        done.addCallback(lambda results: sum(1 for _ok, acked in results if acked))
-        done.addTimeout(timeout, self.clock)
-
-        def timed_out(failure: Failure) -> int:
-            failure.trap(TimeoutError)
-            return 0
-
-        done.addErrback(timed_out)
-
-        def report(acked: int) -> int:
-            self.log.info("left the mesh: {acked} of {total} peers acknowledged", acked=acked, total=total)
-            return acked
-
-        done.addCallback(report)
-        return done
+        """Tell our peers that we leave (service stop): :meth:`Leave.leave`."""
+        return self.leaving.leave(timeout)
 
     def remove_peer(self, peer_id: str, reason: str) -> bool:
         peer = self.pool.get(peer_id)
