@@ -320,8 +320,8 @@ class SessionTests(MeshTestCase):
         advance(self.clock, 11)
         for attempt in range(2):
             n2.sessions.invalidate_outbound(n1.id, n2.sessions.outbound(n1.id).kid)  # type: ignore[union-attr]
-            n2.membership.peer_backoff.success(("session", n1.id))
-            d = n2.membership.ensure_session(n1.id)
+            n2.membership.session_setup.backoff.success(n1.id)
+            d = n2.membership.session_setup.ensure_session(n1.id)
             if attempt == 0:
                 self.successResultOf(d)
         failure = self.failureResultOf(d)

@@ -214,7 +214,7 @@ class GossipAndSessionTests(JoinTestCase):
         # second forgets first (as if its registration were still in flight); first starts over
         second.membership.remove_peer(first.id, "test")
         first.sessions.forget(second.id)
-        first.membership.ensure_session(second.id).addErrback(lambda f: None)
+        first.membership.session_setup.ensure_session(second.id).addErrback(lambda f: None)
         self.clock.advance(0)
         self.assertIsNone(first.sessions.outbound(second.id))
         self.assertEqual(first.counter("tunmesh_mesh_session_setups_total", kind="init", result="status_401"), 1)
@@ -231,7 +231,7 @@ class GossipAndSessionTests(JoinTestCase):
         second.start()
         self.run_for(1)
         first.sessions.forget(second.id)
-        first.membership.peer_backoff.failure(("session", second.id), at_least=60.0)
+        first.membership.session_setup.backoff.failure(second.id, at_least=60.0)
         before = first.counter("tunmesh_mesh_registrations_total", direction="out", result="fallback")
         first.membership.renew(second.id).addErrback(lambda f: None)
         self.clock.advance(0)
@@ -252,7 +252,7 @@ class GossipAndSessionTests(JoinTestCase):
         assert current is not None
         self.net.down.add("n2.test:4567")
         first.sessions.outbound(second.id).rotate_after = 0  # type: ignore[union-attr]
-        first.membership.ensure_session(second.id).addErrback(lambda f: None)
+        first.membership.session_setup.ensure_session(second.id).addErrback(lambda f: None)
         self.clock.advance(0)
         self.net.down.discard("n2.test:4567")
         self.run_for(9, step=0.25)

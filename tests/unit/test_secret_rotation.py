@@ -113,13 +113,13 @@ class RollingRotationTests(MeshTestCase):
             n.membership.set_cluster_keyring(STEPS[1][1])
         advance(self.clock, 2)
         # Sessions set up before the switch were salted with the old secret and are still in use.
-        salts = {salt for n in nodes for salt in n.membership._outbound_salt.values()}
+        salts = {salt for n in nodes for salt in n.membership.session_setup.outbound_salt.values()}
         self.assertEqual(salts, {"default"})
         kids_before = {(n.id, o.id): n.sessions.outbound(o.id).kid for n in nodes for o in nodes if o is not n}  # type: ignore[union-attr]
         for n in nodes:
             n.membership.set_cluster_keyring(STEPS[2][1])
         advance(self.clock, 2)
-        salts = {salt for n in nodes for salt in n.membership._outbound_salt.values()}
+        salts = {salt for n in nodes for salt in n.membership.session_setup.outbound_salt.values()}
         self.assertEqual(salts, {"new"})
         for (a, b), kid in kids_before.items():
             node = next(n for n in nodes if n.id == a)

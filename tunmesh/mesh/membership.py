@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.errors import AuthError, KexError
-from tunmesh.auth.kex import KexInitiator, KexRequest, respond
+from tunmesh.auth.kex import KexRequest, respond
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.auth.tokens import (
     TYP_BOOTSTRAP,
@@ -65,10 +65,8 @@ from tunmesh.mesh.errors import (
     Stopping,
 )
 from tunmesh.mesh.exchange import (
-    INIT_SESSION_PATH,
     REGISTER_PATH,
     PeerExchange,
-    init_session_path,
     leave_body,
     register_path,
     retry_after,
@@ -77,6 +75,7 @@ from tunmesh.mesh.inflight import InFlight
 from tunmesh.mesh.leave import LEAVE_TIMEOUT, Leave
 from tunmesh.mesh.meters import MembershipMetrics
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
+from tunmesh.mesh.session_setup import SessionSetup
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url, url_host
 from tunmesh.mesh.timers import KeyedTimers
@@ -133,27 +132,25 @@ class Membership:
         #: the clock of ages, backoffs and staleness (reactor time unless a monotonic clock is given)
         self.monotonic = monotonic or clock.seconds
         self._wall = wall
-        self._rng = rng or random.SystemRandom()
+        #: the jitter of every backoff
+        self.rng = rng or random.SystemRandom()
         self._reload = reload
         self.local = settings.local_info(node_id)
         self.pool = NodePool(settings, node_id, self.monotonic)
-        self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self._rng)
-        self.peer_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self._rng)
+        self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self.rng)
+        self.peer_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self.rng)
         #: passes of each bootstrap group (by name): 0.5 s doubling to bootstrap_retry_interval
         self.group_backoff = Backoff(
             min(settings.bootstrap_retry_initial, settings.bootstrap_retry_interval),
             settings.bootstrap_retry_interval,
             self.monotonic,
-            self._rng,
+            self.rng,
         )
         self.timers = KeyedTimers(clock)
         self._last_join_pass: float | None = None
         self._gossip_waiting = False
         self._bootstrap_slots = DeferredSemaphore(settings.max_concurrent_bootstraps)
         self._bootstrapping: InFlight[str, str | None] = InFlight()
-        self._session_ops: InFlight[str, None] = InFlight()
-        #: peer id -> id of the cluster secret that salted our current outbound session to it
-        self._outbound_salt: dict[str, str] = {}
         self._renewals: InFlight[str, None] = InFlight()
         self._observers: list[PeerObserver] = []
         self.leaving = Leave(self)
@@ -170,6 +167,7 @@ class Membership:
         self.metrics = metrics
         self.meters = MembershipMetrics(metrics)
         self.meters.show_cluster_secrets(cluster)
+        self.session_setup = SessionSetup(self)
         self.addressing = addressing
         if addressing is not None:
             self._addresses_changed(addressing.addresses())
@@ -221,9 +219,14 @@ class Membership:
             reason=reason,
         )
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
         self.meters.peers.set(len(self.pool))
         self.meters.sessions.set(sum(1 for p in self.pool if self.sessions.outbound(p.id) is not None))
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the node stops (`cancel_all`): scheduled follow-ups become no-ops."""
+        return self._stopped
 
     # -- observers and readiness ------------------------------------------------------------------
 
@@ -300,7 +303,7 @@ class Membership:
         routes; `remote` entries are stored as hints for gossip (W6).
         """
         try:
-            if self._stopped:
+            if self.stopped:
                 # We told our peers we leave: do not let a late gossip hint re-admit us.
                 raise Stopping("stopping", "node is shutting down")
             registration = Registration.from_json(body, self.settings.bounds)
@@ -364,12 +367,12 @@ class Membership:
                 peer_class=peer.peer_class,
             )
             # Set up our sending direction soon, outside this request (the peer may not know us yet).
-            self.clock.callLater(0, self._spawn_session, peer.id)
+            self.clock.callLater(0, self.session_setup.spawn, peer.id)
         if result.changed:
             self._notify_up(peer)
         if self._has_new_hints(registration.remote):
             self._schedule_join(0.0)
-        self._update_gauges()
+        self.update_gauges()
         return registration, peer
 
     def accept_init_session(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[], None]]:
@@ -437,7 +440,7 @@ class Membership:
             self.clock.callLater(0, self._renew_soon, peer.id)
 
     def _renew_soon(self, peer_id: str) -> None:
-        if not self._stopped and peer_id in self.pool:
+        if not self.stopped and peer_id in self.pool:
             self.renew(peer_id).addErrback(lambda f: None)
 
     def touch(self, peer_id: str) -> None:
@@ -552,154 +555,21 @@ class Membership:
         self.clock.callLater(0, self._probe_url, holder.url)
 
     def _probe_url(self, url: str) -> None:
-        if self._stopped or url in self._bootstrapping or not self.url_backoff.allowed(url):
+        if self.stopped or url in self._bootstrapping or not self.url_backoff.allowed(url):
             return
         self.bootstrap(url).addErrback(lambda f: None)
-
-    # -- outbound: sessions --------------------------------------------------------------------------
-
-    def _spawn_session(self, peer_id: str) -> None:
-        if not self._stopped and peer_id in self.pool:
-            self.ensure_session(peer_id).addErrback(lambda f: None)
-
-    def _schedule_session(self, peer_id: str, delay: float) -> None:
-        """Set up the session to `peer_id` again in `delay` s (its backoff), not on a later groom tick."""
-        if not self._stopped and peer_id in self.pool:
-            self.timers.call_within(("session", peer_id), delay, self._retry_session, peer_id)
-
-    def _retry_session(self, peer_id: str) -> None:
-        wait = self.peer_backoff.wait(("session", peer_id))
-        if wait > 0:
-            self._schedule_session(peer_id, wait)  # the reactor clock ran ahead of the monotonic one
-        else:
-            self._spawn_session(peer_id)
-
-    def ensure_session(self, peer_id: str, force: bool = False) -> Deferred[None]:
-        """Make sure we have a current outbound session to `peer_id` (init, or rotation when due, or now
-        with `force`)."""
-        if not force and not self.sessions.needs_rotation(peer_id):
-            return succeed(None)
-        running = self._session_ops.follow(peer_id)
-        if running is not None:
-            return running
-        key = ("session", peer_id)
-        if not self.peer_backoff.allowed(key):
-            return _fail(PeerRequestFailed("backoff", peer_id))
-        op = self._session_ops.start(peer_id, self._session_setup(peer_id))
-
-        def done(result: Any) -> Any:
-            if isinstance(result, Failure):
-                rotating = self.sessions.outbound(peer_id) is not None
-                floor = _session_retry_floor(result.value, self.settings.init_session_min_interval, rotating)
-                self._schedule_session(peer_id, self.peer_backoff.failure(key, floor))
-            else:
-                self.peer_backoff.success(key)
-            return result
-
-        op.addBoth(done)
-        return op
-
-    @inlineCallbacks
-    def _session_setup(self, peer_id: str) -> Any:
-        peer = self.pool.get(peer_id)
-        if peer is None:
-            raise PeerRequestFailed("unknown_peer", peer_id)
-        current = self.sessions.outbound(peer_id)
-        kind = "rotate" if current is not None else "init"
-        started = self.monotonic()
-        initiator: KexInitiator | None = None
-
-        def kex_body() -> bytes:
-            nonlocal initiator
-            initiator = self._kex_initiator(peer_id)
-            return initiator.request_body()
-
-        def refused() -> None:
-            nonlocal kind
-            self.meters.session_setups.labels(kind=kind, result="refused").inc()
-            kind = "init"
-
-        try:
-            response, _ = yield self.exchange.post(
-                peer_id,
-                peer.url,
-                "init_session",
-                init_session_path(self.node_id),
-                INIT_SESSION_PATH,
-                kex_body,
-                refused=refused,
-            )
-            assert initiator is not None
-            kid, secret = initiator.complete(response.body)
-        except (MeshError, KexError) as exc:
-            reason = exc.reason
-            self.meters.session_setups.labels(kind=kind, result=reason).inc()
-            self.contacts.peer_failed(peer_id, "session", reason, str(exc), getattr(exc, "status", 0))
-            self.meters.session_seconds.labels(kind=kind, result=reason).observe(self.monotonic() - started)
-            self._rlog.emit(
-                ("session", peer_id, reason),
-                LogLevel.warn if kind == "init" else LogLevel.error,
-                "session {kind} with {peer_id} failed: {reason} {detail}; the previous key stays in use",
-                kind=kind,
-                peer_id=peer_id,
-                reason=reason,
-                detail=getattr(exc, "detail", ""),
-            )
-            raise
-        if peer_id not in self.pool:
-            raise PeerRequestFailed("unknown_peer", peer_id)
-        self.sessions.install_outbound(peer_id, kid, secret)
-        self._outbound_salt[peer_id] = initiator.request.secret_id
-        self.pool.touch(peer_id)
-        self.contacts.peer_ok(peer_id)
-        self.meters.session_setups.labels(kind=kind, result="ok").inc()
-        self.meters.session_seconds.labels(kind=kind, result="ok").observe(self.monotonic() - started)
-        self._update_gauges()
-        return None
-
-    def _kex_initiator(self, peer_id: str) -> KexInitiator:
-        """A new session is salted with this node's signing secret, and the request names it."""
-        signing = self.cluster.signing_id
-        return KexInitiator(self.cluster.kex_key_for(signing), self.node_id, peer_id, secret_id=signing)
 
     def set_cluster_keyring(self, keyring: ClusterKeyring) -> None:
         """Accept the cluster secrets of `keyring` from now on (SIGHUP), sign with its signing id, and
         re-salt the sessions that rested on a secret no longer accepted."""
         self.cluster.set_keyring(keyring)
         self.meters.show_cluster_secrets(self.cluster)
-        rotated = self.cluster_secrets_changed()
+        rotated = self.session_setup.cluster_secrets_changed()
         if rotated:
             self.log.info(
                 "rotating {count} outbound session(s) salted with a cluster secret no longer accepted",
                 count=len(rotated),
             )
-
-    def cluster_secrets_changed(self) -> list[str]:
-        """The accepted cluster secrets changed (reload): rotate now every outbound session that was
-        salted with a secret this node no longer accepts, so none outlives the secret's removal by
-        more than one exchange. Rotation is make-before-break (W11). Returns the peers rotated."""
-        accepted = set(self.cluster.secret_ids)
-        stale = [
-            peer_id
-            for peer_id, salt in list(self._outbound_salt.items())
-            if salt not in accepted and peer_id in self.pool and self.sessions.outbound(peer_id) is not None
-        ]
-        for peer_id in stale:
-            self.clock.callLater(0, self._resalt, peer_id)
-        return stale
-
-    def _resalt(self, peer_id: str) -> None:
-        if self._stopped or peer_id not in self.pool:
-            return
-        if self._outbound_salt.get(peer_id) in set(self.cluster.secret_ids):
-            return  # already rotated (hourly, or a restart of the peer)
-
-        def retry(failure: Failure) -> None:
-            # A refused rotation (429 right after another exchange, a peer briefly away): try again
-            # once the per-peer interval has passed, while the salt is still one we no longer accept.
-            self.clock.callLater(self.settings.init_session_min_interval, self._resalt, peer_id)
-
-        self.ensure_session(peer_id, force=True).addErrback(retry)
 
     # -- outbound: renewal ---------------------------------------------------------------------------
 
@@ -732,7 +602,7 @@ class Membership:
         try:
             if self.sessions.outbound(peer_id) is None:
                 try:
-                    yield self.ensure_session(peer_id)
+                    yield self.session_setup.ensure_session(peer_id)
                 except MeshError as exc:
                     # refused (it does not know us), or our setup is backing off: register with the
                     # cluster token anyway, so a session retry never costs the peer its renewal
@@ -777,7 +647,7 @@ class Membership:
             peer.registered_with = True
             self.contacts.peer_ok(peer_id)
             if self.sessions.outbound(peer_id) is None:
-                self._spawn_session(peer_id)
+                self.session_setup.spawn(peer_id)
         return None
 
     # -- removal -----------------------------------------------------------------------------------
@@ -787,15 +657,13 @@ class Membership:
         self.pool.remove(peer.id)
         self.contacts.peer_removed(peer.id, peer.info.name, peer.url, reason)
         self.sessions.forget(peer.id)
-        self._outbound_salt.pop(peer.id, None)
+        self.session_setup.forget(peer.id)
         self.peer_backoff.success(("renew", peer.id))
-        self.peer_backoff.success(("session", peer.id))
-        self.timers.cancel(("session", peer.id))
         for group in self.groups:
             group.reached.discard(peer.id)
         self._notify_down(peer.id)
         self.meters.removed.labels(reason=reason).inc()
-        self._update_gauges()
+        self.update_gauges()
 
     def accept_leave(self, iss: str, body: bytes) -> Callable[[], None]:
         """`iss` (verified by its session token) announces that it shuts down.
@@ -922,7 +790,7 @@ class Membership:
         times U(0.5, 1)) and not before one of its URLs is out of its own backoff (W7, Retry-After).
         """
         group.in_flight = False
-        if self._stopped or not any(g is group for g in self.groups):
+        if self.stopped or not any(g is group for g in self.groups):
             return
         name = group.spec.name
         if self.group_bootstrapped(group):
@@ -994,7 +862,7 @@ class Membership:
     def _schedule_join(self, delay: float) -> None:
         """Run a join pass (bootstrap groups, then gossip) in `delay` s, at most every
         `join_pass_min_interval` (W7: fan-out stays bounded by the concurrency cap and that spacing)."""
-        if self._stopped:
+        if self.stopped:
             return
         if self._last_join_pass is not None:
             spacing = self._last_join_pass + self.settings.join_pass_min_interval - self.monotonic()
@@ -1002,7 +870,7 @@ class Membership:
         self.timers.call_within(JOIN, delay, self._join_pass)
 
     def _join_pass(self) -> None:
-        if self._stopped:
+        if self.stopped:
             return
         self._last_join_pass = self.monotonic()
         try:
@@ -1028,8 +896,8 @@ class Membership:
                     continue
                 if peer.renewal_due(now) and peer.id not in self._renewals:
                     self.renew(peer.id).addErrback(lambda f: None)
-                elif self.sessions.needs_rotation(peer.id) and peer.id not in self._session_ops:
-                    self._spawn_session(peer.id)
+                elif self.sessions.needs_rotation(peer.id) and peer.id not in self.session_setup:
+                    self.session_setup.spawn(peer.id)
             self._gossip()
             for peer in self.pool.stale():
                 self.log.warn(
@@ -1041,7 +909,7 @@ class Membership:
                 )
                 self._teardown(peer, "stale")
             self.url_backoff.prune()
-            self._update_gauges()
+            self.update_gauges()
         except Exception:
             self.log.failure("groom tick failed")
 
@@ -1053,10 +921,11 @@ class Membership:
         """This host's wall clock stepped (``ClockStepWatch``): requests refused while our tokens were off
         by the step (``clock_skew`` at the peers) may succeed now, so forget their backoff and retry at
         once instead of waiting out a backoff grown while the clock was wrong (issue 13)."""
-        if self._stopped:
+        if self.stopped:
             return
         self.url_backoff.reset()
         self.peer_backoff.reset()
+        self.session_setup.backoff.reset()
         self.group_backoff.reset()
         for group in self.groups:
             group.unanswered.clear()
@@ -1070,26 +939,3 @@ class Membership:
         self._stopped = True
         self.timers.cancel_all()
         self.client.cancel_all()
-
-
-def _session_retry_floor(exc: object, min_interval: float, rotating: bool) -> float:
-    """The least wait before the next session setup with a peer after `exc` (W11).
-
-    A 429's Retry-After is always honoured. A first setup refused with 401 (the peer has not processed
-    our registration yet: two nodes that joined at the same moment) waits only for its backoff: the peer
-    refused it before its one-per-`min_interval` limit. Anything else (a failed rotation, whose current
-    key keeps working; no answer, which may have been counted, or may come from a peer too busy to
-    answer) waits at least `min_interval`.
-    """
-    retry = retry_after(exc)
-    if retry > 0:
-        return retry
-    if not rotating and getattr(exc, "status", None) == 401:
-        return 0.0
-    return min_interval
-
-
-def _fail(exc: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(Failure(exc))
-    return d
