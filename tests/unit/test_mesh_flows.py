@@ -470,10 +470,10 @@ class WallClockStepTests(MeshTestCase):
         m3 = nodes[2].membership
         for _ in range(8):  # failures while the clock was wrong: about a minute of backoff
             m3.url_backoff.failure(N1)
-            m3.peer_backoff.failure(("renew", nodes[0].id))
+            m3.renewal.backoff.failure(nodes[0].id)
         self.assertFalse(m3.url_backoff.allowed(N1))
         wall.step(-3600)
         self.clock.advance(CHECK_INTERVAL)
         self.assertTrue(m3.url_backoff.allowed(N1))
-        self.assertTrue(m3.peer_backoff.allowed(("renew", nodes[0].id)))
+        self.assertTrue(m3.renewal.backoff.allowed(nodes[0].id))
         self.assertEqual(len(self.logged("retrying peers and bootstrap URLs now")), 1)

@@ -233,7 +233,7 @@ class GossipAndSessionTests(JoinTestCase):
         first.sessions.forget(second.id)
         first.membership.session_setup.backoff.failure(second.id, at_least=60.0)
         before = first.counter("tunmesh_mesh_registrations_total", direction="out", result="fallback")
-        first.membership.renew(second.id).addErrback(lambda f: None)
+        first.membership.renewal.renew(second.id).addErrback(lambda f: None)
         self.clock.advance(0)
         after = first.counter("tunmesh_mesh_registrations_total", direction="out", result="fallback")
         self.assertEqual(after, before + 1)

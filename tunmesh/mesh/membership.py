@@ -34,7 +34,6 @@ from twisted.internet.defer import (
     DeferredList,
     DeferredSemaphore,
     inlineCallbacks,
-    succeed,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -59,7 +58,6 @@ from tunmesh.mesh.contacts import ContactLog
 from tunmesh.mesh.errors import (
     InvalidRegistration,
     MeshError,
-    PeerRequestFailed,
     RegistrationConflict,
     SelfRegistration,
     Stopping,
@@ -68,13 +66,13 @@ from tunmesh.mesh.exchange import (
     REGISTER_PATH,
     PeerExchange,
     leave_body,
-    register_path,
     retry_after,
 )
 from tunmesh.mesh.inflight import InFlight
 from tunmesh.mesh.leave import LEAVE_TIMEOUT, Leave
 from tunmesh.mesh.meters import MembershipMetrics
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
+from tunmesh.mesh.renewal import Renewal
 from tunmesh.mesh.session_setup import SessionSetup
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
 from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url, url_host
@@ -138,7 +136,6 @@ class Membership:
         self.local = settings.local_info(node_id)
         self.pool = NodePool(settings, node_id, self.monotonic)
         self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self.rng)
-        self.peer_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self.rng)
         #: passes of each bootstrap group (by name): 0.5 s doubling to bootstrap_retry_interval
         self.group_backoff = Backoff(
             min(settings.bootstrap_retry_initial, settings.bootstrap_retry_interval),
@@ -151,7 +148,6 @@ class Membership:
         self._gossip_waiting = False
         self._bootstrap_slots = DeferredSemaphore(settings.max_concurrent_bootstraps)
         self._bootstrapping: InFlight[str, str | None] = InFlight()
-        self._renewals: InFlight[str, None] = InFlight()
         self._observers: list[PeerObserver] = []
         self.leaving = Leave(self)
         self.groups = [GroupState(g) for g in settings.bootstrap_groups]
@@ -168,6 +164,7 @@ class Membership:
         self.meters = MembershipMetrics(metrics)
         self.meters.show_cluster_secrets(cluster)
         self.session_setup = SessionSetup(self)
+        self.renewal = Renewal(self)
         self.addressing = addressing
         if addressing is not None:
             self._addresses_changed(addressing.addresses())
@@ -437,11 +434,7 @@ class Membership:
         for peer in self.pool:
             peer.last_renewal = None
             peer.next_attempt = 0.0
-            self.clock.callLater(0, self._renew_soon, peer.id)
-
-    def _renew_soon(self, peer_id: str) -> None:
-        if not self.stopped and peer_id in self.pool:
-            self.renew(peer_id).addErrback(lambda f: None)
+            self.clock.callLater(0, self.renewal.renew_soon, peer.id)
 
     def touch(self, peer_id: str) -> None:
         """Authenticated contact from `peer_id` (any verified request or response)."""
@@ -571,84 +564,7 @@ class Membership:
                 count=len(rotated),
             )
 
-    # -- outbound: renewal ---------------------------------------------------------------------------
-
-    def renew(self, peer_id: str) -> Deferred[None]:
-        """Re-register with a known peer (session auth, cluster fallback); one at a time per peer."""
-        if peer_id in self._renewals:
-            return succeed(None)
-        d = self._renewals.start(peer_id, self._renew(peer_id))
-
-        def done(result: Any) -> Any:
-            peer = self.pool.get(peer_id)
-            if peer is not None:
-                if isinstance(result, Failure):
-                    delay = self.peer_backoff.failure(("renew", peer_id), retry_after(result.value))
-                    peer.next_attempt = self.monotonic() + delay
-                else:
-                    self.peer_backoff.success(("renew", peer_id))
-                    peer.next_attempt = 0.0
-            return result
-
-        d.addBoth(done)
-        return d
-
-    @inlineCallbacks
-    def _renew(self, peer_id: str) -> Any:
-        peer = self.pool.get(peer_id)
-        if peer is None:
-            raise PeerRequestFailed("unknown_peer", peer_id)
-        url = peer.url
-        try:
-            if self.sessions.outbound(peer_id) is None:
-                try:
-                    yield self.session_setup.ensure_session(peer_id)
-                except MeshError as exc:
-                    # refused (it does not know us), or our setup is backing off: register with the
-                    # cluster token anyway, so a session retry never costs the peer its renewal
-                    if exc.status not in (401, 404) and exc.reason != "backoff":
-                        raise
-
-            def falling_back() -> None:
-                self.log.warn(
-                    "peer {peer_id} does not know us (or no session): re-registering with the cluster token",
-                    peer_id=peer_id,
-                )
-
-            response, by_cluster = yield self.exchange.post(
-                peer_id,
-                url,
-                "register",
-                register_path(self.node_id),
-                REGISTER_PATH,
-                lambda: self.our_registration().to_json(),
-                session_timeout=self.settings.registration_timeout,
-                falling_back=falling_back,
-            )
-            if by_cluster:
-                self.meters.registrations.labels(direction="out", result="fallback").inc()
-            if self.pool.get(peer_id) is None:
-                raise PeerRequestFailed("unknown_peer", peer_id)
-            self.accept_registration(peer_id, response.body, direction="out")
-        except MeshError as exc:
-            self.contacts.peer_failed(peer_id, "register", exc.reason, exc.detail, exc.status)
-            self._rlog.emit(
-                ("renew", peer_id, exc.reason),
-                LogLevel.warn,
-                "re-registration with {peer_id} failed: {reason} {detail}",
-                peer_id=peer_id,
-                reason=exc.reason,
-                detail=exc.detail,
-            )
-            raise
-        peer = self.pool.get(peer_id)
-        if peer is not None:
-            peer.last_renewal = self.monotonic()
-            peer.registered_with = True
-            self.contacts.peer_ok(peer_id)
-            if self.sessions.outbound(peer_id) is None:
-                self.session_setup.spawn(peer_id)
-        return None
+    # -- outbound renewal ---------------------------------------------------------------------------
 
     # -- removal -----------------------------------------------------------------------------------
 
@@ -658,7 +574,7 @@ class Membership:
         self.contacts.peer_removed(peer.id, peer.info.name, peer.url, reason)
         self.sessions.forget(peer.id)
         self.session_setup.forget(peer.id)
-        self.peer_backoff.success(("renew", peer.id))
+        self.renewal.backoff.success(peer.id)
         for group in self.groups:
             group.reached.discard(peer.id)
         self._notify_down(peer.id)
@@ -894,8 +810,8 @@ class Membership:
             for peer in self.pool:
                 if peer.is_stale(now):
                     continue
-                if peer.renewal_due(now) and peer.id not in self._renewals:
-                    self.renew(peer.id).addErrback(lambda f: None)
+                if peer.renewal_due(now) and peer.id not in self.renewal:
+                    self.renewal.renew(peer.id).addErrback(lambda f: None)
                 elif self.sessions.needs_rotation(peer.id) and peer.id not in self.session_setup:
                     self.session_setup.spawn(peer.id)
             self._gossip()
@@ -924,7 +840,7 @@ class Membership:
         if self.stopped:
             return
         self.url_backoff.reset()
-        self.peer_backoff.reset()
+        self.renewal.backoff.reset()
         self.session_setup.backoff.reset()
         self.group_backoff.reset()
         for group in self.groups:

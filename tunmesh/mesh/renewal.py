@@ -1,0 +1,132 @@
+"""`Renewal`: re-registering with known peers (session token, cluster-token fallback).
+
+A component of :class:`tunmesh.mesh.membership.Membership` (see there). It owns the renewals in flight
+(one per peer) and their backoff; a failed renewal also sets the peer's ``next_attempt``, which the groom
+tick reads (``Peer.renewal_due``). A peer that refuses our session token (401/404: it forgot us) gets a
+registration with the cluster token (:meth:`PeerExchange.post`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from tunmesh.logutil import RateLimitedLog
+from tunmesh.mesh.backoff import Backoff
+from tunmesh.mesh.errors import MeshError, PeerRequestFailed
+from tunmesh.mesh.exchange import REGISTER_PATH, register_path, retry_after
+from tunmesh.mesh.inflight import InFlight
+
+if TYPE_CHECKING:
+    from tunmesh.mesh.membership import Membership
+
+
+class Renewal:
+    """Renewals by peer (see module docstring)."""
+
+    log = Logger()
+
+    def __init__(self, membership: Membership) -> None:
+        m = membership
+        self.membership = m
+        self.settings = m.settings
+        self.node_id = m.node_id
+        self.sessions = m.sessions
+        self.pool = m.pool
+        self.monotonic = m.monotonic
+        self.exchange = m.exchange
+        self.contacts = m.contacts
+        self.meters = m.meters
+        #: failed renewals by peer id: the wait before the next one (W7, Retry-After)
+        self.backoff = Backoff(m.settings.backoff_initial, m.settings.backoff_max, m.monotonic, m.rng)
+        self._running: InFlight[str, None] = InFlight()
+        self._rlog = RateLimitedLog(self.log, m.clock)
+
+    def __contains__(self, peer_id: object) -> bool:
+        """Whether a renewal with ``peer_id`` is in flight."""
+        return peer_id in self._running
+
+    def renew_soon(self, peer_id: str) -> None:
+        """Renew with a pool peer now and let it run (our address moved)."""
+        if not self.membership.stopped and peer_id in self.pool:
+            self.renew(peer_id).addErrback(lambda f: None)
+
+    def renew(self, peer_id: str) -> Deferred[None]:
+        """Re-register with a known peer (session auth, cluster fallback); one at a time per peer."""
+        if peer_id in self._running:
+            return succeed(None)
+        d = self._running.start(peer_id, self._renew(peer_id))
+
+        def done(result: Any) -> Any:
+            peer = self.pool.get(peer_id)
+            if peer is not None:
+                if isinstance(result, Failure):
+                    delay = self.backoff.failure(peer_id, retry_after(result.value))
+                    peer.next_attempt = self.monotonic() + delay
+                else:
+                    self.backoff.success(peer_id)
+                    peer.next_attempt = 0.0
+            return result
+
+        d.addBoth(done)
+        return d
+
+    @inlineCallbacks
+    def _renew(self, peer_id: str) -> Any:
+        peer = self.pool.get(peer_id)
+        if peer is None:
+            raise PeerRequestFailed("unknown_peer", peer_id)
+        url = peer.url
+        try:
+            if self.sessions.outbound(peer_id) is None:
+                try:
+                    yield self.membership.session_setup.ensure_session(peer_id)
+                except MeshError as exc:
+                    # refused (it does not know us), or our setup is backing off: register with the
+                    # cluster token anyway, so a session retry never costs the peer its renewal
+                    if exc.status not in (401, 404) and exc.reason != "backoff":
+                        raise
+
+            def falling_back() -> None:
+                self.log.warn(
+                    "peer {peer_id} does not know us (or no session): re-registering with the cluster token",
+                    peer_id=peer_id,
+                )
+
+            response, by_cluster = yield self.exchange.post(
+                peer_id,
+                url,
+                "register",
+                register_path(self.node_id),
+                REGISTER_PATH,
+                lambda: self.membership.our_registration().to_json(),
+                session_timeout=self.settings.registration_timeout,
+                falling_back=falling_back,
+            )
+            if by_cluster:
+                self.meters.registrations.labels(direction="out", result="fallback").inc()
+            if self.pool.get(peer_id) is None:
+                raise PeerRequestFailed("unknown_peer", peer_id)
+            self.membership.accept_registration(peer_id, response.body, direction="out")
+        except MeshError as exc:
+            self.contacts.peer_failed(peer_id, "register", exc.reason, exc.detail, exc.status)
+            self._rlog.emit(
+                ("renew", peer_id, exc.reason),
+                LogLevel.warn,
+                "re-registration with {peer_id} failed: {reason} {detail}",
+                peer_id=peer_id,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+            raise
+        peer = self.pool.get(peer_id)
+        if peer is not None:
+            peer.last_renewal = self.monotonic()
+            peer.registered_with = True
+            self.contacts.peer_ok(peer_id)
+            if self.sessions.outbound(peer_id) is None:
+                self.membership.session_setup.spawn(peer_id)
+        return None
