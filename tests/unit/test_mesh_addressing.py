@@ -193,7 +193,7 @@ class ClaimRuleTests(AddressingTestCase):
         self.assertConverged([a1, a2])
         self.assertConverged([b3, b4])
         # The partition heals: one side learns the other.
-        b3.membership.bootstrap(url(1))
+        b3.membership.bootstrapper.bootstrap(url(1))
         advance(self.clock, 60)
         self.assertConverged([a1, a2, b3, b4])
         self.assertEqual(a2.current_address(), "100.64.0.10")  # the older claim keeps it

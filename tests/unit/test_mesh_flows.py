@@ -11,7 +11,7 @@ from tests.unit.mesh_support import N1, MeshTestCase, Node, advance, node_id
 from tunmesh.auth.errors import AuthError
 from tunmesh.auth.tokens import SignedRequest
 from tunmesh.clockwatch import CHECK_INTERVAL, ClockStepWatch
-from tunmesh.mesh.membership import GroupState
+from tunmesh.mesh.bootstrap import GroupState
 from tunmesh.mesh.settings import BootstrapGroupSpec
 from tunmesh.testing import SteppedWall
 
@@ -396,10 +396,10 @@ class ReloadTests(MeshTestCase):
         n2 = self.node(2, ("https://n9.test:4567",), reload=reload, reload_config_on_bootstrap=True)
         n1.start()
         n2.start()
-        self.assertEqual(n2.membership.groups[0].spec.urls, ("https://n9.test:4567",))
+        self.assertEqual(n2.membership.bootstrapper.groups[0].spec.urls, ("https://n9.test:4567",))
         self.assertTrue(self.logged("config reload before bootstrap failed"))
         advance(self.clock, 6)
-        self.assertEqual(n2.membership.groups[0].spec.urls, (N1,))
+        self.assertEqual(n2.membership.bootstrapper.groups[0].spec.urls, (N1,))
         self.assertIn(n1.id, n2.peer_ids())
         calls_after_join = len(calls)
         advance(self.clock, 30)
@@ -407,12 +407,12 @@ class ReloadTests(MeshTestCase):
 
     def test_group_retries_exhausted(self) -> None:
         n2 = self.node(2, ("https://n9.test:4567",))
-        n2.membership.groups = [GroupState(BootstrapGroupSpec("g", ("https://n9.test:4567",), retries=1))]
+        n2.membership.bootstrapper.groups = [GroupState(BootstrapGroupSpec("g", ("https://n9.test:4567",), retries=1))]
         n2.start()
         advance(self.clock, 200)
-        group = n2.membership.groups[0]
+        group = n2.membership.bootstrapper.groups[0]
         self.assertEqual(group.attempts, 2)
-        self.assertTrue(n2.membership.group_bootstrapped(group))
+        self.assertTrue(n2.membership.bootstrapper.group_bootstrapped(group))
 
 
 class WallClockStepTests(MeshTestCase):
@@ -469,11 +469,11 @@ class WallClockStepTests(MeshTestCase):
         nodes, wall = self.stepped_mesh()
         m3 = nodes[2].membership
         for _ in range(8):  # failures while the clock was wrong: about a minute of backoff
-            m3.url_backoff.failure(N1)
+            m3.bootstrapper.url_backoff.failure(N1)
             m3.renewal.backoff.failure(nodes[0].id)
-        self.assertFalse(m3.url_backoff.allowed(N1))
+        self.assertFalse(m3.bootstrapper.url_backoff.allowed(N1))
         wall.step(-3600)
         self.clock.advance(CHECK_INTERVAL)
-        self.assertTrue(m3.url_backoff.allowed(N1))
+        self.assertTrue(m3.bootstrapper.url_backoff.allowed(N1))
         self.assertTrue(m3.renewal.backoff.allowed(nodes[0].id))
         self.assertEqual(len(self.logged("retrying peers and bootstrap URLs now")), 1)

@@ -219,7 +219,7 @@ class GossipAndSessionTests(JoinTestCase):
         self.assertIsNone(first.sessions.outbound(second.id))
         self.assertEqual(first.counter("tunmesh_mesh_session_setups_total", kind="init", result="status_401"), 1)
         # the registration lands; the retry follows within the backoff (1 s × U(0.5, 1))
-        second.membership.bootstrap(first.url).addErrback(lambda f: None)
+        second.membership.bootstrapper.bootstrap(first.url).addErrback(lambda f: None)
         self.run_for(1.1)
         self.assertIsNotNone(first.sessions.outbound(second.id))
 

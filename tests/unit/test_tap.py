@@ -139,7 +139,7 @@ class MakeServiceTests(SynchronousTestCase):
         report = reload.reloader.reload()
         self.assertEqual(set(report.changed), {"tun_mesh/clustering/bootstrap_groups", "tun_mesh/logging/level"})
         membership = top.getServiceNamed("mesh").membership
-        self.assertEqual([g.spec.urls for g in membership.groups], [("https://n9.test:4567",)])
+        self.assertEqual([g.spec.urls for g in membership.bootstrapper.groups], [("https://n9.test:4567",)])
         self.assertEqual(logsetup.current_level(), "debug")
         names = [s.name for s in top]
         self.assertLess(names.index("reload"), len(names) - 1)  # before the privilege drop (the last child)

@@ -26,25 +26,20 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import (
     Deferred,
-    DeferredList,
-    DeferredSemaphore,
-    inlineCallbacks,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
 
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.errors import AuthError, KexError
 from tunmesh.auth.kex import KexRequest, respond
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.auth.tokens import (
-    TYP_BOOTSTRAP,
     VerifiedToken,
     is_cluster_kid,
     secret_id_of_kid,
@@ -52,7 +47,7 @@ from tunmesh.auth.tokens import (
 from tunmesh.interfaces import PeerObserver
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.addressing import AddressClaimer, Verdict
-from tunmesh.mesh.backoff import Backoff
+from tunmesh.mesh.bootstrap import Bootstrapper, peer_url_allowed
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.contacts import ContactLog
 from tunmesh.mesh.errors import (
@@ -63,40 +58,18 @@ from tunmesh.mesh.errors import (
     Stopping,
 )
 from tunmesh.mesh.exchange import (
-    REGISTER_PATH,
     PeerExchange,
     leave_body,
-    retry_after,
 )
-from tunmesh.mesh.inflight import InFlight
 from tunmesh.mesh.leave import LEAVE_TIMEOUT, Leave
 from tunmesh.mesh.meters import MembershipMetrics
 from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
 from tunmesh.mesh.renewal import Renewal
 from tunmesh.mesh.session_setup import SessionSetup
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
-from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration, check_url, url_host
+from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration
 from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.names import label
-
-#: extra tries of a bootstrap URL that answered 421 (a load balancer that sent us to ourselves)
-SELF_RETRIES = 2
-#: timer key of the join pass (bootstrap groups and gossip) run outside the groom tick
-JOIN = "join"
-
-
-
-
-@dataclass
-class GroupState:
-    """Runtime state of one bootstrap group (upstream §4.3)."""
-
-    spec: BootstrapGroupSpec
-    attempts: int = 0
-    in_flight: bool = False
-    reached: set[str] = field(default_factory=set)
-    #: URLs whose last try got no answer at all (nothing listening yet): paced by the group's schedule
-    unanswered: set[str] = field(default_factory=set)
 
 
 class Membership:
@@ -132,25 +105,11 @@ class Membership:
         self._wall = wall
         #: the jitter of every backoff
         self.rng = rng or random.SystemRandom()
-        self._reload = reload
         self.local = settings.local_info(node_id)
         self.pool = NodePool(settings, node_id, self.monotonic)
-        self.url_backoff = Backoff(settings.backoff_initial, settings.backoff_max, self.monotonic, self.rng)
-        #: passes of each bootstrap group (by name): 0.5 s doubling to bootstrap_retry_interval
-        self.group_backoff = Backoff(
-            min(settings.bootstrap_retry_initial, settings.bootstrap_retry_interval),
-            settings.bootstrap_retry_interval,
-            self.monotonic,
-            self.rng,
-        )
         self.timers = KeyedTimers(clock)
-        self._last_join_pass: float | None = None
-        self._gossip_waiting = False
-        self._bootstrap_slots = DeferredSemaphore(settings.max_concurrent_bootstraps)
-        self._bootstrapping: InFlight[str, str | None] = InFlight()
         self._observers: list[PeerObserver] = []
         self.leaving = Leave(self)
-        self.groups = [GroupState(g) for g in settings.bootstrap_groups]
         self._seq = 0
         self._registered_once = False
         self._stopped = False
@@ -165,6 +124,7 @@ class Membership:
         self.meters.show_cluster_secrets(cluster)
         self.session_setup = SessionSetup(self)
         self.renewal = Renewal(self)
+        self.bootstrapper = Bootstrapper(self, reload)
         self.addressing = addressing
         if addressing is not None:
             self._addresses_changed(addressing.addresses())
@@ -248,7 +208,11 @@ class Membership:
                 self.log.failure("peer_down observer failed for {peer_id}", peer_id=peer_id)
 
     def bootstrap_urls(self) -> list[str]:
-        return [u for g in self.groups for u in g.spec.urls]
+        return self.bootstrapper.urls()
+
+    def set_bootstrap_groups(self, specs: Sequence[BootstrapGroupSpec]) -> bool:
+        """Use ``specs`` from the next bootstrap pass on (SIGHUP): :meth:`Bootstrapper.set_groups`."""
+        return self.bootstrapper.set_groups(specs)
 
     def ready(self) -> bool:
         """True once a registration was exchanged with a peer, or when nothing is configured to join,
@@ -308,7 +272,7 @@ class Membership:
                 raise SelfRegistration("self", "registration from our own id")
             if registration.local.id != iss:
                 raise InvalidRegistration("issuer_mismatch", f"iss {iss} registered {registration.local.id}")
-            if not self._peer_url_allowed(registration.local.listen_url):
+            if not peer_url_allowed(registration.local.listen_url, self.settings.peer_networks):
                 raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
             moved = self._resolve_address_claims(registration.local)
             result = self.pool.upsert(registration.local, registration.seq, registration.remote)
@@ -321,11 +285,11 @@ class Membership:
                 holder=exc.holder.id,
                 claimant=iss,
             )
-            self._probe_holder(exc.holder)
+            self.bootstrapper.probe_holder(exc.holder)
             if registration.local.claims:
                 # A dynamic claimant cannot see the holder through us: send it our registration, whose
                 # hints name the holder, so it meets the holder and the rule decides (docs/addressing.md).
-                self.clock.callLater(0, self._probe_url, registration.local.listen_url)
+                self.clock.callLater(0, self.bootstrapper.probe_url, registration.local.listen_url)
             raise
         except MeshError as exc:
             self.meters.registrations.labels(direction=direction, result=exc.reason).inc()
@@ -348,7 +312,7 @@ class Membership:
                 peer_id=old.id,
                 peer_name=old.info.name,
             )
-            self._teardown(old, "replaced")
+            self.teardown(old, "replaced")
         self.meters.registrations.labels(direction=direction, result="ok").inc()
         self._registered_once = True
         if direction == "out" and self.addressing is not None and not moved:
@@ -367,8 +331,8 @@ class Membership:
             self.clock.callLater(0, self.session_setup.spawn, peer.id)
         if result.changed:
             self._notify_up(peer)
-        if self._has_new_hints(registration.remote):
-            self._schedule_join(0.0)
+        if self.bootstrapper.has_new_hints(registration.remote):
+            self.bootstrapper.schedule_join(0.0)
         self.update_gauges()
         return registration, peer
 
@@ -414,12 +378,12 @@ class Membership:
         if self.addressing is not None:
             verdict = self.addressing.resolve(info, self.pool.taken())
             if verdict is Verdict.WE_KEEP:
-                self.clock.callLater(0, self._probe_url, info.listen_url)
+                self.clock.callLater(0, self.bootstrapper.probe_url, info.listen_url)
                 raise RegistrationConflict("address_claim", f"{info.id} claims our address, our claim is older")
         own = {iface.ip for iface in self._defended().values()}
         if info.claims and any(iface.ip in own for iface in info.node_addresses.values()):
             # A configured address always wins; show the dynamic claimant our registration so it moves.
-            self.clock.callLater(0, self._probe_url, info.listen_url)
+            self.clock.callLater(0, self.bootstrapper.probe_url, info.listen_url)
             raise RegistrationConflict("address_claim", f"{info.id} claims our configured address")
         return verdict is not Verdict.NO_CONFLICT
 
@@ -440,118 +404,6 @@ class Membership:
         """Authenticated contact from `peer_id` (any verified request or response)."""
         self.pool.touch(peer_id)
 
-    # -- outbound: helpers ---------------------------------------------------------------------------
-
-    def _peer_url_allowed(self, url: str) -> bool:
-        """`peer_networks` allow-list for URLs learned from the network (W7).
-
-        Empty list: any host except literal loopback, link-local, unspecified and multicast addresses
-        (SSRF into the node itself or a metadata service). Non-empty: the host must be a literal
-        address inside one of the networks (a name cannot be checked without resolving it).
-        """
-        import ipaddress
-
-        nets = self.settings.peer_networks
-        try:
-            addr = ipaddress.ip_address(url_host(url))
-        except ValueError:
-            return not nets
-        if not nets:
-            return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast)
-        return any(addr in n for n in nets)
-
-    # -- outbound: bootstrap -------------------------------------------------------------------------
-
-    def bootstrap(self, url: str) -> Deferred[str | None]:
-        """Register through `url` with a bootstrap token; fires with the answering peer id (None: self).
-
-        At most `max_concurrent_bootstraps` run at once; the same URL is never bootstrapped twice at
-        the same time. Failures errback with `PeerRequestFailed` and back the URL off.
-        """
-        existing = self._bootstrapping.follow(url)
-        if existing is not None:
-            return existing
-        d = self._bootstrapping.start(url, self._bootstrap_slots.run(self._bootstrap, url))
-
-        def done(result: Any) -> Any:
-            if isinstance(result, Failure):
-                # a gossiped URL is tried again when its backoff ends, not on some later groom tick
-                self._schedule_join(self.url_backoff.wait(url))
-            elif self._gossip_waiting:
-                self._schedule_join(0.0)  # a slot is free for a hint that waited for one
-            return result
-
-        d.addBoth(done)
-        return d
-
-    @inlineCallbacks
-    def _bootstrap(self, url: str) -> Any:
-        try:
-            for _attempt in range(1 + SELF_RETRIES):
-                body = self.our_registration().to_json()
-                request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
-                response = yield self.client.post(
-                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.registration_timeout
-                )
-                if response.status != 421:
-                    break
-                # A load balancer sent us to ourselves: not an error; ask again, it may pick another node.
-                self.meters.bootstraps.labels(result="self").inc()
-                self.log.info("bootstrap via {url} reached this node", url=url)
-            else:
-                return None
-            self.exchange.check_response(response, url)
-            verified = self.exchange.verify_cluster(response, None, request, "bootstrap response")
-            peer_id = verified.iss
-            if peer_id == self.node_id:
-                self.meters.bootstraps.labels(result="self").inc()
-                return None
-            # The URL we used now answers with another id: its old holder restarted (W6).
-            previous = self.pool.by_url(url.rstrip("/"))
-            if previous is not None and previous.id != peer_id:
-                self.log.warn(
-                    "{url} now answers as {new}, not {old}: removing {old}", url=url, new=peer_id, old=previous.id
-                )
-                self._teardown(previous, "restarted")
-            self.accept_registration(peer_id, response.body, direction="out")
-        except MeshError as exc:
-            self.url_backoff.failure(url, retry_after(exc))
-            self.contacts.url_failed(url, "bootstrap", exc.reason, exc.detail, exc.status)
-            self.meters.bootstraps.labels(result=exc.reason).inc()
-            self._rlog.emit(
-                ("bootstrap", url, exc.reason),
-                LogLevel.warn,
-                "bootstrap via {url} failed: {reason} {detail}",
-                url=url,
-                reason=exc.reason,
-                detail=exc.detail,
-            )
-            raise
-        self.url_backoff.success(url)
-        self.contacts.url_ok(url)
-        self.meters.bootstraps.labels(result="ok").inc()
-        peer = self.pool.get(peer_id)
-        self.log.info(
-            "bootstrapped via {url}: peer {peer}",
-            url=url,
-            peer=label(peer.info.name if peer else None, peer_id),
-            peer_id=peer_id,
-        )
-        return peer_id
-
-    def _probe_holder(self, holder: Peer) -> None:
-        """A live holder's address was claimed by another id: ask the holder's URL who answers now.
-
-        Scheduled outside the request that found the conflict; the claimant retries later and wins
-        once the probe showed the holder's URL answering with another id (a restart).
-        """
-        self.clock.callLater(0, self._probe_url, holder.url)
-
-    def _probe_url(self, url: str) -> None:
-        if self.stopped or url in self._bootstrapping or not self.url_backoff.allowed(url):
-            return
-        self.bootstrap(url).addErrback(lambda f: None)
-
     def set_cluster_keyring(self, keyring: ClusterKeyring) -> None:
         """Accept the cluster secrets of `keyring` from now on (SIGHUP), sign with its signing id, and
         re-salt the sessions that rested on a secret no longer accepted."""
@@ -568,15 +420,14 @@ class Membership:
 
     # -- removal -----------------------------------------------------------------------------------
 
-    def _teardown(self, peer: Peer, reason: str) -> None:
+    def teardown(self, peer: Peer, reason: str) -> None:
         """Remove a peer and everything that refers to it: routes (observers), sessions, pending ops."""
         self.pool.remove(peer.id)
         self.contacts.peer_removed(peer.id, peer.info.name, peer.url, reason)
         self.sessions.forget(peer.id)
         self.session_setup.forget(peer.id)
         self.renewal.backoff.success(peer.id)
-        for group in self.groups:
-            group.reached.discard(peer.id)
+        self.bootstrapper.forget(peer.id)
         self._notify_down(peer.id)
         self.meters.removed.labels(reason=reason).inc()
         self.update_gauges()
@@ -607,193 +458,10 @@ class Membership:
         peer = self.pool.get(peer_id)
         if peer is None:
             return False
-        self._teardown(peer, reason)
+        self.teardown(peer, reason)
         return True
 
     # -- grooming ------------------------------------------------------------------------------------
-
-    def group_bootstrapped(self, group: GroupState) -> bool:
-        """Upstream §4.3: no URLs, a reached node still live, or retries exhausted."""
-        if not group.spec.urls:
-            return True
-        now = self.monotonic()
-        group.reached = {pid for pid in group.reached if (p := self.pool.get(pid)) is not None and not p.is_stale(now)}
-        if group.reached:
-            return True
-        return group.spec.retries >= 0 and group.attempts > group.spec.retries
-
-    def _maybe_reload(self) -> None:
-        if self._reload is None or not self.settings.reload_config_on_bootstrap:
-            return
-        try:
-            specs = tuple(self._reload())
-        except Exception as exc:
-            self.log.error("config reload before bootstrap failed, keeping the old groups: {error}", error=exc)
-            return
-        self.set_bootstrap_groups(specs)
-
-    def set_bootstrap_groups(self, specs: Sequence[BootstrapGroupSpec]) -> bool:
-        """Use ``specs`` from the next bootstrap pass on (config reload); unchanged groups keep their
-        progress. Returns whether anything changed."""
-        old = {g.spec.name: g for g in self.groups}
-        groups = [old[s.name] if s.name in old and old[s.name].spec == s else GroupState(s) for s in specs]
-        changed = [g.spec for g in groups] != [g.spec for g in self.groups]
-        self.groups = groups
-        for group in groups:
-            if group is not old.get(group.spec.name):
-                self.group_backoff.success(group.spec.name)  # a new or changed group starts fast
-        if changed:
-            self._schedule_join(0.0)
-        return changed
-
-    def _bootstrap_groups(self) -> None:
-        """Start a pass of every group that is not bootstrapped, not in a pass, and whose backoff allows.
-
-        A pass tries every URL of the group that is not our own and not backed off (W7). When it ends
-        without reaching a node, the next pass is scheduled (`_group_pass_done`).
-        """
-        pending = [g for g in self.groups if not self.group_bootstrapped(g)]
-        if not pending:
-            return
-        self._maybe_reload()
-        own = self.local.listen_url
-        for group in self.groups:
-            if group.in_flight or self.group_bootstrapped(group):
-                continue
-            name = group.spec.name
-            if not self.group_backoff.allowed(name):
-                self._schedule_join(self.group_backoff.wait(name))
-                continue
-            urls: list[str] = []
-            for raw_url in group.spec.urls:
-                try:
-                    url = check_url(raw_url, self.settings.max_url_length, f"bootstrap group {name}")
-                except MeshError as exc:
-                    self.log.error("bad bootstrap URL in group {group}: {detail}", group=name, detail=exc.detail)
-                    continue
-                if url != own:
-                    urls.append(url)
-            ready = [u for u in urls if u in group.unanswered or self.url_backoff.allowed(u)]
-            if urls and not ready:
-                # every URL is backed off (W7): the pass waits for the first one, without counting a try
-                self._schedule_join(min(self.url_backoff.wait(u) for u in urls))
-                continue
-            group.attempts += 1
-            group.unanswered.difference_update(ready)
-            passes = []
-            for url in ready:
-                d = self.bootstrap(url)
-                d.addCallbacks(self._group_reached, self._group_url_failed, (group,), {}, (group, url))
-                passes.append(d)
-            if not passes:
-                # Only this node's own URL (or none usable: each bad one is logged above): the seed of
-                # a mesh whose nodes share one list, expected and lasting, so not a warning every pass
-                # (issue 8, quiet steady state). Backed-off URLs wait above without reaching here.
-                self._rlog.emit(
-                    ("group", name),
-                    LogLevel.debug,
-                    "bootstrap group {group}: no URL could be tried this pass",
-                    group=name,
-                )
-            group.in_flight = True
-            all_done: Deferred[Any] = DeferredList(passes)
-            all_done.addCallback(self._group_pass_done, group, tuple(urls))
-
-    def _group_pass_done(self, _results: object, group: GroupState, urls: tuple[str, ...]) -> None:
-        """A pass ended: reset the group's schedule when it reached a node, else plan the next pass.
-
-        The next pass comes after the group's backoff (0.5 s doubling to `bootstrap_retry_interval`,
-        times U(0.5, 1)) and not before one of its URLs is out of its own backoff (W7, Retry-After).
-        """
-        group.in_flight = False
-        if self.stopped or not any(g is group for g in self.groups):
-            return
-        name = group.spec.name
-        if self.group_bootstrapped(group):
-            self.group_backoff.success(name)
-            return
-        delay = self.group_backoff.failure(name)
-        if urls:
-            delay = max(delay, min(0.0 if u in group.unanswered else self.url_backoff.wait(u) for u in urls))
-        self.log.debug("bootstrap group {group}: next pass in {delay:.2f}s", group=name, delay=delay)
-        self._schedule_join(delay)
-
-    def _group_reached(self, peer_id: str | None, group: GroupState) -> None:
-        if peer_id is not None:
-            group.reached.add(peer_id)
-
-    def _group_url_failed(self, failure: Failure, group: GroupState, url: str) -> None:
-        """A configured URL where nothing answered (refused, timed out) is retried on the group's
-        schedule, capped at `bootstrap_retry_interval`; one that answered with an error keeps its W7
-        backoff (up to 900 s) and any Retry-After."""
-        if getattr(failure.value, "status", None) == 0:
-            group.unanswered.add(url)
-
-    def _gossip(self) -> None:
-        """Bootstrap nodes that peers told us about and we do not know (hints only, W6)."""
-        known_urls = {p.url for p in self.pool}
-        candidates: dict[str, NodeInfo] = {}
-        for peer in self.pool:
-            for hint in peer.hints:
-                if hint.id == self.node_id or hint.listen_url == self.local.listen_url:
-                    continue
-                if hint.id in self.pool or hint.listen_url in known_urls:
-                    continue
-                candidates.setdefault(hint.listen_url, hint)
-        free = self.settings.max_concurrent_bootstraps - len(self._bootstrapping)
-        self._gossip_waiting = False
-        wake: float | None = None
-        for url in candidates:
-            if len(self.pool) >= self.settings.max_nodes:
-                break
-            if url in self._bootstrapping:
-                continue
-            if not self.url_backoff.allowed(url):
-                wait = self.url_backoff.wait(url)
-                wake = wait if wake is None else min(wake, wait)
-                continue
-            if not self._peer_url_allowed(url):
-                self._rlog.emit(("gossip_url", url), LogLevel.warn, "gossiped URL {url} not in peer_networks", url=url)
-                continue
-            if free <= 0:
-                self._gossip_waiting = True  # the next bootstrap to finish wakes the join pass
-                break
-            free -= 1
-            self.bootstrap(url).addErrback(lambda f: None)
-        if wake is not None:
-            self._schedule_join(wake)
-
-    def _has_new_hints(self, remote: Sequence[NodeInfo]) -> bool:
-        """Whether a registration's hints name a node we neither know nor are (a gossip candidate)."""
-        known: set[str] | None = None
-        for hint in remote:
-            if hint.id == self.node_id or hint.listen_url == self.local.listen_url or hint.id in self.pool:
-                continue
-            if known is None:
-                known = {p.url for p in self.pool}
-            if hint.listen_url not in known:
-                return True
-        return False
-
-    def _schedule_join(self, delay: float) -> None:
-        """Run a join pass (bootstrap groups, then gossip) in `delay` s, at most every
-        `join_pass_min_interval` (W7: fan-out stays bounded by the concurrency cap and that spacing)."""
-        if self.stopped:
-            return
-        if self._last_join_pass is not None:
-            spacing = self._last_join_pass + self.settings.join_pass_min_interval - self.monotonic()
-            delay = max(delay, spacing)
-        self.timers.call_within(JOIN, delay, self._join_pass)
-
-    def _join_pass(self) -> None:
-        if self.stopped:
-            return
-        self._last_join_pass = self.monotonic()
-        try:
-            self._bootstrap_groups()
-            self._gossip()
-        except Exception:
-            self.log.failure("join pass failed")
 
     def groom(self) -> None:
         """One groom tick; starts operations and returns without waiting for them."""
@@ -805,7 +473,7 @@ class Membership:
                 if not self.bootstrap_urls():
                     self.addressing.acknowledged()  # nothing to join: the first node holds its claim
                 self.addressing.tick(alone=len(self.pool) == 0, taken=self.pool.taken(hints=False))
-            self._bootstrap_groups()
+            self.bootstrapper.run_groups()
             now = self.monotonic()
             for peer in self.pool:
                 if peer.is_stale(now):
@@ -814,7 +482,7 @@ class Membership:
                     self.renewal.renew(peer.id).addErrback(lambda f: None)
                 elif self.sessions.needs_rotation(peer.id) and peer.id not in self.session_setup:
                     self.session_setup.spawn(peer.id)
-            self._gossip()
+            self.bootstrapper.gossip()
             for peer in self.pool.stale():
                 self.log.warn(
                     "removing stale peer {peer}: no authenticated contact for {age:.1f}s",
@@ -823,8 +491,8 @@ class Membership:
                     peer_name=peer.info.name,
                     age=peer.age(self.monotonic()),
                 )
-                self._teardown(peer, "stale")
-            self.url_backoff.prune()
+                self.teardown(peer, "stale")
+            self.bootstrapper.url_backoff.prune()
             self.update_gauges()
         except Exception:
             self.log.failure("groom tick failed")
@@ -839,12 +507,9 @@ class Membership:
         once instead of waiting out a backoff grown while the clock was wrong (issue 13)."""
         if self.stopped:
             return
-        self.url_backoff.reset()
+        self.bootstrapper.clock_stepped()
         self.renewal.backoff.reset()
         self.session_setup.backoff.reset()
-        self.group_backoff.reset()
-        for group in self.groups:
-            group.unanswered.clear()
         for peer in self.pool:
             peer.failures, peer.next_attempt = 0, 0.0
         self.log.info("wall clock stepped by {step:+.1f}s: retrying peers and bootstrap URLs now", step=step)
