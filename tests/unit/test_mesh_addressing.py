@@ -221,12 +221,12 @@ class ClaimRuleTests(AddressingTestCase):
         advance(self.clock, 5)
         b = self.node(2, (url(1),), seed=same, settle=100.0)
         # An answer to one of b's requests (direction "out") carries a's older claim on b's address.
-        b.membership.accept_registration(a.id, a.membership.our_registration().to_json(), direction="out")
+        b.membership.inbound.accept_registration(a.id, a.membership.our_registration().to_json(), direction="out")
         self.assertEqual(len(b.moves), 1)
         self.assertIn(a.id, b.peer_ids())
         self.assertEqual(b.addressing.state("ipv4"), ClaimState.CLAIMING)  # type: ignore[union-attr]
         # The next accepted answer acknowledges the new claim.
-        b.membership.accept_registration(a.id, a.membership.our_registration().to_json(), direction="out")
+        b.membership.inbound.accept_registration(a.id, a.membership.our_registration().to_json(), direction="out")
         self.assertEqual(b.addressing.state("ipv4"), ClaimState.HELD)  # type: ignore[union-attr]
 
     def test_a_lone_node_holds_its_claim_after_settling(self) -> None:

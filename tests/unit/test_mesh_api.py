@@ -131,7 +131,7 @@ class RegistrationRouteTests(RouteTestCase):
         def broken(*args: Any, **kw: Any) -> Any:
             raise RuntimeError("secret-detail")
 
-        self.n1.membership.accept_registration = broken  # type: ignore[method-assign]
+        self.n1.membership.inbound.accept_registration = broken  # type: ignore[method-assign]
         for _ in range(30):
             body = reg_body(info(7))
             signed = self.stranger.sign_request(self.n1.id, "POST", REGISTER_PATH, body)

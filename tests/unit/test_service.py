@@ -106,7 +106,7 @@ class DynamicAddressingServiceTests(SynchronousTestCase):
         # A configured node registers our address: it wins, we move.
         rival = NodeInfo("rival", "https://rival.example:4567", {}, {"ipv4": first})
         membership = top.getServiceNamed("mesh").membership
-        membership._resolve_address_claims(rival)
+        membership.inbound.resolve_address_claims(rival)
         moved = claimer.addresses()["ipv4"]
         self.assertNotEqual(moved, first)
         self.assertEqual(setter.moves, [str(moved)])

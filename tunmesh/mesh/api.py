@@ -216,12 +216,12 @@ class MeshAPI:
     # -- routes --------------------------------------------------------------------------------------
 
     def _register(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[bytes], str], None]:
-        self.membership.accept_registration(token.iss, body)
+        self.membership.inbound.accept_registration(token.iss, body)
         response = self.membership.our_registration().to_json()
         return response, self._cluster_signer(token), None
 
     def _register_session(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[bytes], str], None]:
-        self.membership.accept_registration(token.iss, body)
+        self.membership.inbound.accept_registration(token.iss, body)
         response = self.membership.our_registration().to_json()
         return response, self._session_signer(token), None
 
@@ -248,7 +248,7 @@ class MeshAPI:
         """First session for the caller's sending direction (cluster token)."""
 
         def process(token: VerifiedToken, body: bytes) -> Any:
-            response, commit = self.membership.accept_init_session(token, body)
+            response, commit = self.membership.inbound.accept_init_session(token, body)
             return response, self._cluster_signer(token), commit
 
         return self._handle(request, "init_session", self._cluster_head(False), MAX_INIT_SESSION_BODY, process)
@@ -258,7 +258,7 @@ class MeshAPI:
         """Rotation, authenticated with the current session; answered with that same key (W11)."""
 
         def process(token: VerifiedToken, body: bytes) -> Any:
-            response, commit = self.membership.accept_init_session(token, body)
+            response, commit = self.membership.inbound.accept_init_session(token, body)
             return response, self._session_signer(token), commit
 
         return self._handle(request, "init_session/<id>", self._session_head, MAX_INIT_SESSION_BODY, process)
@@ -268,7 +268,7 @@ class MeshAPI:
         """The sender shuts down (session token of its direction): remove it at once."""
 
         def process(token: VerifiedToken, body: bytes) -> Any:
-            commit = self.membership.accept_leave(token.iss, body)
+            commit = self.membership.inbound.accept_leave(token.iss, body)
             return b"{}", self._session_signer(token), commit
 
         return self._handle(request, "leave/<id>", self._session_head, MAX_LEAVE_BODY, process)

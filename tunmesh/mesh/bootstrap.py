@@ -172,7 +172,7 @@ class Bootstrapper:
                     "{url} now answers as {new}, not {old}: removing {old}", url=url, new=peer_id, old=previous.id
                 )
                 self.membership.teardown(previous, "restarted")
-            self.membership.accept_registration(peer_id, response.body, direction="out")
+            self.membership.inbound.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
             self.url_backoff.failure(url, retry_after(exc))
             self.contacts.url_failed(url, "bootstrap", exc.reason, exc.detail, exc.status)

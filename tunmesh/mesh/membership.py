@@ -1,24 +1,26 @@
-"""`Membership`: the mesh's state machine: registrations in and out, sessions, gossip, grooming.
+"""`Membership`: one node's view of the mesh, as a coordinator of small components.
 
-Inbound (called by `MeshAPI` after the token verified): `accept_registration`, `accept_init_session`.
-Outbound flows (Deferreds, each bounded by the client's request timeout):
+In the shape of magic-wormhole's ``_boss.py``: `Membership` owns the node pool, the observers, readiness
+and the groom tick, and wires components that each own one piece of state:
 
-* `bootstrap(url)`: cluster registration with a bootstrap token to a URL that may be a load balancer;
-  only the signed answer says who answered and at which URL it is reached afterwards (W4);
-* `ensure_session(peer_id)`: X25519 init (cluster token) or rotation (session token) for OUR sending
-  direction to the peer; the previous key stays valid meanwhile (make-before-break, W11);
-* `renew(peer_id)`: session-authenticated re-registration, falling back to a cluster registration when
-  the peer answers 401/404 (it forgot us);
-* `groom()`: one tick: bootstrap groups, renewals, rotations, gossip bootstraps, stale removal. It starts
-  operations and never waits for them, so one slow peer cannot hold up the loop.
+* `Inbound` (``inbound``): registrations, session inits and leaves that peers send us (``MeshAPI``
+  calls it once the token verified); dynamic address claims are decided there;
+* `Bootstrapper` (``bootstrapper``): bootstrap groups, URL backoff, config reload before a pass,
+  gossip, and the join pass that runs outside the groom tick (docs/api_flows.md, "Join timing");
+* `SessionSetup` (``session_setup``): X25519 init (cluster token) or rotation (session token) of OUR
+  sending direction to each peer, make-before-break (W11), and re-salting after a secret reload;
+* `Renewal` (``renewal``): session-authenticated re-registration, falling back to the cluster token
+  when the peer answers 401/404 (it forgot us);
+* `Leave` (``leaving``): telling our peers that we leave (service stop).
 
-Joining does not wait for groom ticks (docs/api_flows.md, "Join timing"): a bootstrap group that failed is
-retried on its own timer (0.5 s doubling to `bootstrap_retry_interval`, jittered, never before its URLs'
-W7 backoff allows), new gossip hints are bootstrapped at once, and a failed session setup is retried when
-its backoff ends. All these timers live in one `KeyedTimers`.
+They share `PeerExchange` (``exchange``: signed requests and the checks of answers, W4),
+`MembershipMetrics` (``meters``), the `ContactLog` (``contacts``) and one `KeyedTimers` (``timers``),
+and reach the pool and each other through the coordinator. `groom()` is one tick: bootstrap groups,
+renewals, rotations, gossip bootstraps, stale removal; it starts operations and never waits for them,
+so one slow peer cannot hold up the loop.
 
 Observers get `peer_up(peer_id, url, cidrs)` when a peer's own authenticated registration installs or
-changes its routes, and `peer_down(peer_id)` when it is removed (stale, replaced, restarted).
+changes its routes, and `peer_down(peer_id)` when it is removed (stale, replaced, restarted, left).
 """
 
 from __future__ import annotations
@@ -29,45 +31,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import (
-    Deferred,
-)
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
-from tunmesh.auth.errors import AuthError, KexError
-from tunmesh.auth.kex import KexRequest, respond
+from tunmesh.auth.errors import AuthError
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
-from tunmesh.auth.tokens import (
-    VerifiedToken,
-    is_cluster_kid,
-    secret_id_of_kid,
-)
+from tunmesh.auth.tokens import VerifiedToken, secret_id_of_kid
 from tunmesh.interfaces import PeerObserver
 from tunmesh.logutil import RateLimitedLog
-from tunmesh.mesh.addressing import AddressClaimer, Verdict
-from tunmesh.mesh.bootstrap import Bootstrapper, peer_url_allowed
+from tunmesh.mesh.addressing import AddressClaimer
+from tunmesh.mesh.bootstrap import Bootstrapper
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.contacts import ContactLog
-from tunmesh.mesh.errors import (
-    InvalidRegistration,
-    MeshError,
-    RegistrationConflict,
-    SelfRegistration,
-    Stopping,
-)
-from tunmesh.mesh.exchange import (
-    PeerExchange,
-    leave_body,
-)
+from tunmesh.mesh.exchange import PeerExchange
+from tunmesh.mesh.inbound import Inbound
 from tunmesh.mesh.leave import LEAVE_TIMEOUT, Leave
 from tunmesh.mesh.meters import MembershipMetrics
-from tunmesh.mesh.pool import ClaimConflict, NodePool, Peer
+from tunmesh.mesh.pool import NodePool, Peer
 from tunmesh.mesh.renewal import Renewal
 from tunmesh.mesh.session_setup import SessionSetup
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings
-from tunmesh.mesh.structs import IPInterface, NodeInfo, Registration
+from tunmesh.mesh.structs import IPInterface, Registration
 from tunmesh.mesh.timers import KeyedTimers
 from tunmesh.names import label
 
@@ -125,12 +111,13 @@ class Membership:
         self.session_setup = SessionSetup(self)
         self.renewal = Renewal(self)
         self.bootstrapper = Bootstrapper(self, reload)
+        self.inbound = Inbound(self)
         self.addressing = addressing
         if addressing is not None:
             self._addresses_changed(addressing.addresses())
             addressing.add_observer(self._addresses_changed)
 
-    # -- auth reports ------------------------------------------------------------------------------------
+    # -- auth reports ---------------------------------------------------------------------------------
 
     def cluster_token_accepted(self, token: VerifiedToken) -> None:
         """Count an accepted cluster-signed request by the secret id its ``kid`` named."""
@@ -177,6 +164,7 @@ class Membership:
         )
 
     def update_gauges(self) -> None:
+        """Peers in the pool, and those we hold an outbound session with."""
         self.meters.peers.set(len(self.pool))
         self.meters.sessions.set(sum(1 for p in self.pool if self.sessions.outbound(p.id) is not None))
 
@@ -193,7 +181,8 @@ class Membership:
     def remove_observer(self, observer: PeerObserver) -> None:
         self._observers.remove(observer)
 
-    def _notify_up(self, peer: Peer) -> None:
+    def notify_up(self, peer: Peer) -> None:
+        """Tell the observers a peer's routes were installed or changed."""
         for observer in list(self._observers):
             try:
                 observer.peer_up(peer.id, peer.url, peer.routes)
@@ -213,6 +202,10 @@ class Membership:
     def set_bootstrap_groups(self, specs: Sequence[BootstrapGroupSpec]) -> bool:
         """Use ``specs`` from the next bootstrap pass on (SIGHUP): :meth:`Bootstrapper.set_groups`."""
         return self.bootstrapper.set_groups(specs)
+
+    def joined(self) -> None:
+        """A registration was exchanged with a peer: ready from now on."""
+        self._registered_once = True
 
     def ready(self) -> bool:
         """True once a registration was exchanged with a peer, or when nothing is configured to join,
@@ -242,159 +235,15 @@ class Membership:
         remote = tuple(p.info for p in self.pool if not p.is_stale(now))
         return Registration(self.local, remote, int(self._wall()), self._seq)
 
-    # -- inbound ------------------------------------------------------------------------------------
-
-    def _count_dropped_gossip(self, registration: Registration, iss: str) -> None:
-        for reason in registration.dropped:
-            self.meters.gossip_dropped.labels(reason=reason).inc()
-        if registration.dropped:
-            self._rlog.emit(
-                ("gossip_dropped", iss),
-                LogLevel.info,
-                "registration from {iss}: {count} gossip entries dropped ({reasons})",
-                iss=iss,
-                count=len(registration.dropped),
-                reasons=",".join(sorted(set(registration.dropped))),
-            )
-
-    def accept_registration(self, iss: str, body: bytes, direction: str = "in") -> tuple[Registration, Peer]:
-        """Process a registration whose token verified with issuer `iss`.
-
-        Raises `MeshError` subclasses (400/409/421/503). Only `local` (the issuer itself) can install
-        routes; `remote` entries are stored as hints for gossip (W6).
-        """
-        try:
-            if self.stopped:
-                # We told our peers we leave: do not let a late gossip hint re-admit us.
-                raise Stopping("stopping", "node is shutting down")
-            registration = Registration.from_json(body, self.settings.bounds)
-            if registration.local.id == self.node_id:
-                raise SelfRegistration("self", "registration from our own id")
-            if registration.local.id != iss:
-                raise InvalidRegistration("issuer_mismatch", f"iss {iss} registered {registration.local.id}")
-            if not peer_url_allowed(registration.local.listen_url, self.settings.peer_networks):
-                raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
-            moved = self._resolve_address_claims(registration.local)
-            result = self.pool.upsert(registration.local, registration.seq, registration.remote)
-            self._count_dropped_gossip(registration, iss)
-        except ClaimConflict as exc:
-            self.meters.registrations.labels(direction=direction, result=exc.reason).inc()
-            self.log.warn(
-                "registration conflict: {detail} (holder {holder}, claimant {claimant})",
-                detail=exc.detail,
-                holder=exc.holder.id,
-                claimant=iss,
-            )
-            self.bootstrapper.probe_holder(exc.holder)
-            if registration.local.claims:
-                # A dynamic claimant cannot see the holder through us: send it our registration, whose
-                # hints name the holder, so it meets the holder and the rule decides (docs/addressing.md).
-                self.clock.callLater(0, self.bootstrapper.probe_url, registration.local.listen_url)
-            raise
-        except MeshError as exc:
-            self.meters.registrations.labels(direction=direction, result=exc.reason).inc()
-            level = LogLevel.info if isinstance(exc, SelfRegistration) else LogLevel.warn
-            self._rlog.emit(
-                ("registration", exc.reason, iss),
-                level,
-                "registration {direction} from {iss} refused: {reason} {detail}",
-                direction=direction,
-                iss=iss,
-                reason=exc.reason,
-                detail=exc.detail,
-            )
-            raise
-        for old in result.replaced:
-            self.log.warn(
-                "peer {old} replaced by {new} (restart or stale holder of its URL/addresses)",
-                old=label(old.info.name, old.id),
-                new=label(result.peer.info.name, result.peer.id),
-                peer_id=old.id,
-                peer_name=old.info.name,
-            )
-            self.teardown(old, "replaced")
-        self.meters.registrations.labels(direction=direction, result="ok").inc()
-        self._registered_once = True
-        if direction == "out" and self.addressing is not None and not moved:
-            self.addressing.acknowledged()  # the peer accepted a registration carrying our (current) claims
-        peer = result.peer
-        if result.created:
-            self.log.info(
-                "peer {peer} registered at {url} ({peer_class})",
-                peer=label(peer.info.name, peer.id),
-                peer_id=peer.id,
-                peer_name=peer.info.name,
-                url=peer.url,
-                peer_class=peer.peer_class,
-            )
-            # Set up our sending direction soon, outside this request (the peer may not know us yet).
-            self.clock.callLater(0, self.session_setup.spawn, peer.id)
-        if result.changed:
-            self._notify_up(peer)
-        if self.bootstrapper.has_new_hints(registration.remote):
-            self.bootstrapper.schedule_join(0.0)
-        self.update_gauges()
-        return registration, peer
-
-    def accept_init_session(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[], None]]:
-        """Answer an init_session from `token.iss` (the future sender); rate limited per peer (W11).
-
-        Returns the response body and a `commit` to call after the response was signed (it installs
-        the new inbound key, so the current one becomes `previous`). Raises AuthError (401/429) or
-        KexError (400).
-        """
-        peer_id = token.iss
-        kind = "init" if is_cluster_kid(token.kid) else "rotate"
-        if peer_id not in self.pool:
-            raise AuthError("unknown_peer")
-        try:
-            request = KexRequest.from_body(body)  # a malformed body is a 400 and does not use up the peer's turn
-            # The salt is the cluster secret the requester names (its signing secret); one this node does
-            # not accept is refused before the rate limit, as a token under an unknown secret id would be.
-            kex_key = self.cluster.kex_key_for(request.secret_id)
-            self.sessions.inbound_rate_limit(peer_id)
-            result = respond(kex_key, body, sender=peer_id, receiver=self.node_id)
-        except (AuthError, KexError) as exc:
-            self.meters.inbound_sessions.labels(kind=kind, result=exc.reason).inc()
-            raise
-        self.pool.touch(peer_id)
-
-        def commit() -> None:
-            self.sessions.install_inbound(peer_id, result.kid, result.secret)
-            self.meters.inbound_sessions.labels(kind=kind, result="ok").inc()
-
-        return result.body, commit
-
-    # -- dynamic addressing (docs/addressing.md) ------------------------------------------------------
-
-    def _resolve_address_claims(self, info: NodeInfo) -> bool:
-        """Apply the claim rule when ``info`` claims one of our dynamic addresses.
-
-        We lose: we have moved (observers ran; returns True), or have nowhere to go (exhausted, not ready),
-        and the registration goes on. We keep it: 409, and the other node gets our registration so it sees
-        the older claim and moves.
-        """
-        verdict = Verdict.NO_CONFLICT
-        if self.addressing is not None:
-            verdict = self.addressing.resolve(info, self.pool.taken())
-            if verdict is Verdict.WE_KEEP:
-                self.clock.callLater(0, self.bootstrapper.probe_url, info.listen_url)
-                raise RegistrationConflict("address_claim", f"{info.id} claims our address, our claim is older")
-        own = {iface.ip for iface in self._defended().values()}
-        if info.claims and any(iface.ip in own for iface in info.node_addresses.values()):
-            # A configured address always wins; show the dynamic claimant our registration so it moves.
-            self.clock.callLater(0, self.bootstrapper.probe_url, info.listen_url)
-            raise RegistrationConflict("address_claim", f"{info.id} claims our configured address")
-        return verdict is not Verdict.NO_CONFLICT
-
-    def _defended(self) -> Mapping[str, IPInterface]:
+    def defended(self) -> Mapping[str, IPInterface]:
+        """The addresses this node holds against claimants: claimed ones, else the configured ones."""
         return self.addressing.defended() if self.addressing is not None else self.local.node_addresses
 
     def _addresses_changed(self, addresses: Mapping[str, IPInterface]) -> None:
         """Our address moved: registrations carry it from now on, and every peer hears it at once."""
         assert self.addressing is not None
         self.local = replace(self.local, node_addresses=dict(addresses), claims=self.addressing.claims())
-        self.pool.set_own_addresses(self._defended().values())
+        self.pool.set_own_addresses(self.defended().values())
         for peer in self.pool:
             peer.last_renewal = None
             peer.next_attempt = 0.0
@@ -416,8 +265,6 @@ class Membership:
                 count=len(rotated),
             )
 
-    # -- outbound renewal ---------------------------------------------------------------------------
-
     # -- removal -----------------------------------------------------------------------------------
 
     def teardown(self, peer: Peer, reason: str) -> None:
@@ -431,24 +278,6 @@ class Membership:
         self._notify_down(peer.id)
         self.meters.removed.labels(reason=reason).inc()
         self.update_gauges()
-
-    def accept_leave(self, iss: str, body: bytes) -> Callable[[], None]:
-        """`iss` (verified by its session token) announces that it shuts down.
-
-        Returns the `commit` that removes it (to call once the response is signed: removal
-        forgets the session that signs it), now instead of after `stale_threshold`, so its
-        addresses are free for its successor at once.
-        """
-        if body != leave_body(iss):
-            raise InvalidRegistration("bad_leave", "leave body does not name the issuer")
-
-        def commit() -> None:
-            peer = self.pool.get(iss)
-            name = peer.info.name if peer is not None else None
-            if self.remove_peer(iss, "left"):
-                self.log.info("peer {peer} left the mesh", peer=label(name, iss), peer_id=iss, peer_name=name)
-
-        return commit
 
     def leave(self, timeout: float = LEAVE_TIMEOUT) -> Deferred[int]:
         """Tell our peers that we leave (service stop): :meth:`Leave.leave`."""

@@ -110,7 +110,7 @@ class Renewal:
                 self.meters.registrations.labels(direction="out", result="fallback").inc()
             if self.pool.get(peer_id) is None:
                 raise PeerRequestFailed("unknown_peer", peer_id)
-            self.membership.accept_registration(peer_id, response.body, direction="out")
+            self.membership.inbound.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
             self.contacts.peer_failed(peer_id, "register", exc.reason, exc.detail, exc.status)
             self._rlog.emit(
