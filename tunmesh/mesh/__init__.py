@@ -4,7 +4,9 @@
 * :mod:`settings <tunmesh.mesh.settings>`: ``MeshSettings.from_config(cfg)``.
 * :mod:`pool <tunmesh.mesh.pool>`: :class:`NodePool`, :class:`Peer` (claims, conflicts, staleness on the monotonic clock).
 * :mod:`client <tunmesh.mesh.client>`: :class:`MeshClient` (treq transport with deadlines).
-* :mod:`membership <tunmesh.mesh.membership>`: :class:`Membership` (flows, grooming, observers, readiness).
+* :mod:`membership <tunmesh.mesh.membership>`: :class:`Membership`, the coordinator (pool, observers, readiness,
+  groom tick) of its components: ``inbound``, ``bootstrap`` (groups, gossip), ``session_setup``, ``renewal``,
+  ``leave``; they share ``exchange`` (paths, signed requests), ``meters``, ``inflight`` and ``timers``.
 * :mod:`api <tunmesh.mesh.api>`: :class:`MeshAPI` (klein routes, ``register_limits``).
 * :mod:`service <tunmesh.mesh.service>`: :class:`MeshService`, :func:`build_mesh`.
 
