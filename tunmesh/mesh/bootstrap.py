@@ -20,8 +20,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from tunmesh.auth.tokens import TYP_BOOTSTRAP
-from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.backoff import Backoff
+from tunmesh.mesh.component import Component
 from tunmesh.mesh.errors import MeshError
 from tunmesh.mesh.exchange import REGISTER_PATH, retry_after
 from tunmesh.mesh.inflight import InFlight
@@ -67,7 +67,7 @@ def peer_url_allowed(url: str, nets: Sequence[IPNetwork]) -> bool:
     return any(addr in n for n in nets)
 
 
-class Bootstrapper:
+class Bootstrapper(Component):
     """Bootstrap groups, bootstraps by URL and gossip (see module docstring)."""
 
     log = Logger()
@@ -75,35 +75,22 @@ class Bootstrapper:
     def __init__(
         self, membership: Membership, reload: Callable[[], Sequence[BootstrapGroupSpec]] | None = None
     ) -> None:
-        m = membership
-        self.membership = m
-        self.settings = m.settings
-        self.node_id = m.node_id
-        self.cluster = m.cluster
-        self.client = m.client
-        self.pool = m.pool
-        self.clock = m.clock
-        self.monotonic = m.monotonic
-        self.timers = m.timers
-        self.exchange = m.exchange
-        self.contacts = m.contacts
-        self.meters = m.meters
+        super().__init__(membership)
         self._reload = reload
-        self.groups = [GroupState(g) for g in m.settings.bootstrap_groups]
+        self.groups = [GroupState(g) for g in self.settings.bootstrap_groups]
         #: bootstrap URLs (configured and gossiped) that failed: W7, 1 s doubling to backoff_max
-        self.url_backoff = Backoff(m.settings.backoff_initial, m.settings.backoff_max, m.monotonic, m.rng)
+        self.url_backoff = self.peer_backoff()
         #: passes of each bootstrap group (by name): 0.5 s doubling to bootstrap_retry_interval
         self.group_backoff = Backoff(
-            min(m.settings.bootstrap_retry_initial, m.settings.bootstrap_retry_interval),
-            m.settings.bootstrap_retry_interval,
-            m.monotonic,
-            m.rng,
+            min(self.settings.bootstrap_retry_initial, self.settings.bootstrap_retry_interval),
+            self.settings.bootstrap_retry_interval,
+            self.monotonic,
+            membership.rng,
         )
         self._last_join_pass: float | None = None
         self._gossip_waiting = False
-        self._slots = DeferredSemaphore(m.settings.max_concurrent_bootstraps)
+        self._slots = DeferredSemaphore(self.settings.max_concurrent_bootstraps)
         self._running: InFlight[str, str | None] = InFlight()
-        self._rlog = RateLimitedLog(self.log, m.clock)
 
     def urls(self) -> list[str]:
         """Every configured bootstrap URL, in group order."""

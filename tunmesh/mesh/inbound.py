@@ -9,16 +9,15 @@ its own: the pool, the session store and the address claimer hold what a request
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from twisted.logger import Logger, LogLevel
 
 from tunmesh.auth.errors import AuthError, KexError
 from tunmesh.auth.kex import KexRequest, respond
 from tunmesh.auth.tokens import VerifiedToken, is_cluster_kid
-from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.addressing import Verdict
 from tunmesh.mesh.bootstrap import peer_url_allowed
+from tunmesh.mesh.component import Component
 from tunmesh.mesh.errors import (
     InvalidRegistration,
     MeshError,
@@ -31,26 +30,11 @@ from tunmesh.mesh.pool import ClaimConflict, Peer
 from tunmesh.mesh.structs import NodeInfo, Registration
 from tunmesh.names import label
 
-if TYPE_CHECKING:
-    from tunmesh.mesh.membership import Membership
 
-
-class Inbound:
+class Inbound(Component):
     """Inbound registrations, session inits and leaves (see module docstring)."""
 
     log = Logger()
-
-    def __init__(self, membership: Membership) -> None:
-        m = membership
-        self.membership = m
-        self.settings = m.settings
-        self.node_id = m.node_id
-        self.cluster = m.cluster
-        self.sessions = m.sessions
-        self.pool = m.pool
-        self.clock = m.clock
-        self.meters = m.meters
-        self._rlog = RateLimitedLog(self.log, m.clock)
 
     def _count_dropped_gossip(self, registration: Registration, iss: str) -> None:
         for reason in registration.dropped:

@@ -6,29 +6,24 @@ us is answered by :class:`tunmesh.mesh.inbound.Inbound`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunmesh.auth.errors import AuthError
+from tunmesh.mesh.component import Component
 from tunmesh.mesh.exchange import leave_body, leave_path
-
-if TYPE_CHECKING:
-    from tunmesh.mesh.membership import Membership
 
 #: how long a stopping node waits for its peers to acknowledge that it leaves
 LEAVE_TIMEOUT = 2.0
 
 
-class Leave:
+class Leave(Component):
     """Sends our leave to every peer we hold a session with; owns no state between stops."""
 
     log = Logger()
-
-    def __init__(self, membership: Membership) -> None:
-        self.membership = membership
 
     def leave(self, timeout: float = LEAVE_TIMEOUT) -> Deferred[int]:
         """Tell every peer we hold a session with that we leave (service stop).
@@ -36,18 +31,17 @@ class Leave:
         Best effort and bounded: fires with the number of peers that acknowledged, after at most
         `timeout` seconds; peers that miss it groom us as usual.
         """
-        m = self.membership
-        path = leave_path(m.node_id)
-        body = leave_body(m.node_id)
+        path = leave_path(self.node_id)
+        body = leave_body(self.node_id)
         requests = []
-        for peer in list(m.pool):
-            if m.sessions.outbound(peer.id) is None:
+        for peer in list(self.pool):
+            if self.sessions.outbound(peer.id) is None:
                 continue
             try:
-                request = m.session_auth.sign_request(peer.id, "POST", path, body)
+                request = self.membership.session_auth.sign_request(peer.id, "POST", path, body)
             except AuthError:
                 continue
-            d = m.client.post(peer.url, path, body, request.header_value)
+            d = self.client.post(peer.url, path, body, request.header_value)
             d.addCallbacks(lambda response: response.status == 200, lambda _failure: False)
             requests.append(d)
         if not requests:
@@ -55,7 +49,7 @@ class Leave:
         total = len(requests)
         done: Deferred[Any] = DeferredList(requests, consumeErrors=True)
         done.addCallback(lambda results: sum(1 for _ok, acked in results if acked))
-        done.addTimeout(timeout, m.clock)
+        done.addTimeout(timeout, self.clock)
 
         def timed_out(failure: Failure) -> int:
             failure.trap(TimeoutError)

@@ -95,7 +95,6 @@ class Membership:
         self.pool = NodePool(settings, node_id, self.monotonic)
         self.timers = KeyedTimers(clock)
         self._observers: list[PeerObserver] = []
-        self.leaving = Leave(self)
         self._seq = 0
         self._registered_once = False
         self._stopped = False
@@ -112,6 +111,7 @@ class Membership:
         self.renewal = Renewal(self)
         self.bootstrapper = Bootstrapper(self, reload)
         self.inbound = Inbound(self)
+        self.leaving = Leave(self)
         self.addressing = addressing
         if addressing is not None:
             self._addresses_changed(addressing.addresses())

@@ -14,8 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from tunmesh.logutil import RateLimitedLog
-from tunmesh.mesh.backoff import Backoff
+from tunmesh.mesh.component import Component
 from tunmesh.mesh.errors import MeshError, PeerRequestFailed
 from tunmesh.mesh.exchange import REGISTER_PATH, register_path, retry_after
 from tunmesh.mesh.inflight import InFlight
@@ -24,26 +23,16 @@ if TYPE_CHECKING:
     from tunmesh.mesh.membership import Membership
 
 
-class Renewal:
+class Renewal(Component):
     """Renewals by peer (see module docstring)."""
 
     log = Logger()
 
     def __init__(self, membership: Membership) -> None:
-        m = membership
-        self.membership = m
-        self.settings = m.settings
-        self.node_id = m.node_id
-        self.sessions = m.sessions
-        self.pool = m.pool
-        self.monotonic = m.monotonic
-        self.exchange = m.exchange
-        self.contacts = m.contacts
-        self.meters = m.meters
+        super().__init__(membership)
         #: failed renewals by peer id: the wait before the next one (W7, Retry-After)
-        self.backoff = Backoff(m.settings.backoff_initial, m.settings.backoff_max, m.monotonic, m.rng)
+        self.backoff = self.peer_backoff()
         self._running: InFlight[str, None] = InFlight()
-        self._rlog = RateLimitedLog(self.log, m.clock)
 
     def __contains__(self, peer_id: object) -> bool:
         """Whether a renewal with ``peer_id`` is in flight."""

@@ -17,8 +17,7 @@ from twisted.python.failure import Failure
 
 from tunmesh.auth.errors import KexError
 from tunmesh.auth.kex import KexInitiator
-from tunmesh.logutil import RateLimitedLog
-from tunmesh.mesh.backoff import Backoff
+from tunmesh.mesh.component import Component
 from tunmesh.mesh.errors import MeshError, PeerRequestFailed
 from tunmesh.mesh.exchange import INIT_SESSION_PATH, init_session_path, retry_after
 from tunmesh.mesh.inflight import InFlight
@@ -44,31 +43,18 @@ def session_retry_floor(exc: object, min_interval: float, rotating: bool) -> flo
     return min_interval
 
 
-class SessionSetup:
+class SessionSetup(Component):
     """Outbound session setups by peer (see module docstring)."""
 
     log = Logger()
 
     def __init__(self, membership: Membership) -> None:
-        m = membership
-        self.membership = m
-        self.settings = m.settings
-        self.node_id = m.node_id
-        self.cluster = m.cluster
-        self.sessions = m.sessions
-        self.pool = m.pool
-        self.clock = m.clock
-        self.monotonic = m.monotonic
-        self.timers = m.timers
-        self.exchange = m.exchange
-        self.contacts = m.contacts
-        self.meters = m.meters
+        super().__init__(membership)
         #: failed setups by peer id: the wait before the next one (W7, W11)
-        self.backoff = Backoff(m.settings.backoff_initial, m.settings.backoff_max, m.monotonic, m.rng)
+        self.backoff = self.peer_backoff()
         self._running: InFlight[str, None] = InFlight()
         #: peer id -> id of the cluster secret that salted our current outbound session to it
         self.outbound_salt: dict[str, str] = {}
-        self._rlog = RateLimitedLog(self.log, m.clock)
 
     def __contains__(self, peer_id: object) -> bool:
         """Whether a setup with ``peer_id`` is in flight."""
