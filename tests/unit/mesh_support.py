@@ -31,7 +31,8 @@ from tunmesh.health import HealthRegistry
 from tunmesh.mesh.addressing import AddressClaimer, AddressSeed
 from tunmesh.mesh.api import MeshAPI
 from tunmesh.mesh.client import MeshClient
-from tunmesh.mesh.membership import REGISTER_PATH, Membership
+from tunmesh.mesh.exchange import REGISTER_PATH
+from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.service import MeshService
 from tunmesh.mesh.settings import BootstrapGroupSpec, MeshSettings, PeerTiming
 from tunmesh.metrics import Metrics

@@ -25,7 +25,6 @@ CHECKED = (REPO / "tunmesh", REPO / "twisted" / "plugins")
 NOT_YET = frozenset({
     "tunmesh/api/server.py",
     "tunmesh/mesh/client.py",
-    "tunmesh/mesh/membership.py",
     "tunmesh/service.py",
 })
 

@@ -48,7 +48,12 @@ class InFlightTests(SynchronousTestCase):
         running: InFlight[str, int] = InFlight()
         op: Deferred[int] = running.start("a", Deferred())
         seen: list[bool] = []
-        op.addCallback(lambda result: seen.append("a" in running) or result)
+
+        def look(result: int) -> int:
+            seen.append("a" in running)
+            return result
+
+        op.addCallback(look)
         op.callback(1)
         self.assertEqual(seen, [False])
 

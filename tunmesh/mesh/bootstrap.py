@@ -1,4 +1,4 @@
-"""`Bootstrapper`: joining the mesh: bootstrap groups, bootstrap URLs and their backoff, gossip.
+"""``Bootstrapper``: joining the mesh: bootstrap groups, bootstrap URLs and their backoff, gossip.
 
 A component of :class:`tunmesh.mesh.membership.Membership` (see there). It owns the bootstrap groups
 (upstream §4.3) and their pass schedule, the W7 backoff of every URL it bootstraps, the bootstraps in
@@ -52,7 +52,7 @@ class GroupState:
 
 
 def peer_url_allowed(url: str, nets: Sequence[IPNetwork]) -> bool:
-    """`peer_networks` allow-list for URLs learned from the network (W7).
+    """``peer_networks`` allow-list for URLs learned from the network (W7).
 
     Empty list: any host except literal loopback, link-local, unspecified and multicast addresses
     (SSRF into the node itself or a metadata service). Non-empty: the host must be a literal
@@ -109,10 +109,10 @@ class Bootstrapper(Component):
             group.unanswered.clear()
 
     def bootstrap(self, url: str) -> Deferred[str | None]:
-        """Register through `url` with a bootstrap token; fires with the answering peer id (None: self).
+        """Register through ``url`` with a bootstrap token; fires with the answering peer id (None: self).
 
-        At most `max_concurrent_bootstraps` run at once; the same URL is never bootstrapped twice at
-        the same time. Failures errback with `PeerRequestFailed` and back the URL off.
+        At most ``max_concurrent_bootstraps`` run at once; the same URL is never bootstrapped twice at
+        the same time. Failures errback with ``PeerRequestFailed`` and back the URL off.
         """
         existing = self._running.follow(url)
         if existing is not None:
@@ -236,7 +236,7 @@ class Bootstrapper(Component):
         """Start a pass of every group that is not bootstrapped, not in a pass, and whose backoff allows.
 
         A pass tries every URL of the group that is not our own and not backed off (W7). When it ends
-        without reaching a node, the next pass is scheduled (`_group_pass_done`).
+        without reaching a node, the next pass is scheduled (``_group_pass_done``).
         """
         pending = [g for g in self.groups if not self.group_bootstrapped(g)]
         if not pending:
@@ -288,7 +288,7 @@ class Bootstrapper(Component):
     def _group_pass_done(self, _results: object, group: GroupState, urls: tuple[str, ...]) -> None:
         """A pass ended: reset the group's schedule when it reached a node, else plan the next pass.
 
-        The next pass comes after the group's backoff (0.5 s doubling to `bootstrap_retry_interval`,
+        The next pass comes after the group's backoff (0.5 s doubling to ``bootstrap_retry_interval``,
         times U(0.5, 1)) and not before one of its URLs is out of its own backoff (W7, Retry-After).
         """
         group.in_flight = False
@@ -310,7 +310,7 @@ class Bootstrapper(Component):
 
     def _group_url_failed(self, failure: Failure, group: GroupState, url: str) -> None:
         """A configured URL where nothing answered (refused, timed out) is retried on the group's
-        schedule, capped at `bootstrap_retry_interval`; one that answered with an error keeps its W7
+        schedule, capped at ``bootstrap_retry_interval``; one that answered with an error keeps its W7
         backoff (up to 900 s) and any Retry-After."""
         if getattr(failure.value, "status", None) == 0:
             group.unanswered.add(url)
@@ -362,8 +362,8 @@ class Bootstrapper(Component):
         return False
 
     def schedule_join(self, delay: float) -> None:
-        """Run a join pass (bootstrap groups, then gossip) in `delay` s, at most every
-        `join_pass_min_interval` (W7: fan-out stays bounded by the concurrency cap and that spacing)."""
+        """Run a join pass (bootstrap groups, then gossip) in ``delay`` s, at most every
+        ``join_pass_min_interval`` (W7: fan-out stays bounded by the concurrency cap and that spacing)."""
         if self.membership.stopped:
             return
         if self._last_join_pass is not None:

@@ -1,4 +1,4 @@
-"""`Component`: what each part of :class:`tunmesh.mesh.membership.Membership` reads of its coordinator.
+"""``Component``: what each part of :class:`tunmesh.mesh.membership.Membership` reads of its coordinator.
 
 Like the workers of magic-wormhole's ``_boss.py``, a component owns one piece of state and reaches the
 shared pieces (settings, pool, session store, clocks, timers, the peer exchange, metrics, contact log)

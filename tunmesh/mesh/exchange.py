@@ -1,4 +1,4 @@
-"""`PeerExchange`: the control paths, and signed requests to peers with the checks of their answers.
+"""``PeerExchange``: the control paths, and signed requests to peers with the checks of their answers.
 
 Every answer a peer gives is checked the same way (status, media type, then the response token, W4).
 A request to a known peer goes with our session token when we hold one, and with the cluster token

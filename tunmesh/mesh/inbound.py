@@ -1,4 +1,4 @@
-"""`Inbound`: the registrations, session inits and leaves peers send us, once their token verified.
+"""``Inbound``: the registrations, session inits and leaves peers send us, once their token verified.
 
 A component of :class:`tunmesh.mesh.membership.Membership` (see there), called by ``MeshAPI``. Only a
 registration's ``local`` entry (the issuer itself) can install routes; its ``remote`` entries are hints
@@ -50,10 +50,10 @@ class Inbound(Component):
             )
 
     def accept_registration(self, iss: str, body: bytes, direction: str = "in") -> tuple[Registration, Peer]:
-        """Process a registration whose token verified with issuer `iss`.
+        """Process a registration whose token verified with issuer ``iss``.
 
-        Raises `MeshError` subclasses (400/409/421/503). Only `local` (the issuer itself) can install
-        routes; `remote` entries are stored as hints for gossip (W6).
+        Raises ``MeshError`` subclasses (400/409/421/503). Only ``local`` (the issuer itself) can install
+        routes; ``remote`` entries are stored as hints for gossip (W6).
         """
         try:
             if self.membership.stopped:
@@ -129,10 +129,10 @@ class Inbound(Component):
         return registration, peer
 
     def accept_init_session(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[], None]]:
-        """Answer an init_session from `token.iss` (the future sender); rate limited per peer (W11).
+        """Answer an init_session from ``token.iss`` (the future sender); rate limited per peer (W11).
 
-        Returns the response body and a `commit` to call after the response was signed (it installs
-        the new inbound key, so the current one becomes `previous`). Raises AuthError (401/429) or
+        Returns the response body and a ``commit`` to call after the response was signed (it installs
+        the new inbound key, so the current one becomes ``previous``). Raises AuthError (401/429) or
         KexError (400).
         """
         peer_id = token.iss
@@ -178,10 +178,10 @@ class Inbound(Component):
         return verdict is not Verdict.NO_CONFLICT
 
     def accept_leave(self, iss: str, body: bytes) -> Callable[[], None]:
-        """`iss` (verified by its session token) announces that it shuts down.
+        """``iss`` (verified by its session token) announces that it shuts down.
 
-        Returns the `commit` that removes it (to call once the response is signed: removal
-        forgets the session that signs it), now instead of after `stale_threshold`, so its
+        Returns the ``commit`` that removes it (to call once the response is signed: removal
+        forgets the session that signs it), now instead of after ``stale_threshold``, so its
         addresses are free for its successor at once.
         """
         if body != leave_body(iss):

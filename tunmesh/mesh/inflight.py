@@ -1,4 +1,4 @@
-"""`InFlight`: at most one running operation per key, and any number of waiters on its result.
+"""``InFlight``: at most one running operation per key, and any number of waiters on its result.
 
 The keyed form of magic-wormhole's ``OneShotObserver`` (``src/wormhole/observer.py``): membership runs
 one bootstrap per URL, one session setup and one renewal per peer; a second caller waits on the running

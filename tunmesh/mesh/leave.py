@@ -1,4 +1,4 @@
-"""`Leave`: telling our peers that this node leaves (service stop).
+"""``Leave``: telling our peers that this node leaves (service stop).
 
 A component of :class:`tunmesh.mesh.membership.Membership` (see there); the leave a peer announces to
 us is answered by :class:`tunmesh.mesh.inbound.Inbound`.
@@ -29,7 +29,7 @@ class Leave(Component):
         """Tell every peer we hold a session with that we leave (service stop).
 
         Best effort and bounded: fires with the number of peers that acknowledged, after at most
-        `timeout` seconds; peers that miss it groom us as usual.
+        ``timeout`` seconds; peers that miss it groom us as usual.
         """
         path = leave_path(self.node_id)
         body = leave_body(self.node_id)

@@ -1,26 +1,26 @@
-"""`Membership`: one node's view of the mesh, as a coordinator of small components.
+"""``Membership``: one node's view of the mesh, as a coordinator of small components.
 
-In the shape of magic-wormhole's ``_boss.py``: `Membership` owns the node pool, the observers, readiness
+In the shape of magic-wormhole's ``_boss.py``: ``Membership`` owns the node pool, the observers, readiness
 and the groom tick, and wires components that each own one piece of state:
 
-* `Inbound` (``inbound``): registrations, session inits and leaves that peers send us (``MeshAPI``
+* ``Inbound`` (``inbound``): registrations, session inits and leaves that peers send us (``MeshAPI``
   calls it once the token verified); dynamic address claims are decided there;
-* `Bootstrapper` (``bootstrapper``): bootstrap groups, URL backoff, config reload before a pass,
+* ``Bootstrapper`` (``bootstrapper``): bootstrap groups, URL backoff, config reload before a pass,
   gossip, and the join pass that runs outside the groom tick (docs/api_flows.md, "Join timing");
-* `SessionSetup` (``session_setup``): X25519 init (cluster token) or rotation (session token) of OUR
+* ``SessionSetup`` (``session_setup``): X25519 init (cluster token) or rotation (session token) of OUR
   sending direction to each peer, make-before-break (W11), and re-salting after a secret reload;
-* `Renewal` (``renewal``): session-authenticated re-registration, falling back to the cluster token
+* ``Renewal`` (``renewal``): session-authenticated re-registration, falling back to the cluster token
   when the peer answers 401/404 (it forgot us);
-* `Leave` (``leaving``): telling our peers that we leave (service stop).
+* ``Leave`` (``leaving``): telling our peers that we leave (service stop).
 
-They share `PeerExchange` (``exchange``: signed requests and the checks of answers, W4),
-`MembershipMetrics` (``meters``), the `ContactLog` (``contacts``) and one `KeyedTimers` (``timers``),
-and reach the pool and each other through the coordinator. `groom()` is one tick: bootstrap groups,
+They share ``PeerExchange`` (``exchange``: signed requests and the checks of answers, W4),
+``MembershipMetrics`` (``meters``), the ``ContactLog`` (``contacts``) and one ``KeyedTimers`` (``timers``),
+and reach the pool and each other through the coordinator. ``groom()`` is one tick: bootstrap groups,
 renewals, rotations, gossip bootstraps, stale removal; it starts operations and never waits for them,
 so one slow peer cannot hold up the loop.
 
-Observers get `peer_up(peer_id, url, cidrs)` when a peer's own authenticated registration installs or
-changes its routes, and `peer_down(peer_id)` when it is removed (stale, replaced, restarted, left).
+Observers get ``peer_up(peer_id, url, cidrs)`` when a peer's own authenticated registration installs or
+changes its routes, and ``peer_down(peer_id)`` when it is removed (stale, replaced, restarted, left).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Membership:
 
     @property
     def stopped(self) -> bool:
-        """Whether the node stops (`cancel_all`): scheduled follow-ups become no-ops."""
+        """Whether the node stops (``cancel_all``): scheduled follow-ups become no-ops."""
         return self._stopped
 
     # -- observers and readiness ------------------------------------------------------------------
@@ -209,14 +209,14 @@ class Membership:
 
     def ready(self) -> bool:
         """True once a registration was exchanged with a peer, or when nothing is configured to join,
-        or during `startup_grace` after start (the first node of a cluster whose bootstrap URL is a
+        or during ``startup_grace`` after start (the first node of a cluster whose bootstrap URL is a
         load balancer that only routes to ready pods would otherwise never become ready)."""
         if self._registered_once or not self.bootstrap_urls():
             return True
         return self.monotonic() - self._started < self.settings.startup_grace
 
     def _check_grace(self) -> None:
-        """One WARN when a startup grace has run out before we joined (`ready` turned false)."""
+        """One WARN when a startup grace has run out before we joined (``ready`` turned false)."""
         grace = self.settings.startup_grace
         if grace <= 0 or self._grace_over_logged or self.ready():
             return
@@ -250,11 +250,11 @@ class Membership:
             self.clock.callLater(0, self.renewal.renew_soon, peer.id)
 
     def touch(self, peer_id: str) -> None:
-        """Authenticated contact from `peer_id` (any verified request or response)."""
+        """Authenticated contact from ``peer_id`` (any verified request or response)."""
         self.pool.touch(peer_id)
 
     def set_cluster_keyring(self, keyring: ClusterKeyring) -> None:
-        """Accept the cluster secrets of `keyring` from now on (SIGHUP), sign with its signing id, and
+        """Accept the cluster secrets of ``keyring`` from now on (SIGHUP), sign with its signing id, and
         re-salt the sessions that rested on a secret no longer accepted."""
         self.cluster.set_keyring(keyring)
         self.meters.show_cluster_secrets(self.cluster)

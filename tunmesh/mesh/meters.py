@@ -1,4 +1,4 @@
-"""`MembershipMetrics`: the counters, histograms and gauges membership and its components update."""
+"""``MembershipMetrics``: the counters, histograms and gauges membership and its components update."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`Renewal`: re-registering with known peers (session token, cluster-token fallback).
+"""``Renewal``: re-registering with known peers (session token, cluster-token fallback).
 
 A component of :class:`tunmesh.mesh.membership.Membership` (see there). It owns the renewals in flight
 (one per peer) and their backoff; a failed renewal also sets the peer's ``next_attempt``, which the groom

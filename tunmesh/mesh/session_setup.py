@@ -1,4 +1,4 @@
-"""`SessionSetup`: our sending direction to each peer: X25519 init or rotation, retries, re-salting.
+"""``SessionSetup``: our sending direction to each peer: X25519 init or rotation, retries, re-salting.
 
 A component of :class:`tunmesh.mesh.membership.Membership` (see there). It owns the setups in flight
 (one per peer, any number of waiters), their backoff and retry timers, and the cluster secret that
@@ -27,13 +27,13 @@ if TYPE_CHECKING:
 
 
 def session_retry_floor(exc: object, min_interval: float, rotating: bool) -> float:
-    """The least wait before the next session setup with a peer after `exc` (W11).
+    """The least wait before the next session setup with a peer after ``exc`` (W11).
 
     A 429's Retry-After is always honoured. A first setup refused with 401 (the peer has not processed
     our registration yet: two nodes that joined at the same moment) waits only for its backoff: the peer
-    refused it before its one-per-`min_interval` limit. Anything else (a failed rotation, whose current
+    refused it before its one-per-``min_interval`` limit. Anything else (a failed rotation, whose current
     key keeps working; no answer, which may have been counted, or may come from a peer too busy to
-    answer) waits at least `min_interval`.
+    answer) waits at least ``min_interval``.
     """
     retry = retry_after(exc)
     if retry > 0:
@@ -66,7 +66,7 @@ class SessionSetup(Component):
             self.ensure_session(peer_id).addErrback(lambda f: None)
 
     def _schedule(self, peer_id: str, delay: float) -> None:
-        """Set up the session to `peer_id` again in `delay` s (its backoff), not on a later groom tick."""
+        """Set up the session to ``peer_id`` again in ``delay`` s (its backoff), not on a later groom tick."""
         if not self.membership.stopped and peer_id in self.pool:
             self.timers.call_within(("session", peer_id), delay, self._retry, peer_id)
 
@@ -84,8 +84,8 @@ class SessionSetup(Component):
         self.timers.cancel(("session", peer_id))
 
     def ensure_session(self, peer_id: str, force: bool = False) -> Deferred[None]:
-        """Make sure we have a current outbound session to `peer_id` (init, or rotation when due, or now
-        with `force`)."""
+        """Make sure we have a current outbound session to ``peer_id`` (init, or rotation when due, or now
+        with ``force``)."""
         if not force and not self.sessions.needs_rotation(peer_id):
             return succeed(None)
         running = self._running.follow(peer_id)
