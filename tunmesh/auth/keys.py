@@ -20,6 +20,7 @@ CLUSTER_REQUEST = "cluster-request"
 CLUSTER_RESPONSE = "cluster-response"
 CLUSTER_BOOTSTRAP = "cluster-bootstrap"
 KEX = "kex"
+CLUSTER_CHANNEL = "cluster-channel"
 # Purposes for a session secret (one per direction and kid).
 SESSION_REQUEST = "session-request"
 SESSION_RESPONSE = "session-response"
@@ -31,6 +32,7 @@ PURPOSES = frozenset(
         CLUSTER_REQUEST,
         CLUSTER_RESPONSE,
         CLUSTER_BOOTSTRAP,
+        CLUSTER_CHANNEL,
         KEX,
         SESSION_REQUEST,
         SESSION_RESPONSE,

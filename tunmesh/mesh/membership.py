@@ -524,7 +524,9 @@ class Membership:
         self, response: RawResponse, expected: str | None, request: SignedRequest, where: str
     ) -> VerifiedToken:
         try:
-            return self.cluster.verify_response(response.authorization, expected, request, response.body)
+            return self.cluster.verify_response(
+                response.authorization, expected, request, response.body, cnf=response.channel
+            )
         except AuthError as exc:
             self.auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
@@ -533,7 +535,9 @@ class Membership:
         self, peer_id: str, response: RawResponse, request: SignedRequest, where: str
     ) -> VerifiedToken:
         try:
-            return self.session_auth.verify_response(peer_id, response.authorization, request, response.body)
+            return self.session_auth.verify_response(
+                peer_id, response.authorization, request, response.body, cnf=response.channel
+            )
         except AuthError as exc:
             self.auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
@@ -589,7 +593,7 @@ class Membership:
                 body = self.our_registration().to_json()
                 request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
                 response = yield self.client.post(
-                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.registration_timeout
+                    url, REGISTER_PATH, body, request, timeout=self.settings.registration_timeout
                 )
                 if response.status != 421:
                     break
@@ -709,7 +713,7 @@ class Membership:
             if current is not None:
                 path = init_session_path(self.node_id)
                 request = self.session_auth.sign_request(peer_id, "POST", path, body)
-                response = yield self.client.post(peer.url, path, body, request.header_value)
+                response = yield self.client.post(peer.url, path, body, request)
                 if response.status in (401, 404):
                     # The peer no longer knows this key: drop it and start over with the cluster token.
                     self.sessions.invalidate_outbound(peer_id, request.kid)
@@ -724,7 +728,7 @@ class Membership:
                 body = initiator.request_body()
                 request = self.cluster.sign_request(peer_id, "POST", INIT_SESSION_PATH, body, typ=TYP_REQUEST)
                 response = yield self.client.post(
-                    peer.url, INIT_SESSION_PATH, body, request.header_value, timeout=self.settings.registration_timeout
+                    peer.url, INIT_SESSION_PATH, body, request, timeout=self.settings.registration_timeout
                 )
                 self._check_response(response, peer.url)
                 self._verify_cluster(response, peer_id, request, "init_session response")
@@ -846,7 +850,7 @@ class Membership:
                 path = register_path(self.node_id)
                 request = self.session_auth.sign_request(peer_id, "POST", path, body)
                 response = yield self.client.post(
-                    url, path, body, request.header_value, timeout=self.settings.registration_timeout
+                    url, path, body, request, timeout=self.settings.registration_timeout
                 )
                 if response.status in (401, 404):
                     self.sessions.invalidate_outbound(peer_id, request.kid)
@@ -862,7 +866,7 @@ class Membership:
                 body = self.our_registration().to_json()
                 request = self.cluster.sign_request(peer_id, "POST", REGISTER_PATH, body, typ=TYP_REQUEST)
                 response = yield self.client.post(
-                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.registration_timeout
+                    url, REGISTER_PATH, body, request, timeout=self.settings.registration_timeout
                 )
                 self._check_response(response, url)
                 self._verify_cluster(response, peer_id, request, "register response")
@@ -942,7 +946,7 @@ class Membership:
                 request = self.session_auth.sign_request(peer.id, "POST", path, body)
             except AuthError:
                 continue
-            d = self.client.post(peer.url, path, body, request.header_value)
+            d = self.client.post(peer.url, path, body, request)
             d.addCallbacks(lambda response: response.status == 200, lambda _failure: False)
             requests.append(d)
         if not requests:
