@@ -66,12 +66,13 @@ ProofSigner = Callable[[str], list[str]]
 
 def exporter_value(transport: object, label: bytes, length: int) -> bytes | None:
     """The TLS exporter value of ``transport``'s session; ``b""`` when there is no TLS under it
-    (memory transports in tests), ``None`` when there is TLS but no value can be had (not
+    (memory transports in tests, including treq's ``StubTreq``, which marks https requests'
+    transports ``ISSLTransport`` but has no OpenSSL connection to hand out), ``None`` when there is TLS but no value can be had (not
     handshaken yet, or an OpenSSL error)."""
-    if not ISSLTransport.providedBy(transport):
+    get_handle = getattr(transport, "getHandle", None) if ISSLTransport.providedBy(transport) else None
+    if get_handle is None:
         return b""
-    get_handle = getattr(transport, "getHandle", None)
-    conn = get_handle() if get_handle is not None else None
+    conn = get_handle()
     if not isinstance(conn, SSL.Connection):
         return None
     try:
