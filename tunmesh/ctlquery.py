@@ -3,7 +3,8 @@
 The standard library's ``ssl`` has no TLS exporter (Python 3.11), so the CLI speaks
 ``tunmesh-ctl/1`` with pyOpenSSL as the nodes do (:mod:`tunmesh.tls.binding`): handshake offering
 only that ALPN id, read and check the server's proof of the session, then one HTTP/1.1 request
-whose token carries the session's exporter value in ``cnf``; the signed answer must carry it too.
+(HTTP/1.0 framing, so the answer is never chunked) whose token carries the session's exporter value
+in ``cnf``; the signed answer must carry it too.
 A relay holding a trusted certificate is refused before the request is written (W5(a)).
 """
 
@@ -142,6 +143,7 @@ def get(
             ip_address(host)
         except ValueError:
             conn.set_tlsext_host_name(host.encode("idna"))
+        conn.set_alpn_protos([CTL_ALPN])
         conn.set_connect_state()
         c = _Conn(conn, sock, deadline)
         try:
@@ -163,8 +165,9 @@ def get(
         node_id = authority.verify_channel_proof(tokens, cnf).iss
         signed = authority.sign_request(node_id, "GET", path, b"", cnf=cnf)
         c.send_all(
-            f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: {signed.header_value}\r\n"
-            "Connection: close\r\n\r\n".encode("ascii")
+            # HTTP/1.0: one request, the answer delimited by its length or the close, never chunked
+            f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nAuthorization: {signed.header_value}\r\n"
+            "\r\n".encode("ascii")
         )
         status, authorization, body = _read_response(c)
     finally:
