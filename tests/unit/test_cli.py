@@ -151,7 +151,43 @@ class GenCertTests(SynchronousTestCase):
 
 
 class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
-    """``tunmesh peers`` reads an unauthenticated ``node_info`` first: hostile JSON is one line, exit 1."""
+    """``tunmesh peers`` reads unauthenticated bytes first (the handshake, the channel proof frame of
+    ``tunmesh-ctl/1``): a server that is no tunmesh node, or sends a hostile proof, is one line, exit 1."""
+
+    def serve_proof(self, frame: bytes) -> str:
+        """A TLS server that speaks ``tunmesh-ctl/1`` and writes ``frame`` as its proof."""
+        import socketserver
+        import ssl
+        import threading
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(frame)
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.base / "ssl" / "cert.pem", self.base / "ssl" / "key.pem")
+        context.set_alpn_protocols(["tunmesh-ctl/1"])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return f"https://127.0.0.1:{server.server_address[1]}"
+
+    def test_hostile_channel_proof_is_one_line_not_a_traceback(self) -> None:
+        path = self.base / "config.yaml"
+        path.write_text(SAMPLE_YAML)
+        for frame in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x05[[[[[", b"\x00\x00\x00\x02\xff\xfe",
+                      b"\x00\x00\x00\x05a.b.c", b"\x00\x00\x10\x00" + b"[" * 4096, b"\x00\x00"):
+            url = self.serve_proof(frame)
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["peers", "--config", str(path), url], stdout=out, stderr=err, env={})
+            self.assertEqual(code, 1, frame[:20])
+            self.assertEqual(len(err.getvalue().strip().splitlines()), 1, err.getvalue())
+            self.assertRegex(err.getvalue(), "cannot query|not signed by the cluster")
+            self.assertEqual(out.getvalue(), "")
 
     def serve(self, body: bytes) -> str:
         import http.server
