@@ -241,7 +241,7 @@ def _make_service(
     factory = make_server_factory(
         site,
         server_tls,
-        {LINK_ALPN: dataplane.server_factory, CTL_ALPN: ChannelProofFactory(site, membership.cluster.sign_channel_proof)},
+        {LINK_ALPN: dataplane.server_factory, CTL_ALPN: ChannelProofFactory(site, membership.cluster.sign_channel_proof, reactor)},
         reactor,
         max_per_peer=int(api_limits.max_connections_per_peer),
         max_total=int(api_limits.max_connections),

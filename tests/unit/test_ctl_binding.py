@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
@@ -299,3 +300,63 @@ class ChannelProofTests(SynchronousTestCase):
         for tokens in ([], [""], ["a.b.c"], ["x" * 5000], ["[" * 3000]):
             with self.assertRaises(AuthError):
                 client.verify_channel_proof(tokens, self.cnf)
+
+
+class ProofProtocolEdgeTests(SynchronousTestCase):
+    """The two proof protocols on memory transports: deadlines, oversize, no TLS value."""
+
+    def client(self) -> tuple[Any, Any, Clock]:
+        from twisted.internet.testing import StringTransport
+
+        from tunmesh.tls.binding import ChannelProofClientProtocol
+
+        clock = Clock()
+        proto = ChannelProofClientProtocol(Factory.forProtocol(Protocol), lambda tokens, cnf: None, clock, 5.0)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport, clock
+
+    def failure_of(self, proto: Any) -> Any:
+        failures: list[Any] = []
+        proto.ready.addErrback(failures.append)
+        self.assertEqual(len(failures), 1)
+        return failures[0].value
+
+    def test_no_proof_within_the_deadline_aborts_having_written_nothing(self) -> None:
+        from tunmesh.tls.binding import ChannelProofError
+
+        proto, transport, clock = self.client()
+        clock.advance(5.0)
+        error = self.failure_of(proto)
+        self.assertIsInstance(error, ChannelProofError)
+        self.assertEqual(error.detail, "timeout")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_an_oversized_proof_is_refused_at_its_length(self) -> None:
+        proto, transport, clock = self.client()
+        proto.dataReceived(b"\x7f\xff\xff\xff")
+        self.assertEqual(self.failure_of(proto).detail, "oversized")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_proof_on_a_connection_without_tls_is_refused(self) -> None:
+        proto, transport, _ = self.client()
+        proto.dataReceived(b"\x00\x00\x00\x01x")
+        self.assertEqual(self.failure_of(proto).detail, "channel_binding")
+        self.assertEqual(transport.value(), b"")
+
+    def test_the_server_without_a_tls_value_closes_without_a_proof_or_http(self) -> None:
+        from twisted.internet.testing import StringTransport
+        from zope.interface import directlyProvides
+
+        from tunmesh.tls.binding import ChannelProofFactory
+
+        built: list[Any] = []
+        inner = Factory.forProtocol(lambda: built.append(1) or Protocol())  # type: ignore[arg-type, func-returns-value]
+        factory = ChannelProofFactory(inner, lambda cnf: ["t"], Clock())
+        transport = StringTransport()
+        directlyProvides(transport, ISSLTransport)
+        transport.getHandle = lambda: object()  # type: ignore[attr-defined]
+        factory.buildProtocol(None).makeConnection(transport)
+        self.assertEqual((transport.value(), built), (b"", []))
+        self.assertTrue(transport.disconnecting)

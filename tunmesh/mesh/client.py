@@ -180,8 +180,8 @@ class MeshClient:
             else metrics.histogram(
                 "mesh_request_duration_seconds",
                 "Control requests to peers (this node as the client), by kind (register, init_session, "
-                "leave, other) and result (2xx, 4xx, 5xx, or timeout, transport, tls, cancelled): seconds "
-                "from the request to the whole response.",
+                "leave, other) and result (2xx, 4xx, 5xx, or timeout, transport, tls, channel_binding, "
+                "cancelled): seconds from the request to the whole response.",
                 ("kind", "result"),
                 buckets=REQUEST_BUCKETS,
             )

@@ -38,7 +38,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from tunmesh.auth.errors import AuthError
 from tunmesh.auth.keys import b64url
+from tunmesh.logutil import RateLimitedLog
 from tunmesh.tls.dispatch import IAcceptTimeAware
 
 #: ALPN id of node-to-node control HTTP (HTTP/1.1 after the server's proof frame).
@@ -121,8 +122,6 @@ class ChannelProofError(Exception):
 class ChannelProofServerProtocol(Protocol):
     """Writes the proof frame at connection start, then is the wrapped protocol's pipe."""
 
-    _log = Logger()
-
     def __init__(self, factory: ChannelProofFactory) -> None:
         self.factory = factory
         self.inner: IProtocol | None = None
@@ -139,8 +138,13 @@ class ChannelProofServerProtocol(Protocol):
                 raise AuthError("channel_binding")  # tunmesh-ctl/1 is only offered over TLS
             frame = encode_proof(self.factory.prove(cnf))
         except (AuthError, ValueError) as exc:
-            self._log.warn("control connection from {peer}: no channel proof ({error})",
-                           peer=str(transport.getPeer()), error=str(exc))
+            self.factory.rlog.emit(
+                ("no_channel_proof",),
+                LogLevel.warn,
+                "control connection from {peer}: no channel proof ({error}); closed",
+                peer=str(transport.getPeer()),
+                error=str(exc),
+            )
             transport.abortConnection()
             return
         transport.write(frame)
@@ -168,10 +172,14 @@ class ChannelProofFactory(Factory):
     (the HTTP site). ``prove`` is ``ClusterAuthority.sign_channel_proof``."""
 
     noisy = False
+    log = Logger()
 
-    def __init__(self, wrapped: IProtocolFactory, prove: ProofSigner) -> None:
+    def __init__(self, wrapped: IProtocolFactory, prove: ProofSigner, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # noqa: PLC0415
         self.wrapped = wrapped
         self.prove = prove
+        self.rlog = RateLimitedLog(self.log, clock)  # type: ignore[arg-type]
 
     def buildProtocol(self, addr: Any) -> ChannelProofServerProtocol:
         return ChannelProofServerProtocol(self)
