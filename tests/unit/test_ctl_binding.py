@@ -137,11 +137,18 @@ class BoundControlTests(TestCase):
 
     @inlineCallbacks
     def test_bootstrap_over_a_bound_connection_works(self) -> Any:
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.real_client(self.a)
         peer = yield self.a.membership.bootstrap(self.url)
         self.assertEqual(peer, self.b.id)
         self.assertIn(self.a.id, self.b.peer_ids())
         self.assertEqual(self.b.counter("tunmesh_auth_failures_total"), 0)
+        bound = [formatEvent(e) for e in events if "bound to their TLS session" in e.get("log_format", "")]
+        self.assertEqual(bound, [f"control connections to 127.0.0.1:{self.port.getHost().port} are bound to "
+                                 f"their TLS session (proved by {self.b.id})"])
 
     @inlineCallbacks
     def test_bound_requests_carry_the_sessions_exporter_value_and_so_do_answers(self) -> Any:

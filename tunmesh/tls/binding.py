@@ -295,15 +295,31 @@ class ChannelBoundEndpoint:
     :class:`ChannelProofError` otherwise."""
 
     def __init__(
-        self, tls_endpoint: IStreamClientEndpoint, verify: ProofVerifier | None, clock: IReactorTime, timeout: float
+        self,
+        tls_endpoint: IStreamClientEndpoint,
+        verify: ProofVerifier | None,
+        clock: IReactorTime,
+        timeout: float,
+        on_bound: Callable[[object], None] | None = None,
     ) -> None:
         self._endpoint = tls_endpoint
         self._verify = verify
         self._clock = clock
         self._timeout = timeout
+        self._on_bound = on_bound
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:  # noqa: N803
-        proto = ChannelProofClientProtocol(protocolFactory, self._verify, self._clock, self._timeout)
+        verify, on_bound = self._verify, self._on_bound
+        if verify is not None and on_bound is not None:
+            checked = verify
+
+            def verify_and_report(tokens: list[str], cnf: str) -> object:
+                proof = checked(tokens, cnf)
+                on_bound(proof)
+                return proof
+
+            verify = verify_and_report
+        proto = ChannelProofClientProtocol(protocolFactory, verify, self._clock, self._timeout)
         connecting = connectProtocol(self._endpoint, proto)
 
         def not_connected(failure: Failure) -> None:
@@ -331,8 +347,12 @@ class ControlEndpointFactory:
     is :data:`CTL_ALPN` only), then the proof check.
 
     ``verify`` is set once the node's cluster authority exists (``ClusterAuthority.verify_channel_proof``);
-    until then every connection is refused (fail closed).
+    until then every connection is refused (fail closed). The first bound connection to each server is
+    logged once (``control connections to ... are bound to their TLS session``).
     """
+
+    log = Logger()
+    _ANNOUNCED_LIMIT = 4096
 
     def __init__(
         self,
@@ -345,10 +365,27 @@ class ControlEndpointFactory:
         self._policy = policy
         self._timeout = timeout
         self.verify = verify
+        self._announced: set[tuple[bytes, int]] = set()
+
+    def _bound(self, uri: URI, proof: object) -> None:
+        key = (uri.host, uri.port)
+        if key in self._announced:
+            return
+        if len(self._announced) >= self._ANNOUNCED_LIMIT:
+            self._announced.clear()
+        self._announced.add(key)
+        self.log.info(
+            "control connections to {host}:{port} are bound to their TLS session (proved by {node})",
+            host=uri.host.decode("ascii", "replace"),
+            port=uri.port,
+            node=getattr(proof, "iss", "?"),
+        )
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802 (Twisted's name)
         if uri.scheme != b"https":
             raise SchemeNotSupported(f"control requests go over https only, not {uri.scheme!r}")
         tcp = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
         tls = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), tcp)
-        return ChannelBoundEndpoint(tls, self.verify, self._reactor, self._timeout)
+        return ChannelBoundEndpoint(
+            tls, self.verify, self._reactor, self._timeout, on_bound=lambda proof: self._bound(uri, proof)
+        )
