@@ -304,7 +304,9 @@ class ChannelProofTests(SynchronousTestCase):
 
     def test_garbage_proofs_are_refused_cleanly(self) -> None:
         client = self.authority({"default": SECRET}, "default", "node-a")
-        for tokens in ([], [""], ["a.b.c"], ["x" * 5000], ["[" * 3000]):
+        server = self.authority({"default": SECRET}, "default")
+        too_many = server.sign_channel_proof(self.cnf) * 17
+        for tokens in ([], [""], ["a.b.c"], ["x" * 5000], ["[" * 3000], too_many):
             with self.assertRaises(AuthError):
                 client.verify_channel_proof(tokens, self.cnf)
 

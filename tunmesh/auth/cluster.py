@@ -52,6 +52,8 @@ from tunmesh.auth.tokens import (
 from tunmesh.interfaces import SecondsClock
 
 DEFAULT_JTI_ENTRIES = 16384
+#: Most tokens in a channel proof (one per accepted secret; a rotation holds two or three).
+MAX_PROOF_TOKENS = 16
 
 
 def check_timing(validity: float, leeway: float) -> None:
@@ -221,6 +223,8 @@ class ClusterAuthority:
         Raises the refusal of the first token when none does (``channel_binding`` when one was
         authentic but bound to another session: a relay).
         """
+        if len(tokens) > MAX_PROOF_TOKENS:
+            raise AuthError("malformed")
         first: AuthError | None = None
         for token in tokens:
             try:

@@ -263,6 +263,9 @@ class ChannelProofClientProtocol(Protocol):
         except (UnicodeDecodeError, ValueError):
             self._fail("malformed")
             return
+        except Exception:  # untrusted bytes never raise past here (issue 12): refuse, do not crash
+            self._fail("error")
+            return
         self._cancel_deadline()
         transport: Any = self.transport
         inner = self._factory.buildProtocol(transport.getPeer())
