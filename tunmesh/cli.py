@@ -236,6 +236,13 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     except (OSError, ValueError, KeyError, TLSConfigError) as e:
         print(f"{PROG}: peers: cannot query {base}: {e}", file=err)
         return 1
+    except ctlquery.ProofRefused as e:
+        print(
+            f"{PROG}: peers: {base} did not prove the TLS session under a cluster secret of this config "
+            f"({e.reason}): another secret, or a relay; nothing was sent",
+            file=err,
+        )
+        return 1
     except AuthError as e:
         print(f"{PROG}: peers: the answer from {base} is not signed by the cluster ({e.reason})", file=err)
         return 1

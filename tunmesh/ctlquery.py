@@ -37,6 +37,11 @@ class QueryError(ValueError):
     """The query could not be made (connection, TLS, protocol); one line for people."""
 
 
+class ProofRefused(AuthError):
+    """The server did not prove the TLS session under a secret this side accepts (a relay, or
+    another cluster secret): nothing was sent. ``reason`` is the proof's refusal."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """The server's verified node id (from its proof), the HTTP status, and the checked body."""
@@ -157,12 +162,14 @@ def get(
         cnf = b64url(conn.export_keying_material(CTL_LABEL, CTL_LEN))
         size = int.from_bytes(c.read_exactly(4), "big")
         if size > MAX_PROOF_BYTES:
-            raise AuthError("oversized")
+            raise ProofRefused("oversized")
         try:
             tokens = c.read_exactly(size).decode("ascii").split(",")
+            node_id = authority.verify_channel_proof(tokens, cnf).iss
         except UnicodeDecodeError:
-            raise AuthError("malformed") from None
-        node_id = authority.verify_channel_proof(tokens, cnf).iss
+            raise ProofRefused("malformed") from None
+        except AuthError as e:
+            raise ProofRefused(e.reason) from None
         signed = authority.sign_request(node_id, "GET", path, b"", cnf=cnf)
         c.send_all(
             # HTTP/1.0: one request, the answer delimited by its length or the close, never chunked

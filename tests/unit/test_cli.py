@@ -186,7 +186,7 @@ class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
             code = main(["peers", "--config", str(path), url], stdout=out, stderr=err, env={})
             self.assertEqual(code, 1, frame[:20])
             self.assertEqual(len(err.getvalue().strip().splitlines()), 1, err.getvalue())
-            self.assertRegex(err.getvalue(), "cannot query|not signed by the cluster")
+            self.assertRegex(err.getvalue(), "cannot query|did not prove the TLS session")
             self.assertEqual(out.getvalue(), "")
 
     def serve(self, body: bytes) -> str:

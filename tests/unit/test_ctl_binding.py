@@ -237,6 +237,11 @@ class BoundControlTests(TestCase):
             )
         self.assertEqual(caught.exception.reason, "channel_binding")
         self.assertEqual(self.relay.from_client, b"")
+        other = ClusterAuthority(OTHER_SECRET, "cli", self.clock)
+        with self.assertRaises(ctlquery.ProofRefused) as refused:
+            yield deferToThread(ctlquery.get, self.url, "/tunmesh/control/v0/peers", other, self.cert, True, timeout=10)
+        self.assertEqual(refused.exception.reason, "bad_signature")  # same id "default", another secret
+        self.assertEqual(self.b.counter("tunmesh_auth_failures_total"), 0)  # the node never saw a request
 
 
 class _SpyDict(dict):  # type: ignore[type-arg]
