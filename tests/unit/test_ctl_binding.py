@@ -8,9 +8,10 @@ request byte; a client that does not check the proof gets its relayed request re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import ISSLTransport
@@ -21,17 +22,18 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.unit.test_mesh_support import SECRET, FakeNetwork, Node
-from tests.unit.test_tls_contexts import self_signed, temp_dir
+from tests.unit.mesh_support import SECRET, Node
+from tests.unit.tls_support import self_signed, temp_dir
 from tunmesh import ctlquery
 from tunmesh.api.server import RouteLimits, make_server_factory, make_site
 from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
 from tunmesh.auth.errors import AuthError
 from tunmesh.auth.keys import b64url
 from tunmesh.auth.tokens import unverified_parts
-from tunmesh.mesh.client import MeshClient
+from tunmesh.mesh.client import BindingConnectionPool, MeshClient
 from tunmesh.mesh.errors import PeerRequestFailed
 from tunmesh.mesh.membership import REGISTER_PATH
+from tunmesh.testing import FakeNetwork
 from tunmesh.tls.binding import CTL_ALPN, ChannelProofFactory
 from tunmesh.tls.contexts import MeshTLSPolicy, client_context, server_context
 
@@ -45,6 +47,7 @@ class _Back(Protocol):
         self.front = front
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.front.transport is not None
         self.front.transport.write(data)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -68,27 +71,34 @@ class _RelayFront(Protocol):
         back = _Back(self)
 
         def connected(_: Any) -> None:
+            transport: Any = back.transport
             if self.lost:
-                back.transport.abortConnection()
+                transport.abortConnection()
                 return
             self.back = back
             for data in self.queued:
-                back.transport.write(data)
+                transport.write(data)
             self.queued = []
 
-        connectProtocol(endpoint, back).addCallbacks(connected, lambda f: self.transport.loseConnection())
+        def failed(_: Any) -> None:
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+        connectProtocol(endpoint, back).addCallbacks(connected, failed)
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.from_client += data
         if self.back is None:
             self.queued.append(data)
         else:
+            assert self.back.transport is not None
             self.back.transport.write(data)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
         if self.back is not None:
-            self.back.transport.abortConnection()
+            transport: Any = self.back.transport
+            transport.abortConnection()
 
 
 class Relay:
@@ -98,10 +108,10 @@ class Relay:
         self.cert = cert
         self.target_port = target_port
         self.from_client = b""
-        factory = Factory.forProtocol(lambda: _RelayFront(self))  # type: ignore[arg-type, return-value]
+        factory = Factory.forProtocol(lambda: _RelayFront(self))
         tls = TLSMemoryBIOFactory(server_context(cert, key, alpn=(CTL_ALPN, b"http/1.1")), False, factory)
-        self.port = reactor.listenTCP(0, tls, interface="127.0.0.1")
-        self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+        self.port = reactor.listenTCP(0, tls, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.url = f"https://127.0.0.1:{cast(IPv4Address, self.port.getHost()).port}"
 
 
 class BoundControlTests(TestCase):
@@ -121,10 +131,11 @@ class BoundControlTests(TestCase):
         factory = make_server_factory(
             site, server_context(self.cert, self.key, alpn=(CTL_ALPN, b"http/1.1")), {CTL_ALPN: proof}, reactor
         )
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(self.port.stopListening)
-        self.url = f"https://127.0.0.1:{self.port.getHost().port}"
-        self.relay = Relay(self.cert, self.key, self.port.getHost().port)
+        self.port_number = cast(IPv4Address, self.port.getHost()).port
+        self.url = f"https://127.0.0.1:{self.port_number}"
+        self.relay = Relay(self.cert, self.key, self.port_number)
         self.addCleanup(self.relay.port.stopListening)
 
     def real_client(self, node: Node, verify: Any = None) -> MeshClient:
@@ -147,7 +158,7 @@ class BoundControlTests(TestCase):
         self.assertIn(self.a.id, self.b.peer_ids())
         self.assertEqual(self.b.counter("tunmesh_auth_failures_total"), 0)
         bound = [formatEvent(e) for e in events if "bound to their TLS session" in e.get("log_format", "")]
-        self.assertEqual(bound, [f"control connections to 127.0.0.1:{self.port.getHost().port} are bound to "
+        self.assertEqual(bound, [f"control connections to 127.0.0.1:{self.port_number} are bound to "
                                  f"their TLS session (proved by {self.b.id})"])
 
     @inlineCallbacks
@@ -156,6 +167,7 @@ class BoundControlTests(TestCase):
         body = self.a.membership.our_registration().to_json()
         request = self.a.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ="tm-bootstrap+jwt")
         seen: list[str] = []
+        assert isinstance(client._pool, BindingConnectionPool)
         client._pool.pending = _SpyDict(seen)
         response = yield client.post(self.url, REGISTER_PATH, body, request)
         self.assertEqual(response.status, 200)
@@ -202,10 +214,14 @@ class BoundControlTests(TestCase):
         import treq
 
         again = self.a.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ="tm-bootstrap+jwt")
+        headers: dict[bytes | str, bytes | str] = {
+            b"Authorization": again.header_value.encode(),
+            b"Content-Type": b"application/json",
+        }
         plain = yield treq.post(
             self.url + REGISTER_PATH,
             data=body,
-            headers={"Authorization": again.header_value, "Content-Type": "application/json"},
+            headers=headers,
             agent=agent,
         )
         yield plain.content()
@@ -244,7 +260,7 @@ class BoundControlTests(TestCase):
         self.assertEqual(self.b.counter("tunmesh_auth_failures_total"), 0)  # the node never saw a request
 
 
-class _SpyDict(dict):  # type: ignore[type-arg]
+class _SpyDict(dict[str, Any]):
     """``BindingConnectionPool.pending`` that records the bound header values it hands out."""
 
     def __init__(self, seen: list[str]) -> None:
@@ -366,7 +382,12 @@ class ProofProtocolEdgeTests(SynchronousTestCase):
         from tunmesh.tls.binding import ChannelProofFactory
 
         built: list[Any] = []
-        inner = Factory.forProtocol(lambda: built.append(1) or Protocol())  # type: ignore[arg-type, func-returns-value]
+
+        def build() -> Protocol:
+            built.append(1)
+            return Protocol()
+
+        inner = Factory.forProtocol(build)
         factory = ChannelProofFactory(inner, lambda cnf: ["t"], Clock())
         transport = StringTransport()
         directlyProvides(transport, ISSLTransport)

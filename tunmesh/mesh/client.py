@@ -238,7 +238,7 @@ class MeshClient:
         header = authorization if isinstance(authorization, str) else authorization.header_value
         bind = None if isinstance(authorization, str) else authorization.bind
         bound: list[str] = []
-        pending = getattr(self._pool, "pending", None)
+        pending = self._pool.pending if isinstance(self._pool, BindingConnectionPool) else None
         if pending is not None and bind is not None:
             signer = bind
 
