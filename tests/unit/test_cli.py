@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
@@ -154,20 +155,15 @@ class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
     """``tunmesh peers`` reads unauthenticated bytes first (the handshake, the channel proof frame of
     ``tunmesh-ctl/1``): a server that is no tunmesh node, or sends a hostile proof, is one line, exit 1."""
 
-    def serve_proof(self, frame: bytes) -> str:
-        """A TLS server that speaks ``tunmesh-ctl/1`` and writes ``frame`` as its proof."""
-        import socketserver
+    def start_tls(self, server: Any, alpn: list[str] | None = None) -> str:
+        """Serve ``server`` (a ``socketserver``) over TLS with the config's certificate, in a thread."""
         import ssl
         import threading
 
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                self.request.sendall(frame)
-
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.base / "ssl" / "cert.pem", self.base / "ssl" / "key.pem")
-        context.set_alpn_protocols(["tunmesh-ctl/1"])
+        if alpn:
+            context.set_alpn_protocols(alpn)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -175,6 +171,16 @@ class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
         self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
         return f"https://127.0.0.1:{server.server_address[1]}"
+
+    def serve_proof(self, frame: bytes) -> str:
+        """A TLS server that speaks ``tunmesh-ctl/1`` and writes ``frame`` as its proof."""
+        import socketserver
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(frame)
+
+        return self.start_tls(socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler), ["tunmesh-ctl/1"])
 
     def test_hostile_channel_proof_is_one_line_not_a_traceback(self) -> None:
         path = self.base / "config.yaml"
@@ -190,9 +196,8 @@ class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
             self.assertEqual(out.getvalue(), "")
 
     def serve(self, body: bytes) -> str:
+        """An HTTPS server that is no tunmesh node: any GET answers ``body`` as JSON."""
         import http.server
-        import ssl
-        import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (stdlib name)
@@ -205,17 +210,9 @@ class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
             def log_message(self, *args: object) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.base / "ssl" / "cert.pem", self.base / "ssl" / "key.pem")
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
-        return f"https://127.0.0.1:{server.server_address[1]}"
+        return self.start_tls(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
-    def test_hostile_node_info_is_one_line_not_a_traceback(self) -> None:
+    def test_a_server_that_is_no_tunmesh_node_is_one_line_not_a_traceback(self) -> None:
         path = self.base / "config.yaml"
         path.write_text(SAMPLE_YAML)
         for body in (b"[" * 5000 + b"]" * 5000, b"1" * 500, b"[]", b'{"id": 7}'):
