@@ -185,7 +185,7 @@ class ClusterAuthority:
     ) -> SignedRequest:
         """A cluster request token. ``typ=TYP_BOOTSTRAP`` signs for ``aud="bootstrap"`` (W4) whatever ``aud`` is.
 
-        `cnf` is the TLS exporter value of the connection, when known; otherwise the transport adds it
+        ``cnf`` is the TLS exporter value of the connection, when known; otherwise the transport adds it
         through ``SignedRequest.bind`` once the connection is chosen (W5).
         """
         signing = self._keys[self.signing_id]
@@ -207,7 +207,7 @@ class ClusterAuthority:
         )
 
     def sign_channel_proof(self, cnf: str) -> list[str]:
-        """This server's proof of the TLS session whose exporter value is `cnf` (W5): one
+        """This server's proof of the TLS session whose exporter value is ``cnf`` (W5): one
         ``tm-chan+jwt`` per accepted secret, so a client holding any one of them can check it
         whichever step of a rotation either side is at."""
         claims = base_claims(self.node_id, CHANNEL_AUDIENCE, self._clock.seconds(), self.validity, b"", cnf)
@@ -218,7 +218,7 @@ class ClusterAuthority:
         return out
 
     def verify_channel_proof(self, tokens: list[str], cnf: str) -> VerifiedToken:
-        """The first of `tokens` that proves the session `cnf` under a secret this node accepts.
+        """The first of ``tokens`` that proves the session ``cnf`` under a secret this node accepts.
 
         Raises the refusal of the first token when none does (``channel_binding`` when one was
         authentic but bound to another session: a relay).

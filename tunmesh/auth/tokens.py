@@ -5,12 +5,12 @@ A token travels as ``Authorization: Bearer <jwt>`` (the original's ``Bearer: <jw
 Header: ``alg`` = HS256 (nothing else is ever accepted), ``typ`` (one of the ``TYP_*`` kinds), ``kid``
 (``"cluster"`` or ``"cluster.<secret id>"`` for cluster-secret tokens, a session kid otherwise).
 
-Claims: `iss` sender node id, `aud` receiver node id (or `"bootstrap"`), `iat`, `exp` (exp - iat <= 60 s),
-`bh` = base64url(SHA-256(exact body bytes)), requests add `htm` (method) and `htu` (path only) and
-either `jti` (cluster, 128-bit random) or `ctr` (session, per direction and kid); responses add `rid`
-(the request's jti or ctr); `cnf: {"tm-exp": ...}` binds the token to one TLS session: the TLS exporter
+Claims: ``iss`` sender node id, ``aud`` receiver node id (or ``"bootstrap"``), ``iat``, ``exp`` (exp - iat <= 60 s),
+``bh`` = base64url(SHA-256(exact body bytes)), requests add ``htm`` (method) and ``htu`` (path only) and
+either ``jti`` (cluster, 128-bit random) or ``ctr`` (session, per direction and kid); responses add ``rid``
+(the request's jti or ctr); ``cnf: {"tm-exp": ...}`` binds the token to one TLS session: the TLS exporter
 value (RFC 5705/8446, label ``EXPORTER-tunmesh-ctl-v1``) of the connection it travels on (W5,
-tunmesh.tls.binding). A `tm-chan+jwt` token is the server's proof of the TLS session on a control
+tunmesh.tls.binding). A ``tm-chan+jwt`` token is the server's proof of the TLS session on a control
 connection (docs/security.md, "Control-plane channel binding").
 
 Verification is split so that 401 is decided from the headers alone (W8): ``verify_head``-style functions
@@ -204,10 +204,10 @@ class VerifiedToken:
 
 @dataclass(frozen=True)
 class SignedRequest:
-    """A signed request: the header value to send and what its response must echo in `rid`.
+    """A signed request: the header value to send and what its response must echo in ``rid``.
 
-    ``bind(cnf)`` signs the same claims (same `jti`/`ctr`, `kid`, `iat`) again with ``cnf`` added: the
-    transport calls it once it knows the TLS session the request goes out on (W5); `rid` and `kid`
+    ``bind(cnf)`` signs the same claims (same ``jti``/``ctr``, ``kid``, ``iat``) again with ``cnf`` added: the
+    transport calls it once it knows the TLS session the request goes out on (W5); ``rid`` and ``kid``
     stay those of this object, so the response checks and the replay state do not change.
     """
 
@@ -267,7 +267,7 @@ def base_claims(
 
 
 def binder(key: bytes, typ: str, kid: str, claims: Mapping[str, Any]) -> Callable[[str], str]:
-    """``SignedRequest.bind``: the header value for `claims` with ``cnf`` set to the given value."""
+    """``SignedRequest.bind``: the header value for ``claims`` with ``cnf`` set to the given value."""
     frozen = dict(claims)
 
     def bind(cnf: str) -> str:
