@@ -89,7 +89,7 @@ def random_id(nbytes: int = 16) -> str:
 
 
 def cert_thumbprint(cert_der: bytes) -> str:
-    """``x5t#S256`` for channel binding (W5): base64url(SHA-256(certificate DER))."""
+    """base64url(SHA-256(certificate DER)), the ``x5t#S256`` form (diagnostics; the binding is the TLS exporter)."""
     return b64url(hashlib.sha256(cert_der).digest())
 
 
