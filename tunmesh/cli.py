@@ -198,15 +198,13 @@ def _reload(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: 
 
 def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     import json
-    import ssl
-    import urllib.error
-    import urllib.request
     import uuid
 
-    from tunmesh import strictjson
+    from tunmesh import ctlquery, strictjson
     from tunmesh.auth.cluster import ClusterAuthority, ClusterKeyring
     from tunmesh.auth.errors import AuthError
     from tunmesh.clocks import WallClock
+    from tunmesh.tls.contexts import CA_FILE_KEY, CERT_FILE_KEY, TLSConfigError
 
     try:
         cfg = load_config(resolve_config_path(args.config, env), env=env)
@@ -216,29 +214,34 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
         return 1
     base = (args.url or cfg.clustering.control_api_advertise_url).rstrip("/")
     ssl_cfg = cfg.control_api.ssl
-    context = ssl.create_default_context(cafile=str(ssl_cfg.ca_file_path or ssl_cfg.cert_file_path))
-    context.check_hostname = bool(ssl_cfg.verify_hostname)
 
     path = "/tunmesh/control/v0/peers"
     try:
-        with urllib.request.urlopen(base + "/tunmesh/control/v0/node_info", context=context, timeout=10) as r:
-            info = strictjson.loads(r.read())  # unauthenticated: decoded with the total decoder
-        node_id = info.get("id") if isinstance(info, dict) else None
-        if not isinstance(node_id, str):
-            raise ValueError("node_info has no node id")
+        # tunmesh-ctl/1: the node proves the TLS session first and the request is bound to it (W5).
         auth = cfg.clustering.auth
         keyring = ClusterKeyring(auth.accepted_secrets, auth.signing_id)
         authority = ClusterAuthority(keyring, str(uuid.uuid4()), WallClock())
-        signed = authority.sign_request(node_id, "GET", path, b"")
-        request = urllib.request.Request(base + path, headers={"Authorization": signed.header_value})
-        with urllib.request.urlopen(request, context=context, timeout=10) as r:
-            body = r.read()
-            authority.verify_response(r.headers.get("Authorization"), node_id, signed, body)
-    except urllib.error.HTTPError as e:
-        print(f"{PROG}: peers: {base} answered {e.code}", file=err)
-        return 1
-    except (OSError, ValueError, KeyError) as e:
+        answer = ctlquery.get(
+            base,
+            path,
+            authority,
+            ssl_cfg.ca_file_path or ssl_cfg.cert_file_path,
+            bool(ssl_cfg.verify_hostname),
+            trust_key=CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY,
+        )
+        if answer.status != 200:
+            print(f"{PROG}: peers: {base} answered {answer.status}", file=err)
+            return 1
+        body = answer.body
+    except (OSError, ValueError, KeyError, TLSConfigError) as e:
         print(f"{PROG}: peers: cannot query {base}: {e}", file=err)
+        return 1
+    except ctlquery.ProofRefused as e:
+        print(
+            f"{PROG}: peers: {base} did not prove the TLS session under a cluster secret of this config "
+            f"({e.reason}): another secret, or a relay; nothing was sent",
+            file=err,
+        )
         return 1
     except AuthError as e:
         print(f"{PROG}: peers: the answer from {base} is not signed by the cluster ({e.reason})", file=err)

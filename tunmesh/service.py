@@ -63,6 +63,7 @@ from tunmesh.preload import preload
 from tunmesh.privileges import PrivilegeDropService
 from tunmesh.reload import NodeReloader, ReloadOnSignal, ReloadReport
 from tunmesh.selfcheck import node_self_check
+from tunmesh.tls.binding import CTL_ALPN, ChannelProofFactory, ProofSigner
 from tunmesh.tls.certs import load_certificates
 from tunmesh.tls.contexts import (
     CA_FILE_KEY,
@@ -199,6 +200,7 @@ def _make_service(
         addressing=addressing,
     )
     mesh_service.register_health(health)
+    http_client.verify_channel_with(membership.cluster.verify_channel_proof)
     clock_watch.add_observer(membership.clock_stepped)
     # The node's name (clustering.node_name resolved) labels tunmesh_node_info with its id and URL.
     metrics.set_node_info(node_name=membership.local.name or "", advertise_url=identity.advertise_url)
@@ -223,7 +225,9 @@ def _make_service(
     mesh_api.mount_on(api)
     limits = RouteLimits()
     mesh_api.register_limits(limits)
-    site, port = build_api_port(cfg, api, limits, tls.server, dataplane.server_factory, reactor, metrics)
+    site, port = build_api_port(
+        cfg, api, limits, tls.server, dataplane.server_factory, membership.cluster.sign_channel_proof, reactor, metrics
+    )
     port.setServiceParent(top)
     health.add_liveness("api", lambda: bool(port.running))
     health.add_readiness("api", lambda: bool(port.running))
@@ -324,7 +328,8 @@ def build_tls(cfg: TunMeshConfig, metrics: Metrics, reactor: IReactorTime) -> No
     trust_path = ssl_cfg.ca_file_path or ssl_cfg.cert_file_path
     server_tls = ReloadableServerTLS(make_server_tls(ssl_cfg.cert_file_path, ssl_cfg.key_file_path))
     trust_key = CA_FILE_KEY if ssl_cfg.ca_file_path is not None else CERT_FILE_KEY
-    http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, trust_key=trust_key)
+    # Control requests between nodes: ALPN tunmesh-ctl/1 only, the server proves the session first (W5).
+    http_policy = MeshTLSPolicy(trust_path, ssl_cfg.verify_hostname, alpn=(CTL_ALPN,), trust_key=trust_key)
     expiry = CertExpiryWatch(metrics, reactor)
     expiry.set_certificates(load_certificates(ssl_cfg.cert_file_path)[0], http_policy.trust)
     return NodeTLS(server_tls, http_policy, link_tls_policy(cfg, trust_path), expiry)
@@ -336,11 +341,14 @@ def build_api_port(
     limits: RouteLimits,
     server_tls: ReloadableServerTLS,
     link_factory: IProtocolFactory,
+    sign_channel_proof: ProofSigner,
     reactor: Any,
     metrics: Metrics,
 ) -> tuple[HardenedSite, internet.TCPServer]:
     """The hardened site of ``api`` and the ``api`` port serving it and, by ALPN, ``link_factory``
-    (``control_api`` limits and listen address); the port binds in ``privilegedStartService``."""
+    (packet links) and the channel-bound control HTTP (``tunmesh-ctl/1``: the session proof signed by
+    ``sign_channel_proof``, then ``api``) (``control_api`` limits and listen address); the port binds in
+    ``privilegedStartService``."""
     api_limits = cfg.control_api.limits
     site = make_site(
         api.resource(),
@@ -356,7 +364,7 @@ def build_api_port(
     factory = make_server_factory(
         site,
         server_tls,
-        {LINK_ALPN: link_factory},
+        {LINK_ALPN: link_factory, CTL_ALPN: ChannelProofFactory(site, sign_channel_proof, reactor)},
         reactor,
         max_per_peer=int(api_limits.max_connections_per_peer),
         max_total=int(api_limits.max_connections),
@@ -466,8 +474,9 @@ def link_tls_policy(cfg: TunMeshConfig, trust_path: Path) -> MeshTLSPolicy:
 
 
 def make_server_tls(cert_path: Path, key_path: Path) -> IOpenSSLServerConnectionCreator:
-    """The port's TLS: the certificate and key, offering the packet links and HTTP/1.1 by ALPN."""
-    return server_context(cert_path, key_path, alpn=(LINK_ALPN, b"http/1.1"))
+    """The port's TLS: the certificate and key, offering the packet links, channel-bound control
+    HTTP and plain HTTP/1.1 (probes, metrics, curl) by ALPN."""
+    return server_context(cert_path, key_path, alpn=(LINK_ALPN, CTL_ALPN, b"http/1.1"))
 
 
 def build_addressing(cfg: TunMeshConfig, node_id: str) -> AddressClaimer | None:

@@ -22,6 +22,11 @@ class ThreeNodeMembershipTests(TestCase):
             self.assertEqual(len(set(ids.values())), 3)
             view = cluster.peer_view(2)
             self.assertEqual(view["peers"][ids[3]]["addresses"][:1], ["100.64.0.3/32"])
+            # every control connection is channel-bound (W5(a)): each node logged it for both of its peers
+            for i in (1, 2, 3):
+                log = cluster.nodes[i].log_path.read_text(errors="replace")
+                self.assertGreaterEqual(log.count("are bound to their TLS session"), 2, cluster.logs())
+                self.assertNotIn("channel_binding", log, cluster.logs())
 
             # Node 3 is killed: the others groom it (no authenticated contact past stale_threshold).
             cluster.kill(3)

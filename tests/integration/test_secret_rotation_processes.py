@@ -273,14 +273,15 @@ class SecretRotationProcessTests(TestCase):
 
         # ping kept sending through every window (a stalled probe would report no loss)
         self.assertEqual(stalled, [], text)
-        # The old secret opens nothing any more: a client holding only it is refused.
+        # The old secret opens nothing any more: a client holding only it gets no proof of the TLS
+        # session under that secret from the node (W5(a)), so it sends nothing and fails.
         r = cluster.ns(1).run(
             [sys.executable, "-m", "tunmesh", "peers", "--config", str(self.old_only_config())],
             check=False,
             timeout=60,
         )
         self.assertNotEqual(r.returncode, 0, r.stdout)
-        self.assertIn("answered 401", r.stderr)
+        self.assertIn("did not prove the TLS session under a cluster secret of this config (unknown_key)", r.stderr)
         # ... while the new one does.
         self.assertEqual(len(cluster.peers_of(1)), 2)
         # No registration lost: the only removals are of a restarting node's old process.
@@ -355,7 +356,7 @@ class SecretRotationProcessTests(TestCase):
             check=False,
             timeout=60,
         )
-        self.assertIn("answered 401", r.stderr)
+        self.assertIn("did not prove the TLS session under a cluster secret of this config (unknown_key)", r.stderr)
 
     def old_only_config(self) -> Path:
         path = self.workdir / "node1" / "old-only.yaml"

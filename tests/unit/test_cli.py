@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
@@ -151,12 +152,52 @@ class GenCertTests(SynchronousTestCase):
 
 
 class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
-    """``tunmesh peers`` reads an unauthenticated ``node_info`` first: hostile JSON is one line, exit 1."""
+    """``tunmesh peers`` reads unauthenticated bytes first (the handshake, the channel proof frame of
+    ``tunmesh-ctl/1``): a server that is no tunmesh node, or sends a hostile proof, is one line, exit 1."""
 
-    def serve(self, body: bytes) -> str:
-        import http.server
+    def start_tls(self, server: Any, alpn: list[str] | None = None) -> str:
+        """Serve ``server`` (a ``socketserver``) over TLS with the config's certificate, in a thread."""
         import ssl
         import threading
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.base / "ssl" / "cert.pem", self.base / "ssl" / "key.pem")
+        if alpn:
+            context.set_alpn_protocols(alpn)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return f"https://127.0.0.1:{server.server_address[1]}"
+
+    def serve_proof(self, frame: bytes) -> str:
+        """A TLS server that speaks ``tunmesh-ctl/1`` and writes ``frame`` as its proof."""
+        import socketserver
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(frame)
+
+        return self.start_tls(socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler), ["tunmesh-ctl/1"])
+
+    def test_hostile_channel_proof_is_one_line_not_a_traceback(self) -> None:
+        path = self.base / "config.yaml"
+        path.write_text(SAMPLE_YAML)
+        for frame in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x05[[[[[", b"\x00\x00\x00\x02\xff\xfe",
+                      b"\x00\x00\x00\x05a.b.c", b"\x00\x00\x10\x00" + b"[" * 4096, b"\x00\x00"):
+            url = self.serve_proof(frame)
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["peers", "--config", str(path), url], stdout=out, stderr=err, env={})
+            self.assertEqual(code, 1, frame[:20])
+            self.assertEqual(len(err.getvalue().strip().splitlines()), 1, err.getvalue())
+            self.assertRegex(err.getvalue(), "cannot query|did not prove the TLS session")
+            self.assertEqual(out.getvalue(), "")
+
+    def serve(self, body: bytes) -> str:
+        """An HTTPS server that is no tunmesh node: any GET answers ``body`` as JSON."""
+        import http.server
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (stdlib name)
@@ -169,17 +210,9 @@ class PeersAgainstHostileNodeTests(ConfigTestMixin, SynchronousTestCase):
             def log_message(self, *args: object) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.base / "ssl" / "cert.pem", self.base / "ssl" / "key.pem")
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
-        return f"https://127.0.0.1:{server.server_address[1]}"
+        return self.start_tls(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
-    def test_hostile_node_info_is_one_line_not_a_traceback(self) -> None:
+    def test_a_server_that_is_no_tunmesh_node_is_one_line_not_a_traceback(self) -> None:
         path = self.base / "config.yaml"
         path.write_text(SAMPLE_YAML)
         for body in (b"[" * 5000 + b"]" * 5000, b"1" * 500, b"[]", b'{"id": 7}'):

@@ -66,6 +66,8 @@ class RequestHead:
     path: str
     headers: Headers = field(compare=False)
     peer_host: str
+    #: the connection's transport: its TLS session is what control tokens bind (``cnf``, W5)
+    transport: object = field(default=None, compare=False, repr=False)
 
 
 #: Name used in docs/internals.md.
@@ -273,6 +275,7 @@ class HardenedRequest(Request):
             path=path_bytes.decode("latin-1"),
             headers=self.requestHeaders,
             peer_host=_peer_host(channel.tcp_transport().getPeer()),
+            transport=channel.tcp_transport(),
         )
         limiter = site.rate_limiter
         if limiter is not None and head.path.startswith(site.rate_limited_prefix):

@@ -28,9 +28,11 @@ from tunmesh.auth.errors import AuthError
 from tunmesh.auth.replay import JtiCache
 from tunmesh.auth.tokens import (
     BOOTSTRAP_AUDIENCE,
+    CHANNEL_AUDIENCE,
     DEFAULT_SECRET_ID,
     MAX_LIFETIME,
     TYP_BOOTSTRAP,
+    TYP_CHANNEL,
     TYP_REQUEST,
     TYP_RESPONSE,
     PendingToken,
@@ -38,6 +40,7 @@ from tunmesh.auth.tokens import (
     VerifiedToken,
     base_claims,
     bearer,
+    binder,
     check_rid,
     cluster_kid,
     encode_token,
@@ -49,6 +52,8 @@ from tunmesh.auth.tokens import (
 from tunmesh.interfaces import SecondsClock
 
 DEFAULT_JTI_ENTRIES = 16384
+#: Most tokens in a channel proof (one per accepted secret; a rotation holds two or three).
+MAX_PROOF_TOKENS = 16
 
 
 def check_timing(validity: float, leeway: float) -> None:
@@ -103,6 +108,7 @@ class _ClusterKeys:
         self.response = keys.derive_key(secret, keys.CLUSTER_RESPONSE)
         self.bootstrap = keys.derive_key(secret, keys.CLUSTER_BOOTSTRAP)
         self.kex = keys.derive_key(secret, keys.KEX)
+        self.channel = keys.derive_key(secret, keys.CLUSTER_CHANNEL)
 
 
 class ClusterAuthority:
@@ -179,7 +185,8 @@ class ClusterAuthority:
     ) -> SignedRequest:
         """A cluster request token. ``typ=TYP_BOOTSTRAP`` signs for ``aud="bootstrap"`` (W4) whatever ``aud`` is.
 
-        ``cnf`` is the x5t#S256 of the server certificate seen in the TLS handshake, when known.
+        ``cnf`` is the TLS exporter value of the connection, when known; otherwise the transport adds it
+        through ``SignedRequest.bind`` once the connection is chosen (W5).
         """
         signing = self._keys[self.signing_id]
         if typ == TYP_BOOTSTRAP:
@@ -195,7 +202,48 @@ class ClusterAuthority:
         claims.update(htm=method.upper(), htu=path.split("?", 1)[0], jti=jti)
         kid = cluster_kid(self.signing_id)
         token = encode_token(key, typ, kid, claims)
-        return SignedRequest(header_value=bearer(token), kid=kid, rid=jti, peer_id=aud)
+        return SignedRequest(
+            header_value=bearer(token), kid=kid, rid=jti, peer_id=aud, bind=binder(key, typ, kid, claims)
+        )
+
+    def sign_channel_proof(self, cnf: str) -> list[str]:
+        """This server's proof of the TLS session whose exporter value is ``cnf`` (W5): one
+        ``tm-chan+jwt`` per accepted secret, so a client holding any one of them can check it
+        whichever step of a rotation either side is at."""
+        claims = base_claims(self.node_id, CHANNEL_AUDIENCE, self._clock.seconds(), self.validity, b"", cnf)
+        out = []
+        for secret_id in self.secret_ids:
+            claims["jti"] = keys.random_id()
+            out.append(encode_token(self._keys[secret_id].channel, TYP_CHANNEL, cluster_kid(secret_id), claims))
+        return out
+
+    def verify_channel_proof(self, tokens: list[str], cnf: str) -> VerifiedToken:
+        """The first of ``tokens`` that proves the session ``cnf`` under a secret this node accepts.
+
+        Raises the refusal of the first token when none does (``channel_binding`` when one was
+        authentic but bound to another session: a relay).
+        """
+        if len(tokens) > MAX_PROOF_TOKENS:
+            raise AuthError("malformed")
+        first: AuthError | None = None
+        for token in tokens:
+            try:
+                verified = verify_token(
+                    token,
+                    key_for=lambda header, claims: self._keys_for_kid(header.get("kid")).channel,
+                    accept_typs=frozenset({TYP_CHANNEL}),
+                    cluster=True,
+                    audience=CHANNEL_AUDIENCE,
+                    now=self._clock.seconds(),
+                    leeway=self.leeway,
+                    counter="jti",
+                    expect_cnf=cnf,
+                )
+                return PendingToken(verified).verify_body(b"")
+            except AuthError as exc:
+                if first is None or exc.reason == "channel_binding":
+                    first = exc
+        raise first if first is not None else AuthError("missing")
 
     def _request_key_for(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> bytes:
         found = self._keys_for_kid(header.get("kid"))

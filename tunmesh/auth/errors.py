@@ -31,7 +31,7 @@ REASONS: frozenset[str] = frozenset(
         "unknown_peer",  # no session at all for this peer
         "session_expired",  # the inbound session outlived max_age + validity + leeway
         "body_mismatch",  # bh differs from SHA-256 of the received body
-        "channel_binding",  # cnf x5t#S256 differs from the certificate this side sees
+        "channel_binding",  # cnf is not this side's TLS exporter value of the connection (a relay), or a bad proof
         "rate_limited",  # jti cache full or init_session too frequent (HTTP 429)
     }
 )

@@ -20,6 +20,7 @@ CLUSTER_REQUEST = "cluster-request"
 CLUSTER_RESPONSE = "cluster-response"
 CLUSTER_BOOTSTRAP = "cluster-bootstrap"
 KEX = "kex"
+CLUSTER_CHANNEL = "cluster-channel"
 # Purposes for a session secret (one per direction and kid).
 SESSION_REQUEST = "session-request"
 SESSION_RESPONSE = "session-response"
@@ -31,6 +32,7 @@ PURPOSES = frozenset(
         CLUSTER_REQUEST,
         CLUSTER_RESPONSE,
         CLUSTER_BOOTSTRAP,
+        CLUSTER_CHANNEL,
         KEX,
         SESSION_REQUEST,
         SESSION_RESPONSE,
@@ -87,7 +89,7 @@ def random_id(nbytes: int = 16) -> str:
 
 
 def cert_thumbprint(cert_der: bytes) -> str:
-    """``x5t#S256`` for channel binding (W5): base64url(SHA-256(certificate DER))."""
+    """base64url(SHA-256(certificate DER)), the ``x5t#S256`` form (diagnostics; the binding is the TLS exporter)."""
     return b64url(hashlib.sha256(cert_der).digest())
 
 

@@ -45,6 +45,7 @@ from tunmesh.auth.tokens import (
     VerifiedToken,
     base_claims,
     bearer,
+    binder,
     check_rid,
     encode_token,
     is_cluster_kid,
@@ -364,7 +365,13 @@ class SessionAuthority:
         claims = self._claims(peer_id, body, cnf)
         claims.update(htm=method.upper(), htu=path.split("?", 1)[0], ctr=ctr)
         token = encode_token(session.request_key, TYP_REQUEST, session.kid, claims)
-        return SignedRequest(header_value=bearer(token), kid=session.kid, rid=ctr, peer_id=peer_id)
+        return SignedRequest(
+            header_value=bearer(token),
+            kid=session.kid,
+            rid=ctr,
+            peer_id=peer_id,
+            bind=binder(session.request_key, TYP_REQUEST, session.kid, claims),
+        )
 
     def _verify_counted(
         self,

@@ -8,7 +8,10 @@ Header: ``alg`` = HS256 (nothing else is ever accepted), ``typ`` (one of the ``T
 Claims: ``iss`` sender node id, ``aud`` receiver node id (or ``"bootstrap"``), ``iat``, ``exp`` (exp - iat <= 60 s),
 ``bh`` = base64url(SHA-256(exact body bytes)), requests add ``htm`` (method) and ``htu`` (path only) and
 either ``jti`` (cluster, 128-bit random) or ``ctr`` (session, per direction and kid); responses add ``rid``
-(the request's jti or ctr); ``cnf: {"x5t#S256": ...}`` binds the token to the server certificate (W5).
+(the request's jti or ctr); ``cnf: {"tm-exp": ...}`` binds the token to one TLS session: the TLS exporter
+value (RFC 5705/8446, label ``EXPORTER-tunmesh-ctl-v1``) of the connection it travels on (W5,
+tunmesh.tls.binding). A ``tm-chan+jwt`` token is the server's proof of the TLS session on a control
+connection (docs/security.md, "Control-plane channel binding").
 
 Verification is split so that 401 is decided from the headers alone (W8): ``verify_head``-style functions
 check format, size, alg, typ, kid, the HMAC, audience, issuer, method, path, times and channel binding and
@@ -24,7 +27,7 @@ import hmac
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -38,7 +41,8 @@ TYP_REQUEST = "tm-req+jwt"
 TYP_RESPONSE = "tm-resp+jwt"
 TYP_BOOTSTRAP = "tm-bootstrap+jwt"
 TYP_LINK = "tm-link+jwt"
-TYPES = frozenset({TYP_REQUEST, TYP_RESPONSE, TYP_BOOTSTRAP, TYP_LINK})
+TYP_CHANNEL = "tm-chan+jwt"
+TYPES = frozenset({TYP_REQUEST, TYP_RESPONSE, TYP_BOOTSTRAP, TYP_LINK, TYP_CHANNEL})
 
 CLUSTER_KID = "cluster"
 #: The id of the secret given in the single-secret form (``clustering.auth.secret``); its tokens carry
@@ -47,11 +51,14 @@ DEFAULT_SECRET_ID = "default"
 #: A cluster secret id as configured (``clustering.auth.secrets/<id>``).
 SECRET_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}"
 BOOTSTRAP_AUDIENCE = "bootstrap"
+#: The audience of a channel proof: whoever opened the connection (the server does not know who yet).
+CHANNEL_AUDIENCE = "channel"
 ALGORITHM = "HS256"
 MAX_TOKEN_BYTES = 4096
 MAX_LIFETIME = 60
 AUTHORIZATION = b"Authorization"
-CNF_THUMBPRINT = "x5t#S256"
+#: The ``cnf`` member holding the TLS exporter value (base64url) of the connection (W5).
+CNF_EXPORTER = "tm-exp"
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -197,12 +204,18 @@ class VerifiedToken:
 
 @dataclass(frozen=True)
 class SignedRequest:
-    """A signed request: the header value to send and what its response must echo in ``rid``."""
+    """A signed request: the header value to send and what its response must echo in ``rid``.
+
+    ``bind(cnf)`` signs the same claims (same ``jti``/``ctr``, ``kid``, ``iat``) again with ``cnf`` added: the
+    transport calls it once it knows the TLS session the request goes out on (W5); ``rid`` and ``kid``
+    stay those of this object, so the response checks and the replay state do not change.
+    """
 
     header_value: str
     kid: str
     rid: str | int
     peer_id: str
+    bind: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.header_value
@@ -249,8 +262,18 @@ def base_claims(
     life = max(1, min(int(lifetime), MAX_LIFETIME))
     claims: dict[str, Any] = {"iss": iss, "aud": aud, "iat": iat, "exp": iat + life, "bh": body_hash(body)}
     if cnf is not None:
-        claims["cnf"] = {CNF_THUMBPRINT: cnf}
+        claims["cnf"] = {CNF_EXPORTER: cnf}
     return claims
+
+
+def binder(key: bytes, typ: str, kid: str, claims: Mapping[str, Any]) -> Callable[[str], str]:
+    """``SignedRequest.bind``: the header value for ``claims`` with ``cnf`` set to the given value."""
+    frozen = dict(claims)
+
+    def bind(cnf: str) -> str:
+        return bearer(encode_token(key, typ, kid, {**frozen, "cnf": {CNF_EXPORTER: cnf}}))
+
+    return bind
 
 
 def _json_segment(segment: str) -> dict[str, Any]:
@@ -408,9 +431,9 @@ def _check_claims(
     cnf_value: str | None = None
     cnf = claims.get("cnf")
     if cnf is not None:
-        if not isinstance(cnf, dict) or not isinstance(cnf.get(CNF_THUMBPRINT), str):
+        if not isinstance(cnf, dict) or not isinstance(cnf.get(CNF_EXPORTER), str):
             raise AuthError("malformed")
-        cnf_value = cnf[CNF_THUMBPRINT]
+        cnf_value = cnf[CNF_EXPORTER]
     if expect_cnf is not None and (
         cnf_value is None or not hmac.compare_digest(cnf_value.encode(), expect_cnf.encode())
     ):

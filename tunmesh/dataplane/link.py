@@ -39,6 +39,7 @@ from tunmesh.failures import describe_failure
 from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.names import label
+from tunmesh.tls.binding import exporter_value
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -91,17 +92,7 @@ def tls_channel(transport: Any) -> bytes | None:
     """The link's channel binding: the TLS exporter value (RFC 5705/8446) of ``transport``'s
     session, ``b""`` when there is no TLS under the link (memory transports in tests), ``None``
     when there is TLS but no value can be had (not handshaken yet, or an OpenSSL error)."""
-    get_handle = getattr(transport, "getHandle", None) if ISSLTransport.providedBy(transport) else None
-    if get_handle is None:
-        return b""
-    conn = get_handle()
-    if not isinstance(conn, SSL.Connection):
-        return None
-    try:
-        value = conn.export_keying_material(F.CHANNEL_LABEL, F.CHANNEL_LEN)
-    except SSL.Error:
-        return None
-    return value if len(value) == F.CHANNEL_LEN else None
+    return exporter_value(transport, F.CHANNEL_LABEL, F.CHANNEL_LEN)
 
 
 def flush_aggregator(transport: Any) -> None:

@@ -43,6 +43,7 @@ from tunmesh.mesh.client import is_json_media_type
 from tunmesh.mesh.exchange import AUTH, CONTROL, INIT_SESSION_PATH, LEAVE_PATH, PEERS_PATH, REGISTER_PATH
 from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.structs import dumps_json
+from tunmesh.tls.binding import control_binding
 
 MAX_REGISTRATION_BODY = 64 * 1024
 MAX_INIT_SESSION_BODY = 8 * 1024
@@ -53,8 +54,9 @@ _JSON = b"application/json"
 _ID = r"[^/]+"
 _SESSION_PATH = re.compile(r"^(?P<base>.+)/(?P<peer>[^/]+)$")
 
-#: verify the token head of a request -> PendingToken (raises AuthError)
-HeadCheck = Callable[[Any, str, str], PendingToken]
+#: verify the token head of a request (Authorization, method, path, the connection's cnf) -> PendingToken
+#: (raises AuthError)
+HeadCheck = Callable[[Any, str, str, "str | None"], PendingToken]
 
 
 class _FullPath(Resource):
@@ -147,7 +149,7 @@ class MeshAPI:
         def pre_auth(head: Any) -> Any:
             method = head.method.decode("ascii", "replace") if isinstance(head.method, bytes) else head.method
             try:
-                check(_authorization(head.headers), method, head.path)
+                check(_authorization(head.headers), method, head.path, control_binding(head.transport))
             except AuthError as exc:
                 self.membership.auth_failed(exc, where)
                 if exc.status == 429:
@@ -162,16 +164,18 @@ class MeshAPI:
     # -- head checks ---------------------------------------------------------------------------------
 
     def _cluster_head(self, accept_bootstrap: bool) -> HeadCheck:
-        def check(header: Any, method: str, path: str) -> PendingToken:
-            return self.membership.cluster.verify_request_head(header, method, path, accept_bootstrap=accept_bootstrap)
+        def check(header: Any, method: str, path: str, cnf: str | None) -> PendingToken:
+            return self.membership.cluster.verify_request_head(
+                header, method, path, accept_bootstrap=accept_bootstrap, cnf=cnf
+            )
 
         return check
 
-    def _session_head(self, header: Any, method: str, path: str) -> PendingToken:
+    def _session_head(self, header: Any, method: str, path: str, cnf: str | None) -> PendingToken:
         match = _SESSION_PATH.match(path.split("?", 1)[0])
         if match is None:
             raise AuthError("wrong_path")
-        return self.membership.session_auth.verify_request_head(match.group("peer"), header, method, path)
+        return self.membership.session_auth.verify_request_head(match.group("peer"), header, method, path, cnf=cnf)
 
     # -- the common request pipeline ---------------------------------------------------------------
 
@@ -187,7 +191,8 @@ class MeshAPI:
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("ascii", "replace")
         try:
-            pending = head(_authorization(request.requestHeaders), method, path)
+            cnf = control_binding(getattr(request, "transport", None))
+            pending = head(_authorization(request.requestHeaders), method, path, cnf)
             if needs_body and not _is_json(request.getHeader(b"Content-Type")):
                 return render_error(request, 415)
             body = request.content.read(max_body + 1) if request.content is not None else b""
@@ -226,10 +231,10 @@ class MeshAPI:
         return response, self._session_signer(token), None
 
     def _cluster_signer(self, token: VerifiedToken) -> Callable[[bytes], str]:
-        return lambda body: self.membership.cluster.sign_response(token.iss, token, body)
+        return lambda body: self.membership.cluster.sign_response(token.iss, token, body, cnf=token.cnf)
 
     def _session_signer(self, token: VerifiedToken) -> Callable[[bytes], str]:
-        return lambda body: self.membership.session_auth.sign_response(token, body)
+        return lambda body: self.membership.session_auth.sign_response(token, body, cnf=token.cnf)
 
     @app.route(REGISTER_PATH, methods=["POST"])
     def register(self, request: IRequest) -> bytes:

@@ -137,7 +137,7 @@ class Bootstrapper(Component):
                 body = self.membership.our_registration().to_json()
                 request = self.cluster.sign_request("bootstrap", "POST", REGISTER_PATH, body, typ=TYP_BOOTSTRAP)
                 response = yield self.client.post(
-                    url, REGISTER_PATH, body, request.header_value, timeout=self.settings.registration_timeout
+                    url, REGISTER_PATH, body, request, timeout=self.settings.registration_timeout
                 )
                 if response.status != 421:
                     break

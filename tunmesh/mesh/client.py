@@ -1,24 +1,36 @@
 """`MeshClient`: the transport for control requests to peers (treq, or an in-memory `StubTreq` in tests).
 
-It knows nothing of tokens: the flows sign the body, this posts it with a deadline, reads a bounded
-response and hands back status, the headers the flows need and the exact body bytes (which the
-response token signs). Every request in flight is tracked so `cancel_all()` can stop them at shutdown.
+The flows sign the body; this posts it with a deadline, reads a bounded response and hands back
+status, the headers the flows need and the exact body bytes (which the response token signs). Every
+request in flight is tracked so `cancel_all()` can stop them at shutdown.
+
+Between nodes (:meth:`MeshClient.with_tls`) every connection is a ``tunmesh-ctl/1`` connection whose
+server proved the TLS session before anything is sent (:mod:`tunmesh.tls.binding`), and every
+request token is bound to the session it goes out on: :class:`BindingConnectionPool` hands the
+request to the connection through a wrapper that adds ``cnf`` (``SignedRequest.bind``) once the
+connection, and so its TLS exporter value, is known (W5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from treq import collect as treq_collect
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IClientRequest, IResponse
 
+from tunmesh.auth.errors import AuthError
+from tunmesh.auth.tokens import SignedRequest
 from tunmesh.failures import describe_failure
 from tunmesh.interfaces import TreqLike
 from tunmesh.mesh.errors import PeerRequestFailed
+from tunmesh.tls.binding import ChannelProofError, ControlEndpointFactory, ProofVerifier, control_binding
 
 #: Largest response body accepted (a registration with max_nodes entries fits with room to spare).
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -56,6 +68,9 @@ class RawResponse:
     authorization: str | None
     content_type: str | None
     retry_after: str | None
+    #: the ``cnf`` the request was bound to (this side's TLS exporter value of the connection the
+    #: answer came on): the response token must carry the same; ``None`` without TLS (memory tests)
+    channel: str | None = None
 
     def is_json(self) -> bool:
         """``application/json`` with no parameter or ``charset=utf-8`` (:func:`is_json_media_type`)."""
@@ -92,6 +107,54 @@ def _first(headers: Any, name: bytes) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
+Binder = Callable[[str], str]
+
+
+class _BindingConnection:
+    """One pooled HTTP/1.1 connection, as the pool hands it to ``Agent`` for one request
+    (``HTTPConnectionPool.getConnection`` may return a wrapper): sets the request's
+    ``Authorization`` to the token bound to this connection's TLS session before it is written."""
+
+    def __init__(self, connection: Any, pending: dict[str, Binder]) -> None:
+        self._connection = connection
+        self._pending = pending
+
+    def request(self, request: IClientRequest) -> Deferred[IResponse]:
+        values = request.headers.getRawHeaders(b"Authorization") or []
+        bind = self._pending.pop(values[0].decode("latin-1"), None) if len(values) == 1 else None
+        if bind is not None:
+            try:
+                cnf = control_binding(self._connection.transport)
+                if cnf is None:
+                    raise AuthError("channel_binding")
+                value = bind(cnf)
+            except AuthError:
+                self._connection.transport.loseConnection()
+                return fail(ChannelProofError("no TLS exporter value for the request"))
+            request.headers.setRawHeaders(b"Authorization", [value.encode("ascii")])
+        result: Deferred[IResponse] = self._connection.request(request)
+        return result
+
+
+class BindingConnectionPool(HTTPConnectionPool):
+    """``HTTPConnectionPool`` whose connections bind each request to their TLS session.
+
+    ``pending`` maps the unbound header value a request is sent with to its ``bind``; the connection
+    the request goes out on replaces it (:class:`_BindingConnection`). Automatic retries are off: a
+    retry would go out on another connection with a token bound to the first.
+    """
+
+    retryAutomatically = False
+
+    def __init__(self, reactor: Any, persistent: bool = True) -> None:
+        super().__init__(reactor, persistent)
+        self.pending: dict[str, Binder] = {}
+
+    def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
+        d: Deferred[Any] = super().getConnection(key, endpoint)
+        return d.addCallback(_BindingConnection, self.pending)
+
+
 class MeshClient:
     """POSTs signed control requests with a deadline; one instance per node."""
 
@@ -106,17 +169,19 @@ class MeshClient:
         *,
         pool: Any = None,
         metrics: Any = None,
+        endpoints: ControlEndpointFactory | None = None,
     ) -> None:
         self._http = http
         self._pool = pool
+        self._endpoints = endpoints
         self._duration = (
             None
             if metrics is None
             else metrics.histogram(
                 "mesh_request_duration_seconds",
                 "Control requests to peers (this node as the client), by kind (register, init_session, "
-                "leave, other) and result (2xx, 4xx, 5xx, or timeout, transport, tls, cancelled): seconds "
-                "from the request to the whole response.",
+                "leave, other) and result (2xx, 4xx, 5xx, or timeout, transport, tls, channel_binding, "
+                "cancelled): seconds from the request to the whole response.",
                 ("kind", "result"),
                 buckets=REQUEST_BUCKETS,
             )
@@ -128,35 +193,73 @@ class MeshClient:
 
     @classmethod
     def with_tls(cls, reactor: Any, tls_policy: Any, timeout: float, metrics: Any = None) -> MeshClient:
-        """A real client: treq over an `Agent` whose `contextFactory` is tunmesh's TLS client policy."""
-        from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
+        """A real client: treq over an `Agent` whose connections are channel-bound ``tunmesh-ctl/1``
+        connections made with tunmesh's TLS client policy (whose ALPN must be ``tunmesh-ctl/1``).
 
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        Call :meth:`verify_channel_with` before the first request: until then every connection is
+        refused.
+        """
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent
+
+        pool = BindingConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 3
         pool.cachedConnectionTimeout = 10
-        agent = Agent(reactor, contextFactory=tls_policy, pool=pool, connectTimeout=timeout)
-        return cls(HTTPClient(agent), reactor, timeout, pool=pool, metrics=metrics)  # type: ignore[arg-type]
+        endpoints = ControlEndpointFactory(reactor, tls_policy, timeout)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        return cls(
+            HTTPClient(agent), reactor, timeout, pool=pool, metrics=metrics, endpoints=endpoints  # type: ignore[arg-type]
+        )
+
+    def verify_channel_with(self, verify: ProofVerifier) -> None:
+        """Check the servers' channel proofs with ``verify`` (``ClusterAuthority.verify_channel_proof``)."""
+        if self._endpoints is not None:
+            self._endpoints.verify = verify
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
     def post(
-        self, url: str, path: str, body: bytes, authorization: str, timeout: float | None = None
+        self,
+        url: str,
+        path: str,
+        body: bytes,
+        authorization: SignedRequest | str,
+        timeout: float | None = None,
     ) -> Deferred[RawResponse]:
         """POST `body` (JSON) to `url` + `path` within `timeout` (default: the client's); fails with
-        `PeerRequestFailed` (reason timeout/transport)."""
+        `PeerRequestFailed` (reason timeout/transport/tls/channel_binding...).
+
+        A `SignedRequest` is bound to the TLS session of the connection it goes out on (W5) when this
+        client pools bound connections; the response then carries that value as ``channel``.
+        """
         started = self._clock.seconds()
-        d = self._post(url.rstrip("/") + path, body, authorization)
+        header = authorization if isinstance(authorization, str) else authorization.header_value
+        bind = None if isinstance(authorization, str) else authorization.bind
+        bound: list[str] = []
+        pending = self._pool.pending if isinstance(self._pool, BindingConnectionPool) else None
+        if pending is not None and bind is not None:
+            signer = bind
+
+            def bind_here(cnf: str) -> str:
+                bound.append(cnf)
+                return signer(cnf)
+
+            pending[header] = bind_here
+        d = self._post(url.rstrip("/") + path, body, header, bound)
         d.addTimeout(self.timeout if timeout is None else timeout, self._clock)
         self._in_flight.add(d)
 
         def done(result: Any) -> Any:
             self._in_flight.discard(d)
+            if pending is not None:
+                pending.pop(header, None)
             if isinstance(result, Failure):
                 if result.check(PeerRequestFailed):
                     return result
+                if result.check(ChannelProofError):
+                    raise PeerRequestFailed("channel_binding", f"{url}: {result.value}")
                 if result.check(TimeoutError):
                     raise PeerRequestFailed("timeout", url)
                 if result.check(CancelledError):
@@ -179,7 +282,7 @@ class MeshClient:
         return d
 
     @inlineCallbacks
-    def _post(self, full_url: str, body: bytes, authorization: str) -> Any:
+    def _post(self, full_url: str, body: bytes, authorization: str, bound: list[str]) -> Any:
         headers = {b"Content-Type": [JSON.encode()], b"Authorization": [authorization.encode("ascii")]}
         response = yield self._http.request("POST", full_url, headers=headers, data=body)
         chunks: list[bytes] = []
@@ -203,6 +306,7 @@ class MeshClient:
             authorization=_first(response.headers, b"Authorization"),
             content_type=_first(response.headers, b"Content-Type"),
             retry_after=_first(response.headers, b"Retry-After"),
+            channel=bound[0] if bound else None,
         )
 
     def cancel_all(self) -> None:

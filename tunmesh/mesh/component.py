@@ -15,6 +15,7 @@ from tunmesh.logutil import RateLimitedLog
 from tunmesh.mesh.backoff import Backoff
 
 if TYPE_CHECKING:
+    from tunmesh.mesh.client import MeshClient
     from tunmesh.mesh.membership import Membership
 
 
@@ -30,7 +31,6 @@ class Component:
         self.node_id = m.node_id
         self.cluster = m.cluster
         self.sessions = m.sessions
-        self.client = m.client
         self.pool = m.pool
         self.clock = m.clock
         self.monotonic = m.monotonic
@@ -39,6 +39,11 @@ class Component:
         self.contacts = m.contacts
         self.meters = m.meters
         self._rlog = RateLimitedLog(self.log, m.clock)
+
+    @property
+    def client(self) -> MeshClient:
+        """The coordinator's control client (read at each use: tests swap in a real TLS client)."""
+        return self.membership.client
 
     def peer_backoff(self) -> Backoff:
         """A W7 backoff (``backoff_initial`` doubling to ``backoff_max``, jittered) on the shared clock."""

@@ -88,7 +88,9 @@ class PeerExchange:
         self, response: RawResponse, expected: str | None, request: SignedRequest, where: str
     ) -> VerifiedToken:
         try:
-            return self.cluster.verify_response(response.authorization, expected, request, response.body)
+            return self.cluster.verify_response(
+                response.authorization, expected, request, response.body, cnf=response.channel
+            )
         except AuthError as exc:
             self._auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
@@ -97,7 +99,9 @@ class PeerExchange:
         self, peer_id: str, response: RawResponse, request: SignedRequest, where: str
     ) -> VerifiedToken:
         try:
-            return self.session_auth.verify_response(peer_id, response.authorization, request, response.body)
+            return self.session_auth.verify_response(
+                peer_id, response.authorization, request, response.body, cnf=response.channel
+            )
         except AuthError as exc:
             self._auth_failed(exc, where)
             raise PeerRequestFailed("response_auth", exc.reason, response.status) from None
@@ -129,7 +133,7 @@ class PeerExchange:
             payload = body()
             request = self.session_auth.sign_request(peer_id, "POST", session_path, payload)
             response = yield self.client.post(
-                url, session_path, payload, request.header_value, timeout=session_timeout
+                url, session_path, payload, request, timeout=session_timeout
             )
             if response.status not in (401, 404):
                 self.check_response(response, url)
@@ -144,7 +148,7 @@ class PeerExchange:
         payload = body()
         request = self.cluster.sign_request(peer_id, "POST", cluster_path, payload, typ=TYP_REQUEST)
         response = yield self.client.post(
-            url, cluster_path, payload, request.header_value, timeout=self.settings.registration_timeout
+            url, cluster_path, payload, request, timeout=self.settings.registration_timeout
         )
         self.check_response(response, url)
         self.verify_cluster(response, peer_id, request, f"{what} response")

@@ -41,7 +41,7 @@ class Leave(Component):
                 request = self.membership.session_auth.sign_request(peer.id, "POST", path, body)
             except AuthError:
                 continue
-            d = self.client.post(peer.url, path, body, request.header_value)
+            d = self.client.post(peer.url, path, body, request)
             d.addCallbacks(lambda response: response.status == 200, lambda _failure: False)
             requests.append(d)
         if not requests:

@@ -125,7 +125,7 @@ def load_certificates(pem_path: Path) -> list[x509.Certificate]:
 
 
 def certificate_der_sha256(cert: x509.Certificate) -> bytes:
-    """SHA-256 of the DER encoding: the ``x5t#S256`` value (contract W5(a))."""
+    """SHA-256 of the DER encoding (the ``x5t#S256`` value; diagnostics, not the W5(a) binding)."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
 

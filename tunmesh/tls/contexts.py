@@ -380,7 +380,7 @@ def peer_certificate_sha256(transport: object) -> bytes | None:
 
 
 def local_certificate_sha256(cert_path: Path) -> bytes:
-    """The ``x5t#S256`` of this node's own (leaf) certificate, for the server side of W5(a)."""
+    """The SHA-256 (``x5t#S256``) of this node's own (leaf) certificate (diagnostics; W5(a) binds the TLS exporter)."""
     try:
         return certificate_der_sha256(load_certificates(cert_path)[0])
     except CertificateFileError as exc:
