@@ -131,6 +131,22 @@ def get(
     """``GET url+path`` as a cluster-token request bound to the TLS session; returns the answer
     with its body verified. Raises :class:`QueryError` (connection, TLS, protocol) or ``AuthError``
     (the proof or the answer is not the cluster's: a relay, another secret)."""
+    return request(url, "GET", path, b"", authority, trust_path, verify_hostname, trust_key, timeout)
+
+
+def request(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes,
+    authority: ClusterAuthority,
+    trust_path: Path,
+    verify_hostname: bool,
+    trust_key: str = CA_FILE_KEY,
+    timeout: float = 10.0,
+) -> Answer:
+    """``method url+path`` with ``body`` (JSON when not empty) as a cluster-token request bound to
+    the TLS session, as :func:`get` (which is this with ``GET`` and no body)."""
     parts = urlsplit(url)
     host = parts.hostname
     if parts.scheme != "https" or not host:
@@ -170,11 +186,13 @@ def get(
             raise ProofRefused("malformed") from None
         except AuthError as e:
             raise ProofRefused(e.reason) from None
-        signed = authority.sign_request(node_id, "GET", path, b"", cnf=cnf)
+        signed = authority.sign_request(node_id, method, path, body, cnf=cnf)
+        framing = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" if body else ""
         c.send_all(
             # HTTP/1.0: one request, the answer delimited by its length or the close, never chunked
-            f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nAuthorization: {signed.header_value}\r\n"
-            "\r\n".encode("ascii")
+            f"{method} {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nAuthorization: {signed.header_value}\r\n"
+            f"{framing}\r\n".encode("ascii")
+            + body
         )
         status, authorization, body = _read_response(c)
     finally:

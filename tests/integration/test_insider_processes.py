@@ -21,13 +21,15 @@ from tests.netns import requires_root_netns
 #: Run in node 3's namespace: signs registrations with the cluster secret as a made-up node whose
 #: listen_url is node 2's, and prints the HTTP status of each.
 CLAIMANT = r"""
-import json, ssl, sys, time, urllib.error, urllib.request
+import json, sys, time
+from pathlib import Path
+from tunmesh import ctlquery
 from tunmesh.auth.cluster import ClusterAuthority
-from tunmesh.auth.keys import random_id
 from tunmesh.mesh.exchange import REGISTER_PATH
+from tunmesh.tls.contexts import CERT_FILE_KEY
 import uuid
 
-secret_file, target_url, target_id, victim_url, count = sys.argv[1:6]
+secret_file, cert_file, target_url, victim_url, count = sys.argv[1:6]
 secret = open(secret_file).read().strip()
 
 class Clock:
@@ -36,9 +38,6 @@ class Clock:
 
 node = str(uuid.uuid4())
 authority = ClusterAuthority(secret.encode(), node, Clock())
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
 for seq in range(1, int(count) + 1):
     body = json.dumps({
         "local": {
@@ -48,14 +47,11 @@ for seq in range(1, int(count) + 1):
         },
         "remote": [], "stamp": seq, "seq": seq,
     }).encode()
-    signed = authority.sign_request(target_id, "POST", REGISTER_PATH, body)
-    req = urllib.request.Request(target_url + REGISTER_PATH, data=body, method="POST", headers={
-        "Authorization": signed.header_value, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
-            print(r.status, flush=True)
-    except urllib.error.HTTPError as e:
-        print(e.code, flush=True)
+    # A channel-bound request, as a real node sends it (the insider holds the secret and a trusted cert).
+    answer = ctlquery.request(
+        target_url, "POST", REGISTER_PATH, body, authority, Path(cert_file), False, CERT_FILE_KEY, 5
+    )
+    print(answer.status, flush=True)
     time.sleep(0.5)
 """
 
@@ -71,7 +67,7 @@ class InsiderEvictionTests(TestCase):
             )
             secret = str(cluster.workdir / "cluster.secret")
             claim = cluster.ns(3).run(
-                [sys.executable, "-c", CLAIMANT, secret, "https://198.18.0.1:4567", ids[1],
+                [sys.executable, "-c", CLAIMANT, secret, str(cluster.workdir / "cert.pem"), "https://198.18.0.1:4567",
                  "https://198.18.0.2:4567", "10"],
                 timeout=60,
             )
