@@ -113,7 +113,7 @@ class Node:
         self.sessions = SessionStore(
             self.id, self.wall, monotonic=clock.seconds, max_age=session_max_age, rng=random.Random(n)
         )
-        self.client = MeshClient(net, clock, timeout=self.settings.request_timeout)
+        self.client = MeshClient(net, clock, timeout=self.settings.request_timeout, metrics=self.metrics)
         self.membership = Membership(
             self.settings,
             self.id,

@@ -44,6 +44,7 @@ from tunmesh.mesh.exchange import AUTH, CONTROL, INIT_SESSION_PATH, LEAVE_PATH, 
 from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.structs import dumps_json
 from tunmesh.tls.binding import control_binding
+from tunmesh.mesh.traffic import ControlTraffic
 
 MAX_REGISTRATION_BODY = 64 * 1024
 MAX_INIT_SESSION_BODY = 8 * 1024
@@ -110,6 +111,7 @@ class MeshAPI:
             "errors", "Unexpected exceptions caught at a boundary, by where (api, pre_auth, a mesh route...).", ("where",)
         )
         self._rlog = RateLimitedLog(self.log, membership.clock)
+        self._traffic = ControlTraffic(membership.metrics)
 
     # -- mounting ----------------------------------------------------------------------------------
 
@@ -188,6 +190,26 @@ class MeshAPI:
         process: Callable[[VerifiedToken, bytes], tuple[bytes, Callable[[bytes], str], Callable[[], None] | None]],
         needs_body: bool = True,
     ) -> bytes:
+        received: list[bytes] = []
+        answer = b""
+        try:
+            answer = self._answer(request, where, head, max_body, process, needs_body, received)
+            return answer
+        finally:
+            # a refusal raises (rendered by handle_errors): counted with the body received, none sent
+            path = request.path.decode("ascii", "replace")
+            self._traffic.server(path, len(received[0]) if received else 0, len(answer))
+
+    def _answer(
+        self,
+        request: IRequest,
+        where: str,
+        head: HeadCheck,
+        max_body: int,
+        process: Callable[[VerifiedToken, bytes], tuple[bytes, Callable[[bytes], str], Callable[[], None] | None]],
+        needs_body: bool,
+        received: list[bytes],
+    ) -> bytes:
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("ascii", "replace")
         try:
@@ -196,6 +218,7 @@ class MeshAPI:
             if needs_body and not _is_json(request.getHeader(b"Content-Type")):
                 return render_error(request, 415)
             body = request.content.read(max_body + 1) if request.content is not None else b""
+            received.append(body)
             if len(body) > max_body:
                 return render_error(request, 413)
             token = pending.verify_body(body)

@@ -31,24 +31,13 @@ from tunmesh.failures import describe_failure
 from tunmesh.interfaces import TreqLike
 from tunmesh.mesh.errors import PeerRequestFailed
 from tunmesh.tls.binding import ChannelProofError, ControlEndpointFactory, ProofVerifier, control_binding
+from tunmesh.mesh.traffic import ControlTraffic, request_kind
 
 #: Largest response body accepted (a registration with max_nodes entries fits with room to spare).
 MAX_RESPONSE_BYTES = 1024 * 1024
 JSON = "application/json"
 #: Buckets of ``tunmesh_mesh_request_duration_seconds`` (up to the longest request_timeout worth waiting).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-def request_kind(path: str) -> str:
-    """The label of a control request by its path: ``register``, ``init_session``, ``leave`` or
-    ``other`` (ids in the path are left out: the label set stays fixed)."""
-    if "/registrations/register" in path:
-        return "register"
-    if "/init_session" in path:
-        return "init_session"
-    if "/registrations/leave" in path:
-        return "leave"
-    return "other"
 
 
 def request_result(response: Any) -> str:
@@ -186,6 +175,7 @@ class MeshClient:
                 buckets=REQUEST_BUCKETS,
             )
         )
+        self._traffic = None if metrics is None else ControlTraffic(metrics)
         self._clock = clock
         self.timeout = timeout
         self._max_response = max_response
@@ -269,6 +259,14 @@ class MeshClient:
             return result
 
         d.addBoth(done)
+        if self._traffic is not None:
+            traffic = self._traffic
+
+            def counted(result: Any) -> Any:
+                traffic.client(path, len(body), 0 if isinstance(result, Failure) else len(result.body))
+                return result
+
+            d.addBoth(counted)
         if self._duration is not None:
             duration = self._duration
 
