@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""In-memory scale simulation: N nodes join and rest on one ``task.Clock``, counting control messages and bytes.
+
+    python contrib/bench/scale_sim.py [--nodes 50,200,500] [--rest 60] [--json FILE]
+
+Every node is a real ``Membership`` + ``MeshAPI`` + ``MeshClient`` (the in-memory harness of the mesh tests,
+``tests/unit/test_mesh_support.py``: HTTP through ``treq.testing.StubTreq``, tokens signed and verified,
+X25519 session setups) with the **shipped** timings (groom 5 s, bootstrap retry 15 s, local peers renewed
+every 5 s, stale after 30 s), all bootstrapping from node 1's URL, started together. No sockets, no TUN,
+no data plane: what it counts is the control plane alone, in simulated time, so the growth with N is known
+beyond what one machine can start as processes.
+
+For each N it prints:
+
+* ``join``: simulated seconds from the start until every node holds every other node with an outbound
+  session, and control requests sent and body bytes (sent + received) per node during that time;
+* ``rest``: over ``--rest`` simulated seconds after the join settled, control requests sent per node per
+  minute, body bytes (sent + received) per node per minute, and the mean body size of a registration
+  (request + response): the figure that must not grow with N;
+* wall seconds the simulation took (not a measure of tunmesh: the whole cluster runs in this process).
+
+The counts come from each node's own ``tunmesh_mesh_control_requests_total`` and
+``tunmesh_mesh_control_bytes_total`` (``tunmesh.mesh.traffic``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from twisted.internet.task import Clock  # noqa: E402
+
+from tests.unit.test_mesh_support import START, FakeNetwork, Node  # noqa: E402
+from tunmesh.mesh.settings import PeerTiming  # noqa: E402
+
+#: the shipped registration timings (config defaults), as a deployment runs them
+SHIPPED = dict(
+    groom_interval=5.0,
+    bootstrap_retry_interval=15.0,
+    local_timing=PeerTiming(5.0, 30.0),
+    mesh_timing=PeerTiming(30.0, 120.0),
+    request_timeout=5.0,
+)
+
+
+@dataclass
+class SimResult:
+    nodes: int
+    join_seconds: float | None
+    join_requests_per_node: float
+    join_kbytes_per_node: float
+    rest_requests_per_node_minute: float
+    rest_kbytes_per_node_minute: float
+    rest_register_bytes_per_message: float
+    rest_requests_max_node_minute: float
+    wall_seconds: float
+
+
+def address(n: int) -> str:
+    """Node n's overlay address: all nodes in one /16, so every peer is ``local`` (renewed every 5 s)."""
+    return f"100.64.{n // 250}.{n % 250 + 1}/16"
+
+
+def build(count: int, clock: Clock, net: FakeNetwork) -> list[Node]:
+    first = "https://n1.test:4567"
+    return [
+        Node(net, clock, n, (first,), address=address(n), max_nodes=max(256, count + 8), **SHIPPED)  # type: ignore[arg-type]
+        for n in range(1, count + 1)
+    ]
+
+
+def meshed(nodes: list[Node]) -> bool:
+    want = len(nodes) - 1
+    for node in nodes:
+        if len(node.pool) < want:
+            return False
+        sessions = node.sessions
+        if sum(1 for p in node.pool if sessions.outbound(p.id) is not None) < want:
+            return False
+    return True
+
+
+def totals(nodes: list[Node]) -> tuple[list[float], list[float], float, float]:
+    """Per node: requests sent, body bytes sent + received; and registrations: count and bytes (all nodes,
+    as a client: request and response bodies)."""
+    requests = [n.counter("tunmesh_mesh_control_requests_total", direction="out") for n in nodes]
+    volume = [n.counter("tunmesh_mesh_control_bytes_total") for n in nodes]
+    reg_count = sum(n.counter("tunmesh_mesh_control_requests_total", kind="register", direction="out") for n in nodes)
+    reg_bytes = sum(n.counter("tunmesh_mesh_control_bytes_total", kind="register") for n in nodes) / 2
+    return requests, volume, reg_count, reg_bytes
+
+
+def step(clock: Clock, seconds: float) -> None:
+    clock.advance(0)
+    clock.advance(seconds)
+    clock.advance(0)
+
+
+def simulate(count: int, rest: float = 60.0, join_limit: float = 300.0, tick: float = 0.5) -> SimResult:
+    """Start ``count`` nodes together, wait for the full mesh (at most ``join_limit`` simulated seconds),
+    let it settle one stale threshold, then count ``rest`` seconds."""
+    wall = time.monotonic()
+    clock = Clock()
+    clock.advance(START)
+    net = FakeNetwork()
+    nodes = build(count, clock, net)
+    try:
+        for node in nodes:
+            node.start()
+        join: float | None = None
+        elapsed = 0.0
+        while elapsed < join_limit:
+            step(clock, tick)
+            elapsed += tick
+            if meshed(nodes):
+                join = elapsed
+                break
+        joined_requests, joined_bytes, _, _ = totals(nodes)
+        step_count = int(30 / tick)  # settle: renewals of the join are past, rotations not yet due
+        for _ in range(step_count):
+            step(clock, tick)
+        before = totals(nodes)
+        for _ in range(int(rest / tick)):
+            step(clock, tick)
+        after = totals(nodes)
+        per_minute = 60.0 / rest
+        requests = [(a - b) * per_minute for a, b in zip(after[0], before[0])]
+        volume = [(a - b) * per_minute for a, b in zip(after[1], before[1])]
+        reg_count = after[2] - before[2]
+        reg_bytes = after[3] - before[3]
+        return SimResult(
+            nodes=count,
+            join_seconds=join,
+            join_requests_per_node=statistics.mean(joined_requests),
+            join_kbytes_per_node=statistics.mean(joined_bytes) / 1000,
+            rest_requests_per_node_minute=statistics.mean(requests),
+            rest_kbytes_per_node_minute=statistics.mean(volume) / 1000,
+            rest_register_bytes_per_message=reg_bytes / reg_count if reg_count else 0.0,
+            rest_requests_max_node_minute=max(requests),
+            wall_seconds=time.monotonic() - wall,
+        )
+    finally:
+        for node in nodes:
+            node.crash()
+        clock.advance(0)
+
+
+def table(results: list[SimResult]) -> str:
+    head = (
+        "| nodes | full mesh after (sim s) | join: requests / kB per node | rest: requests per node per min "
+        "(max) | rest: kB per node per min | bytes per registration (req+resp) | wall s |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    rows = [
+        f"| {r.nodes} | {'no mesh' if r.join_seconds is None else f'{r.join_seconds:.1f}'} | "
+        f"{r.join_requests_per_node:.0f} / {r.join_kbytes_per_node:.0f} | "
+        f"{r.rest_requests_per_node_minute:.0f} ({r.rest_requests_max_node_minute:.0f}) | "
+        f"{r.rest_kbytes_per_node_minute:.1f} | {r.rest_register_bytes_per_message:.0f} | {r.wall_seconds:.0f} |"
+        for r in results
+    ]
+    return "\n".join([head, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", default="50,200,500", help="comma-separated node counts (default 50,200,500)")
+    ap.add_argument("--rest", type=float, default=60.0, help="simulated seconds counted at rest (default 60)")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    args = ap.parse_args(argv)
+    try:
+        counts = [int(c) for c in args.nodes.split(",") if c.strip()]
+    except ValueError:
+        ap.error(f"--nodes: not a list of integers: {args.nodes!r}")
+    if not counts or any(c < 2 for c in counts):
+        ap.error("--nodes: every count must be at least 2")
+    if args.rest <= 0:
+        ap.error("--rest must be positive")
+    results = []
+    for count in counts:
+        result = simulate(count, rest=args.rest)
+        results.append(result)
+        print(f"simulated {count} nodes in {result.wall_seconds:.0f} s", file=sys.stderr, flush=True)
+    print(table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    return 0 if all(r.join_seconds is not None for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
