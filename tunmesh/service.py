@@ -164,6 +164,10 @@ def _make_service(
     # Wall-clock steps are detected and logged; they cannot move timers, which are monotonic (W10).
     clock_watch = ClockStepWatch(reactor, metrics)
     clock_watch.setServiceParent(top)
+    # Timers pending on the reactor, read at scrape time: flat at rest, back to its level after churn.
+    metrics.gauge(
+        "reactor_delayed_calls", "Timers (callLater) pending on the reactor; a count that keeps growing is a leak."
+    ).set_function(lambda: len(reactor.getDelayedCalls()))
 
     # 0. Our overlay addresses: configured, or claimed dynamically (docs/addressing.md).
     # The TUN and the router get the current addresses; membership keeps the config (it tells claimed

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Scale benchmark: N real nodes in N namespaces join, then rest; what a node costs per peer (as root).
+
+    python contrib/bench/scale_bench.py [--nodes 10,30,50] [--idle 60] [--churn 10] [--json FILE]
+
+For each N: one namespace per node (``tests.netns.Underlay``) with the cluster layout of the namespace tests
+(``tests.integration.cluster``) and the **shipped** timings; every node's only bootstrap URL is node 1's, as
+pods behind a headless Service. The nodes are started in a shuffled order ``--interval`` seconds apart.
+Then it prints:
+
+* ``full mesh``: seconds from the **last** start until every node has an outbound packet link to every
+  other (max and median over nodes), and when the last node began to serve;
+* at rest, over ``--idle`` seconds after ``--settle`` seconds: per node per minute, control requests sent and
+  answered and their body bytes (from the nodes' own ``tunmesh_mesh_control_requests_total`` and
+  ``tunmesh_mesh_control_bytes_total``), CPU (utime+stime from ``/proc/<pid>/stat``, in % of one core:
+  median and max), RSS (``VmRSS``, median and max), open files, reactor timers
+  (``tunmesh_reactor_delayed_calls``) and metric series;
+* a ping sample: ``--pings`` random pairs, one ``ping`` each through the overlay, answered/sent;
+* with ``--churn K``: K nodes killed (SIGKILL) and restarted at once (new node ids, as a restarted pod
+  without a state volume): seconds from the restarts until the mesh is whole again, and, once the killed
+  ids are gone (``stale_threshold`` or a URL probe), the survivors' open files, timers, metric series and
+  links before and after, and how many series still name a killed id (want 0).
+
+Absolute times depend on the machine's load (printed with each line); per-node request counts, bytes and
+CPU-seconds per minute are the robust figures. Namespaces and processes are removed on exit, on Ctrl-C and
+on SIGTERM; ``tests.netns.cleanup_stale()`` (run at start) removes what a killed run left behind.
+Exit 1 when a measurement failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.cluster import (  # noqa: E402
+    Cluster,
+    MetricsProbe,
+    overlay_v4,
+    shipped_config,
+    start_together,
+    wait_links_full_mesh,
+    wait_listening,
+)
+from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason, process_cpu_seconds  # noqa: E402
+
+COUNTERS = ("tunmesh_mesh_control_requests_total", "tunmesh_mesh_control_bytes_total")
+
+
+def rss_mb(pid: int) -> float:
+    """``VmRSS`` of a process in MB (10^6 bytes)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return 0.0
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class NodeSample:
+    """One reading of a node: CPU seconds, RSS, open files, and its ``/metrics`` figures."""
+
+    def __init__(self, cluster: Cluster, i: int, probe: MetricsProbe) -> None:
+        pid = cluster.nodes[i].pid
+        self.cpu = process_cpu_seconds(pid)
+        self.at = time.monotonic()
+        self.rss = rss_mb(pid)
+        self.fds = open_files(pid)
+        body = probe._get("/metrics") or ""
+        self.metrics_text = body
+        lines = [ln for ln in body.splitlines() if ln and not ln.startswith("#")]
+        self.series = len(lines)
+        self.values: dict[str, float] = {}
+        for line in lines:
+            name_labels, _, value = line.rpartition(" ")
+            try:
+                self.values[name_labels] = float(value)
+            except ValueError:
+                continue
+
+    def total(self, name: str, *fragments: str) -> float:
+        return sum(
+            v for k, v in self.values.items() if k.split("{")[0] == name and all(f in k for f in fragments)
+        )
+
+
+def sample_all(cluster: Cluster, probes: dict[int, MetricsProbe]) -> dict[int, NodeSample]:
+    return {i: NodeSample(cluster, i, probes[i]) for i in sorted(cluster.nodes)}
+
+
+def rest_figures(before: dict[int, NodeSample], after: dict[int, NodeSample]) -> dict[str, Any]:
+    """Per node per minute between two samples, summarised over nodes (median and max)."""
+    per: dict[str, list[float]] = {k: [] for k in ("req_out", "req_in", "kbytes", "cpu_pct")}
+    for i, b in before.items():
+        a = after[i]
+        minutes = (a.at - b.at) / 60
+        per["req_out"].append((a.total(COUNTERS[0], 'direction="out"') - b.total(COUNTERS[0], 'direction="out"')) / minutes)
+        per["req_in"].append((a.total(COUNTERS[0], 'direction="in"') - b.total(COUNTERS[0], 'direction="in"')) / minutes)
+        per["kbytes"].append((a.total(COUNTERS[1]) - b.total(COUNTERS[1])) / 1000 / minutes)
+        per["cpu_pct"].append(100 * (a.cpu - b.cpu) / (a.at - b.at))
+    out: dict[str, Any] = {}
+    for key, values in per.items():
+        out[key] = {"median": statistics.median(values), "max": max(values)}
+    for key, attr in (("rss_mb", "rss"), ("fds", "fds"), ("series", "series")):
+        values = [getattr(s, attr) for s in after.values()]
+        out[key] = {"median": statistics.median(values), "max": max(values)}
+    timers = [s.total("tunmesh_reactor_delayed_calls") for s in after.values()]
+    out["timers"] = {"median": statistics.median(timers), "max": max(timers)}
+    return out
+
+
+def ping_sample(cluster: Cluster, count: int, rng: random.Random) -> tuple[int, int]:
+    nodes = sorted(cluster.nodes)
+    answered = 0
+    for _ in range(count):
+        src, dst = rng.sample(nodes, 2)
+        r = cluster.ns(src).run(["ping", "-n", "-c", "1", "-W", "2", overlay_v4(dst)], check=False, timeout=10)
+        answered += r.returncode == 0
+    return answered, count
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    result: dict[str, Any] = {"nodes": n}
+    with Underlay(nodes=n, tag="s") as u:
+        u.wait_reachable(timeout=60)
+        cluster = Cluster(u, workdir / f"n{n}", shipped_config)
+        order = list(range(1, n + 1))
+        rng.shuffle(order)
+        probes: dict[int, MetricsProbe] = {}
+        try:
+            started = start_together(cluster, order, args.interval * (n - 1))
+            serving = wait_listening(cluster, args.timeout)
+            done = wait_links_full_mesh(cluster, args.timeout)
+            last = started[-1]
+            times = sorted(t - last for t in done.values())
+            result["full_mesh_after_last_start"] = {"max": times[-1], "median": statistics.median(times)}
+            result["serving_after_last_start"] = max(serving.values()) - last
+            result["load_join"] = load()
+            print(f"[{n}] full mesh {times[-1]:.1f} s (median {statistics.median(times):.1f} s) after the last "
+                  f"start; all serving after {result['serving_after_last_start']:.1f} s (load {load():.1f})",
+                  flush=True)
+            probes = {i: MetricsProbe(cluster.ns(i), f"198.18.0.{i}") for i in cluster.nodes}
+            time.sleep(args.settle)
+            before = sample_all(cluster, probes)
+            time.sleep(args.idle)
+            after = sample_all(cluster, probes)
+            cluster.check_running()
+            result["rest"] = rest_figures(before, after)
+            result["load_rest"] = load()
+            result["ping"] = ping_sample(cluster, args.pings, rng)
+            print(f"[{n}] at rest: {describe_rest(result['rest'])}; ping {result['ping'][0]}/{result['ping'][1]} "
+                  f"(load {load():.1f})", flush=True)
+            if args.churn:
+                result["churn"] = churn(cluster, probes, min(args.churn, n - 1), rng, args)
+                print(f"[{n}] churn: {describe_churn(result['churn'])}", flush=True)
+        finally:
+            for probe in probes.values():
+                probe.close()
+            cluster.stop_all()
+    return result
+
+
+def churn(
+    cluster: Cluster, probes: dict[int, MetricsProbe], count: int, rng: random.Random, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Kill ``count`` nodes (not node 1, the bootstrap target) and restart them at once."""
+    victims = sorted(rng.sample(sorted(set(cluster.nodes) - {1}), count))
+    survivors = sorted(set(cluster.nodes) - set(victims))
+    old_ids = {i: cluster.node_id(i) for i in victims}
+    before = {i: NodeSample(cluster, i, probes[i]) for i in survivors}
+    for i in victims:
+        probes.pop(i).close()
+        cluster.kill(i)
+    restarted = time.monotonic()
+    for i in victims:
+        cluster.start(i)
+    done = wait_links_full_mesh(cluster, args.timeout)
+    whole = max(done.values()) - restarted
+    # the killed ids leave the survivors' pools (stale threshold 30 s, or a probe of their URL)
+    deadline = time.monotonic() + args.timeout
+    lingering: dict[int, int] = {}
+    while True:
+        texts = {i: probes[i]._get("/metrics") or "" for i in survivors}
+        lingering = {i: sum(t.count(old) for old in old_ids.values()) for i, t in texts.items()}
+        if not any(lingering.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    for i in victims:
+        probes[i] = MetricsProbe(cluster.ns(i), f"198.18.0.{i}")
+    time.sleep(args.settle)
+    after = {i: NodeSample(cluster, i, probes[i]) for i in survivors}
+
+    def summary(samples: dict[int, NodeSample], attr: str) -> float:
+        return statistics.median(getattr(s, attr) for s in samples.values())
+
+    def links(samples: dict[int, NodeSample]) -> float:
+        return statistics.median(s.total("tunmesh_links_connected") for s in samples.values())
+
+    def timers(samples: dict[int, NodeSample]) -> float:
+        return statistics.median(s.total("tunmesh_reactor_delayed_calls") for s in samples.values())
+
+    return {
+        "killed": count,
+        "whole_after_restart": whole,
+        "series_naming_killed_ids": sum(lingering.values()),
+        "survivors_before": {"fds": summary(before, "fds"), "series": summary(before, "series"),
+                             "timers": timers(before), "links": links(before), "rss_mb": summary(before, "rss")},
+        "survivors_after": {"fds": summary(after, "fds"), "series": summary(after, "series"),
+                            "timers": timers(after), "links": links(after), "rss_mb": summary(after, "rss")},
+        "load": load(),
+    }
+
+
+def describe_rest(r: dict[str, Any]) -> str:
+    return (f"requests/min out {r['req_out']['median']:.0f} (max {r['req_out']['max']:.0f}) in "
+            f"{r['req_in']['median']:.0f}, {r['kbytes']['median']:.1f} kB/min, CPU {r['cpu_pct']['median']:.2f} % "
+            f"(max {r['cpu_pct']['max']:.2f} %), RSS {r['rss_mb']['median']:.1f} MB (max {r['rss_mb']['max']:.1f}), "
+            f"fds {r['fds']['median']:.0f}, timers {r['timers']['median']:.0f}, series {r['series']['median']:.0f}")
+
+
+def describe_churn(c: dict[str, Any]) -> str:
+    b, a = c["survivors_before"], c["survivors_after"]
+    return (f"{c['killed']} killed and restarted: whole again after {c['whole_after_restart']:.1f} s; survivors "
+            f"(median) fds {b['fds']:.0f} -> {a['fds']:.0f}, timers {b['timers']:.0f} -> {a['timers']:.0f}, "
+            f"series {b['series']:.0f} -> {a['series']:.0f}, links {b['links']:.0f} -> {a['links']:.0f}, RSS "
+            f"{b['rss_mb']:.1f} -> {a['rss_mb']:.1f} MB; series naming killed ids: "
+            f"{c['series_naming_killed_ids']} (load {c['load']:.1f})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", default="10,30,50", help="comma-separated node counts (default 10,30,50)")
+    ap.add_argument("--interval", type=float, default=0.2, help="seconds between two starts (default 0.2)")
+    ap.add_argument("--idle", type=float, default=60.0, help="seconds measured at rest (default 60)")
+    ap.add_argument("--settle", type=float, default=15.0, help="seconds after the full mesh before measuring (15)")
+    ap.add_argument("--pings", type=int, default=20, help="random pairs pinged through the overlay (default 20)")
+    ap.add_argument("--churn", type=int, default=0, help="kill and restart this many nodes after the rest (0: no)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the start order, pings and churn (default 1)")
+    ap.add_argument("--timeout", type=float, default=180.0, help="give up a wait after this many seconds (180)")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    ap.add_argument("--workdir", type=Path, help="configs and node logs (default: a temporary directory)")
+    args = ap.parse_args(argv)
+    try:
+        counts = [int(c) for c in args.nodes.split(",") if c.strip()]
+    except ValueError:
+        ap.error(f"--nodes: not a list of integers: {args.nodes!r}")
+    if not counts or any(not 2 <= c <= 250 for c in counts):
+        ap.error("--nodes: every count must be 2..250")
+    if args.idle <= 0 or args.interval < 0 or args.settle < 0 or args.pings < 0 or args.churn < 0:
+        ap.error("--idle must be positive; --interval, --settle, --pings and --churn not negative")
+
+    reason = netns_unavailable_reason()
+    if reason:
+        print(f"scale_bench: {reason}", file=sys.stderr)
+        return 2
+    stale = cleanup_stale()
+    if stale:
+        print(f"removed stale namespaces: {', '.join(stale)}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    tmp = None
+    workdir = args.workdir
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="tmt-scale-")
+        workdir = Path(tmp.name)
+    results: list[dict[str, Any]] = []
+    failed = False
+    try:
+        for n in counts:
+            try:
+                results.append(run_one(n, args, workdir))
+            except NetnsError as e:
+                failed = True
+                results.append({"nodes": n, "error": str(e).splitlines()[0]})
+                print(f"[{n}] FAILED: {str(e).splitlines()[0]}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; namespaces removed", file=sys.stderr)
+        return 130
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    return 1 if failed else 0
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        "| nodes | full mesh after the last start (max / median) | requests per node per min (out / in) | "
+        "kB per node per min | idle CPU per node (median / max) | RSS per node (median / max) | ping |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            rows.append(f"| {r['nodes']} | failed: {r['error']} | | | | | |")
+            continue
+        m, rest = r["full_mesh_after_last_start"], r["rest"]
+        rows.append(
+            f"| {r['nodes']} | {m['max']:.1f} s / {m['median']:.1f} s | {rest['req_out']['median']:.0f} / "
+            f"{rest['req_in']['median']:.0f} | {rest['kbytes']['median']:.1f} | {rest['cpu_pct']['median']:.2f} % / "
+            f"{rest['cpu_pct']['max']:.2f} % | {rest['rss_mb']['median']:.1f} / {rest['rss_mb']['max']:.1f} MB | "
+            f"{r['ping'][0]}/{r['ping'][1]} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
