@@ -36,9 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.unit.test_mesh_support import START, FakeNetwork, Node  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
-from tests.unit.test_mesh_support import START, FakeNetwork, Node  # noqa: E402
 from tunmesh.mesh.settings import PeerTiming  # noqa: E402
 
 #: the shipped registration timings (config defaults), as a deployment runs them
@@ -132,8 +132,8 @@ def simulate(count: int, rest: float = 60.0, join_limit: float = 300.0, tick: fl
             step(clock, tick)
         after = totals(nodes)
         per_minute = 60.0 / rest
-        requests = [(a - b) * per_minute for a, b in zip(after[0], before[0])]
-        volume = [(a - b) * per_minute for a, b in zip(after[1], before[1])]
+        requests = [(a - b) * per_minute for a, b in zip(after[0], before[0], strict=True)]
+        volume = [(a - b) * per_minute for a, b in zip(after[1], before[1], strict=True)]
         reg_count = after[2] - before[2]
         reg_bytes = after[3] - before[3]
         return SimResult(

@@ -43,8 +43,8 @@ from tunmesh.mesh.client import is_json_media_type
 from tunmesh.mesh.exchange import AUTH, CONTROL, INIT_SESSION_PATH, LEAVE_PATH, PEERS_PATH, REGISTER_PATH
 from tunmesh.mesh.membership import Membership
 from tunmesh.mesh.structs import dumps_json
-from tunmesh.tls.binding import control_binding
 from tunmesh.mesh.traffic import ControlTraffic
+from tunmesh.tls.binding import control_binding
 
 MAX_REGISTRATION_BODY = 64 * 1024
 MAX_INIT_SESSION_BODY = 8 * 1024
@@ -245,12 +245,13 @@ class MeshAPI:
 
     def _register(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[bytes], str], None]:
         self.membership.inbound.accept_registration(token.iss, body)
-        response = self.membership.our_registration().to_json()
+        response = self.membership.our_registration(token.iss).to_json()
         return response, self._cluster_signer(token), None
 
     def _register_session(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[bytes], str], None]:
         self.membership.inbound.accept_registration(token.iss, body)
-        response = self.membership.our_registration().to_json()
+        self.membership.renewal.answered(token.iss)
+        response = self.membership.our_registration(token.iss).to_json()
         return response, self._session_signer(token), None
 
     def _cluster_signer(self, token: VerifiedToken) -> Callable[[bytes], str]:

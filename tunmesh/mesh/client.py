@@ -30,8 +30,8 @@ from tunmesh.auth.tokens import SignedRequest
 from tunmesh.failures import describe_failure
 from tunmesh.interfaces import TreqLike
 from tunmesh.mesh.errors import PeerRequestFailed
-from tunmesh.tls.binding import ChannelProofError, ControlEndpointFactory, ProofVerifier, control_binding
 from tunmesh.mesh.traffic import ControlTraffic, request_kind
+from tunmesh.tls.binding import ChannelProofError, ControlEndpointFactory, ProofVerifier, control_binding
 
 #: Largest response body accepted (a registration with max_nodes entries fits with room to spare).
 MAX_RESPONSE_BYTES = 1024 * 1024

@@ -67,7 +67,10 @@ class Inbound(Component):
             if not peer_url_allowed(registration.local.listen_url, self.settings.peer_networks):
                 raise InvalidRegistration("url_not_allowed", registration.local.listen_url)
             moved = self.resolve_address_claims(registration.local)
-            result = self.pool.upsert(registration.local, registration.seq, registration.remote)
+            held = self.pool.get(iss)
+            hints = self.membership.gossip.incoming(iss, registration, held.hints if held is not None else ())
+            result = self.pool.upsert(registration.local, registration.seq, hints)
+            self.membership.gossip.accepted(iss, registration)
             self._count_dropped_gossip(registration, iss)
         except ClaimConflict as exc:
             self.meters.registrations.labels(direction=direction, result=exc.reason).inc()

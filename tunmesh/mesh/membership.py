@@ -46,6 +46,7 @@ from tunmesh.mesh.bootstrap import Bootstrapper
 from tunmesh.mesh.client import MeshClient
 from tunmesh.mesh.contacts import ContactLog
 from tunmesh.mesh.exchange import PeerExchange
+from tunmesh.mesh.gossip import GossipDigests
 from tunmesh.mesh.inbound import Inbound
 from tunmesh.mesh.leave import LEAVE_TIMEOUT, Leave
 from tunmesh.mesh.meters import MembershipMetrics
@@ -93,6 +94,7 @@ class Membership:
         self.rng = rng or random.SystemRandom()
         self.local = settings.local_info(node_id)
         self.pool = NodePool(settings, node_id, self.monotonic)
+        self.gossip = GossipDigests()
         self.timers = KeyedTimers(clock)
         self._observers: list[PeerObserver] = []
         self._seq = 0
@@ -228,12 +230,13 @@ class Membership:
 
     # -- our registration -------------------------------------------------------------------------
 
-    def our_registration(self) -> Registration:
-        """What we send: ourselves, the live peers we know (hints for the receiver), stamp, seq."""
+    def our_registration(self, recipient: str | None = None) -> Registration:
+        """What we send: ourselves, the live peers we know (hints for the receiver, left out when
+        ``recipient`` holds them already: :mod:`tunmesh.mesh.gossip`), stamp, seq."""
         self._seq += 1
         now = self.monotonic()
         remote = tuple(p.info for p in self.pool if not p.is_stale(now))
-        return Registration(self.local, remote, int(self._wall()), self._seq)
+        return self.gossip.outgoing(Registration(self.local, remote, int(self._wall()), self._seq), recipient)
 
     def defended(self) -> Mapping[str, IPInterface]:
         """The addresses this node holds against claimants: claimed ones, else the configured ones."""
@@ -270,6 +273,7 @@ class Membership:
     def teardown(self, peer: Peer, reason: str) -> None:
         """Remove a peer and everything that refers to it: routes (observers), sessions, pending ops."""
         self.pool.remove(peer.id)
+        self.gossip.forget(peer.id)
         self.contacts.peer_removed(peer.id, peer.info.name, peer.url, reason)
         self.sessions.forget(peer.id)
         self.session_setup.forget(peer.id)

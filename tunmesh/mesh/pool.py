@@ -203,6 +203,8 @@ class NodePool:
             changed = peer.info.listen_url != info.listen_url or set(peer.routes) != set(routes)
             for route in peer.routes:
                 self._holders.pop(route, None)
+            # An unchanged entry keeps its object, so our gossip table digest stays cached (gossip.py).
+            info = peer.info if peer.info == info else info
             peer.info, peer.peer_class, peer.timing, peer.routes = info, peer_class, timing, routes
             peer.last_seq, peer.last_contact, peer.hints = seq, now, hints
         for route in routes:

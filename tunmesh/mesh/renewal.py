@@ -43,6 +43,17 @@ class Renewal(Component):
         if not self.membership.stopped and peer_id in self.pool:
             self.renew(peer_id).addErrback(lambda f: None)
 
+    def answered(self, peer_id: str) -> None:
+        """We answered ``peer_id``'s session-authenticated registration with ours: that exchange renewed
+        both directions (it holds our registration, we hold its own), so ours to it waits a full interval
+        from now. Of the two nodes of a pair only the one whose groom tick comes first renews: one
+        exchange per pair per interval instead of two (docs/performance.md, "Scale")."""
+        peer = self.pool.get(peer_id)
+        if peer is None or not peer.registered_with or self.membership.sessions.outbound(peer_id) is None:
+            return
+        if peer_id not in self._running:
+            peer.last_renewal = self.monotonic()
+
     def renew(self, peer_id: str) -> Deferred[None]:
         """Re-register with a known peer (session auth, cluster fallback); one at a time per peer."""
         if peer_id in self._running:
@@ -91,7 +102,7 @@ class Renewal(Component):
                 "register",
                 register_path(self.node_id),
                 REGISTER_PATH,
-                lambda: self.membership.our_registration().to_json(),
+                lambda: self.membership.our_registration(peer_id).to_json(),
                 session_timeout=self.settings.registration_timeout,
                 falling_back=falling_back,
             )

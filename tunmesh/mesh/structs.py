@@ -205,14 +205,24 @@ class Registration:
     seq: int
     #: reasons of the ``remote`` entries dropped while parsing (each one counted by the receiver)
     dropped: tuple[str, ...] = ()
+    #: gossip digests (`tunmesh.mesh.gossip`): of the sender's table, and of the table it holds from the
+    #: recipient; optional on the wire (absent from older nodes)
+    remote_digest: str | None = None
+    known_digest: str | None = None
+    #: ``remote`` left out on the wire: the recipient holds the table ``remote_digest`` names
+    elided: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "local": self.local.to_dict(),
-            "remote": [n.to_dict() for n in self.remote],
-            "stamp": self.stamp,
-            "seq": self.seq,
-        }
+        out: dict[str, Any] = {"local": self.local.to_dict()}
+        if not self.elided:
+            out["remote"] = [n.to_dict() for n in self.remote]
+        out["stamp"] = self.stamp
+        out["seq"] = self.seq
+        if self.remote_digest is not None:
+            out["remote_digest"] = self.remote_digest
+        if self.known_digest is not None:
+            out["known_digest"] = self.known_digest
+        return out
 
     def to_json(self) -> bytes:
         return dumps_json(self.to_dict())
@@ -224,6 +234,9 @@ class Registration:
         local = NodeInfo.from_dict(obj.get("local"), bounds, "local")
         if not local.node_addresses:
             raise InvalidRegistration("bad_cidr", "local/node_addresses: none")
+        remote_digest = _digest(obj.get("remote_digest"))
+        # Without "remote", a registration that names its table's digest left the table out (gossip.py).
+        elided = "remote" not in obj and remote_digest is not None
         remote_raw = obj.get("remote", [])
         if remote_raw is None:
             remote_raw = []
@@ -244,7 +257,16 @@ class Registration:
         stamp = _count(obj.get("stamp"), "stamp")
         seq_raw = obj.get("seq")
         seq = stamp if seq_raw is None else _count(seq_raw, "seq")
-        return cls(local, tuple(remote), stamp, seq, tuple(dropped))
+        known_digest = _digest(obj.get("known_digest"))
+        return cls(local, tuple(remote), stamp, seq, tuple(dropped), remote_digest, known_digest, elided)
+
+
+_DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def _digest(value: object) -> str | None:
+    """An optional gossip digest: one this node cannot use is ignored (the full table is exchanged)."""
+    return value if isinstance(value, str) and _DIGEST.match(value) else None
 
 
 def _count(value: object, where: str) -> int:

@@ -1,0 +1,163 @@
+"""Gossip digests (tunmesh.mesh.gossip): at rest a registration leaves the peer table out when the
+recipient holds it, older nodes still get it whole, and one exchange per pair renews both directions."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tunmesh.mesh.gossip import GossipDigests, table_digest
+from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
+
+from .test_mesh_support import MeshTestCase, advance
+
+BOUNDS = Bounds()
+
+
+def info(n: int) -> NodeInfo:
+    return NodeInfo(
+        f"node-{n}",
+        f"https://n{n}.test:4567",
+        {"ipv4": ipaddress.ip_network("100.64.0.0/16")},
+        {"ipv4": ipaddress.ip_interface(f"100.64.1.{n}/24")},
+    )
+
+
+def registration(remote: tuple[NodeInfo, ...]) -> Registration:
+    return Registration(info(1), remote, 1000, 1)
+
+
+class WireTests(SynchronousTestCase):
+    def test_a_registration_without_digests_is_the_older_wire_format(self) -> None:
+        body = registration((info(2),)).to_json()
+        self.assertNotIn(b"digest", body)
+        parsed = Registration.from_json(body, BOUNDS)
+        self.assertFalse(parsed.elided)
+        self.assertEqual([i.id for i in parsed.remote], ["node-2"])
+
+    def test_an_elided_registration_has_no_table_on_the_wire_and_parses_as_elided(self) -> None:
+        digests = GossipDigests()
+        table = (info(2), info(3))
+        digest = digests.digest(table)
+        digests.accepted("node-9", Registration(info(9), (), 1, 1, known_digest=digest))
+        out = digests.outgoing(registration(table), "node-9")
+        body = out.to_json()
+        self.assertNotIn(b'"remote"', body)
+        parsed = Registration.from_json(body, BOUNDS)
+        self.assertTrue(parsed.elided)
+        self.assertEqual(parsed.remote_digest, digest)
+
+    def test_a_table_is_sent_whole_to_an_unknown_recipient_and_to_one_that_holds_another(self) -> None:
+        digests = GossipDigests()
+        table = (info(2),)
+        self.assertFalse(digests.outgoing(registration(table), None).elided)
+        digests.accepted("node-9", Registration(info(9), (), 1, 1, known_digest="00" * 12))
+        self.assertFalse(digests.outgoing(registration(table), "node-9").elided)
+
+    def test_the_digest_does_not_depend_on_order_and_changes_with_an_entry(self) -> None:
+        self.assertEqual(table_digest((info(2), info(3))), table_digest((info(3), info(2))))
+        self.assertNotEqual(table_digest((info(2), info(3))), table_digest((info(2),)))
+
+    def test_an_unusable_digest_is_ignored(self) -> None:
+        body = registration(()).to_json().replace(b'"seq":1', b'"seq":1,"remote_digest":"../x","known_digest":7')
+        parsed = Registration.from_json(body, BOUNDS)
+        self.assertIsNone(parsed.remote_digest)
+        self.assertIsNone(parsed.known_digest)
+        self.assertFalse(parsed.elided)
+
+    def test_an_elided_table_the_receiver_does_not_hold_leaves_no_hints_and_is_asked_for_again(self) -> None:
+        digests = GossipDigests()
+        elided = Registration(info(2), (), 1, 1, remote_digest="ab" * 12, elided=True)
+        self.assertEqual(digests.incoming("node-2", elided, (info(3),)), ())
+        digests.accepted("node-2", elided)
+        # our next registration to node-2 names no table of its: it sends the whole table again
+        self.assertIsNone(digests.outgoing(registration(()), "node-2").known_digest)
+
+
+class MeshGossipTests(MeshTestCase):
+    def _register_bodies(self, node: object) -> list[bytes]:
+        seen: list[bytes] = []
+        membership = node.membership  # type: ignore[attr-defined]
+        accept = membership.accept_registration
+
+        def recording(iss: str, body: bytes, direction: str = "in") -> object:
+            seen.append(body)
+            return accept(iss, body, direction)
+
+        membership.accept_registration = recording
+        return seen
+
+    def test_at_rest_registrations_leave_the_table_out_and_every_node_keeps_its_hints(self) -> None:
+        nodes = self.mesh(5)
+        bodies = self._register_bodies(nodes[2])
+        advance(self.clock, 60)
+        self.assertFullMesh(nodes)
+        self.assertGreater(len(bodies), 5)
+        self.assertTrue(all(b'"remote"' not in b for b in bodies[-5:]), bodies[-5:])
+        for n in nodes:
+            for peer in n.pool:
+                self.assertEqual(len(peer.hints), 4, f"{n.id} holds {len(peer.hints)} hints of {peer.id}")
+
+    def test_a_node_without_digests_always_gets_the_whole_table(self) -> None:
+        nodes = [self.node(1, ()), self.node(2), self.node(3)]
+        old = nodes[1]
+
+        class Legacy(GossipDigests):
+            """An older node: sends no digests, always keeps the table it gets."""
+
+            def outgoing(self, registration: Registration, recipient: str | None) -> Registration:
+                return registration
+
+            def incoming(self, sender: str, registration: Registration, held: tuple[NodeInfo, ...]) -> tuple[NodeInfo, ...]:
+                return registration.remote
+
+        old.membership.gossip = Legacy()
+        bodies = self._register_bodies(old)
+        for n in nodes:
+            n.start()
+        advance(self.clock, 60)
+        self.assertFullMesh(nodes)
+        self.assertGreater(len(bodies), 3)
+        self.assertTrue(all(b'"remote"' in b for b in bodies))
+
+    def test_one_exchange_per_pair_renews_both_directions(self) -> None:
+        nodes = self.mesh(4)
+        before = sum(n.counter("tunmesh_mesh_control_requests_total", kind="register", direction="out") for n in nodes)
+        advance(self.clock, 100)
+        after = sum(n.counter("tunmesh_mesh_control_requests_total", kind="register", direction="out") for n in nodes)
+        pairs, interval = 6, 10.0  # local peers are renewed every 10 s in this harness
+        self.assertLessEqual(after - before, pairs * (100 / interval + 1))
+        self.assertGreaterEqual(after - before, pairs * (100 / interval - 1))
+        self.assertFullMesh(nodes)
+        for n in nodes:
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)
+
+
+def _load_scale_sim() -> object:
+    path = Path(__file__).resolve().parents[2] / "contrib" / "bench" / "scale_sim.py"
+    spec = importlib.util.spec_from_file_location("scale_sim", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("scale_sim", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+class ScaleSimulationTests(SynchronousTestCase):
+    """contrib/bench/scale_sim.py at small N: the growth it reports for 200 and 500 nodes, checked at 4 and 8."""
+
+    def test_messages_grow_linearly_and_registration_size_does_not_grow_with_n(self) -> None:
+        sim = _load_scale_sim()
+        small = sim.simulate(4, rest=20)  # type: ignore[attr-defined]
+        large = sim.simulate(8, rest=20)  # type: ignore[attr-defined]
+        for result in (small, large):
+            self.assertIsNotNone(result.join_seconds)
+            self.assertLess(result.join_seconds, 30)
+            # at most one renewal per peer per 5 s interval (and its answer), from every node
+            self.assertLessEqual(result.rest_requests_per_node_minute, 12 * (result.nodes - 1) * 1.1)
+            self.assertGreater(result.rest_requests_per_node_minute, 0)
+        self.assertLessEqual(large.rest_register_bytes_per_message, small.rest_register_bytes_per_message * 1.1)

@@ -1,0 +1,100 @@
+"""`GossipDigests`: a registration carries the sender's peer table only when the receiver does not hold it.
+
+Every registration (bootstrap, renewal, and the answer to each) used to carry the sender's whole table of
+live peers as gossip hints (``remote``, W6): at rest, with every local peer renewed every few seconds, each
+node sent and parsed O(N) entries per message, O(N²) per interval (docs/performance.md, "Scale"). Now each
+registration also carries two optional digests (``tunmesh.mesh.structs.Registration``):
+
+* ``remote_digest``: the digest of the sender's current table;
+* ``known_digest``: the ``remote_digest`` of the last table the sender received *from the recipient*.
+
+A sender leaves ``remote`` out (``elided``) when the recipient's last registration said it holds exactly
+the table the sender has now; the receiver of an elided registration keeps the hints it holds from the
+sender. So at rest a registration's size does not grow with N, and a changed table is sent once to each
+peer. Digests are always compared as the *sender* computed them, never recomputed by the receiver, so a
+receiver that drops or normalises entries (issue 12) still agrees.
+
+Mixed versions (rolling upgrade): an older node sends no ``known_digest``, so it is always sent the full
+table; it ignores the two new keys. An elided registration reaching a node that does not hold the
+sender's table (it restarted, or removed the sender) stores no hints from it, and its next registration to
+the sender names no (or another) ``known_digest``, so the sender sends the full table again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
+
+from tunmesh.mesh.structs import NodeInfo, Registration, dumps_json
+
+
+def table_digest(remote: Sequence[NodeInfo]) -> str:
+    """A digest of a peer table, independent of its order (24 hex digits, BLAKE2b)."""
+    h = hashlib.blake2b(digest_size=12)
+    for info in sorted(remote, key=lambda i: i.id):
+        h.update(dumps_json(info.to_dict()))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class GossipDigests:
+    """What this node knows of its peers' tables and they of its own; one per `Membership`."""
+
+    def __init__(self) -> None:
+        #: the remote_digest of the table we hold as hints from each peer (as that peer computed it)
+        self._held: dict[str, str] = {}
+        #: the digest of our table each peer said it holds (its known_digest)
+        self._peer_holds: dict[str, str] = {}
+        self._cached: tuple[tuple[NodeInfo, ...], str] | None = None
+        self.elided = 0
+
+    def digest(self, remote: tuple[NodeInfo, ...]) -> str:
+        """`table_digest` of our table, computed once per distinct table (entries are immutable)."""
+        cached = self._cached
+        if cached is not None and len(cached[0]) == len(remote) and all(a is b for a, b in zip(cached[0], remote, strict=True)):
+            return cached[1]
+        value = table_digest(remote)
+        self._cached = (remote, value)
+        return value
+
+    def outgoing(self, registration: Registration, recipient: str | None) -> Registration:
+        """``registration`` with the digests for ``recipient`` (None: unknown, as a bootstrap through a URL
+        that may be a load balancer), its table left out when the recipient holds it already."""
+        digest = self.digest(registration.remote)
+        known = self._held.get(recipient) if recipient is not None else None
+        elided = recipient is not None and self._peer_holds.get(recipient) == digest
+        if elided:
+            self.elided += 1
+        return replace(registration, remote_digest=digest, known_digest=known, elided=elided)
+
+    def incoming(self, sender: str, registration: Registration, held: tuple[NodeInfo, ...]) -> tuple[NodeInfo, ...]:
+        """The hints to keep from ``sender``'s ``registration``, given the ``held`` ones: its table, or, when
+        it left the table out, the held one if that is the table it means (else none)."""
+        if not registration.elided:
+            return registration.remote
+        if registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest:
+            return held
+        return ()
+
+    def accepted(self, sender: str, registration: Registration) -> None:
+        """``sender``'s registration was accepted: remember which table each side holds of the other."""
+        if registration.known_digest is None:
+            self._peer_holds.pop(sender, None)
+        else:
+            self._peer_holds[sender] = registration.known_digest
+        if not registration.elided:
+            if registration.remote_digest is None:
+                self._held.pop(sender, None)  # an older node: nothing to name back
+            else:
+                self._held[sender] = registration.remote_digest
+        elif self._held.get(sender) != registration.remote_digest:
+            self._held.pop(sender, None)  # we do not hold what it meant: ask for the table again
+
+    def forget(self, peer_id: str) -> None:
+        """The peer was removed: the next registration with it starts from its full table."""
+        self._held.pop(peer_id, None)
+        self._peer_holds.pop(peer_id, None)
+
+    def __len__(self) -> int:
+        return len(self._held.keys() | self._peer_holds.keys())
