@@ -13,7 +13,8 @@ Then it prints:
 * at rest, over ``--idle`` seconds after ``--settle`` seconds: per node per minute, control requests sent and
   answered and their body bytes (from the nodes' own ``tunmesh_mesh_control_requests_total`` and
   ``tunmesh_mesh_control_bytes_total``), CPU (utime+stime from ``/proc/<pid>/stat``, in % of one core:
-  median and max), RSS (``VmRSS``, median and max), open files, reactor timers
+  median and max), RSS (``VmRSS``, median and max, and its private part ``RssAnon``: the rest is shared
+  library pages every node on the host shares), open files, reactor timers
   (``tunmesh_reactor_delayed_calls``) and metric series;
 * a ping sample: ``--pings`` random pairs, one ``ping`` each through the overlay, answered/sent;
 * with ``--churn K``: K nodes killed (SIGKILL) and restarted at once (new node ids, as a restarted pod
@@ -58,13 +59,27 @@ from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_r
 COUNTERS = ("tunmesh_mesh_control_requests_total", "tunmesh_mesh_control_bytes_total")
 
 
-def rss_mb(pid: int) -> float:
-    """``VmRSS`` of a process in MB (10^6 bytes)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """``VmRSS`` (or another ``/proc/<pid>/status`` field in kB, e.g. ``RssAnon``) in MB (10^6 bytes)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024 / 1e6
     return 0.0
+
+
+def metrics_text(cluster: Cluster, i: int) -> str:
+    """Node i's ``/metrics`` over a new connection (a kept-alive one may have been closed while idle)."""
+    probe = MetricsProbe(cluster.ns(i), f"198.18.0.{i}")
+    try:
+        for _attempt in range(3):
+            body = probe._get("/metrics")
+            if body is not None:
+                return body
+            time.sleep(0.5)
+        raise NetnsError(f"node {i} does not answer /metrics")
+    finally:
+        probe.close()
 
 
 def open_files(pid: int) -> int:
@@ -74,14 +89,14 @@ def open_files(pid: int) -> int:
 class NodeSample:
     """One reading of a node: CPU seconds, RSS, open files, and its ``/metrics`` figures."""
 
-    def __init__(self, cluster: Cluster, i: int, probe: MetricsProbe) -> None:
+    def __init__(self, cluster: Cluster, i: int) -> None:
         pid = cluster.nodes[i].pid
         self.cpu = process_cpu_seconds(pid)
         self.at = time.monotonic()
         self.rss = rss_mb(pid)
+        self.anon = rss_mb(pid, "RssAnon")
         self.fds = open_files(pid)
-        body = probe._get("/metrics") or ""
-        self.metrics_text = body
+        body = metrics_text(cluster, i)
         lines = [ln for ln in body.splitlines() if ln and not ln.startswith("#")]
         self.series = len(lines)
         self.values: dict[str, float] = {}
@@ -98,8 +113,8 @@ class NodeSample:
         )
 
 
-def sample_all(cluster: Cluster, probes: dict[int, MetricsProbe]) -> dict[int, NodeSample]:
-    return {i: NodeSample(cluster, i, probes[i]) for i in sorted(cluster.nodes)}
+def sample_all(cluster: Cluster) -> dict[int, NodeSample]:
+    return {i: NodeSample(cluster, i) for i in sorted(cluster.nodes)}
 
 
 def rest_figures(before: dict[int, NodeSample], after: dict[int, NodeSample]) -> dict[str, Any]:
@@ -115,7 +130,7 @@ def rest_figures(before: dict[int, NodeSample], after: dict[int, NodeSample]) ->
     out: dict[str, Any] = {}
     for key, values in per.items():
         out[key] = {"median": statistics.median(values), "max": max(values)}
-    for key, attr in (("rss_mb", "rss"), ("fds", "fds"), ("series", "series")):
+    for key, attr in (("rss_mb", "rss"), ("rss_anon_mb", "anon"), ("fds", "fds"), ("series", "series")):
         values = [getattr(s, attr) for s in after.values()]
         out[key] = {"median": statistics.median(values), "max": max(values)}
     timers = [s.total("tunmesh_reactor_delayed_calls") for s in after.values()]
@@ -145,7 +160,6 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         cluster = Cluster(u, workdir / f"n{n}", shipped_config)
         order = list(range(1, n + 1))
         rng.shuffle(order)
-        probes: dict[int, MetricsProbe] = {}
         try:
             started = start_together(cluster, order, args.interval * (n - 1))
             serving = wait_listening(cluster, args.timeout)
@@ -158,11 +172,10 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             print(f"[{n}] full mesh {times[-1]:.1f} s (median {statistics.median(times):.1f} s) after the last "
                   f"start; all serving after {result['serving_after_last_start']:.1f} s (load {load():.1f})",
                   flush=True)
-            probes = {i: MetricsProbe(cluster.ns(i), f"198.18.0.{i}") for i in cluster.nodes}
             time.sleep(args.settle)
-            before = sample_all(cluster, probes)
+            before = sample_all(cluster)
             time.sleep(args.idle)
-            after = sample_all(cluster, probes)
+            after = sample_all(cluster)
             cluster.check_running()
             result["rest"] = rest_figures(before, after)
             result["load_rest"] = load()
@@ -170,25 +183,20 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             print(f"[{n}] at rest: {describe_rest(result['rest'])}; ping {result['ping'][0]}/{result['ping'][1]} "
                   f"(load {load():.1f})", flush=True)
             if args.churn:
-                result["churn"] = churn(cluster, probes, min(args.churn, n - 1), rng, args)
+                result["churn"] = churn(cluster, min(args.churn, n - 1), rng, args)
                 print(f"[{n}] churn: {describe_churn(result['churn'])}", flush=True)
         finally:
-            for probe in probes.values():
-                probe.close()
             cluster.stop_all()
     return result
 
 
-def churn(
-    cluster: Cluster, probes: dict[int, MetricsProbe], count: int, rng: random.Random, args: argparse.Namespace
-) -> dict[str, Any]:
+def churn(cluster: Cluster, count: int, rng: random.Random, args: argparse.Namespace) -> dict[str, Any]:
     """Kill ``count`` nodes (not node 1, the bootstrap target) and restart them at once."""
     victims = sorted(rng.sample(sorted(set(cluster.nodes) - {1}), count))
     survivors = sorted(set(cluster.nodes) - set(victims))
     old_ids = {i: cluster.node_id(i) for i in victims}
-    before = {i: NodeSample(cluster, i, probes[i]) for i in survivors}
+    before = {i: NodeSample(cluster, i) for i in survivors}
     for i in victims:
-        probes.pop(i).close()
         cluster.kill(i)
     restarted = time.monotonic()
     for i in victims:
@@ -199,15 +207,13 @@ def churn(
     deadline = time.monotonic() + args.timeout
     lingering: dict[int, int] = {}
     while True:
-        texts = {i: probes[i]._get("/metrics") or "" for i in survivors}
+        texts = {i: metrics_text(cluster, i) for i in survivors}
         lingering = {i: sum(t.count(old) for old in old_ids.values()) for i, t in texts.items()}
         if not any(lingering.values()) or time.monotonic() > deadline:
             break
         time.sleep(2)
-    for i in victims:
-        probes[i] = MetricsProbe(cluster.ns(i), f"198.18.0.{i}")
     time.sleep(args.settle)
-    after = {i: NodeSample(cluster, i, probes[i]) for i in survivors}
+    after = {i: NodeSample(cluster, i) for i in survivors}
 
     def summary(samples: dict[int, NodeSample], attr: str) -> float:
         return statistics.median(getattr(s, attr) for s in samples.values())
@@ -233,7 +239,8 @@ def churn(
 def describe_rest(r: dict[str, Any]) -> str:
     return (f"requests/min out {r['req_out']['median']:.0f} (max {r['req_out']['max']:.0f}) in "
             f"{r['req_in']['median']:.0f}, {r['kbytes']['median']:.1f} kB/min, CPU {r['cpu_pct']['median']:.2f} % "
-            f"(max {r['cpu_pct']['max']:.2f} %), RSS {r['rss_mb']['median']:.1f} MB (max {r['rss_mb']['max']:.1f}), "
+            f"(max {r['cpu_pct']['max']:.2f} %), RSS {r['rss_mb']['median']:.1f} MB (max {r['rss_mb']['max']:.1f}; "
+            f"private {r['rss_anon_mb']['median']:.1f}), "
             f"fds {r['fds']['median']:.0f}, timers {r['timers']['median']:.0f}, series {r['series']['median']:.0f}")
 
 
