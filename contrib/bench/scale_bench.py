@@ -47,70 +47,17 @@ sys.path.insert(0, str(REPO))
 
 from tests.integration.cluster import (  # noqa: E402
     Cluster,
-    MetricsProbe,
+    NodeSample,
+    metrics_text,
     overlay_v4,
     shipped_config,
     start_together,
     wait_links_full_mesh,
     wait_listening,
 )
-from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason, process_cpu_seconds  # noqa: E402
+from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason  # noqa: E402
 
 COUNTERS = ("tunmesh_mesh_control_requests_total", "tunmesh_mesh_control_bytes_total")
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """``VmRSS`` (or another ``/proc/<pid>/status`` field in kB, e.g. ``RssAnon``) in MB (10^6 bytes)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024 / 1e6
-    return 0.0
-
-
-def metrics_text(cluster: Cluster, i: int) -> str:
-    """Node i's ``/metrics`` over a new connection (a kept-alive one may have been closed while idle)."""
-    probe = MetricsProbe(cluster.ns(i), f"198.18.0.{i}")
-    try:
-        for _attempt in range(3):
-            body = probe._get("/metrics")
-            if body is not None:
-                return body
-            time.sleep(0.5)
-        raise NetnsError(f"node {i} does not answer /metrics")
-    finally:
-        probe.close()
-
-
-def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class NodeSample:
-    """One reading of a node: CPU seconds, RSS, open files, and its ``/metrics`` figures."""
-
-    def __init__(self, cluster: Cluster, i: int) -> None:
-        pid = cluster.nodes[i].pid
-        self.cpu = process_cpu_seconds(pid)
-        self.at = time.monotonic()
-        self.rss = rss_mb(pid)
-        self.anon = rss_mb(pid, "RssAnon")
-        self.fds = open_files(pid)
-        body = metrics_text(cluster, i)
-        lines = [ln for ln in body.splitlines() if ln and not ln.startswith("#")]
-        self.series = len(lines)
-        self.values: dict[str, float] = {}
-        for line in lines:
-            name_labels, _, value = line.rpartition(" ")
-            try:
-                self.values[name_labels] = float(value)
-            except ValueError:
-                continue
-
-    def total(self, name: str, *fragments: str) -> float:
-        return sum(
-            v for k, v in self.values.items() if k.split("{")[0] == name and all(f in k for f in fragments)
-        )
 
 
 def sample_all(cluster: Cluster) -> dict[int, NodeSample]:

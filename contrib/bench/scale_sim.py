@@ -104,9 +104,11 @@ def step(clock: Clock, seconds: float) -> None:
     clock.advance(0)
 
 
-def simulate(count: int, rest: float = 60.0, join_limit: float = 300.0, tick: float = 0.5) -> SimResult:
+def simulate(
+    count: int, rest: float = 60.0, settle: float = 30.0, join_limit: float = 300.0, tick: float = 0.5
+) -> SimResult:
     """Start ``count`` nodes together, wait for the full mesh (at most ``join_limit`` simulated seconds),
-    let it settle one stale threshold, then count ``rest`` seconds."""
+    let it settle ``settle`` seconds (the join's follow-ups), then count ``rest`` seconds."""
     wall = time.monotonic()
     clock = Clock()
     clock.advance(START)
@@ -124,8 +126,7 @@ def simulate(count: int, rest: float = 60.0, join_limit: float = 300.0, tick: fl
                 join = elapsed
                 break
         joined_requests, joined_bytes, _, _ = totals(nodes)
-        step_count = int(30 / tick)  # settle: renewals of the join are past, rotations not yet due
-        for _ in range(step_count):
+        for _ in range(int(settle / tick)):  # renewals of the join are past, rotations not yet due
             step(clock, tick)
         before = totals(nodes)
         for _ in range(int(rest / tick)):
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", default="50,200,500", help="comma-separated node counts (default 50,200,500)")
     ap.add_argument("--rest", type=float, default=60.0, help="simulated seconds counted at rest (default 60)")
+    ap.add_argument("--settle", type=float, default=30.0, help="simulated seconds after the join (default 30)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     try:
@@ -181,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--nodes: not a list of integers: {args.nodes!r}")
     if not counts or any(c < 2 for c in counts):
         ap.error("--nodes: every count must be at least 2")
-    if args.rest <= 0:
-        ap.error("--rest must be positive")
+    if args.rest <= 0 or args.settle < 0:
+        ap.error("--rest must be positive and --settle not negative")
     results = []
     for count in counts:
-        result = simulate(count, rest=args.rest)
+        result = simulate(count, rest=args.rest, settle=args.settle)
         results.append(result)
         print(f"simulated {count} nodes in {result.wall_seconds:.0f} s", file=sys.stderr, flush=True)
     print(table(results))

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.netns import NetnsError, NodeProcess, Underlay, start_node
+from tests.netns import NetnsError, NodeProcess, Underlay, process_cpu_seconds, start_node
 from tunmesh.cli import generate_secret
 from tunmesh.tls.certs import write_self_signed
 
@@ -423,3 +423,60 @@ def started_mesh(nodes: int, tag: str, timing: Mapping[str, Any]) -> Iterator[tu
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tmt-mesh{tag}-{os.getpid()}"
         with running_cluster(underlay, workdir, lambda i: node_config(i, bootstrap=BOOT, timing=timing)) as cluster:
             yield cluster, cluster.wait_full_mesh(timeout=60)
+
+
+# --------------------------------------------------------------------------- resources (scale bench and tests)
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """``VmRSS`` (or another ``/proc/<pid>/status`` field in kB, e.g. ``RssAnon``) in MB (10^6 bytes)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return 0.0
+
+
+def metrics_text(cluster: Cluster, i: int) -> str:
+    """Node i's ``/metrics`` over a new connection (a kept-alive one may have been closed while idle)."""
+    probe = MetricsProbe(cluster.ns(i), f"198.18.0.{i}")
+    try:
+        for _attempt in range(3):
+            body = probe._get("/metrics")
+            if body is not None:
+                return body
+            time.sleep(0.5)
+        raise NetnsError(f"node {i} does not answer /metrics")
+    finally:
+        probe.close()
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class NodeSample:
+    """One reading of a node: CPU seconds, RSS, open files, and its ``/metrics`` figures."""
+
+    def __init__(self, cluster: Cluster, i: int) -> None:
+        pid = cluster.nodes[i].pid
+        self.cpu = process_cpu_seconds(pid)
+        self.at = time.monotonic()
+        self.rss = rss_mb(pid)
+        self.anon = rss_mb(pid, "RssAnon")
+        self.fds = open_files(pid)
+        body = metrics_text(cluster, i)
+        lines = [ln for ln in body.splitlines() if ln and not ln.startswith("#")]
+        self.series = len(lines)
+        self.values: dict[str, float] = {}
+        for line in lines:
+            name_labels, _, value = line.rpartition(" ")
+            try:
+                self.values[name_labels] = float(value)
+            except ValueError:
+                continue
+
+    def total(self, name: str, *fragments: str) -> float:
+        return sum(
+            v for k, v in self.values.items() if k.split("{")[0] == name and all(f in k for f in fragments)
+        )
