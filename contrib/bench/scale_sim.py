@@ -4,7 +4,7 @@
     python contrib/bench/scale_sim.py [--nodes 50,200,500] [--rest 60] [--json FILE]
 
 Every node is a real ``Membership`` + ``MeshAPI`` + ``MeshClient`` (the in-memory harness of the mesh tests,
-``tests/unit/test_mesh_support.py``: HTTP through ``treq.testing.StubTreq``, tokens signed and verified,
+``tests/unit/mesh_support.py``: HTTP through ``treq.testing.StubTreq``, tokens signed and verified,
 X25519 session setups) with the **shipped** timings (groom 5 s, bootstrap retry 15 s, local peers renewed
 every 5 s, stale after 30 s), all bootstrapping from node 1's URL, started together. No sockets, no TUN,
 no data plane: what it counts is the control plane alone, in simulated time, so the growth with N is known
@@ -36,10 +36,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.unit.test_mesh_support import START, FakeNetwork, Node  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
+from tests.unit.mesh_support import START, Node  # noqa: E402
 from tunmesh.mesh.settings import PeerTiming  # noqa: E402
+from tunmesh.testing import FakeNetwork  # noqa: E402
 
 #: the shipped registration timings (config defaults), as a deployment runs them
 SHIPPED = dict(

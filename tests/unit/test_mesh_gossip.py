@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tunmesh.mesh.gossip import GossipDigests, table_digest
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
 
-from .test_mesh_support import MeshTestCase, advance
+from .mesh_support import MeshTestCase, advance
 
 BOUNDS = Bounds()
 

@@ -1,4 +1,4 @@
-"""`GossipDigests`: a registration carries the sender's peer table only when the receiver does not hold it.
+""":class:`GossipDigests`: a registration carries the sender's peer table only when the receiver does not hold it.
 
 Every registration (bootstrap, renewal, and the answer to each) used to carry the sender's whole table of
 live peers as gossip hints (``remote``, W6): at rest, with every local peer renewed every few seconds, each
@@ -39,7 +39,7 @@ def table_digest(remote: Sequence[NodeInfo]) -> str:
 
 
 class GossipDigests:
-    """What this node knows of its peers' tables and they of its own; one per `Membership`."""
+    """What this node knows of its peers' tables and they of its own; one per ``Membership``."""
 
     def __init__(self) -> None:
         #: the remote_digest of the table we hold as hints from each peer (as that peer computed it)
@@ -50,7 +50,7 @@ class GossipDigests:
         self.elided = 0
 
     def digest(self, remote: tuple[NodeInfo, ...]) -> str:
-        """`table_digest` of our table, computed once per distinct table (entries are immutable)."""
+        """:func:`table_digest` of our table, computed once per distinct table (entries are immutable)."""
         cached = self._cached
         if cached is not None and len(cached[0]) == len(remote) and all(a is b for a, b in zip(cached[0], remote, strict=True)):
             return cached[1]

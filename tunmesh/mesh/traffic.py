@@ -1,4 +1,4 @@
-"""`ControlTraffic`: how many control requests a node sends and answers, and how many body bytes they carry.
+""":class:`ControlTraffic`: how many control requests a node sends and answers, and how many body bytes they carry.
 
 The cost of the control plane at rest is what it does per peer per interval (docs/performance.md, "Scale"):
 these two counters make it measurable from the node's own ``/metrics``, by kind (``register``,
@@ -9,7 +9,7 @@ framing.
 
 from __future__ import annotations
 
-from typing import Any
+from tunmesh.interfaces import MetricsLike
 
 
 def request_kind(path: str) -> str:
@@ -28,7 +28,7 @@ class ControlTraffic:
     """Counts control requests (``direction``: ``out`` sent as a client, ``in`` answered as a server) and
     body bytes (``direction``: ``sent``, ``received``); one per node, shared by its client and its API."""
 
-    def __init__(self, metrics: Any) -> None:
+    def __init__(self, metrics: MetricsLike) -> None:
         self._requests = metrics.counter(
             "mesh_control_requests",
             "Control requests by kind (register, init_session, leave, other) and direction (out: sent by this "
