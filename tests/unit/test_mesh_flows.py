@@ -34,7 +34,7 @@ class JoinTests(MeshTestCase):
         advance(self.clock, 300)
         self.assertFullMesh(nodes)
         for n in nodes:
-            # One exchange per pair renews both directions (Membership.renewal_answered): a node renews a
+            # One exchange per pair renews both directions (Renewal.answered): a node renews a
             # peer, or answers that peer's renewal, every interval.
             self.assertGreater(n.counter("tunmesh_mesh_registrations_total", result="ok"), 20)
             self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)

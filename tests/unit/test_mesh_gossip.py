@@ -81,14 +81,14 @@ class WireTests(SynchronousTestCase):
 class MeshGossipTests(MeshTestCase):
     def _register_bodies(self, node: object) -> list[bytes]:
         seen: list[bytes] = []
-        membership = node.membership  # type: ignore[attr-defined]
-        accept = membership.accept_registration
+        inbound = node.membership.inbound  # type: ignore[attr-defined]
+        accept = inbound.accept_registration
 
         def recording(iss: str, body: bytes, direction: str = "in") -> object:
             seen.append(body)
             return accept(iss, body, direction)
 
-        membership.accept_registration = recording
+        inbound.accept_registration = recording
         return seen
 
     def test_at_rest_registrations_leave_the_table_out_and_every_node_keeps_its_hints(self) -> None:
