@@ -41,6 +41,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.logger import Logger
+from twisted.python import usage
 
 from tunmesh import __version__, logsetup
 from tunmesh.admin.protocol import AdminFactory
@@ -58,7 +59,7 @@ from tunmesh.health import HealthRegistry
 from tunmesh.interfaces import PacketDevice
 from tunmesh.metrics import Metrics, PeerInfo
 from tunmesh.node import NodeIdentity
-from tunmesh.preflight import PreflightFailed, load_checked, require_files, warning_line
+from tunmesh.preflight import PreflightFailed, error_line, load_checked, require_files, warning_line
 from tunmesh.preload import preload
 from tunmesh.privileges import PrivilegeDropService
 from tunmesh.reload import NodeReloader, ReloadOnSignal, ReloadReport
@@ -92,14 +93,28 @@ class StartupError(Exception):
     """The node cannot start; ``str()`` is one line naming the config key involved."""
 
 
-def load_or_exit(path_option: str | None) -> tuple[TunMeshConfig, Path]:
-    """Load and lint the config for twistd (preflight phase 1); print one line per problem, exit 1 on failure."""
+class ConfigRefused(usage.UsageError):
+    """The config did not load or lint (preflight phase 1): twistd's way of refusing its options.
+
+    ``problems`` are the one-line errors (``tunmesh: config error: <key path>: ...``); ``str()`` puts them
+    on lines of their own after a heading, because twistd prints ``<command line>: <message>`` after its
+    usage text. ``tunmesh run`` prints only the problem lines (:func:`tunmesh.tap.run`).
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("the config was refused:\n" + "\n".join(problems))
+        self.problems = problems
+
+
+def load_checked_config(path_option: str | None) -> tuple[TunMeshConfig, Path]:
+    """Load and lint the config for twistd (preflight phase 1): warnings go to stderr, one line each;
+    problems raise :class:`ConfigRefused`."""
     path = resolve_config_path(path_option, os.environ)
     report = load_checked(path, os.environ)
-    for line in report.lines():
-        print(line, file=sys.stderr)
+    for w in report.warnings:
+        print(warning_line(w), file=sys.stderr)
     if report.config is None:
-        raise SystemExit(1)
+        raise ConfigRefused([error_line(e) for e in report.errors])
     return report.config, path
 
 
@@ -585,4 +600,4 @@ def reloader(cfg: TunMeshConfig, config_path: Path | None) -> Callable[[], tuple
     return reload
 
 
-__all__ = ["makeService", "load_or_exit", "reloader", "StartupError", "AddressFollower", "build_addressing"]
+__all__ = ["makeService", "load_checked_config", "ConfigRefused", "reloader", "StartupError", "AddressFollower", "build_addressing"]

@@ -7,6 +7,7 @@ directly through :func:`run`, so it works without plugin discovery.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,12 +27,13 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        # Load and lint the config here, so a bad file ends twistd with one line per problem
-        # (naming the key path) instead of a traceback from inside makeService.
+        # Load and lint the config here, so a bad file ends twistd as any bad option does (a
+        # UsageError: ConfigRefused, one line per problem naming the key path) instead of a traceback
+        # from inside makeService.
         from tunmesh.logsetup import configure_twistd
-        from tunmesh.service import load_or_exit
+        from tunmesh.service import load_checked_config
 
-        config, path = load_or_exit(self["config"])
+        config, path = load_checked_config(self["config"])
         self["loaded_config"] = config
         self["config_path"] = path
         parent = self.parent
@@ -94,8 +96,14 @@ def run(config: str | None, logfile: str | None = None, argv: Sequence[str] | No
     from twisted.scripts.twistd import runApp
 
     options = _server_options()
+    from tunmesh.service import ConfigRefused
+
     try:
         options.parseOptions(list(argv) if argv is not None else twistd_argv(config, logfile))
+    except ConfigRefused as e:
+        # the problem lines alone: twistd's usage text would bury them
+        print("\n".join(e.problems), file=sys.stderr)
+        raise SystemExit(1) from None
     except usage.UsageError as e:
         raise SystemExit(f"tunmesh run: {e}") from None
     runApp(options)

@@ -160,8 +160,9 @@ tun_mesh:
     def test_malformed_yaml(self) -> None:
         r = self.run_twistd(self.good().replace("  networking:", "  networking: [\n"))
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("config.yaml", r.stderr)
-        self.assertNotIn("Traceback", r.stderr)
+        # twistd prints a refused option (ConfigRefused, a UsageError) after its usage text, on stdout
+        self.assertIn("config.yaml", r.stdout + r.stderr)
+        self.assertNotIn("Traceback", r.stdout + r.stderr)
 
     def test_unknown_key(self) -> None:
         self.assert_refused(

@@ -27,7 +27,7 @@ from tunmesh.cli import main
 from tunmesh.config.docs import example_config
 from tunmesh.config.tree import Networking
 from tunmesh.preflight import EXPIRY_WARNING_DAYS, check_files, preflight
-from tunmesh.service import makeService
+from tunmesh.service import ConfigRefused, makeService
 from tunmesh.tap import Options
 from tunmesh.testing import FakeTun
 from tunmesh.tls.certs import load_certificates
@@ -74,6 +74,7 @@ class BothWays(ConfigTestMixin):
             return tun
 
         code = 0
+        refused: list[str] = []
         try:
             options = Options()
             options.parseOptions(["--config", str(path)])
@@ -81,9 +82,12 @@ class BothWays(ConfigTestMixin):
                 options["loaded_config"], reactor=MemoryReactorClock(), open_tun=open_tun,
                 config_path=options["config_path"],
             )
+        except ConfigRefused as e:
+            # the load phase refuses as twistd options do; `tunmesh run` prints these lines, exit 1
+            code, refused = 1, e.problems
         except SystemExit as e:
             code = int(e.code or 0)
-        return code, err.getvalue().splitlines(), opened
+        return code, err.getvalue().splitlines() + refused, opened
 
     def assertRefusedBothWays(self, path: Path, expected: list[str], env: dict[str, str] | None = None) -> None:
         """check-config exits 1 printing ``expected``; the daemon prints the same lines and opens no TUN."""

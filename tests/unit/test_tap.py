@@ -10,6 +10,7 @@ from twisted.application import internet
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.support import minimal_data
@@ -54,15 +55,29 @@ class RunOptionsTests(SynchronousTestCase):
         # the node's level filter is twistd's logger
         self.assertIs(options["logger"], logsetup.twistd_observer)
 
-    def test_bad_config_exits_1_with_one_line_per_problem(self) -> None:
+    def test_bad_config_is_a_usage_error_with_one_line_per_problem(self) -> None:
+        # twistd's way: a bad option (here the config behind --config) is a UsageError, which twistd
+        # prints after its usage text; each problem on a line of its own, naming the key path.
         self.config.write_text("tun_mesh: {config_version: 1.1}\n")
         options = tap._server_options()
-        err = io.StringIO()
-        self.patch(service.sys, "stderr", err)
-        with self.assertRaises(SystemExit) as raised:
+        with self.assertRaises(usage.UsageError) as raised:
             options.parseOptions(tap.twistd_argv(str(self.config)))
+        self.assertIsInstance(raised.exception, service.ConfigRefused)
+        lines = str(raised.exception).splitlines()
+        self.assertEqual(lines[0], "the config was refused:")
+        self.assertTrue(lines[1:], lines)
+        self.assertTrue(all(line.startswith("tunmesh: config error: tun_mesh/") for line in lines[1:]), lines)
+
+    def test_tunmesh_run_prints_only_the_problem_lines_and_exits_1(self) -> None:
+        self.config.write_text("tun_mesh: {config_version: 1.1}\n")
+        err = io.StringIO()
+        self.patch(tap.sys, "stderr", err)
+        with self.assertRaises(SystemExit) as raised:
+            tap.run(str(self.config))
         self.assertEqual(raised.exception.code, 1)
-        self.assertIn("tunmesh: config error: tun_mesh/", err.getvalue())
+        lines = err.getvalue().splitlines()
+        self.assertTrue(lines, err.getvalue())
+        self.assertTrue(all(line.startswith("tunmesh: config error: tun_mesh/") for line in lines), lines)
 
     def test_cli_run_help(self) -> None:
         out = io.StringIO()
