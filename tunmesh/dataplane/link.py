@@ -40,6 +40,14 @@ from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.names import label
 from tunmesh.tls.binding import exporter_value
+from tunmesh.twisted_internals import (
+    direct_write_possible,
+    flush_small_writes,
+    immediate_write,
+    ordered_write,
+    tcp_send_idle,
+    tls_cleartext_idle,
+)
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -93,26 +101,6 @@ def tls_channel(transport: Any) -> bytes | None:
     session, ``b""`` when there is no TLS under the link (memory transports in tests), ``None``
     when there is TLS but no value can be had (not handshaken yet, or an OpenSSL error)."""
     return exporter_value(transport, F.CHANNEL_LABEL, F.CHANNEL_LEN)
-
-
-def flush_aggregator(transport: Any) -> None:
-    """Push out what Twisted's small-write aggregator holds (so later direct writes stay in order)."""
-    aggregator = getattr(transport, "_aggregator", None)
-    if aggregator is not None:
-        aggregator.flush()
-
-
-def ordered_writer(transport: Any) -> Callable[[bytes], None]:
-    """The fastest write that keeps the stream in order.
-
-    Twisted's TLS transport aggregates small ``write`` calls and flushes them on the next reactor
-    iteration (a copy of every frame plus one loop of latency per hop); its ``_write`` goes to
-    OpenSSL at once.  Frames are already batched, so they use ``_write`` -- after anything the
-    aggregator still holds is pushed out first, or a REKEY written through it would reach the
-    peer after the DATA frames it keys (and those would be dropped as ``unknown_key``).
-    """
-    flush_aggregator(transport)
-    return getattr(transport, "_write", None) or transport.write
 
 
 class LinkMetrics:
@@ -192,38 +180,37 @@ class DirectTLSWriter:
     and :meth:`flush` sends them on the socket at once when nothing is queued before them.
     Whatever cannot go directly (an OpenSSL error, a full socket, a closing connection) is handed
     to Twisted's own path, which keeps its ordering and error handling.  Built only for Twisted's
-    ``TLSMemoryBIOProtocol`` over a ``tcp.Connection``; :meth:`wrap` returns ``None`` otherwise.
+    ``TLSMemoryBIOProtocol`` over a ``tcp.Connection`` whose private names it needs are all there
+    (:mod:`tunmesh.twisted_internals`); :meth:`wrap` returns ``None`` otherwise.
     """
 
-    __slots__ = ("_tls", "_tcp", "_conn", "_pending")
+    __slots__ = ("_tls", "_tcp", "_conn", "_sock", "_slow", "_pending")
 
-    def __init__(self, tls: Any, tcp: Any) -> None:
+    def __init__(self, tls: Any, tcp: Any, slow: Callable[[bytes], None]) -> None:
         self._tls = tls
         self._tcp = tcp
-        self._conn = tls._tlsConnection
+        self._conn = tls.getHandle()
+        self._sock = tcp.getHandle()
+        #: Twisted's immediate TLS write, for what cannot go directly
+        self._slow = slow
         #: TLS bytes written into OpenSSL and not yet read from its BIO (an estimate)
         self._pending = 0
 
     @classmethod
     def wrap(cls, transport: Any) -> DirectTLSWriter | None:
-        tls = transport
-        tcp = getattr(tls, "transport", None)
-        needed_tls = ("_tlsConnection", "_appSendBuffer", "_lostTLSConnection", "_write")
-        needed_tcp = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "write")
-        if tcp is None or not all(hasattr(tls, a) for a in needed_tls):
+        slow = immediate_write(transport)
+        if slow is None or not direct_write_possible(transport):
             return None
-        if not all(hasattr(tcp, a) for a in needed_tcp):
-            return None
-        return cls(tls, tcp)
+        return cls(transport, transport.transport, slow)
 
     def usable(self) -> bool:
         """Whether the fast path keeps stream order; if so, first pushes out control frames that
         Twisted's small-write aggregator still holds (a REKEY must precede the DATA it keys)."""
         tls = self._tls
-        if tls._appSendBuffer or tls._lostTLSConnection or tls.disconnecting:
+        if not tls_cleartext_idle(tls):
             return False
-        flush_aggregator(tls)
-        return not (tls._appSendBuffer or tls._lostTLSConnection)
+        flush_small_writes(tls)
+        return tls_cleartext_idle(tls)
 
     def write(self, frame: bytes, tag: bytes) -> None:
         """Encrypt ``frame`` then ``tag`` into the TLS stream (sent by :meth:`flush`)."""
@@ -248,7 +235,7 @@ class DirectTLSWriter:
             self.flush()
             rest = (frame + tag)[pos:]
             if rest:
-                self._tls._write(rest)
+                self._slow(rest)
             return
         self._pending += n + F.TAG_LEN + 32 * (n // TLS_RECORD + 1)
 
@@ -272,14 +259,9 @@ class DirectTLSWriter:
             return
         out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         tcp = self._tcp
-        if (
-            tcp.connected
-            and not tcp.disconnecting
-            and not tcp._tempDataBuffer
-            and tcp.offset == len(tcp.dataBuffer)
-        ):
+        if tcp_send_idle(tcp):
             try:
-                sent = tcp.socket.send(out)
+                sent = self._sock.send(out)
             except OSError:
                 sent = 0  # a full socket, or an error the reactor reports on its next write
             if sent == len(out):
@@ -1005,7 +987,7 @@ class LinkClient:
             write_frame = direct.write
         else:
             direct = None
-            send = ordered_writer(transport)
+            send = ordered_write(transport)
 
             def write_frame(frame: bytes, tag: bytes) -> None:
                 send(frame)
@@ -1037,7 +1019,7 @@ class LinkClient:
         assert self._proto is not None
         key_id = self._key_id + 1
         key = self._link_key(frame_key, kid)
-        ordered_writer(self._proto.transport)(F.encode_rekey(key, key_id, kid))
+        ordered_write(self._proto.transport)(F.encode_rekey(key, key_id, kid))
         self._key_id = key_id
         self._kid = kid
         self.stats.kid = kid

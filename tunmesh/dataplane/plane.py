@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tunmesh import twisted_internals
 from tunmesh.dataplane.link import (
     HELLO_TIMEOUT,
     KEEPALIVE,
@@ -150,6 +151,8 @@ class DataPlane(Service):
 
     def startService(self) -> None:
         super().startService()
+        # Once per node: the link's write path depends on private Twisted names (issue 10).
+        twisted_internals.log_status(self.log)
         self._reactor.addReader(self._reader)
         self._reading = True
         for link in self.links.values():
