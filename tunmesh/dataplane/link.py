@@ -676,6 +676,7 @@ class _ConnectorEndpoint:
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
         owner = self._owner
+        owner.retry_at = None
         service_end = factory.buildProtocol(None)
         proto = LinkClientProtocol(owner, service_end)
         owner._attempt = proto
@@ -744,7 +745,13 @@ class LinkClient(Service):
         self.keepalive = keepalive
         self._rng = rng
         self._policy = retry_policy(backoff_initial, backoff_max, lambda: self._rng())
-        self._service = self._new_service()
+        self._service = ClientService(
+            _ConnectorEndpoint(self),
+            Factory.forProtocol(_ServiceEnd),
+            retryPolicy=self._retry_delay,
+            clock=clock,
+            prepareConnection=self._prepare,
+        )
 
         self._proto: LinkClientProtocol | None = None
         self._attempt: LinkClientProtocol | None = None
@@ -775,15 +782,6 @@ class LinkClient(Service):
         self.stats = LinkStats(clock.seconds())
         self._queue = PacketQueue(
             clock, packet_expiration, max_queue_packets, max_queue_bytes, self._dropped, self._expiry_reason
-        )
-
-    def _new_service(self) -> ClientService:
-        return ClientService(
-            _ConnectorEndpoint(self),
-            Factory.forProtocol(_ServiceEnd),
-            retryPolicy=self._retry_delay,
-            clock=self._clock,
-            prepareConnection=self._prepare,
         )
 
     @property
@@ -851,7 +849,6 @@ class LinkClient(Service):
         self.retry_at = None
         # Waiting -> Stopped at once (the retry is cancelled), then a fresh attempt.
         self._service.stopService()
-        self._service = self._new_service()
         self._service.startService()
 
     def _retry_delay(self, failures: int) -> float:
