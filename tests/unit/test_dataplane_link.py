@@ -8,10 +8,12 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+import twisted
 from tests.unit.support import NOW, A, B, Pair, ipv4
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.dataplane import frames as F
@@ -828,3 +830,19 @@ class LinkServiceTests(SynchronousTestCase):
         self.assertIsNot(plane.links[B], old)
         self.assertFalse(old.running)
         self.assertEqual(self.connects, ["https://b/", "https://b2/"])
+
+
+class StartLogTests(SynchronousTestCase):
+    """The private Twisted names of the write path (tunmesh.twisted_internals) are reported at start."""
+
+    def test_the_data_plane_says_once_at_start_whether_the_fast_path_is_active(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        clock = task.Clock()
+        node = Node(A, "100.64.0.1", clock, SessionStore(A, clock, monotonic=clock.seconds))
+        node.plane.startService()
+        self.addCleanup(node.tun.close)
+        self.addCleanup(node.plane.stopService)
+        lines = [e for e in events if "fast path" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["twisted_version"], twisted.__version__)
+        self.assertEqual(lines[0]["log_level"], LogLevel.info)

@@ -4,26 +4,23 @@ correct."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import EventLoggingObserver, StringTransport
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 from zope.interface import implementer
 
 import twisted
-from tests.unit.test_dataplane_link import A, Node
-from tests.unit.test_server import _Harness, _parse
-from tests.unit.test_tls_loopback import LoopbackServer
+from tests.unit.tls_support import LoopbackServer
 from tunmesh import preload
 from tunmesh import twisted_internals as TI
-from tunmesh.auth.sessions import SessionStore
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.link import DirectTLSWriter
 from tunmesh.tls.contexts import client_context
@@ -32,6 +29,12 @@ from tunmesh.tls.contexts import client_context
 def without(case: SynchronousTestCase, constant: str) -> None:
     """Play a Twisted release that renamed the private name ``TI.<constant>`` (Twisted itself keeps working)."""
     case.patch(TI, constant, getattr(TI, constant) + "_renamed_by_a_future_twisted")
+
+
+def recorded() -> tuple[list[LogEvent], Logger]:
+    """A logger whose events land in the returned list."""
+    events: list[LogEvent] = []
+    return events, Logger(observer=cast(ILogObserver, events.append))
 
 
 class NamesExistTests(SynchronousTestCase):
@@ -49,16 +52,16 @@ class NamesExistTests(SynchronousTestCase):
         self.assertEqual(TI.missing([*TI.INTERNALS, gone, module]), [gone, module])
 
     def test_start_logs_the_twisted_version_and_the_fast_path(self) -> None:
-        events: list[dict[str, Any]] = []
-        TI.log_status(Logger(observer=events.append))
+        events, log = recorded()
+        TI.log_status(log)
         self.assertEqual(len(events), 1)
         self.assertEqual(events[0]["twisted_version"], twisted.__version__)
         self.assertIn("fast path active", events[0]["log_format"])
 
     def test_start_log_names_what_is_missing(self) -> None:
         gone = TI.Internal("twisted.protocols.tls.TLSMemoryBIOProtocol", "_gone", "use", "fallback")
-        events: list[dict[str, Any]] = []
-        TI.log_status(Logger(observer=events.append), [*TI.INTERNALS, gone])
+        events, log = recorded()
+        TI.log_status(log, [*TI.INTERNALS, gone])
         self.assertIn("fast path OFF", events[0]["log_format"])
         self.assertEqual(events[0]["names"], "TLSMemoryBIOProtocol._gone")
 
@@ -85,7 +88,7 @@ class _Link(Protocol):
 
     def handshakeCompleted(self) -> None:
         self.writer = DirectTLSWriter.wrap(self.transport)
-        self.fast_write = TI.ordered_write(self.transport) == self.transport._write
+        self.fast_write = TI.ordered_write(self.transport) == getattr(self.transport, TI.WRITE, None)
         self._send(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -93,6 +96,7 @@ class _Link(Protocol):
         self.received += data
         echoed = self.received.replace(b"link:", b"")
         if len(echoed) >= len(FRAME) + F.TAG_LEN and not self.done.called:
+            assert self.transport is not None
             self.transport.loseConnection()
             self.done.callback(echoed)
 
@@ -118,7 +122,7 @@ class RealTLSTests(LoopbackServer):
 
     def connect(self, send: Any) -> Deferred[_Link]:
         context = client_context(self.cert, "127.0.0.1", True, alpn=(b"tunmesh-link/1",))
-        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port, context)
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.port_number, context)
         return connectProtocol(endpoint, _Link(send))
 
     @inlineCallbacks
@@ -164,11 +168,11 @@ class FallbackTests(SynchronousTestCase):
 
     def test_tcp_state_unknown_is_not_idle(self) -> None:
         t = StringTransport()
-        t.connected = True  # type: ignore[attr-defined]
+        t.connected = True
         self.assertFalse(TI.tcp_send_idle(t))
         self.assertFalse(TI.direct_write_possible(t))
 
-    def test_request_line_unknown(self) -> None:
+    def test_the_request_line_is_read_where_twisted_keeps_it(self) -> None:
         self.assertIsNone(TI.request_line(object()))
         channel = http.HTTPChannel()
         channel.makeConnection(StringTransport())
@@ -191,42 +195,5 @@ class FallbackTests(SynchronousTestCase):
         channel.makeConnection(StringTransport())
         request = http.Request(channel)
         self.assertFalse(TI.request_disconnected(request))
-        request.channel = None
+        request.channel = None  # type: ignore[assignment]
         self.assertTrue(TI.request_disconnected(request))
-
-
-class HardenedServerFallbackTests(SynchronousTestCase):
-    """The hardened HTTP server on a Twisted that keeps the request line elsewhere."""
-
-    def test_requests_are_served_and_targets_normalised(self) -> None:
-        for constant in ("COMMAND", "PATH", "VERSION"):
-            without(self, constant)
-        h = _Harness()
-        channel, transport = h.connect()
-        channel.dataReceived(b"GET https://node1:4567/hello?x=1 HTTP/1.1\r\nHost: node1\r\n\r\n")
-        self.assertEqual(_parse(transport.value())[:3:2], (200, b"hi"))
-        self.assertEqual(h.app.calls, ["hello:/hello?x=1"])
-        # Read as HTTP/1.0 (the cautious reading): the connection closes after the answer.
-        self.assertTrue(transport.disconnecting)
-
-    def test_bodies_keep_the_default_limit(self) -> None:
-        without(self, "COMMAND")
-        h = _Harness()
-        channel, transport = h.connect()
-        channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
-        self.assertEqual(_parse(transport.value())[0], 413)
-        self.assertEqual(h.app.calls, [])
-
-
-class StartLogTests(SynchronousTestCase):
-    def test_the_data_plane_says_once_at_start_whether_the_fast_path_is_active(self) -> None:
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        clock = task.Clock()
-        node = Node(A, "100.64.0.1", clock, SessionStore(A, clock, monotonic=clock.seconds))
-        node.plane.startService()
-        self.addCleanup(node.tun.close)
-        self.addCleanup(node.plane.stopService)
-        lines = [e for e in events if "fast path" in e.get("log_format", "")]
-        self.assertEqual(len(lines), 1)
-        self.assertEqual(lines[0]["twisted_version"], twisted.__version__)
-        self.assertEqual(lines[0]["log_level"], LogLevel.info)
