@@ -28,7 +28,7 @@ from twisted.logger import Logger
 import twisted
 
 #: The Twisted releases the names below were checked on (``setup.py`` pins the same range).
-TESTED_RANGE = ">=24.3,<27"
+TESTED_RANGE = ">=26.4,<27"
 
 
 # The names, each spelled once (tests rename one to play a Twisted release without it).

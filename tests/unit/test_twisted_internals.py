@@ -4,8 +4,10 @@ correct."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
+from packaging.specifiers import SpecifierSet
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
@@ -41,6 +43,11 @@ class NamesExistTests(SynchronousTestCase):
     def test_every_named_internal_exists_on_the_installed_twisted(self) -> None:
         self.assertEqual([f"{i.owner}.{i.name}" for i in TI.missing()], [], twisted.__version__)
         self.assertTrue(TI.fast_path_active())
+
+    def test_the_installed_twisted_is_in_the_tested_range_setup_py_pins(self) -> None:
+        setup_py = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
+        self.assertIn(f'"Twisted[tls]{TI.TESTED_RANGE}"', setup_py)
+        self.assertIn(twisted.__version__, SpecifierSet(TI.TESTED_RANGE), "outside the tested range: run the unit suite on it, then widen the pin")
 
     def test_every_internal_says_what_it_does_without_the_name(self) -> None:
         for internal in TI.INTERNALS:
