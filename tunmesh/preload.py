@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 from twisted.logger import Logger
 
+from tunmesh.twisted_internals import private_modules
+
 log = Logger(namespace="tunmesh.preload")
 
 #: Codecs used by name on the node's paths (looked up again by the self-check, as the dropped uid).
@@ -56,7 +58,8 @@ PRELOAD_MODULES: Sequence[str] = (
     "encodings.utf_8",
     "stringprep",
     "idna",
-    "twisted.internet._idna",
+    # private: listed in tunmesh.twisted_internals, preloaded where the installed Twisted has it
+    *private_modules(),
     # twisted.web.http parses Content-Type with ``email.message.EmailMessage``, whose default policy and
     # header registry are imported on first use (the first request with a body).
     "email.message",

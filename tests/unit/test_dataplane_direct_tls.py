@@ -27,6 +27,9 @@ class FakeTLS:
         self._aggregator = self
         self.aggregated: list[bytes] = []
 
+    def getHandle(self) -> SSL.Connection:
+        return self._tlsConnection
+
     def _write(self, data: bytes) -> None:
         """Twisted's path: encrypt and hand to the TCP transport."""
         self.slow_writes.append(data)
@@ -54,6 +57,9 @@ class FakeTCP:
         self.offset = 0
         self._tempDataBuffer: list[bytes] = []
         self.buffered: list[bytes] = []
+
+    def getHandle(self) -> socket.socket:
+        return self.socket
 
     def write(self, data: bytes) -> None:
         self.buffered.append(data)

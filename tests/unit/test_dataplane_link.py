@@ -8,10 +8,12 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+import twisted
 from tests.unit.support import NOW, A, B, Pair, ipv4
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.dataplane import frames as F
@@ -604,6 +606,18 @@ class DataPlaneTests(SynchronousTestCase):
         self.a.plane._reader.doRead()
         self.assertEqual(self.a.metrics.drops(), {"peer_removed": 1, "no_route": 1})
 
+    def test_a_removed_peers_connection_is_closed(self) -> None:
+        link = self.a.plane.links[B]
+        self.assertTrue(link.ready)
+        self.a.plane.peer_down(B)
+        self.pump()
+        self.assertNotIn(A, self.b.plane.server_factory.links)
+        self.assertFalse(link.running)
+        self.assertFalse(link.ready)
+        self.clock.advance(60)
+        self.pump()
+        self.assertNotIn(A, self.b.plane.server_factory.links)
+
     def test_peer_url_change_reconnects(self) -> None:
         old = self.a.plane.links[B]
         self.a.peers["https://b2/"] = self.b
@@ -671,11 +685,11 @@ class SessionWaitTests(SynchronousTestCase):
         for _ in range(6):
             for p in a.pumps:
                 p.flush()
-            clock.advance(link._reconnect.getTime() - clock.seconds() if link._reconnect else 0)
+            clock.advance(link.retry_at - clock.seconds() if link.retry_at is not None else 0)
         for p in a.pumps:
             p.flush()
         self.assertFalse(link.ready)
-        self.assertGreater(link._reconnect.getTime() - clock.seconds(), 1.0)  # type: ignore[union-attr]
+        self.assertGreater(link.retry_at - clock.seconds(), 1.0)  # type: ignore[operator]
         self.assertEqual(a.metrics.value("link_hello_failures_total", "no_session"), 7)
         secret = os.urandom(32)
         sb.install_inbound(A, "k1", secret)
@@ -756,3 +770,79 @@ class SocketTuningTests(SynchronousTestCase):
         connector = TLSLinkConnector(MemoryReactorClock(), lambda host: None)
         for url in ("http://b:4567/", "https:///", "ftp://x/"):
             self.failureResultOf(connector(url, Protocol()), ValueError)
+
+
+class LinkServiceTests(SynchronousTestCase):
+    """The data plane owns one service per peer: added with the peer, gone with it, nothing left behind."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(NOW)
+        store = SessionStore(A, self.clock, monotonic=self.clock.seconds)
+        store.install_outbound(B, "k", os.urandom(32))
+        self.node = Node(A, "100.64.0.1", self.clock, store)
+        self.addCleanup(self.node.tun.close)
+        self.connects: list[str] = []
+
+        def refused(url: str, proto: Any) -> defer.Deferred[Any]:
+            self.connects.append(url)
+            return defer.fail(ConnectionRefusedError())
+
+        self.node.plane._connector = refused
+
+    def test_each_peer_is_a_child_service_started_with_the_plane(self) -> None:
+        plane = self.node.plane
+        plane.peer_up(B, "https://b/", ["100.64.0.2/32"])
+        link = plane.links[B]
+        self.assertEqual(list(plane), [link])
+        self.assertFalse(link.running)
+        self.assertEqual(self.connects, [])
+        plane.startService()
+        self.assertTrue(link.running)
+        self.assertEqual(self.connects, ["https://b/"])
+        plane.stopService()
+        self.assertFalse(link.running)
+
+    def test_a_removed_peer_leaves_nothing_behind(self) -> None:
+        plane = self.node.plane
+        plane.startService()
+        self.addCleanup(plane.stopService)
+        plane.peer_up(B, "https://b/", ["100.64.0.2/32"])
+        link = plane.links[B]
+        link.send_batch([b"waiting"])  # queued, with its expiry timer, while the link retries
+        self.assertNotEqual(self.clock.getDelayedCalls(), [])
+        plane.peer_down(B)
+        self.assertEqual(list(plane), [])
+        self.assertFalse(link.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # no retry, no expiry, no deadline
+        self.assertEqual(self.node.metrics.drops(), {"peer_removed": 1})
+        self.clock.advance(3600)
+        self.assertEqual(self.connects, ["https://b/"])
+
+    def test_a_peer_at_a_new_url_gets_a_new_service(self) -> None:
+        plane = self.node.plane
+        plane.startService()
+        self.addCleanup(plane.stopService)
+        plane.peer_up(B, "https://b/", ["100.64.0.2/32"])
+        old = plane.links[B]
+        plane.peer_up(B, "https://b2/", ["100.64.0.2/32"])
+        self.assertEqual(list(plane), [plane.links[B]])
+        self.assertIsNot(plane.links[B], old)
+        self.assertFalse(old.running)
+        self.assertEqual(self.connects, ["https://b/", "https://b2/"])
+
+
+class StartLogTests(SynchronousTestCase):
+    """The private Twisted names of the write path (tunmesh.twisted_internals) are reported at start."""
+
+    def test_the_data_plane_says_once_at_start_whether_the_fast_path_is_active(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
+        clock = task.Clock()
+        node = Node(A, "100.64.0.1", clock, SessionStore(A, clock, monotonic=clock.seconds))
+        node.plane.startService()
+        self.addCleanup(node.tun.close)
+        self.addCleanup(node.plane.stopService)
+        lines = [e for e in events if "fast path" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["twisted_version"], twisted.__version__)
+        self.assertEqual(lines[0]["log_level"], LogLevel.info)

@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from tunmesh import twisted_internals
 from tunmesh.api.server import (
     CONSTANT_BODIES,
     ConnectionLimitFactory,
@@ -541,3 +542,26 @@ class SourceRateLimiterTests(SynchronousTestCase):
         self.assertIn(b'tunmesh_requests_rate_limited_total 2.0', metrics.render()[0])
         clock.advance(1)
         self.assertEqual(get(b"/tunmesh/x/hello")[0], 200)
+
+
+class HardenedServerFallbackTests(SynchronousTestCase):
+    """The hardened HTTP server on a Twisted that keeps the request line elsewhere (tunmesh.twisted_internals)."""
+
+    def test_requests_are_served_and_targets_normalised(self) -> None:
+        for constant in ("COMMAND", "PATH", "VERSION"):
+            self.patch(twisted_internals, constant, "_renamed_by_a_future_twisted")
+        h = _Harness()
+        channel, transport = h.connect()
+        channel.dataReceived(b"GET https://node1:4567/hello?x=1 HTTP/1.1\r\nHost: node1\r\n\r\n")
+        self.assertEqual(_parse(transport.value())[:3:2], (200, b"hi"))
+        self.assertEqual(h.app.calls, ["hello:/hello?x=1"])
+        # Read as HTTP/1.0 (the cautious reading): the connection closes after the answer.
+        self.assertTrue(transport.disconnecting)
+
+    def test_bodies_keep_the_default_limit(self) -> None:
+        self.patch(twisted_internals, "COMMAND", "_renamed_by_a_future_twisted")
+        h = _Harness()
+        channel, transport = h.connect()
+        channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+        self.assertEqual(_parse(transport.value())[0], 413)
+        self.assertEqual(h.app.calls, [])

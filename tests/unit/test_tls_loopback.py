@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import treq
-from klein import Klein
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.unit.tls_support import self_signed, temp_dir
-from tunmesh.api.server import RouteLimits, make_server_factory, make_site
+from tests.unit.tls_support import LoopbackServer, self_signed, temp_dir
 from tunmesh.tls.certs import certificate_sha256
-from tunmesh.tls.contexts import MeshTLSPolicy, client_context, peer_certificate_sha256, server_context
-
-
-class _App:
-    app = Klein()
-
-    @app.route("/hello", methods=["GET"])
-    def hello(self, request: Any) -> bytes:
-        return b"hi"
-
-
-class _LinkEcho(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(b"link:" + data)
+from tunmesh.tls.contexts import MeshTLSPolicy, client_context, peer_certificate_sha256
 
 
 class _LinkClient(Protocol):
@@ -53,23 +35,6 @@ class _LinkClient(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(None)
-
-
-class LoopbackServer(TestCase):
-    """The full server factory listening on 127.0.0.1 with a self-signed certificate."""
-
-    timeout = 20
-
-    def setUp(self) -> None:
-        directory = temp_dir(self)
-        self.cert, self.key = self_signed(directory, "node", hostnames=("tunmesh.local",), ips=("127.0.0.1",))
-        site = make_site(_App().app.resource(), RouteLimits(), reactor)
-        factory = make_server_factory(site, server_context(self.cert, self.key),
-                                      {b"tunmesh-link/1": Factory.forProtocol(_LinkEcho)}, reactor)
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
-        self.addCleanup(self.port.stopListening)
-        self.port_number = cast(IPv4Address, self.port.getHost()).port
-        self.url = f"https://127.0.0.1:{self.port_number}"
 
 
 class LoopbackTests(LoopbackServer):

@@ -1,28 +1,34 @@
 """TLS helpers shared by the unit tests (no tests here): keys and certificates made in the test with
 ``cryptography`` (weak, mismatched, expired, not yet valid), self-signed files in a temporary directory,
-in-memory handshakes (:func:`handshake`, :class:`Recorder`) and a handshaken memory-BIO pair."""
+in-memory handshakes (:func:`handshake`, :class:`Recorder`), a handshaken memory-BIO pair, and the node's
+full server factory on 127.0.0.1 (:class:`LoopbackServer`)."""
 
 from __future__ import annotations
 
 import datetime
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from klein import Klein
 from OpenSSL import SSL
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from tunmesh.api.server import RouteLimits, make_server_factory, make_site
 from tunmesh.tls.certs import write_self_signed
+from tunmesh.tls.contexts import server_context
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -180,3 +186,38 @@ def tls_pair() -> tuple[SSL.Connection, SSL.Connection]:
             except SSL.WantReadError:
                 pass
     return client, server
+
+
+class HelloApp:
+    """A Klein app answering ``GET /hello``."""
+
+    app = Klein()
+
+    @app.route("/hello", methods=["GET"])
+    def hello(self, request: Any) -> bytes:
+        return b"hi"
+
+
+class LinkEcho(Protocol):
+    """A link end that echoes what it reads, prefixed with ``link:``."""
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"link:" + data)
+
+
+class LoopbackServer(TestCase):
+    """The full server factory listening on 127.0.0.1 with a self-signed certificate."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        directory = temp_dir(self)
+        self.cert, self.key = self_signed(directory, "node", hostnames=("tunmesh.local",), ips=("127.0.0.1",))
+        site = make_site(HelloApp().app.resource(), RouteLimits(), reactor)
+        factory = make_server_factory(site, server_context(self.cert, self.key),
+                                      {b"tunmesh-link/1": Factory.forProtocol(LinkEcho)}, reactor)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(self.port.stopListening)
+        self.port_number = cast(IPv4Address, self.port.getHost()).port
+        self.url = f"https://127.0.0.1:{self.port_number}"

@@ -48,6 +48,7 @@ from tunmesh.api.errors import BODIES, DEFAULT_RETRY_AFTER, TEXT_PLAIN
 from tunmesh.interfaces import MetricsLike
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.tls.dispatch import ALPNDispatchFactory, IAcceptTimeAware
+from tunmesh.twisted_internals import request_disconnected, request_line, send_100_continue
 
 DEFAULT_MAX_BODY = 4096
 #: Methods whose bodies we never use; a body on them is refused unless a route says otherwise
@@ -264,30 +265,43 @@ class HardenedRequest(Request):
     # the body file from ``gotLength`` on, here always a BytesIO.
     content: io.BytesIO  # type: ignore[assignment]
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """As ``Request.requestReceived``, with the target in origin form (:func:`normalise_target`)."""
+        super().requestReceived(command, normalise_target(path), version)
+
     def gotLength(self, length: int | None) -> None:
         """Headers are complete: pick the route limit, run ``pre_auth``; always buffer in memory."""
         self.content = io.BytesIO()
         channel = self.channel
         site: HardenedSite = channel.site
-        path_bytes = channel._path.split(b"?", 1)[0]
-        head = RequestHead(
-            method=channel._command,
-            path=path_bytes.decode("latin-1"),
-            headers=self.requestHeaders,
-            peer_host=_peer_host(channel.tcp_transport().getPeer()),
-            transport=channel.tcp_transport(),
-        )
+        line = request_line(channel)
+        peer_host = _peer_host(channel.tcp_transport().getPeer())
+        head: RequestHead | None = None
+        if line is not None:
+            path_bytes = normalise_target(line[1]).split(b"?", 1)[0]
+            head = RequestHead(
+                method=line[0],
+                path=path_bytes.decode("latin-1"),
+                headers=self.requestHeaders,
+                peer_host=peer_host,
+                transport=channel.tcp_transport(),
+            )
+        # Without the request line (tunmesh.twisted_internals) no route is known before the body: every
+        # request counts against the per-source limit, bodies get the default limit, handlers authenticate.
         limiter = site.rate_limiter
-        if limiter is not None and head.path.startswith(site.rate_limited_prefix):
-            if not limiter.allow(head.peer_host):
+        if limiter is not None and (head is None or head.path.startswith(site.rate_limited_prefix)):
+            if not limiter.allow(peer_host):
                 site.count("requests_rate_limited_total", "Requests refused by the per-source rate limit.")
                 self.refusal = Refusal(429, 1)
                 return
-        self.max_body, pre_auth = site.limits.lookup(head.method, head.path)
+        if head is None:
+            self.max_body, pre_auth = site.limits.default_max_body, None
+        else:
+            self.max_body, pre_auth = site.limits.lookup(head.method, head.path)
         if length is not None and length > self.max_body:
             self.refusal = Refusal(413)
             return
-        if pre_auth is None:
+        if pre_auth is None or head is None:
             return
         try:
             answer = pre_auth(head)
@@ -328,7 +342,7 @@ class HardenedRequest(Request):
         Request.write(self, body)
 
     def finish(self) -> None:
-        if self.code in CONSTANT_BODIES and not self._constant_written and not self._disconnected:
+        if self.code in CONSTANT_BODIES and not self._constant_written and not request_disconnected(self):
             self.write(b"")
         Request.finish(self)
 
@@ -336,7 +350,7 @@ class HardenedRequest(Request):
         """The one error boundary (W18): constant 500, traceback at debug only, counted."""
         assert self.site is not None  # set by process() before anything is rendered
         self.site.report_error(reason, "api")
-        if self._disconnected or self.finished:
+        if request_disconnected(self) or self.finished:
             return reason
         if self.startedWriting:
             # Too late for a status; do not leave a half response on a keep-alive connection.
@@ -372,9 +386,8 @@ class HardenedChannel(http.HTTPChannel):
     _deadline: IDelayedCall | None = None
     _phase = "idle"
     refused = False
-    # Twisted's HTTPChannel has an unannotated ``_abortingCall = None`` (so mypy infers the type None);
-    # it holds the delayed call of ``forceAbortClient`` while one is pending.
-    _abortingCall: IDelayedCall | None  # type: ignore[assignment]
+    #: the ``forceAbortClient`` call after a refusal, should the peer not close
+    _refusal_abort: IDelayedCall | None = None
 
     def tcp_transport(self) -> _ChannelTransport:
         """``self.transport``, which is set (and a TCP/TLS transport) while the channel is connected."""
@@ -432,11 +445,13 @@ class HardenedChannel(http.HTTPChannel):
         super().rawDataReceived(data)
 
     def allHeadersReceived(self) -> None:
-        """As ``HTTPChannel.allHeadersReceived``, plus target normalisation and early refusal."""
-        self._path = normalise_target(self._path)
+        """As ``HTTPChannel.allHeadersReceived``, plus early refusal (the request normalises its target)."""
         req: HardenedRequest = self.requests[-1]
         req.parseCookies()
-        self.persistent = self.checkPersistence(req, self._version)
+        line = request_line(self)
+        # Without the request line (tunmesh.twisted_internals) take the cautious reading: HTTP/1.0.
+        version = line[2] if line is not None else b"HTTP/1.0"
+        self.persistent = self.checkPersistence(req, version)
         req.gotLength(self.length)
         if req.refusal is not None:
             self.refuse(req.refusal)
@@ -446,8 +461,8 @@ class HardenedChannel(http.HTTPChannel):
             return
         self._start_phase("body", self.site.body_timeout)
         expect = req.requestHeaders.getRawHeaders(b"expect")
-        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
-            self._send100Continue()
+        if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
+            send_100_continue(self)
 
     def allContentReceived(self) -> None:
         if self.refused:
@@ -469,14 +484,18 @@ class HardenedChannel(http.HTTPChannel):
         self.persistent = False
         self.setTimeout(None)
         self.site.count("http_refused_total", "Requests refused before the body was read.", status=str(refusal.status))
-        method = getattr(self, "_command", b"")
+        line = request_line(self)
+        method = line[0] if line is not None else b""
         self.tcp_transport().write(_refusal_bytes(refusal, include_body=method.upper() != b"HEAD"))
         self.loseConnection()
-        if self.abortTimeout is not None and self._abortingCall is None:
-            self._abortingCall = self.site.reactor.callLater(self.abortTimeout, self.forceAbortClient)
+        if self.abortTimeout is not None:
+            self._refusal_abort = self.site.reactor.callLater(self.abortTimeout, self.forceAbortClient)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
+        if self._refusal_abort is not None and self._refusal_abort.active():
+            self._refusal_abort.cancel()
+        self._refusal_abort = None
         super().connectionLost(reason)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from OpenSSL import SSL
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
     ISSLTransport,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
@@ -34,12 +36,21 @@ from zope.interface import implementer
 from tunmesh.auth.errors import AuthError
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
+from tunmesh.dataplane.linkqueue import PacketQueue
 from tunmesh.dataplane.linkstats import LinkStats
 from tunmesh.failures import describe_failure
 from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.names import label
 from tunmesh.tls.binding import exporter_value
+from tunmesh.twisted_internals import (
+    direct_write_possible,
+    flush_small_writes,
+    immediate_write,
+    ordered_write,
+    tcp_send_idle,
+    tls_cleartext_idle,
+)
 
 #: Socket buffer size asked for on both ends (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -50,8 +61,7 @@ KEEPALIVE = 10.0
 #: Buckets of ``tunmesh_link_rtt_seconds`` (a LAN is under 1 ms, a region ~1-50 ms, a busy link more).
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# Drop reasons of the links.
-QUEUE_FULL = "queue_full"
+# Drop reasons of the links (the queue has its own, linkqueue.QUEUE_FULL).
 PEER_DOWN = "peer_down"
 PEER_REMOVED = "peer_removed"
 EXPIRED = "expired"
@@ -93,26 +103,6 @@ def tls_channel(transport: Any) -> bytes | None:
     session, ``b""`` when there is no TLS under the link (memory transports in tests), ``None``
     when there is TLS but no value can be had (not handshaken yet, or an OpenSSL error)."""
     return exporter_value(transport, F.CHANNEL_LABEL, F.CHANNEL_LEN)
-
-
-def flush_aggregator(transport: Any) -> None:
-    """Push out what Twisted's small-write aggregator holds (so later direct writes stay in order)."""
-    aggregator = getattr(transport, "_aggregator", None)
-    if aggregator is not None:
-        aggregator.flush()
-
-
-def ordered_writer(transport: Any) -> Callable[[bytes], None]:
-    """The fastest write that keeps the stream in order.
-
-    Twisted's TLS transport aggregates small ``write`` calls and flushes them on the next reactor
-    iteration (a copy of every frame plus one loop of latency per hop); its ``_write`` goes to
-    OpenSSL at once.  Frames are already batched, so they use ``_write`` -- after anything the
-    aggregator still holds is pushed out first, or a REKEY written through it would reach the
-    peer after the DATA frames it keys (and those would be dropped as ``unknown_key``).
-    """
-    flush_aggregator(transport)
-    return getattr(transport, "_write", None) or transport.write
 
 
 class LinkMetrics:
@@ -192,38 +182,37 @@ class DirectTLSWriter:
     and :meth:`flush` sends them on the socket at once when nothing is queued before them.
     Whatever cannot go directly (an OpenSSL error, a full socket, a closing connection) is handed
     to Twisted's own path, which keeps its ordering and error handling.  Built only for Twisted's
-    ``TLSMemoryBIOProtocol`` over a ``tcp.Connection``; :meth:`wrap` returns ``None`` otherwise.
+    ``TLSMemoryBIOProtocol`` over a ``tcp.Connection`` whose private names it needs are all there
+    (:mod:`tunmesh.twisted_internals`); :meth:`wrap` returns ``None`` otherwise.
     """
 
-    __slots__ = ("_tls", "_tcp", "_conn", "_pending")
+    __slots__ = ("_tls", "_tcp", "_conn", "_sock", "_slow", "_pending")
 
-    def __init__(self, tls: Any, tcp: Any) -> None:
+    def __init__(self, tls: Any, tcp: Any, slow: Callable[[bytes], None]) -> None:
         self._tls = tls
         self._tcp = tcp
-        self._conn = tls._tlsConnection
+        self._conn = tls.getHandle()
+        self._sock = tcp.getHandle()
+        #: Twisted's immediate TLS write, for what cannot go directly
+        self._slow = slow
         #: TLS bytes written into OpenSSL and not yet read from its BIO (an estimate)
         self._pending = 0
 
     @classmethod
     def wrap(cls, transport: Any) -> DirectTLSWriter | None:
-        tls = transport
-        tcp = getattr(tls, "transport", None)
-        needed_tls = ("_tlsConnection", "_appSendBuffer", "_lostTLSConnection", "_write")
-        needed_tcp = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "write")
-        if tcp is None or not all(hasattr(tls, a) for a in needed_tls):
+        slow = immediate_write(transport)
+        if slow is None or not direct_write_possible(transport):
             return None
-        if not all(hasattr(tcp, a) for a in needed_tcp):
-            return None
-        return cls(tls, tcp)
+        return cls(transport, transport.transport, slow)
 
     def usable(self) -> bool:
         """Whether the fast path keeps stream order; if so, first pushes out control frames that
         Twisted's small-write aggregator still holds (a REKEY must precede the DATA it keys)."""
         tls = self._tls
-        if tls._appSendBuffer or tls._lostTLSConnection or tls.disconnecting:
+        if not tls_cleartext_idle(tls):
             return False
-        flush_aggregator(tls)
-        return not (tls._appSendBuffer or tls._lostTLSConnection)
+        flush_small_writes(tls)
+        return tls_cleartext_idle(tls)
 
     def write(self, frame: bytes, tag: bytes) -> None:
         """Encrypt ``frame`` then ``tag`` into the TLS stream (sent by :meth:`flush`)."""
@@ -248,7 +237,7 @@ class DirectTLSWriter:
             self.flush()
             rest = (frame + tag)[pos:]
             if rest:
-                self._tls._write(rest)
+                self._slow(rest)
             return
         self._pending += n + F.TAG_LEN + 32 * (n // TLS_RECORD + 1)
 
@@ -272,14 +261,9 @@ class DirectTLSWriter:
             return
         out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         tcp = self._tcp
-        if (
-            tcp.connected
-            and not tcp.disconnecting
-            and not tcp._tempDataBuffer
-            and tcp.offset == len(tcp.dataBuffer)
-        ):
+        if tcp_send_idle(tcp):
             try:
-                sent = tcp.socket.send(out)
+                sent = self._sock.send(out)
             except OSError:
                 sent = 0  # a full socket, or an error the reactor reports on its next write
             if sent == len(out):
@@ -609,20 +593,42 @@ class LinkServerFactory(Factory):
 # --- client side ----------------------------------------------------------------------------
 
 
+def retry_policy(initial: float, maximum: float, rng: Callable[[], float]) -> Callable[[int], float]:
+    """The link's ``ClientService`` retry policy: ``initial`` doubling per failure up to ``maximum``,
+    times U(0.5, 1) (the shape of :class:`tunmesh.mesh.backoff.Backoff`, per attempt count)."""
+
+    def policy(failures: int) -> float:
+        step = min(maximum, initial * 2 ** min(max(failures - 1, 0), 30))
+        return step * (0.5 + 0.5 * rng())
+
+    return policy
+
+
 @implementer(IHandshakeListener)
 class LinkClientProtocol(Protocol):
-    """The wire end of a :class:`LinkClient`: frames in, events out to the owner.
+    """The wire end of one connection of a :class:`LinkClient`: frames in, events out to the owner.
 
-    Over TLS the HELLO waits for the handshake (it signs the session's exporter value);
-    without TLS (memory transports) it goes at once.
+    Over TLS the HELLO waits for the handshake (it signs the session's exporter value); without TLS
+    (memory transports) it goes at once.  :attr:`authenticated` fires once HELLO_OK is verified, or
+    fails with the reason the link did not come up; the connection's ``ClientService`` end
+    (:attr:`service_end`) hears of the connection's loss only after that, when the link was up:
+    ``ClientService`` has no transition for a connection lost while ``prepareConnection`` runs.
     """
 
-    def __init__(self, owner: LinkClient) -> None:
+    def __init__(self, owner: LinkClient, service_end: Any) -> None:
         self.owner = owner
+        self.service_end = service_end
+        self.up = False
+        self.authenticated: defer.Deferred[None] = defer.Deferred(self._cancel)
         self._decoder = F.FrameDecoder(max_frame=1024)
+
+    def _cancel(self, d: defer.Deferred[None]) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
+        self.service_end.makeConnection(self.transport)
         tls = ISSLTransport.providedBy(self.transport)
         if self.owner._connection_made(self) and not tls:
             self.owner._send_hello(self)
@@ -640,18 +646,63 @@ class LinkClientProtocol(Protocol):
             if not self.owner._frame(self, frame):
                 return
 
+    def fail(self, reason: str) -> None:
+        """The link did not come up on this connection (the owner closes it)."""
+        if not self.authenticated.called:
+            self.authenticated.errback(LinkRefused(reason))
+
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self.owner._connection_lost(self, reason)
+        if not self.authenticated.called:
+            self.authenticated.errback(reason)
+        elif self.up:
+            self.service_end.connectionLost(reason)
+
+
+class LinkRefused(Exception):
+    """The link's HELLO exchange failed (refused, timed out, not authentic); ``str()`` says how."""
+
+
+class _ServiceEnd(Protocol):
+    """What the link's ``ClientService`` holds of a connection: it only learns that it was lost."""
+
+
+@implementer(IStreamClientEndpoint)
+class _ConnectorEndpoint:
+    """The link's :data:`Connector` as the endpoint of its ``ClientService``."""
+
+    def __init__(self, owner: LinkClient) -> None:
+        self._owner = owner
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        owner = self._owner
+        owner.retry_at = None
+        service_end = factory.buildProtocol(None)
+        proto = LinkClientProtocol(owner, service_end)
+        owner._attempt = proto
+        owner._attempt_started = owner._clock.seconds()
+        try:
+            d = owner._connector(owner.url, proto)
+        except Exception:
+            owner.log.failure("connecting to {peer_id} failed", peer_id=owner.peer_id)
+            d = defer.fail()
+        return d.addCallbacks(lambda _: service_end, owner._connect_failed)
+
+    def __repr__(self) -> str:
+        return f"<packet link to {self._owner.peer} at {self._owner.url}>"
 
 
 @implementer(IPushProducer)
-class LinkClient:
+class LinkClient(Service):
     """The outbound link to one peer: connect, HELLO, send batches, queue, reconnect, rekey.
 
-    ``send_batch`` writes at once when the link is up and the transport is not pushing back;
-    otherwise packets wait in a bounded queue (``max_queue_packets`` / ``max_queue_bytes``,
-    oldest dropped first as ``queue_full``) for at most ``packet_expiration`` seconds (then
-    ``peer_down`` if the link is not up, ``expired`` if it was only congested).
+    A service of the data plane (one per peer).  Connecting and retrying is a ``ClientService``
+    (:func:`retry_policy`) whose ``prepareConnection`` is the HELLO exchange; waiting packets are a
+    :class:`~tunmesh.dataplane.linkqueue.PacketQueue`.  ``send_batch`` writes at once when the link
+    is up and the transport is not pushing back; otherwise packets wait in the queue
+    (``max_queue_packets`` / ``max_queue_bytes``, oldest dropped first as ``queue_full``) for at
+    most ``packet_expiration`` seconds (then ``peer_down`` if the link is not up, ``expired`` if it
+    was only congested).
     """
 
     log = Logger()
@@ -690,24 +741,29 @@ class LinkClient:
         self._lm = link_metrics
         self._drops = link_metrics.drops
         self._flags = F.FLAG_VNET_HDR if vnet_hdr else 0
-        self.packet_expiration = packet_expiration
-        self.max_queue_packets = max_queue_packets
-        self.max_queue_bytes = max_queue_bytes
         self.hello_timeout = hello_timeout
         self.keepalive = keepalive
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
         self._rng = rng
+        self._policy = retry_policy(backoff_initial, backoff_max, lambda: self._rng())
+        self._service = ClientService(
+            _ConnectorEndpoint(self),
+            Factory.forProtocol(_ServiceEnd),
+            retryPolicy=self._retry_delay,
+            clock=clock,
+            prepareConnection=self._prepare,
+        )
 
         self._proto: LinkClientProtocol | None = None
+        self._attempt: LinkClientProtocol | None = None
         self.ready = False
         self.paused = False
         self._stopped = True
+        #: failed attempts since the link was last up (or its backoff reset)
         self.attempts = 0
-        self._reconnect: IDelayedCall | None = None
-        self._hello_timer: IDelayedCall | None = None
-        self._ping_timer: IDelayedCall | None = None
-        self._expire_timer: IDelayedCall | None = None
+        #: when the next attempt is due while the link waits out its backoff, else None
+        self.retry_at: float | None = None
+        #: the connection's one timer: the HELLO deadline, then the keepalive
+        self._timer: IDelayedCall | None = None
         self._last_rx = 0.0
         self._attempt_started = 0.0
         #: link up/down and RTT gauges of this peer (tunmesh_peer_link_*); the RTT one from the first PONG.
@@ -724,73 +780,92 @@ class LinkClient:
         self._pending_session_key: bytes | None = None
         #: the outbound direction as ``tunmesh status`` shows it
         self.stats = LinkStats(clock.seconds())
-        #: [enqueued_at, packets, first_live_index]
-        self._queue: deque[list[Any]] = deque()
-        self.queued_packets = 0
-        self.queued_bytes = 0
+        self._queue = PacketQueue(
+            clock, packet_expiration, max_queue_packets, max_queue_bytes, self._dropped, self._expiry_reason
+        )
+
+    @property
+    def queued_packets(self) -> int:
+        return self._queue.packets
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.bytes
+
+    @property
+    def packet_expiration(self) -> float:
+        return self._queue.expiration
+
+    def _dropped(self, reason: str, count: int) -> None:
+        self._drops.add(reason, count, self.peer_id)
+
+    def _expiry_reason(self) -> str:
+        return EXPIRED if self.ready else PEER_DOWN
 
     # -- lifecycle --------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        self.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stopped with the data plane: queued packets count as ``peer_down``."""
+        return self.stop(PEER_DOWN)
 
     def start(self) -> None:
         """Begin connecting (idempotent)."""
         if not self._stopped:
             return
         self._stopped = False
+        super().startService()
         self.stats.connecting(self._clock.seconds())
-        self._connect()
+        self._service.startService()
 
-    def stop(self, reason: str = PEER_REMOVED) -> None:
-        """Close the link for good; queued packets are dropped and counted as ``reason``."""
+    def stop(self, reason: str = PEER_REMOVED) -> defer.Deferred[None]:
+        """Close the link for good; queued packets are dropped and counted as ``reason``.  The
+        Deferred fires once the connection is closed."""
+        if self._stopped:
+            return defer.succeed(None)
         self._stopped = True
-        for timer in (self._reconnect, self._hello_timer, self._ping_timer, self._expire_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._reconnect = self._hello_timer = self._ping_timer = self._expire_timer = None
+        super().stopService()
+        self._cancel_timer()
+        self.retry_at = None
         self.stats.stopped(self._clock.seconds())
-        self._drop_all(reason)
+        self._queue.clear(reason)
         if reason == PEER_REMOVED:
             self._lm.forget_peer(self.peer_id)
         else:
             self._up_gauge.set(0)
-        proto = self._proto
-        if proto is not None and proto.transport is not None:
-            proto.transport.abortConnection()  # type: ignore[attr-defined]
+        for proto in (self._proto, self._attempt):
+            if proto is not None and proto.transport is not None:
+                proto.transport.abortConnection()  # type: ignore[attr-defined]
+        return self._service.stopService()
 
     def session_ready(self) -> None:
         """An outbound session to the peer now exists: a link waiting to reconnect (its last HELLO
         found none) connects at once, with its backoff reset; a connected or connecting link is left alone."""
-        if self._stopped or self._reconnect is None or not self._reconnect.active():
+        if self._stopped or self.retry_at is None:
             return
-        self._reconnect.cancel()
         self.attempts = 0
-        self._connect()
+        self.retry_at = None
+        # Waiting -> Stopped at once (the retry is cancelled), then a fresh attempt.
+        self._service.stopService()
+        self._service.startService()
 
-    def _connect(self) -> None:
-        self._reconnect = None
-        if self._stopped:
-            return
-        proto = LinkClientProtocol(self)
-        try:
-            d = self._connector(self.url, proto)
-        except Exception:
-            self.log.failure("connecting to {peer_id} failed", peer_id=self.peer_id)
-            self._schedule_reconnect()
-            return
-        d.addErrback(self._connect_failed, proto)
-
-    def _connect_failed(self, failure: Failure, proto: LinkClientProtocol) -> None:
-        self.stats.failed(self._clock.seconds(), connect_error(failure))
-        if self._proto is None or self._proto is proto:
-            self._proto = None
-            self._schedule_reconnect()
-
-    def _schedule_reconnect(self) -> None:
-        if self._stopped or self._reconnect is not None:
-            return
-        step = min(self.backoff_max, self.backoff_initial * (2 ** min(self.attempts, 30)))
-        delay = step * (0.5 + 0.5 * self._rng())
+    def _retry_delay(self, failures: int) -> float:
         self.attempts += 1
-        self._reconnect = self._clock.callLater(delay, self._connect)
+        delay = self._policy(self.attempts)
+        self.retry_at = self._clock.seconds() + delay
+        return delay
+
+    def _connect_failed(self, failure: Failure) -> Failure:
+        self.stats.failed(self._clock.seconds(), connect_error(failure))
+        return failure
+
+    def _prepare(self, service_end: Any) -> defer.Deferred[None]:
+        """``prepareConnection``: the link is usable once the HELLO exchange succeeded."""
+        proto = self._attempt
+        assert proto is not None and proto.service_end is service_end
+        return proto.authenticated
 
     # -- protocol events --------------------------------------------------------------------
 
@@ -801,9 +876,24 @@ class LinkClient:
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return False
         self._proto = proto
+        self.retry_at = None
         self._last_rx = self._attempt_started = self._clock.seconds()
-        self._hello_timer = self._clock.callLater(self.hello_timeout, self._hello_deadline)
+        self._cancel_timer()
+        self._timer = self._clock.callLater(self.hello_timeout, self._hello_deadline)
         return True
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _give_up(self, proto: LinkClientProtocol, reason: str, abort: bool = True) -> None:
+        """This connection will not carry the link: say why to the service, and close it."""
+        proto.fail(reason)
+        if abort:
+            proto.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            proto.transport.loseConnection()  # type: ignore[union-attr]
 
     def _send_hello(self, proto: LinkClientProtocol) -> None:
         if self._proto is not proto or self.ready:
@@ -811,7 +901,7 @@ class LinkClient:
         channel = tls_channel(proto.transport)
         if channel is None:
             self._lm.hello_failed("channel_binding")
-            proto.transport.abortConnection()  # type: ignore[union-attr]
+            self._give_up(proto, "no TLS channel binding")
             return
         self._channel = channel
         self._client_random = os.urandom(F.RANDOM_LEN)
@@ -826,7 +916,7 @@ class LinkClient:
             # No session with this peer yet (the mesh sets one up): retry with backoff.
             self._lm.hello_failed("no_session")
             self.stats.failed(self._clock.seconds(), "no session with the peer yet (the mesh sets one up)")
-            proto.transport.abortConnection()  # type: ignore[union-attr]
+            self._give_up(proto, "no session")
             return
         self._kid = signed.kid
         self._pending_session_key = session.frame_key
@@ -835,11 +925,11 @@ class LinkClient:
         )
 
     def _hello_deadline(self) -> None:
-        self._hello_timer = None
+        self._timer = None
         if not self.ready and self._proto is not None:
             self._lm.hello_failed("timeout")
             self.stats.failed(self._clock.seconds(), "no HELLO answer within the deadline")
-            self._proto.transport.abortConnection()  # type: ignore[union-attr]
+            self._give_up(self._proto, "no HELLO answer within the deadline")
 
     def _frame(self, proto: LinkClientProtocol, frame: bytes) -> bool:
         """Handle a frame from the server; False when the link was closed."""
@@ -859,7 +949,7 @@ class LinkClient:
                     peer_id=self.peer_id,
                     reason=F.ERR_NAMES.get(code, str(code)),
                 )
-                proto.transport.loseConnection()  # type: ignore[union-attr]
+                self._give_up(proto, "refused", abort=False)
                 return False
             if kind == F.PONG and self.ready:
                 if self.stats.echoed(F.decode_ping(frame), self._last_rx):
@@ -872,12 +962,10 @@ class LinkClient:
 
     def _protocol_error(self, proto: LinkClientProtocol, reason: str) -> None:
         self._lm.frame_dropped(reason)
-        proto.transport.abortConnection()  # type: ignore[union-attr]
+        self._give_up(proto, reason)
 
     def _established(self, proto: LinkClientProtocol, hello_ok: bytes) -> bool:
-        if self._hello_timer is not None and self._hello_timer.active():
-            self._hello_timer.cancel()
-        self._hello_timer = None
+        self._cancel_timer()
         frame_key = self._pending_session_key
         assert frame_key is not None
         key = self._link_key(frame_key, self._kid)
@@ -888,7 +976,7 @@ class LinkClient:
             self._lm.hello_failed("server_not_authentic")
             self.stats.failed(self._clock.seconds(), "the peer's HELLO_OK is not authentic")
             self.log.warn("link to {peer}: HELLO_OK not authentic", peer=self.peer, peer_id=self.peer_id)
-            proto.transport.abortConnection()  # type: ignore[union-attr]
+            self._give_up(proto, "HELLO_OK not authentic")
             return False
         self._sealer = F.DataSealer(self._key_id, key)
         self._direct = DirectTLSWriter.wrap(proto.transport)
@@ -901,18 +989,21 @@ class LinkClient:
         self.ready = True
         self.paused = False
         self.attempts = 0
+        self.retry_at = None
         self._lm.connected_out.inc()
         self.stats.up(self._clock.seconds(), self._kid)
         self._up_gauge.set(1)
+        proto.up = True
+        proto.authenticated.callback(None)
         proto.transport.registerProducer(self, True)  # type: ignore[union-attr]
         # A first probe now: the RTT is known from the start, not one keepalive period later.
         proto.transport.write(F.encode_ping(F.PING, self.stats.probe(self._clock.seconds())))  # type: ignore[union-attr]
-        self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
+        self._timer = self._clock.callLater(self.keepalive, self._keepalive)
         self._flush()
         return True
 
     def _keepalive(self) -> None:
-        self._ping_timer = None
+        self._timer = None
         proto = self._proto
         if proto is None or not self.ready:
             return
@@ -923,7 +1014,7 @@ class LinkClient:
         # The peer echoes the number: the PONG gives the link's round-trip time (``LinkStats``).
         opaque = self.stats.probe(self._clock.seconds())
         proto.transport.write(F.encode_ping(F.PING, opaque))  # type: ignore[union-attr]
-        self._ping_timer = self._clock.callLater(self.keepalive, self._keepalive)
+        self._timer = self._clock.callLater(self.keepalive, self._keepalive)
 
     def _pong(self) -> None:
         """A PONG answered the outstanding probe: the RTT ``LinkStats`` measured goes to the metrics."""
@@ -941,15 +1032,14 @@ class LinkClient:
         return self.stats.rtt
 
     def _connection_lost(self, proto: LinkClientProtocol, reason: Failure) -> None:
+        if self._attempt is proto:
+            self._attempt = None
         if self._proto is not proto:
             return
         self._proto = None
         self._sealer = None
         self._direct = None
-        for timer in (self._hello_timer, self._ping_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._hello_timer = self._ping_timer = None
+        self._cancel_timer()
         was_ready = self.ready
         if self.ready:
             self.ready = False
@@ -963,8 +1053,6 @@ class LinkClient:
                 error = f"link lost: {reason.getErrorMessage()[:160]}" if was_ready else connect_error(reason)
                 self.stats.failed(self._clock.seconds(), error)
         self.paused = False
-        self._arm_expiry()
-        self._schedule_reconnect()
 
     # -- IPushProducer (transport backpressure) ---------------------------------------------
 
@@ -984,13 +1072,13 @@ class LinkClient:
         """Send packets to the peer now, or queue them (bounded, oldest dropped first)."""
         if not packets:
             return
-        if self.ready and not self.paused and not self._queue:
+        if self.ready and not self.paused and not self._queue.packets:
             self._write(packets)
             return
         if self._stopped:
             self._drops.add(PEER_DOWN, len(packets), self.peer_id)
             return
-        self._enqueue(packets)
+        self._queue.push(packets)
 
     def _write(self, packets: Sequence[bytes]) -> None:
         sealer = self._sealer
@@ -1005,7 +1093,7 @@ class LinkClient:
             write_frame = direct.write
         else:
             direct = None
-            send = ordered_writer(transport)
+            send = ordered_write(transport)
 
             def write_frame(frame: bytes, tag: bytes) -> None:
                 send(frame)
@@ -1037,85 +1125,22 @@ class LinkClient:
         assert self._proto is not None
         key_id = self._key_id + 1
         key = self._link_key(frame_key, kid)
-        ordered_writer(self._proto.transport)(F.encode_rekey(key, key_id, kid))
+        ordered_write(self._proto.transport)(F.encode_rekey(key, key_id, kid))
         self._key_id = key_id
         self._kid = kid
         self.stats.kid = kid
         self._sealer = F.DataSealer(key_id, key)
         return self._sealer
 
-    def _enqueue(self, packets: Sequence[bytes]) -> None:
-        nbytes = 0
-        for p in packets:
-            nbytes += len(p)
-        self._queue.append([self._clock.seconds(), list(packets), 0])
-        self.queued_packets += len(packets)
-        self.queued_bytes += nbytes
-        dropped = 0
-        queue = self._queue
-        while self.queued_packets > self.max_queue_packets or self.queued_bytes > self.max_queue_bytes:
-            entry = queue[0]
-            batch, i = entry[1], entry[2]
-            self.queued_packets -= 1
-            self.queued_bytes -= len(batch[i])
-            batch[i] = b""
-            dropped += 1
-            if i + 1 == len(batch):
-                queue.popleft()
-            else:
-                entry[2] = i + 1
-        if dropped:
-            self._drops.add(QUEUE_FULL, dropped, self.peer_id)
-        self._arm_expiry()
-
-    def _arm_expiry(self) -> None:
-        """One timer for the oldest queued batch (no per-packet timers)."""
-        if self._expire_timer is not None or not self._queue or self._stopped:
-            return
-        delay = self._queue[0][0] + self.packet_expiration - self._clock.seconds()
-        self._expire_timer = self._clock.callLater(max(delay, 0.0), self._expire)
-
-    def _expire(self) -> None:
-        self._expire_timer = None
-        self._drop_expired()
-        self._arm_expiry()
-
-    def _drop_expired(self) -> None:
-        cutoff = self._clock.seconds() - self.packet_expiration
-        queue = self._queue
-        dropped = 0
-        while queue and queue[0][0] <= cutoff:
-            _, batch, i = queue.popleft()
-            n = len(batch) - i
-            dropped += n
-            self.queued_packets -= n
-            for p in batch[i:]:
-                self.queued_bytes -= len(p)
-        if dropped:
-            self._drops.add(EXPIRED if self.ready else PEER_DOWN, dropped, self.peer_id)
-
-    def _drop_all(self, reason: str) -> None:
-        if self.queued_packets:
-            self._drops.add(reason, self.queued_packets, self.peer_id)
-        self._queue.clear()
-        self.queued_packets = 0
-        self.queued_bytes = 0
-
     def _flush(self) -> None:
         """Write queued batches while the link is up and the transport takes them."""
-        self._drop_expired()
         queue = self._queue
-        while queue and self.ready and not self.paused:
-            _, batch, i = queue.popleft()
-            live = batch[i:] if i else batch
-            self.queued_packets -= len(live)
-            for p in live:
-                self.queued_bytes -= len(p)
-            self._write(live)
-        if not queue and self._expire_timer is not None:
-            if self._expire_timer.active():
-                self._expire_timer.cancel()
-            self._expire_timer = None
+        queue.expire()
+        while queue.packets and self.ready and not self.paused:
+            batch = queue.pop()
+            if batch is None:
+                break
+            self._write(batch)
 
 
 def connect_error(failure: Failure) -> str:

@@ -12,12 +12,13 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tunmesh import twisted_internals
 from tunmesh.dataplane.link import (
     HELLO_TIMEOUT,
     KEEPALIVE,
@@ -56,10 +57,11 @@ class _TunReader:
         return "tunmesh-tun"
 
 
-class DataPlane(Service):
+class DataPlane(MultiService):
     """Moves packets between the TUN device and the peers.
 
-    The mesh calls :meth:`peer_up` / :meth:`peer_down` as members come and go; the API's ALPN
+    The mesh calls :meth:`peer_up` / :meth:`peer_down` as members come and go; each peer's outbound
+    link is a child service (:class:`LinkClient`), added and removed with the peer.  The API's ALPN
     dispatcher mounts :attr:`server_factory` for ``tunmesh-link/1``.
     """
 
@@ -87,6 +89,7 @@ class DataPlane(Service):
         rng: Callable[[], float] = random.random,
         peer_metrics: PeerPacketMetrics | None = None,
     ) -> None:
+        super().__init__()
         self.node_id = node_id
         self.peer_metrics = peer_metrics
         self.tun = tun
@@ -150,17 +153,17 @@ class DataPlane(Service):
 
     def startService(self) -> None:
         super().startService()
+        # Once per node: the link's write path depends on private Twisted names (issue 10).
+        twisted_internals.log_status(self.log)
         self._reactor.addReader(self._reader)
         self._reading = True
-        for link in self.links.values():
-            link.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
+        """Stop reading, close every link (the outbound ones as child services: queues dropped as
+        ``peer_down``); the result fires when the outbound connections are closed."""
         if self._reading:
             self._reactor.removeReader(self._reader)
             self._reading = False
-        for link in self.links.values():
-            link.stop(PEER_DOWN)
         for peer_id in list(self.server_factory.links):
             self.server_factory.close_peer(peer_id)
         if self.peer_metrics is not None:
@@ -179,6 +182,7 @@ class DataPlane(Service):
         link = self.links.get(peer_id)
         if link is not None and link.url != url:
             link.stop(PEER_DOWN)
+            link.disownServiceParent()
             link = None
         if link is None:
             link = LinkClient(
@@ -194,8 +198,7 @@ class DataPlane(Service):
                 **self._link_opts,
             )
             self.links[peer_id] = link
-            if self.running:
-                link.start()
+            link.setServiceParent(self)  # started now if the plane runs
 
     def peer_down(self, peer_id: str) -> None:
         """Forget ``peer_id``: routes, outbound link (queue dropped as ``peer_removed``), inbound link."""
@@ -203,6 +206,7 @@ class DataPlane(Service):
         link = self.links.pop(peer_id, None)
         if link is not None:
             link.stop(PEER_REMOVED)
+            link.disownServiceParent()
         self.server_factory.forget(peer_id)
         self.drops.forget(peer_id)
         if self.peer_metrics is not None:
