@@ -1,19 +1,22 @@
 """One tunmesh node as a ``MultiService``: the table of contents of the program.
 
 Order matters. twistd calls ``privilegedStartService`` on every child, in order, while the process is
-still root, then ``startService``:
+still root, then ``startService`` (``tests/unit/test_tap.py`` checks the names and the order):
 
-1. ``tun``        the TUN device (opened and addressed in ``makeService``, as root, before anything else;
-                  with dynamic addressing the address helper is started next to it, docs/addressing.md),
-2. ``api``        the one TLS port: HTTP API (health, ready, metrics, node_info, /tunmesh/) and, selected
-                  by ALPN on the same port, the packet links; bound in ``privilegedStartService``,
-3. ``mesh``       membership: bootstrap, registrations, gossip, grooming, session setup and rotation,
-4. ``dataplane``  TUN <-> router <-> peer links,
-5. ``reload``     SIGHUP: re-read the TLS files, bootstrap groups and log level (``tunmesh.reload``),
-   ``admin``      the local admin socket (``process.admin_socket``: ``tunmesh status``/``reload``), bound
-                  in ``privilegedStartService`` and given to ``process.uid``,
-6. ``privileges`` the drop to ``process.uid`` (last, after the device and the port are open), then a
-                  self-check as that uid: the node works or exits with one line naming the cause.
+- ``clockwatch``: wall-clock step detection (``tunmesh.clockwatch``);
+- ``tun``: the TUN device (opened and addressed in ``makeService``, as root, before anything else; with
+  dynamic addressing the address helper is started next to it, docs/addressing.md);
+- ``cert_expiry``: the expiry gauge and warnings of our certificate and the trust anchors;
+- ``api``: the one TLS port: HTTP API (health, ready, metrics, node_info, /tunmesh/), the channel-bound
+  control HTTP and, selected by ALPN on the same port, the packet links; bound in
+  ``privilegedStartService``;
+- ``mesh``: membership: bootstrap, registrations, gossip, grooming, session setup and rotation;
+- ``dataplane``: TUN <-> router <-> peer links (one link service per peer);
+- ``reload``: SIGHUP: re-read the TLS files, bootstrap groups and log level (``tunmesh.reload``);
+- ``admin``: the local admin socket (``process.admin_socket``: ``tunmesh status``/``reload``), bound in
+  ``privilegedStartService`` and given to ``process.uid``;
+- ``privileges``: the drop to ``process.uid`` (last, after the device and the port are open), then a
+  self-check as that uid: the node works or exits with one line naming the cause.
 
 Before any of them, ``makeService`` runs the preflight (``tunmesh.preflight``: the checks of ``tunmesh
 check-config``, same lines), so a refused config exits before the TUN device exists.

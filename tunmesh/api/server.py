@@ -500,7 +500,8 @@ class HardenedChannel(http.HTTPChannel):
 
 
 class HardenedSite(Site):
-    """A ``Site`` building L{HardenedChannel}s and L{HardenedRequest}s; no access log, no tracebacks."""
+    """A ``Site`` building :class:`HardenedChannel` and :class:`HardenedRequest` objects; no access log, no
+    tracebacks."""
 
     protocol = HardenedChannel  # type: ignore[assignment]
     requestFactory = HardenedRequest
@@ -556,7 +557,7 @@ class HardenedSite(Site):
         """Skip ``HTTPFactory``'s log-file and log-clock setup (no access log)."""
 
     def stopFactory(self) -> None:
-        """Nothing to close: see L{startFactory}."""
+        """Nothing to close: see :obj:`startFactory`."""
 
 
 def make_site(

@@ -1,8 +1,8 @@
-"""`MeshClient`: the transport for control requests to peers (treq, or an in-memory `StubTreq` in tests).
+""":class:`MeshClient`: the transport for control requests to peers (treq, or an in-memory ``StubTreq`` in tests).
 
 The flows sign the body; this posts it with a deadline, reads a bounded response and hands back
 status, the headers the flows need and the exact body bytes (which the response token signs). Every
-request in flight is tracked so `cancel_all()` can stop them at shutdown.
+request in flight is tracked so ``cancel_all()`` can stop them at shutdown.
 
 Between nodes (:meth:`MeshClient.with_tls`) every connection is a ``tunmesh-ctl/1`` connection whose
 server proved the TLS session before anything is sent (:mod:`tunmesh.tls.binding`), and every
@@ -183,7 +183,7 @@ class MeshClient:
 
     @classmethod
     def with_tls(cls, reactor: Any, tls_policy: Any, timeout: float, metrics: Any = None) -> MeshClient:
-        """A real client: treq over an `Agent` whose connections are channel-bound ``tunmesh-ctl/1``
+        """A real client: treq over an ``Agent`` whose connections are channel-bound ``tunmesh-ctl/1``
         connections made with tunmesh's TLS client policy (whose ALPN must be ``tunmesh-ctl/1``).
 
         Call :meth:`verify_channel_with` before the first request: until then every connection is
@@ -218,10 +218,10 @@ class MeshClient:
         authorization: SignedRequest | str,
         timeout: float | None = None,
     ) -> Deferred[RawResponse]:
-        """POST `body` (JSON) to `url` + `path` within `timeout` (default: the client's); fails with
-        `PeerRequestFailed` (reason timeout/transport/tls/channel_binding...).
+        """POST ``body`` (JSON) to ``url`` + ``path`` within ``timeout`` (default: the client's); fails with
+        :exc:`PeerRequestFailed` (reason timeout/transport/tls/channel_binding...).
 
-        A `SignedRequest` is bound to the TLS session of the connection it goes out on (W5) when this
+        A :class:`SignedRequest` is bound to the TLS session of the connection it goes out on (W5) when this
         client pools bound connections; the response then carries that value as ``channel``.
         """
         started = self._clock.seconds()
