@@ -221,9 +221,11 @@ def _peers(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
         auth = cfg.clustering.auth
         keyring = ClusterKeyring(auth.accepted_secrets, auth.signing_id)
         authority = ClusterAuthority(keyring, str(uuid.uuid4()), WallClock())
-        answer = ctlquery.get(
+        answer = ctlquery.request(
             base,
+            "GET",
             path,
+            b"",
             authority,
             ssl_cfg.ca_file_path or ssl_cfg.cert_file_path,
             bool(ssl_cfg.verify_hostname),

@@ -119,21 +119,6 @@ def _check_name(conn: SSL.Connection, host: str) -> None:
         raise QueryError(f"certificate does not match {host}: {e}") from None
 
 
-def get(
-    url: str,
-    path: str,
-    authority: ClusterAuthority,
-    trust_path: Path,
-    verify_hostname: bool,
-    trust_key: str = CA_FILE_KEY,
-    timeout: float = 10.0,
-) -> Answer:
-    """``GET url+path`` as a cluster-token request bound to the TLS session; returns the answer
-    with its body verified. Raises :class:`QueryError` (connection, TLS, protocol) or ``AuthError``
-    (the proof or the answer is not the cluster's: a relay, another secret)."""
-    return request(url, "GET", path, b"", authority, trust_path, verify_hostname, trust_key, timeout)
-
-
 def request(
     url: str,
     method: str,
@@ -145,8 +130,10 @@ def request(
     trust_key: str = CA_FILE_KEY,
     timeout: float = 10.0,
 ) -> Answer:
-    """``method url+path`` with ``body`` (JSON when not empty) as a cluster-token request bound to
-    the TLS session, as :func:`get` (which is this with ``GET`` and no body)."""
+    """``method url+path`` with ``body`` (JSON when not empty) as a cluster-token request bound to the
+    TLS session; returns the answer, its body verified when it is a 200. Raises :class:`QueryError`
+    (connection, TLS, protocol) or ``AuthError`` (the proof or the answer is not the cluster's: a relay,
+    another secret)."""
     parts = urlsplit(url)
     host = parts.hostname
     if parts.scheme != "https" or not host:

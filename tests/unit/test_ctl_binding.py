@@ -245,18 +245,18 @@ class BoundControlTests(TestCase):
     def test_cli_query_is_bound_and_refuses_the_relay(self) -> Any:
         cli = ClusterAuthority(SECRET, "cli", self.clock)
         answer = yield deferToThread(
-            ctlquery.get, self.url, "/tunmesh/control/v0/peers", cli, self.cert, True, timeout=10
+            ctlquery.request, self.url, "GET", "/tunmesh/control/v0/peers", b"", cli, self.cert, True, timeout=10
         )
         self.assertEqual((answer.status, answer.node_id), (200, self.b.id))
         with self.assertRaises(AuthError) as caught:
             yield deferToThread(
-                ctlquery.get, self.relay.url, "/tunmesh/control/v0/peers", cli, self.cert, True, timeout=10
+                ctlquery.request, self.relay.url, "GET", "/tunmesh/control/v0/peers", b"", cli, self.cert, True, timeout=10
             )
         self.assertEqual(caught.exception.reason, "channel_binding")
         self.assertEqual(self.relay.from_client, b"")
         other = ClusterAuthority(OTHER_SECRET, "cli", self.clock)
         with self.assertRaises(ctlquery.ProofRefused) as refused:
-            yield deferToThread(ctlquery.get, self.url, "/tunmesh/control/v0/peers", other, self.cert, True, timeout=10)
+            yield deferToThread(ctlquery.request, self.url, "GET", "/tunmesh/control/v0/peers", b"", other, self.cert, True, timeout=10)
         self.assertEqual(refused.exception.reason, "bad_signature")  # same id "default", another secret
         self.assertEqual(self.b.counter("tunmesh_auth_failures_total"), 0)  # the node never saw a request
 
