@@ -136,23 +136,24 @@ class StatusTests(TestCase):
         self.assertIn("connection refused", killed_table)
         self.assertIn("register failing: transport", killed_table)
 
-        # The wrong-secret node: its bootstrap URL answers 401, and it says what to check.
+        # The wrong-secret node: node 1 cannot prove the control connection with a secret node 4 accepts
+        # (W5: tunmesh-ctl/1), so node 4 refuses it before sending anything, and says what to check.
         c.start(4)
 
         def refused(doc: dict[str, Any]) -> bool:
-            return any(u["status"] == 401 and u["failures"] for u in doc["urls"])
+            return any(u["reason"] == "channel_binding" and u["failures"] for u in doc["urls"])
 
-        wrong = self.wait_status(4, refused, 60, "the 401 of the bootstrap URL")
-        url = [u for u in wrong["urls"] if u["status"] == 401][0]
+        wrong = self.wait_status(4, refused, 60, "the unproven TLS session of the bootstrap URL")
+        url = [u for u in wrong["urls"] if u["reason"] == "channel_binding"][0]
         self.assertEqual(url["url"], "https://198.18.0.1:4567")
+        self.assertIn("bad_signature", url["detail"])
         self.assertIn("same cluster secret", url["hint"])
         self.assertFalse(wrong["node"]["ready"])
         wrong_table = self.table(4)
         self.assertIn("ready: NO", wrong_table)
-        self.assertIn("status_401 (401)", wrong_table)
-        inbound = self.status(1)["node"]["inbound_auth_failures"]
-        self.assertGreater(inbound["count"], 0)
-        self.assertIn("another cluster secret", inbound["hint"])
+        self.assertIn("channel_binding", wrong_table)
+        # Nothing reached node 1: no request of node 4's was sent, so none was refused there.
+        self.assertNotIn(wrong["node"]["id"], json.dumps(self.status(1)))
 
         # Later the killed peer is removed as stale, and status says so.
         gone = self.wait_status(1, lambda d: any(r["id"] == ids[3] for r in d["removed"]), 40, "removal")

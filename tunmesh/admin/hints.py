@@ -40,6 +40,12 @@ def failure_hint(reason: str, status: int = 0, detail: str = "") -> str:
             "balancer that leads to another cluster)"
     if reason == "tls":
         return f"TLS failed: {TLS}"
+    if reason == "channel_binding":
+        if any(r in detail for r in _CLOCK_REASONS):
+            return f"the node's proof of the TLS session is outside its validity: {CLOCK}"
+        return "the node at this URL did not prove the TLS session with our cluster secret: it holds another " \
+            "cluster secret (check that every node has the same cluster secret), or a TLS relay is in between " \
+            "(nothing was sent to it)"
     if reason in ("transport", "timeout"):
         if "refused" in detail:
             return f"nothing listens there: {PORT}"
