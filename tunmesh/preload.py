@@ -96,7 +96,15 @@ def _warm_x25519() -> None:
 
 
 #: Lazy paths called once, so whatever they import transitively is loaded before the drop.
-WARM_UPS: Sequence[Callable[[], None]] = (_warm_idna, _warm_email, _warm_x25519)
+def _warm_twisted_internals() -> None:
+    # The check of Twisted's private names builds sample objects (twisted.internet.testing among the
+    # imports); done now, its cached result is what the data plane logs at start, after the drop.
+    from tunmesh.twisted_internals import fast_path_active
+
+    fast_path_active()
+
+
+WARM_UPS: Sequence[Callable[[], None]] = (_warm_idna, _warm_email, _warm_x25519, _warm_twisted_internals)
 
 
 class PreloadError(Exception):

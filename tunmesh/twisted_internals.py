@@ -284,14 +284,20 @@ def missing(internals: Sequence[Internal] = INTERNALS) -> list[Internal]:
 
 
 @cache
+def _missing_internals() -> tuple[Internal, ...]:
+    """:func:`missing` of :data:`INTERNALS`, checked once: before the privilege drop
+    (``tunmesh.preload``), since the check imports Twisted modules the node does not otherwise use."""
+    return tuple(missing())
+
+
 def fast_path_active() -> bool:
     """Whether every name of :data:`INTERNALS` is on the installed Twisted (checked once)."""
-    return not missing()
+    return not _missing_internals()
 
 
 def log_status(log: Logger, internals: Sequence[Internal] = INTERNALS) -> None:
     """One INFO line: the Twisted version and whether tunmesh runs its fast paths on it."""
-    gone = missing(internals)
+    gone = list(_missing_internals()) if internals is INTERNALS else missing(internals)
     if not gone:
         log.info(
             "Twisted {twisted_version}: fast path active (all {count} private names present; tested range {tested})",
