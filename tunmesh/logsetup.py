@@ -12,7 +12,7 @@ import sys
 from twisted.logger import ILogObserver, LogLevelFilterPredicate
 from twisted.python import logfile
 
-from tunmesh.logutil import make_observer, parse_level
+from tunmesh.logutil import make_observer, parse_level, set_levels
 
 _twistd_settings: dict[str, object] = {"level": "info", "path": None, "nodaemon": True, "format": "text"}
 #: The level filter of the observer twistd installs; :func:`set_level` changes it at run time.
@@ -52,5 +52,5 @@ def set_level(level: str) -> None:
 
     Raises ``ValueError`` for a level that is not one of the config's spellings.
     """
-    _level_filter.setLogLevelForNamespace("", parse_level(level))
+    set_levels(_level_filter, parse_level(level))
     _twistd_settings["level"] = level

@@ -300,6 +300,15 @@ def make_observer(
     inner = FileLogObserver(stream, _json_line) if json else textFileLogObserver(stream)
     if predicate is None:
         predicate = LogLevelFilterPredicate(defaultLogLevel=min_level)
-    else:
-        predicate.setLogLevelForNamespace("", min_level)
+    set_levels(predicate, min_level)
     return TidyObserver(FilteringLogObserver(inner, [predicate]))
+
+
+def set_levels(predicate: LogLevelFilterPredicate, level: LogLevel) -> None:
+    """Filter at ``level``; ClientService's per-attempt lines (one per packet link connection) only at
+    DEBUG, else from WARN (:data:`tunmesh.twisted_internals.CLIENT_SERVICE_LOG_NAMESPACE`)."""
+    from tunmesh.twisted_internals import CLIENT_SERVICE_LOG_NAMESPACE
+
+    predicate.setLogLevelForNamespace("", level)
+    quiet = level if level in (LogLevel.debug, LogLevel.error, LogLevel.critical) else LogLevel.warn
+    predicate.setLogLevelForNamespace(CLIENT_SERVICE_LOG_NAMESPACE, quiet)

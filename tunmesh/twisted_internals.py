@@ -48,6 +48,11 @@ IDNA_MODULE = "twisted.internet._idna"
 #: the ``name`` of an :class:`Internal` that is a whole module
 MODULE = "(module)"
 
+#: The log namespace of ``twisted.application.internet.ClientService`` (the private module it lives in):
+#: it logs every connection attempt of every packet link ("Scheduling retry 1 ...") at INFO, so the node's
+#: observer holds that namespace at WARN unless the node logs at DEBUG (``tunmesh.logsetup``).
+CLIENT_SERVICE_LOG_NAMESPACE = "twisted.application._client_service"
+
 
 @dataclass(frozen=True)
 class Internal:

@@ -25,6 +25,34 @@ class TwistdObserverTests(SynchronousTestCase):
         self.assertNotIn("quiet", out.getvalue())
         self.assertIn("loud 2", out.getvalue())
 
+    def test_client_service_attempts_only_at_debug(self) -> None:
+        """ClientService logs each packet link's connection attempt at INFO: held at WARN unless the
+        node logs at DEBUG (a SIGHUP level change applies to it too)."""
+        from twisted.application.internet import ClientService
+
+        from tunmesh.twisted_internals import CLIENT_SERVICE_LOG_NAMESPACE
+
+        self.assertTrue(ClientService._log.namespace.startswith(CLIENT_SERVICE_LOG_NAMESPACE + "."))
+        logsetup.configure_twistd("info", None, True)
+        out = io.StringIO()
+        self.patch(logsetup.sys, "stdout", out)
+        self.addCleanup(logsetup.set_level, "info")
+        publisher = LogPublisher(logsetup.twistd_observer())
+        attempts = Logger(namespace=ClientService._log.namespace, observer=publisher)
+        ours = Logger(namespace="tunmesh.dataplane.link.LinkClient", observer=publisher)
+        attempts.info("Scheduling retry {n}", n=1)
+        ours.info("link {n} up", n=1)
+        attempts.warn("gave up {n}", n=1)
+        self.assertNotIn("Scheduling retry", out.getvalue())
+        self.assertIn("link 1 up", out.getvalue())
+        self.assertIn("gave up 1", out.getvalue())
+        logsetup.set_level("debug")
+        attempts.info("Scheduling retry {n}", n=2)
+        self.assertIn("Scheduling retry 2", out.getvalue())
+        logsetup.set_level("info")
+        attempts.info("Scheduling retry {n}", n=3)
+        self.assertNotIn("Scheduling retry 3", out.getvalue())
+
     def test_logfile_destination(self) -> None:
         path = self.mktemp()
         logsetup.configure_twistd("debug", path, False)
