@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
 
 import twisted
@@ -243,23 +244,63 @@ def private_modules(names: Sequence[str] = (IDNA_MODULE,)) -> tuple[str, ...]:
 # --- the check -------------------------------------------------------------------------------
 
 
+class _NullTransport:
+    """Takes and drops whatever the sample protocols write: enough of ``ITransport`` for their
+    ``makeConnection``. Not ``twisted.internet.testing.StringTransport``: that module imports trial (and
+    stdlib ``unittest``, ``doctest``), ~2 MB a running node would keep for this one check."""
+
+    disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: Any) -> None:  # noqa: N802 (ITransport)
+        pass
+
+    def loseConnection(self) -> None:  # noqa: N802
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:  # noqa: N802
+        self.disconnecting = True
+
+    def getPeer(self) -> Any:  # noqa: N802
+        return IPv4Address("TCP", "192.0.2.1", 1)
+
+    def getHost(self) -> Any:  # noqa: N802
+        return IPv4Address("TCP", "192.0.2.2", 2)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
+        pass
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        pass
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
 def _samples() -> dict[str, Any]:
     """Fresh instances of the owners, in the state where the names are set (cheap, no I/O)."""
     from twisted.internet import abstract
     from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.ssl import CertificateOptions
     from twisted.internet.task import Clock
-    from twisted.internet.testing import StringTransport
     from twisted.protocols import tls
     from twisted.web import http
 
     clock = Clock()
     factory = tls.TLSMemoryBIOFactory(CertificateOptions(), True, Factory.forProtocol(Protocol), clock)
     tls_proto = factory.buildProtocol(None)
-    tls_proto.makeConnection(StringTransport())
+    tls_proto.makeConnection(_NullTransport())
     channel = http.HTTPChannel()
     channel.callLater = clock.callLater  # type: ignore[method-assign, assignment]
-    channel.makeConnection(StringTransport())
+    channel.makeConnection(_NullTransport())
     channel.dataReceived(b"GET / HTTP/1.1\r\n")
     request = channel.requests[-1] if channel.requests else http.Request(channel)
     samples = {
