@@ -20,6 +20,7 @@ from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.link import PEER_REMOVED
 from tunmesh.dataplane.plane import DataPlane
 from tunmesh.dataplane.router import Router, RouteTable
+from tunmesh.dataplane.ticker import KeepaliveTicker
 from tunmesh.testing import FakeMetrics, FakeTun
 
 
@@ -846,3 +847,102 @@ class StartLogTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1)
         self.assertEqual(lines[0]["twisted_version"], twisted.__version__)
         self.assertEqual(lines[0]["log_level"], LogLevel.info)
+
+
+class KeepaliveTickerTests(SynchronousTestCase):
+    """One timer per node for the keepalives and idle checks of all its links (docs/performance.md, "Scale")."""
+
+    def test_members_are_called_once_per_period_from_one_timer(self) -> None:
+        clock = task.Clock()
+        ticker = KeepaliveTicker(clock, 10.0)
+        calls: list[tuple[str, float]] = []
+        ticker.add("a", lambda: calls.append(("a", clock.seconds())))
+        clock.advance(4)
+        ticker.add("b", lambda: calls.append(("b", clock.seconds())))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(6)
+        clock.advance(10)
+        self.assertEqual(calls, [("a", 10.0), ("b", 10.0), ("a", 20.0), ("b", 20.0)])
+        self.assertEqual(ticker.ticks, 2)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_the_timer_runs_only_while_there_are_members(self) -> None:
+        clock = task.Clock()
+        ticker = KeepaliveTicker(clock, 10.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        ticker.add("a", lambda: None)
+        ticker.add("b", lambda: None)
+        ticker.remove("a")
+        ticker.remove("a")  # idempotent
+        self.assertTrue(ticker.running)
+        ticker.remove("b")
+        self.assertFalse(ticker.running)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        ticker.add("a", lambda: None)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_a_failing_member_stops_neither_the_others_nor_the_timer(self) -> None:
+        clock = task.Clock()
+        ticker = KeepaliveTicker(clock, 10.0)
+        calls: list[str] = []
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        ticker.add("bad", boom)
+        ticker.add("good", lambda: calls.append("good"))
+        clock.advance(10)
+        clock.advance(10)
+        self.assertEqual(calls, ["good", "good"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertTrue(ticker.running)
+
+    def test_a_member_removed_by_an_earlier_one_is_not_called(self) -> None:
+        clock = task.Clock()
+        ticker = KeepaliveTicker(clock, 10.0)
+        calls: list[str] = []
+        ticker.add("first", lambda: ticker.remove("second"))
+        ticker.add("second", lambda: calls.append("second"))
+        clock.advance(10)
+        self.assertEqual(calls, [])
+
+    def test_a_period_must_be_positive(self) -> None:
+        self.assertRaises(ValueError, KeepaliveTicker, task.Clock(), 0)
+
+
+class DataPlaneKeepaliveTests(SynchronousTestCase):
+    """The data plane's links share its ticker: one timer per node at rest, whatever the number of links."""
+
+    setUp = DataPlaneTests.setUp
+    pump = DataPlaneTests.pump
+
+    def test_one_timer_per_node_for_both_directions_of_every_link(self) -> None:
+        for node in (self.a, self.b):
+            self.assertEqual(len(node.plane.keepalive_ticker), 2)  # the outbound link and the inbound one
+        # Two nodes on one clock: one timer each (it was one per link and direction: four).
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        rtts = self.a.metrics.collectors["link_rtt_seconds"]
+        before = len(rtts.observed)
+        for _ in range(3):
+            self.clock.advance(10)
+            self.pump()
+        self.assertEqual(len(rtts.observed), before + 3)  # a PING per period, answered
+        self.assertTrue(self.a.plane.links[B].ready)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+
+    def test_a_silent_link_is_still_closed_after_three_periods(self) -> None:
+        # B stops answering A's link: A's outbound side gives up, B's inbound side sees PINGs and keeps it.
+        for pump in self.a.pumps:
+            pump.serverIO.write = lambda data: None  # type: ignore[method-assign]
+        for _ in range(3):
+            self.clock.advance(10)
+            self.pump()
+        self.assertEqual(self.a.metrics.value("link_frames_dropped_total", "idle_timeout"), 1)
+        self.assertFalse(self.a.plane.links[B].ready)
+        self.assertNotIn(self.a.plane.links[B], self.a.plane.keepalive_ticker)
+
+    def test_a_removed_peer_leaves_the_ticker(self) -> None:
+        self.a.plane.peer_down(B)
+        self.pump()
+        self.assertEqual(len(self.a.plane.keepalive_ticker), 0)
+        self.assertFalse(self.a.plane.keepalive_ticker.running)

@@ -38,6 +38,7 @@ from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.linkqueue import PacketQueue
 from tunmesh.dataplane.linkstats import LinkStats
+from tunmesh.dataplane.ticker import KeepaliveTicker
 from tunmesh.failures import describe_failure
 from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, SessionsLike
 from tunmesh.logutil import RateLimitedLog
@@ -311,11 +312,9 @@ class LinkServerProtocol(Protocol):
         clock = self.factory.clock
         idle = self.factory.keepalive * 3
         if clock.seconds() - self._last_rx >= idle:
-            self._timer = None
+            self.factory.ticker.remove(self)
             self.factory.link_metrics.frame_dropped("idle_timeout")
             self._abort()
-            return
-        self._timer = clock.callLater(self.factory.keepalive, self._idle_check)
 
     def _abort(self) -> None:
         if not self._closed:
@@ -478,7 +477,8 @@ class LinkServerProtocol(Protocol):
         self._decoder.max_frame = F.MAX_FRAME
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self._timer = f.clock.callLater(f.keepalive, self._idle_check)
+        self._timer = None
+        f.ticker.add(self, self._idle_check)
         out_flags = F.FLAG_VNET_HDR if f.vnet_hdr else 0
         self.transport.write(  # type: ignore[union-attr]
             F.encode_hello_ok(self._server_random, key, key_id, out_flags)
@@ -510,6 +510,7 @@ class LinkServerProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self.factory.ticker.remove(self)
         if self.peer_id is not None:
             self.factory.link_closed(self)
 
@@ -536,6 +537,7 @@ class LinkServerFactory(Factory):
         vnet_hdr: bool = False,
         hello_timeout: float = HELLO_TIMEOUT,
         keepalive: float = KEEPALIVE,
+        ticker: KeepaliveTicker | None = None,
     ) -> None:
         self.node_id = node_id
         self.sessions = sessions
@@ -547,6 +549,8 @@ class LinkServerFactory(Factory):
         self.vnet_hdr = vnet_hdr
         self.hello_timeout = hello_timeout
         self.keepalive = keepalive
+        #: checks every inbound link once per ``keepalive`` (shared with the outbound links by the data plane)
+        self.ticker = ticker if ticker is not None else KeepaliveTicker(clock, keepalive)
         self.links: dict[str, LinkServerProtocol] = {}
         #: the inbound direction of each member's link, kept across reconnects until the peer is forgotten
         self.rx_stats: dict[str, LinkStats] = {}
@@ -728,6 +732,7 @@ class LinkClient(Service):
         backoff_max: float = 30.0,
         rng: Callable[[], float] = random.random,
         peer_name: str | None = None,
+        ticker: KeepaliveTicker | None = None,
     ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
@@ -743,6 +748,8 @@ class LinkClient(Service):
         self._flags = F.FLAG_VNET_HDR if vnet_hdr else 0
         self.hello_timeout = hello_timeout
         self.keepalive = keepalive
+        #: sends this link's keepalive once per ``keepalive`` (the data plane's one ticker for all links)
+        self._ticker = ticker if ticker is not None else KeepaliveTicker(clock, keepalive)
         self._rng = rng
         self._policy = retry_policy(backoff_initial, backoff_max, lambda: self._rng())
         self._service = ClientService(
@@ -762,7 +769,7 @@ class LinkClient(Service):
         self.attempts = 0
         #: when the next attempt is due while the link waits out its backoff, else None
         self.retry_at: float | None = None
-        #: the connection's one timer: the HELLO deadline, then the keepalive
+        #: the connection's HELLO deadline (the keepalives are the ticker's)
         self._timer: IDelayedCall | None = None
         self._last_rx = 0.0
         self._attempt_started = 0.0
@@ -886,6 +893,7 @@ class LinkClient(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._ticker.remove(self)
 
     def _give_up(self, proto: LinkClientProtocol, reason: str, abort: bool = True) -> None:
         """This connection will not carry the link: say why to the service, and close it."""
@@ -998,23 +1006,24 @@ class LinkClient(Service):
         proto.transport.registerProducer(self, True)  # type: ignore[union-attr]
         # A first probe now: the RTT is known from the start, not one keepalive period later.
         proto.transport.write(F.encode_ping(F.PING, self.stats.probe(self._clock.seconds())))  # type: ignore[union-attr]
-        self._timer = self._clock.callLater(self.keepalive, self._keepalive)
+        self._ticker.add(self, self._keepalive)
         self._flush()
         return True
 
     def _keepalive(self) -> None:
-        self._timer = None
+        """The ticker's call: close a link silent for three periods, else send a PING."""
         proto = self._proto
         if proto is None or not self.ready:
+            self._ticker.remove(self)
             return
         if self._clock.seconds() - self._last_rx >= 3 * self.keepalive:
+            self._ticker.remove(self)
             self._lm.frame_dropped("idle_timeout")
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return
         # The peer echoes the number: the PONG gives the link's round-trip time (``LinkStats``).
         opaque = self.stats.probe(self._clock.seconds())
         proto.transport.write(F.encode_ping(F.PING, opaque))  # type: ignore[union-attr]
-        self._timer = self._clock.callLater(self.keepalive, self._keepalive)
 
     def _pong(self) -> None:
         """A PONG answered the outstanding probe: the RTT ``LinkStats`` measured goes to the metrics."""

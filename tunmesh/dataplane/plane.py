@@ -32,6 +32,7 @@ from tunmesh.dataplane.link import (
 from tunmesh.dataplane.packets import VNET_HDR_LEN
 from tunmesh.dataplane.peerstats import PeerPacketMetrics
 from tunmesh.dataplane.router import NO_ROUTE, Network, Router
+from tunmesh.dataplane.ticker import KeepaliveTicker
 from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, PacketDevice, SessionsLike
 
 TUN_WRITE_ERROR = "tun_write_error"
@@ -102,6 +103,8 @@ class DataPlane(MultiService):
         self._vnet = router.vnet_hdr
         self.packet_expiration = packet_expiration
         self.max_read_batch = max_read_batch
+        #: one timer for the keepalives and idle checks of every link, both directions (docs/performance.md, "Scale")
+        self.keepalive_ticker = KeepaliveTicker(self._clock, keepalive)
         self._link_opts: dict[str, Any] = {
             "vnet_hdr": self._vnet,
             "packet_expiration": packet_expiration,
@@ -110,6 +113,7 @@ class DataPlane(MultiService):
             "hello_timeout": hello_timeout,
             "keepalive": keepalive,
             "rng": rng,
+            "ticker": self.keepalive_ticker,
         }
         self.drops = router.drops
         self.link_metrics = LinkMetrics(metrics, self.drops)
@@ -134,6 +138,7 @@ class DataPlane(MultiService):
             vnet_hdr=self._vnet,
             hello_timeout=hello_timeout,
             keepalive=keepalive,
+            ticker=self.keepalive_ticker,
         )
 
         sessions.add_observer(self._session_changed)
