@@ -233,6 +233,7 @@ def _make_service(
     )
     membership.add_observer(dataplane)
     dataplane.name_of = lambda peer_id: _peer_name(membership, peer_id)
+    membership.link_age = dataplane.link_age
     # tunmesh_peer_info: one series per peer in the pool (bounded by max_nodes), gone with the peer.
     membership.add_observer(
         PeerInfo(metrics, max_peers=int(cfg.clustering.limits.max_nodes), name_of=dataplane.name_of)

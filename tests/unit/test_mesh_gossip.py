@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tunmesh.mesh.gossip import GossipDigests, table_digest
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
 
-from .mesh_support import MeshTestCase, advance
+from .mesh_support import MeshTestCase, Node, advance
 
 BOUNDS = Bounds()
 
@@ -135,6 +135,70 @@ class MeshGossipTests(MeshTestCase):
         self.assertFullMesh(nodes)
         for n in nodes:
             self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)
+
+
+class LinkRelaxedRenewalTests(MeshTestCase):
+    """A peer whose packet link is up (its frames are authenticated contact) and that holds our table is
+    renewed every ``stale_threshold / 2`` instead of every ``reregistration_interval`` (docs/performance.md,
+    "Scale"); a change of the table, or a link going down, brings back the usual interval."""
+
+    def links_up(self, nodes: list[Node], up: set[str]) -> None:
+        for n in nodes:
+            n.membership.link_age = lambda peer_id: 0.0 if peer_id in up else None
+
+    def register_out(self, nodes: list[Node]) -> float:
+        return sum(n.counter("tunmesh_mesh_control_requests_total", kind="register", direction="out") for n in nodes)
+
+    def test_peers_with_a_live_link_and_our_table_are_renewed_half_as_often_as_they_go_stale(self) -> None:
+        nodes = self.mesh(4)
+        self.links_up(nodes, {n.id for n in nodes})
+        advance(self.clock, 30)  # every peer holds every table
+        before = self.register_out(nodes)
+        advance(self.clock, 100)
+        pairs, relaxed = 6, 15.0  # stale_threshold 30 s in this harness (reregistration_interval 10 s)
+        self.assertLessEqual(self.register_out(nodes) - before, pairs * (100 / relaxed + 1))
+        self.assertGreaterEqual(self.register_out(nodes) - before, pairs * (100 / 20 - 1))
+        self.assertFullMesh(nodes)
+        for n in nodes:
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)
+
+    def test_a_new_member_still_reaches_every_table_within_the_usual_interval(self) -> None:
+        nodes = self.mesh(3)
+        self.links_up(nodes, {n.id for n in nodes})
+        advance(self.clock, 60)
+        late = self.node(4)
+        late.start()
+        nodes.append(late)
+        self.links_up(nodes, {n.id for n in nodes})
+        advance(self.clock, 12)  # one usual interval (10 s) and a groom tick, not the relaxed 15 s
+        self.assertFullMesh(nodes)
+
+    def test_a_link_that_goes_down_brings_back_the_usual_interval(self) -> None:
+        nodes = self.mesh(4)
+        self.links_up(nodes, {n.id for n in nodes})
+        advance(self.clock, 30)
+        self.links_up(nodes, set())
+        before = self.register_out(nodes)
+        advance(self.clock, 100)
+        pairs, interval = 6, 10.0
+        self.assertGreaterEqual(self.register_out(nodes) - before, pairs * (100 / interval - 1))
+
+    def test_link_contact_counts_as_contact_at_its_own_age_never_younger(self) -> None:
+        nodes = self.mesh(2)
+        a, b = nodes
+        peer = a.pool.get(b.id)
+        assert peer is not None
+        now = self.clock.seconds()
+        peer.last_contact = now - 20
+        a.pool.touch(b.id, 25)  # older than what we know: changes nothing
+        self.assertEqual(peer.last_contact, now - 20)
+        a.pool.touch(b.id, 4)
+        self.assertEqual(peer.last_contact, now - 4)
+        # the groom tick reads the link's age: a link that heard from B 2 s ago keeps B alive
+        peer.last_contact = now - 29
+        a.membership.link_age = lambda peer_id: 2.0 if peer_id == b.id else None
+        a.membership.groom()
+        self.assertEqual(peer.last_contact, now - 2)
 
 
 def _load_scale_sim() -> object:

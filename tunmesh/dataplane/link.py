@@ -1036,6 +1036,11 @@ class LinkClient(Service):
         self._rtt_gauge.set(rtt)
 
     @property
+    def last_rx(self) -> float:
+        """When (clock seconds) the peer last sent a frame on this link (HELLO_OK, PONG)."""
+        return self._last_rx
+
+    @property
     def rtt(self) -> float | None:
         """Last measured keepalive round trip (seconds), None before the first PONG."""
         return self.stats.rtt

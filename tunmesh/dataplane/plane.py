@@ -217,6 +217,15 @@ class DataPlane(MultiService):
         if self.peer_metrics is not None:
             self.peer_metrics.forget(peer_id)
 
+    def link_age(self, peer_id: str) -> float | None:
+        """Seconds since ``peer_id``'s outbound link last received a frame (its PONGs at rest), None
+        when the link is not up. The frames come over the TLS session the link's HELLO bound and
+        authenticated: membership counts them as contact (``Membership.link_age``)."""
+        link = self.links.get(peer_id)
+        if link is None or not link.ready:
+            return None
+        return max(0.0, self._clock.seconds() - link.last_rx)
+
     def link_status(self, peer_id: str) -> dict[str, Any]:
         """``tunmesh status``: both directions of ``peer_id``'s link and its drops by reason."""
         now = self._clock.seconds()

@@ -91,6 +91,11 @@ class GossipDigests:
         elif self._held.get(sender) != registration.remote_digest:
             self._held.pop(sender, None)  # we do not hold what it meant: ask for the table again
 
+    def holds(self, peer_id: str, digest: str) -> bool:
+        """Whether ``peer_id``'s last registration said it holds our table of ``digest``: a renewal
+        would tell it nothing new (the groom tick then renews less often, ``Peer.renewal_due``)."""
+        return self._peer_holds.get(peer_id) == digest
+
     def forget(self, peer_id: str) -> None:
         """The peer was removed: the next registration with it starts from its full table."""
         self._held.pop(peer_id, None)

@@ -103,6 +103,10 @@ class Membership:
         self._started = self.monotonic()
         self._grace_over_logged = False
         self.last_groom: float | None = None
+        #: seconds since the peer's packet link last carried a frame from it (TLS-bound to the link's
+        #: authenticated HELLO), None when the link is not up: the data plane's ``link_age``, set by
+        #: ``makeService``. Such a frame is authenticated contact, and lets renewals relax (groom).
+        self.link_age: Callable[[str], float | None] = lambda peer_id: None
         #: last failures per peer and URL, removals, inbound refusals (``tunmesh status``)
         self.contacts = ContactLog(self.monotonic)
         self._rlog = RateLimitedLog(self.log, clock)
@@ -308,10 +312,16 @@ class Membership:
                 self.addressing.tick(alone=len(self.pool) == 0, taken=self.pool.taken(hints=False))
             self.bootstrapper.run_groups()
             now = self.monotonic()
+            ours = self.gossip.digest(tuple(p.info for p in self.pool if not p.is_stale(now)))
             for peer in self.pool:
+                link_age = self.link_age(peer.id)
+                if link_age is not None:
+                    self.pool.touch(peer.id, link_age)
                 if peer.is_stale(now):
                     continue
-                if peer.renewal_due(now) and peer.id not in self.renewal:
+                # Its link proves it alive and it holds our table: a renewal would be news to nobody.
+                relaxed = link_age is not None and self.gossip.holds(peer.id, ours)
+                if peer.renewal_due(now, relaxed) and peer.id not in self.renewal:
                     self.renewal.renew(peer.id).addErrback(lambda f: None)
                 elif self.sessions.needs_rotation(peer.id) and peer.id not in self.session_setup:
                     self.session_setup.spawn(peer.id)

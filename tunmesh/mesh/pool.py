@@ -54,9 +54,15 @@ class Peer:
     def is_stale(self, now: float) -> bool:
         return self.age(now) > self.timing.stale_threshold
 
-    def renewal_due(self, now: float) -> bool:
+    def renewal_due(self, now: float, relaxed: bool = False) -> bool:
+        """Whether our registration with the peer is due: ``reregistration_interval`` after the last one,
+        or, ``relaxed`` (its packet link proves it alive and it holds our current table, so a renewal
+        would carry no news), half its ``stale_threshold`` after it (docs/performance.md, "Scale")."""
         last = self.last_renewal if self.last_renewal is not None else self.first_seen - 1e9
-        return now - last >= self.timing.reregistration_interval and now >= self.next_attempt
+        interval = self.timing.reregistration_interval
+        if relaxed:
+            interval = max(interval, self.timing.stale_threshold / 2)
+        return now - last >= interval and now >= self.next_attempt
 
 
 @dataclass(frozen=True)
@@ -211,11 +217,12 @@ class NodePool:
             self._holders[route] = info.id
         return UpsertResult(peer, existing is None, changed, tuple(replaced.values()))
 
-    def touch(self, peer_id: str) -> None:
-        """Record authenticated contact (a verified request or response from the peer)."""
+    def touch(self, peer_id: str, age: float = 0.0) -> None:
+        """Record authenticated contact (a verified request or response from the peer, or a frame of its
+        packet link), ``age`` seconds ago; an older contact than the last one changes nothing."""
         peer = self._peers.get(peer_id)
         if peer is not None:
-            peer.last_contact = self._monotonic()
+            peer.last_contact = max(peer.last_contact, self._monotonic() - max(age, 0.0))
 
     def remove(self, peer_id: str) -> Peer | None:
         """Forget a peer and its routes; the caller tears down sessions and links."""
