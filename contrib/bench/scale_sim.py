@@ -8,7 +8,10 @@ Every node is a real ``Membership`` + ``MeshAPI`` + ``MeshClient`` (the in-memor
 X25519 session setups) with the **shipped** timings (groom 5 s, bootstrap retry 15 s, local peers renewed
 every 5 s, stale after 30 s), all bootstrapping from node 1's URL, started together. No sockets, no TUN,
 no data plane: what it counts is the control plane alone, in simulated time, so the growth with N is known
-beyond what one machine can start as processes.
+beyond what one machine can start as processes. The packet links are modelled by what membership reads
+of them (``Membership.link_age``): a peer's link is up, and has just heard from it, once the node holds an
+outbound session with it, so renewals relax as they do between real nodes at rest; ``--no-links`` counts
+the control plane as it runs without links (a link down everywhere).
 
 For each N it prints:
 
@@ -30,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,12 +74,26 @@ def address(n: int) -> str:
     return f"100.64.{n // 250}.{n % 250 + 1}/16"
 
 
-def build(count: int, clock: Clock, net: FakeNetwork) -> list[Node]:
+def build(count: int, clock: Clock, net: FakeNetwork, links: bool = True) -> list[Node]:
     first = "https://n1.test:4567"
-    return [
+    nodes = [
         Node(net, clock, n, (first,), address=address(n), max_nodes=max(256, count + 8), **SHIPPED)  # type: ignore[arg-type]
         for n in range(1, count + 1)
     ]
+    if links:
+        for node in nodes:
+            node.membership.link_age = modelled_links(node)
+    return nodes
+
+
+def modelled_links(node: Node) -> Callable[[str], float | None]:
+    """A data plane's ``link_age`` as at rest: a peer's link is up once there is an outbound session to it."""
+    sessions = node.sessions
+
+    def link_age(peer_id: str) -> float | None:
+        return 0.0 if sessions.outbound(peer_id) is not None else None
+
+    return link_age
 
 
 def meshed(nodes: list[Node]) -> bool:
@@ -106,7 +124,12 @@ def step(clock: Clock, seconds: float) -> None:
 
 
 def simulate(
-    count: int, rest: float = 60.0, settle: float = 30.0, join_limit: float = 300.0, tick: float = 0.5
+    count: int,
+    rest: float = 60.0,
+    settle: float = 30.0,
+    join_limit: float = 300.0,
+    tick: float = 0.5,
+    links: bool = True,
 ) -> SimResult:
     """Start ``count`` nodes together, wait for the full mesh (at most ``join_limit`` simulated seconds),
     let it settle ``settle`` seconds (the join's follow-ups), then count ``rest`` seconds."""
@@ -114,7 +137,7 @@ def simulate(
     clock = Clock()
     clock.advance(START)
     net = FakeNetwork()
-    nodes = build(count, clock, net)
+    nodes = build(count, clock, net, links)
     try:
         for node in nodes:
             node.start()
@@ -177,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rest", type=float, default=60.0, help="simulated seconds counted at rest (default 60)")
     ap.add_argument("--settle", type=float, default=30.0, help="simulated seconds after the join (default 30)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    ap.add_argument(
+        "--no-links", action="store_true", help="no packet links (renewals every reregistration_interval)"
+    )
     args = ap.parse_args(argv)
     try:
         counts = [int(c) for c in args.nodes.split(",") if c.strip()]
@@ -188,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rest must be positive and --settle not negative")
     results = []
     for count in counts:
-        result = simulate(count, rest=args.rest, settle=args.settle)
+        result = simulate(count, rest=args.rest, settle=args.settle, links=not args.no_links)
         results.append(result)
         print(f"simulated {count} nodes in {result.wall_seconds:.0f} s", file=sys.stderr, flush=True)
     print(table(results))

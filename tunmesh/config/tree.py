@@ -588,14 +588,22 @@ class AuthTiming:
 @group("Timing of registrations with local-subnet peers.")
 @frozen(kw_only=True)
 class LocalRegistrationTiming:
-    reregistration_interval: float = _timing(5.0, "Seconds between registrations with each local peer.")
+    reregistration_interval: float = _timing(
+        5.0,
+        "Seconds between registrations with each local peer; stale_threshold / 2, if longer, while the "
+        "peer's packet link is up and it holds our peer table.",
+    )
     stale_threshold: float = _timing(30.0, "Seconds without contact after which a local peer is dropped.")
 
 
 @group("Timing of registrations with all other peers.")
 @frozen(kw_only=True)
 class MeshRegistrationTiming:
-    reregistration_interval: float = _timing(30.0, "Seconds between registrations with each mesh peer.")
+    reregistration_interval: float = _timing(
+        30.0,
+        "Seconds between registrations with each mesh peer; stale_threshold / 2, if longer, while the "
+        "peer's packet link is up and it holds our peer table.",
+    )
     stale_threshold: float = _timing(120.0, "Seconds without contact after which a mesh peer is dropped.")
 
 
