@@ -11,7 +11,7 @@ from twisted.web.resource import Resource
 
 from tests.unit.mesh_support import Node, advance, info, node_id, reg_body
 from tunmesh.auth.cluster import ClusterAuthority
-from tunmesh.mesh.client import MeshClient, request_kind
+from tunmesh.mesh.client import CACHED_CONNECTION_TIMEOUT, MeshClient, request_kind
 from tunmesh.mesh.errors import PeerRequestFailed
 from tunmesh.metrics import Metrics
 from tunmesh.testing import FakeNetwork, stub_treq
@@ -198,3 +198,22 @@ class UnsignedAnswerTests(SynchronousTestCase):
         self.assertLessEqual(len(target.requests), 8)
         self.assertGreaterEqual(len(target.requests), 3)
         self.assertEqual(node.peer_ids(), set())
+
+
+class ConnectionCacheTests(SynchronousTestCase):
+    def test_idle_connections_outlive_a_renewal_interval_at_rest_and_not_the_servers_idle_timeout(self) -> None:
+        """Renewals at rest (stale_threshold / 2 + a groom tick apart) reuse their connection, no TLS
+        handshake each; the server (``HardenedSite``) never closes it under a request."""
+        import inspect
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from tunmesh.api.server import HardenedSite
+        from tunmesh.config.tree import LocalRegistrationTiming, RegistrationTiming
+
+        local, timing = LocalRegistrationTiming(), RegistrationTiming()
+        self.assertGreater(CACHED_CONNECTION_TIMEOUT, local.stale_threshold / 2 + timing.groom_interval)
+        server_idle = inspect.signature(HardenedSite.__init__).parameters["idle_timeout"].default
+        self.assertLess(CACHED_CONNECTION_TIMEOUT, server_idle)
+        client = MeshClient.with_tls(MemoryReactorClock(), object(), timeout=5)
+        self.assertEqual(client._pool.cachedConnectionTimeout, CACHED_CONNECTION_TIMEOUT)  # type: ignore[union-attr]

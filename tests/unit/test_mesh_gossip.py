@@ -225,3 +225,12 @@ class ScaleSimulationTests(SynchronousTestCase):
             self.assertLessEqual(result.rest_requests_per_node_minute, 12 * (result.nodes - 1) * 1.1)
             self.assertGreater(result.rest_requests_per_node_minute, 0)
         self.assertLessEqual(large.rest_register_bytes_per_message, small.rest_register_bytes_per_message * 1.1)
+
+    def test_live_links_relax_the_renewals_to_stale_threshold_over_two(self) -> None:
+        sim = _load_scale_sim()
+        with_links = sim.simulate(4, rest=60, links=True)  # type: ignore[attr-defined]
+        without = sim.simulate(4, rest=60, links=False)  # type: ignore[attr-defined]
+        # without links: a pair's exchange every 5-10 s (interval 5 s, groom ticks 5 s); with: every 15-20 s
+        self.assertGreaterEqual(without.rest_requests_per_node_minute, 3 * 60 / 10 / 2)
+        self.assertLessEqual(with_links.rest_requests_per_node_minute, 3 * (60 / 15 + 1) / 2 * 1.1)
+        self.assertLess(with_links.rest_requests_per_node_minute, without.rest_requests_per_node_minute / 1.5)

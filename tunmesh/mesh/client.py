@@ -38,6 +38,12 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 JSON = "application/json"
 #: Buckets of ``tunmesh_mesh_request_duration_seconds`` (up to the longest request_timeout worth waiting).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds an idle control connection stays cached for the next request to the same peer. Longer than a
+#: renewal interval at rest (a local peer's stale_threshold / 2 plus a groom tick: 20 s with the shipped
+#: timings), so renewals reuse it instead of paying a TLS handshake each (the largest idle cost measured,
+#: docs/performance.md "Scale"); shorter than the server's idle timeout (``HardenedSite``, 60 s), so a
+#: request never goes out on a connection the server is closing (a POST is not retried).
+CACHED_CONNECTION_TIMEOUT = 45.0
 
 
 def request_result(response: Any) -> str:
@@ -194,7 +200,7 @@ class MeshClient:
 
         pool = BindingConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 3
-        pool.cachedConnectionTimeout = 10
+        pool.cachedConnectionTimeout = CACHED_CONNECTION_TIMEOUT
         endpoints = ControlEndpointFactory(reactor, tls_policy, timeout)
         agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
         return cls(
