@@ -462,7 +462,9 @@ class Node:
         return defer.succeed(proto)
 
 
-class DataPlaneTests(SynchronousTestCase):
+class TwoPlanes(SynchronousTestCase):
+    """Nodes A and B, each with a data plane, on one clock, linked both ways."""
+
     def setUp(self) -> None:
         self.clock = task.Clock()
         self.clock.advance(NOW)
@@ -489,6 +491,9 @@ class DataPlaneTests(SynchronousTestCase):
             for n in (self.a, self.b):
                 for p in n.pumps:
                     p.flush()
+
+
+class DataPlaneTests(TwoPlanes):
 
     def test_end_to_end(self) -> None:
         pkts = [ipv4("100.64.0.1", "100.64.0.2", bytes([i]) * 200) for i in range(20)]
@@ -910,11 +915,8 @@ class KeepaliveTickerTests(SynchronousTestCase):
         self.assertRaises(ValueError, KeepaliveTicker, task.Clock(), 0)
 
 
-class DataPlaneKeepaliveTests(SynchronousTestCase):
+class DataPlaneKeepaliveTests(TwoPlanes):
     """The data plane's links share its ticker: one timer per node at rest, whatever the number of links."""
-
-    setUp = DataPlaneTests.setUp
-    pump = DataPlaneTests.pump
 
     def test_one_timer_per_node_for_both_directions_of_every_link(self) -> None:
         for node in (self.a, self.b):
@@ -933,7 +935,7 @@ class DataPlaneKeepaliveTests(SynchronousTestCase):
     def test_a_silent_link_is_still_closed_after_three_periods(self) -> None:
         # B stops answering A's link: A's outbound side gives up, B's inbound side sees PINGs and keeps it.
         for pump in self.a.pumps:
-            pump.serverIO.write = lambda data: None  # type: ignore[method-assign]
+            pump.serverIO.write = lambda data: None
         for _ in range(3):
             self.clock.advance(10)
             self.pump()

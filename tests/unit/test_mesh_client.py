@@ -216,4 +216,4 @@ class ConnectionCacheTests(SynchronousTestCase):
         server_idle = inspect.signature(HardenedSite.__init__).parameters["idle_timeout"].default
         self.assertLess(CACHED_CONNECTION_TIMEOUT, server_idle)
         client = MeshClient.with_tls(MemoryReactorClock(), object(), timeout=5)
-        self.assertEqual(client._pool.cachedConnectionTimeout, CACHED_CONNECTION_TIMEOUT)  # type: ignore[union-attr]
+        self.assertEqual(client._pool.cachedConnectionTimeout, CACHED_CONNECTION_TIMEOUT)

@@ -43,7 +43,7 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 #: timings), so renewals reuse it instead of paying a TLS handshake each (the largest idle cost measured,
 #: docs/performance.md "Scale"); shorter than the server's idle timeout (``HardenedSite``, 60 s), so a
 #: request never goes out on a connection the server is closing (a POST is not retried).
-CACHED_CONNECTION_TIMEOUT = 45.0
+CACHED_CONNECTION_TIMEOUT = 45
 
 
 def request_result(response: Any) -> str:
