@@ -12,7 +12,7 @@ from tunmesh.auth.errors import AuthError
 from tunmesh.auth.tokens import SignedRequest
 from tunmesh.clockwatch import CHECK_INTERVAL, ClockStepWatch
 from tunmesh.mesh.bootstrap import GroupState
-from tunmesh.mesh.settings import BootstrapGroupSpec
+from tunmesh.mesh.settings import BootstrapGroupSpec, PeerTiming
 from tunmesh.testing import SteppedWall
 
 
@@ -287,6 +287,26 @@ class GroomTests(MeshTestCase):
 
 
 class SessionTests(MeshTestCase):
+    def test_rotation_is_not_starved_by_renewals_due_at_every_tick(self) -> None:
+        # reregistration_interval == groom_interval: a renewal is due at every tick; the session must still
+        # rotate at its age (it waited for a tick without a renewal, which never came: only at most one
+        # rotation per session lifetime by chance; CI saw 1 rotation in 6 s at 1.5 s session_max_age).
+        timing = {"groom_interval": 1.0, "local_timing": PeerTiming(1.0, 30.0), "session_max_age": 20.0}
+        n1 = self.node(1, (), **timing)
+        n2 = self.node(2, (N1,), **timing)
+        n1.start()
+        n2.start()
+        advance(self.clock, 5)
+        def rotations() -> list[float]:
+            return [n.counter("tunmesh_mesh_session_setups_total", kind="rotate", result="ok") for n in (n1, n2)]
+
+        before = rotations()
+        advance(self.clock, 200)
+        # each node's outbound sessions rotate every 18-20 s, the renewing node's too
+        self.assertEqual([a - b >= 8 for a, b in zip(rotations(), before, strict=True)], [True, True], (before, rotations()))
+        renewals = sum(n.counter("tunmesh_mesh_registrations_total", direction="out", result="ok") for n in (n1, n2))
+        self.assertGreater(renewals, 100)  # the pair renews at (nearly) every tick all along
+
     def test_rotation_under_continuous_requests_loses_none(self) -> None:
         n1 = self.node(1, (), session_max_age=300.0)
         n2 = self.node(2, (N1,), session_max_age=300.0)

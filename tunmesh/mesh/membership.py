@@ -323,7 +323,9 @@ class Membership:
                 relaxed = link_age is not None and self.gossip.holds(peer.id, ours)
                 if peer.renewal_due(now, relaxed) and peer.id not in self.renewal:
                     self.renewal.renew(peer.id).addErrback(lambda f: None)
-                elif self.sessions.needs_rotation(peer.id) and peer.id not in self.session_setup:
+                # Not an ``elif``: with renewals due at every tick (reregistration_interval <= groom_interval)
+                # a due rotation would wait for a tick without one, and the session outlive its age.
+                if self.sessions.needs_rotation(peer.id) and peer.id not in self.session_setup:
                     self.session_setup.spawn(peer.id)
             self.bootstrapper.gossip()
             for peer in self.pool.stale():
