@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -465,6 +466,31 @@ def start_node(ns: Namespace, config: Path, base_url: str, log_path: Path | None
     return NodeProcess(ns, config, log_path, base_url, proc)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt()
+
+
+@contextmanager
+def bench_workdir(prog: str, workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """The frame of a ``contrib/bench`` script that starts namespaces: exit 2 naming the reason when
+    network namespaces are unavailable, remove stale ``tmt-`` namespaces, turn SIGTERM into
+    ``KeyboardInterrupt`` (so the run's namespaces are removed on the way out), and yield the work
+    directory: ``workdir``, or a ``tmt-<prefix>-`` temporary one removed afterwards."""
+    reason = netns_unavailable_reason()
+    if reason:
+        print(f"{prog}: {reason}", file=sys.stderr)
+        raise SystemExit(2)
+    stale = cleanup_stale()
+    if stale:
+        print(f"removed stale namespaces: {', '.join(stale)}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if workdir is not None:
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix=f"tmt-{prefix}-") as tmp:
+        yield Path(tmp)
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all threads) from ``/proc/<pid>/stat``."""
     with open(f"/proc/{pid}/stat") as f:
@@ -551,6 +577,7 @@ __all__ = [
     "NodeProcess",
     "TunPairRelay",
     "Underlay",
+    "bench_workdir",
     "cleanup_stale",
     "delete_namespace",
     "iperf3_json",

@@ -97,8 +97,8 @@ def _warm_x25519() -> None:
 
 #: Lazy paths called once, so whatever they import transitively is loaded before the drop.
 def _warm_twisted_internals() -> None:
-    # The check of Twisted's private names builds sample objects (twisted.internet.testing among the
-    # imports); done now, its cached result is what the data plane logs at start, after the drop.
+    # The check of Twisted's private names builds sample protocols (importing what they need); done now,
+    # as root, its cached result is what the data plane logs at start, after the drop.
     from tunmesh.twisted_internals import fast_path_active
 
     fast_path_active()

@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +44,7 @@ from tests.integration.cluster import (  # noqa: E402
     wait_links_full_mesh,
     wait_listening,
 )
-from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason  # noqa: E402
+from tests.netns import NetnsError, Underlay, bench_workdir  # noqa: E402
 
 
 def two_nodes(workdir: Path, timeout: float) -> tuple[float, float]:
@@ -103,44 +101,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="configs and node logs (default: a temporary directory)")
     args = ap.parse_args(argv)
 
-    reason = netns_unavailable_reason()
-    if reason:
-        print(f"join_bench: {reason}", file=sys.stderr)
-        return 2
-    stale = cleanup_stale()
-    if stale:
-        print(f"removed stale namespaces: {', '.join(stale)}", file=sys.stderr)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    tmp = None
-    workdir = args.workdir
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="tmt-join-")
-        workdir = Path(tmp.name)
-    failed = False
-    try:
-        if not args.skip_two:
+    with bench_workdir("join_bench", args.workdir, "join") as workdir:
+        failed = False
+        try:
+            if not args.skip_two:
+                try:
+                    serving, first_ping = two_nodes(workdir, args.timeout)
+                    print(f"join 2 nodes, the bootstrap target started last: first ping through the overlay "
+                          f"{first_ping:.2f} s after the later start, {first_ping - serving:.2f} s after both served "
+                          f"(serving after {serving:.2f} s; load {load()})", flush=True)
+                except NetnsError as e:
+                    failed = True
+                    print(f"join 2 nodes: FAILED: {e}", flush=True)
             try:
-                serving, first_ping = two_nodes(workdir, args.timeout)
-                print(f"join 2 nodes, the bootstrap target started last: first ping through the overlay "
-                      f"{first_ping:.2f} s after the later start, {first_ping - serving:.2f} s after both served "
-                      f"(serving after {serving:.2f} s; load {load()})", flush=True)
+                times, window, serving = many_nodes(workdir, args.nodes, args.spread, args.seed, args.timeout)
+                print(f"join {args.nodes} nodes started within {window:.1f} s: full mesh (every node linked to every "
+                      f"other) max {times[-1]:.2f} s, median {statistics.median(times):.2f} s after the first start "
+                      f"(all serving after {serving:.2f} s; load {load()})", flush=True)
             except NetnsError as e:
                 failed = True
-                print(f"join 2 nodes: FAILED: {e}", flush=True)
-        try:
-            times, window, serving = many_nodes(workdir, args.nodes, args.spread, args.seed, args.timeout)
-            print(f"join {args.nodes} nodes started within {window:.1f} s: full mesh (every node linked to every "
-                  f"other) max {times[-1]:.2f} s, median {statistics.median(times):.2f} s after the first start "
-                  f"(all serving after {serving:.2f} s; load {load()})", flush=True)
-        except NetnsError as e:
-            failed = True
-            print(f"join {args.nodes} nodes: FAILED: {str(e).splitlines()[0]}", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted; namespaces removed", file=sys.stderr)
-        return 130
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+                print(f"join {args.nodes} nodes: FAILED: {str(e).splitlines()[0]}", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted; namespaces removed", file=sys.stderr)
+            return 130
     return 1 if failed else 0
 
 

@@ -34,10 +34,8 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +53,7 @@ from tests.integration.cluster import (  # noqa: E402
     wait_links_full_mesh,
     wait_listening,
 )
-from tests.netns import NetnsError, Underlay, cleanup_stale, netns_unavailable_reason  # noqa: E402
+from tests.netns import NetnsError, Underlay, bench_workdir  # noqa: E402
 
 COUNTERS = ("tunmesh_mesh_control_requests_total", "tunmesh_mesh_control_bytes_total")
 
@@ -227,37 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.idle <= 0 or args.interval < 0 or args.settle < 0 or args.pings < 0 or args.churn < 0:
         ap.error("--idle must be positive; --interval, --settle, --pings and --churn not negative")
 
-    reason = netns_unavailable_reason()
-    if reason:
-        print(f"scale_bench: {reason}", file=sys.stderr)
-        return 2
-    stale = cleanup_stale()
-    if stale:
-        print(f"removed stale namespaces: {', '.join(stale)}", file=sys.stderr)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    tmp = None
-    workdir = args.workdir
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="tmt-scale-")
-        workdir = Path(tmp.name)
     results: list[dict[str, Any]] = []
     failed = False
-    try:
-        for n in counts:
-            try:
-                results.append(run_one(n, args, workdir))
-            except NetnsError as e:
-                failed = True
-                results.append({"nodes": n, "error": str(e).splitlines()[0]})
-                print(f"[{n}] FAILED: {str(e).splitlines()[0]}", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted; namespaces removed", file=sys.stderr)
-        return 130
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-        if args.json is not None:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    with bench_workdir("scale_bench", args.workdir, "scale") as workdir:
+        try:
+            for n in counts:
+                try:
+                    results.append(run_one(n, args, workdir))
+                except NetnsError as e:
+                    failed = True
+                    results.append({"nodes": n, "error": str(e).splitlines()[0]})
+                    print(f"[{n}] FAILED: {str(e).splitlines()[0]}", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted; namespaces removed", file=sys.stderr)
+            return 130
+        finally:
+            if args.json is not None:
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     failed = failed or any("error" in r.get("churn", {}) for r in results)
     return 1 if failed else 0
