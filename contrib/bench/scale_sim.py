@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from tests.unit.mesh_support import START, Node  # noqa: E402
+from tests.unit.mesh_support import START, Node, advance  # noqa: E402
 from tunmesh.mesh.settings import PeerTiming  # noqa: E402
 from tunmesh.testing import FakeNetwork  # noqa: E402
 
@@ -117,12 +117,6 @@ def totals(nodes: list[Node]) -> tuple[list[float], list[float], float, float]:
     return requests, volume, reg_count, reg_bytes
 
 
-def step(clock: Clock, seconds: float) -> None:
-    clock.advance(0)
-    clock.advance(seconds)
-    clock.advance(0)
-
-
 def simulate(
     count: int,
     rest: float = 60.0,
@@ -144,17 +138,17 @@ def simulate(
         join: float | None = None
         elapsed = 0.0
         while elapsed < join_limit:
-            step(clock, tick)
+            advance(clock, tick, tick)
             elapsed += tick
             if meshed(nodes):
                 join = elapsed
                 break
         joined_requests, joined_bytes, _, _ = totals(nodes)
         for _ in range(int(settle / tick)):  # renewals of the join are past, rotations not yet due
-            step(clock, tick)
+            advance(clock, tick, tick)
         before = totals(nodes)
         for _ in range(int(rest / tick)):
-            step(clock, tick)
+            advance(clock, tick, tick)
         after = totals(nodes)
         per_minute = 60.0 / rest
         requests = [(a - b) * per_minute for a, b in zip(after[0], before[0], strict=True)]
