@@ -57,6 +57,7 @@ from tunmesh.clockwatch import ClockStepWatch
 from tunmesh.config import load_config, resolve_config_path
 from tunmesh.config.tree import Networking, TunMeshConfig
 from tunmesh.dataplane import DataPlane, Router, RouteTable, TLSLinkConnector
+from tunmesh.dataplane.datagram import DatagramEndpoint, DatagramMetrics, DatagramService
 from tunmesh.dataplane.settings import DataPlaneSettings
 from tunmesh.health import HealthRegistry
 from tunmesh.interfaces import PacketDevice
@@ -252,6 +253,11 @@ def _make_service(
         cfg, api, limits, tls.server, dataplane.server_factory, membership.cluster.sign_channel_proof, reactor, metrics
     )
     port.setServiceParent(top)
+    if dataplane.datagrams is not None:
+        # The datagram path's UDP socket, on the same port number (binds in privilegedStartService too).
+        DatagramService(
+            dataplane.datagrams, cfg.control_api.listen_port, cfg.control_api.listen_address, reactor
+        ).setServiceParent(top)
     health.add_liveness("api", lambda: bool(port.running))
     health.add_readiness("api", lambda: bool(port.running))
 
@@ -483,6 +489,8 @@ def build_dataplane(
             if settings.peer_metrics_ttl is not None
             else None
         ),
+        datagrams=DatagramEndpoint(DatagramMetrics(metrics)) if settings.datagrams else None,
+        poll_window=settings.poll_window,
     )
 
 

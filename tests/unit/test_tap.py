@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,7 @@ from tunmesh import logsetup, service, tap
 from tunmesh.api.server import ConnectionLimitFactory
 from tunmesh.cli import main
 from tunmesh.config import load_config
+from tunmesh.dataplane.datagram import DatagramService
 from tunmesh.privileges import PrivilegeDropService
 from tunmesh.reload import ReloadOnSignal
 from tunmesh.testing import FakeTun
@@ -86,6 +88,18 @@ class RunOptionsTests(SynchronousTestCase):
         self.assertIn("SIGHUP", out.getvalue())
 
 
+class FakeUDPPort:
+    """What ``listenUDP`` returns, as far as the datagram service uses it."""
+
+    def getHandle(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = sock
+        return sock
+
+    def stopListening(self) -> None:
+        self.sock.close()
+
+
 class MakeServiceTests(SynchronousTestCase):
     """``makeService`` only builds: a memory reactor and a fake TUN, no root, nothing started."""
 
@@ -117,7 +131,8 @@ class MakeServiceTests(SynchronousTestCase):
         _path, reactor, tuns, top = self.build()
         self.assertEqual(
             [s.name for s in top],
-            ["clockwatch", "tun", "cert_expiry", "api", "mesh", "dataplane", "reload", "admin", "privileges"],
+            ["clockwatch", "tun", "cert_expiry", "api", "datagrams", "mesh", "dataplane", "reload", "admin",
+             "privileges"],
         )
         self.assertEqual(len(tuns), 1)  # opened while building, as root would
         self.assertIs(top.getServiceNamed("tun").device, tuns[0])
@@ -139,6 +154,22 @@ class MakeServiceTests(SynchronousTestCase):
         tls = factory.wrappedFactory
         assert isinstance(tls, TLSMemoryBIOFactory)
         self.assertIsInstance(tls.wrappedFactory, ALPNDispatchFactory)
+
+    def test_datagram_port_binds_the_same_port_number_over_udp_once_bound(self) -> None:
+        _path, reactor, _tuns, top = self.build()
+        udp = top.getServiceNamed("datagrams")
+        self.assertIsInstance(udp, DatagramService)
+        bound: list[tuple[int, object, str]] = []
+
+        def listen_udp(port: int, protocol: object, interface: str = "") -> object:
+            bound.append((port, protocol, interface))
+            return FakeUDPPort()
+
+        reactor.listenUDP = listen_udp  # type: ignore[attr-defined]  # MemoryReactor has no UDP
+        self.assertEqual(bound, [])  # bound in privilegedStartService, not before
+        udp.privilegedStartService()
+        self.addCleanup(udp.stopService)
+        self.assertEqual(bound, [(4567, top.getServiceNamed("dataplane").datagrams, "0.0.0.0")])
 
     def test_node_has_the_sighup_reload_wired_to_its_tls_and_membership(self) -> None:
         path, _reactor, _tuns, top = self.build()

@@ -548,6 +548,24 @@ class Networking:
         ("Large segments then cross the mesh as one frame; falls back to plain packets if unsupported.",),
         default=True,
     )
+    datagrams: bool = option(
+        Bool(),
+        "Send lone small packets to a peer as encrypted UDP datagrams when UDP reaches it (lower latency).",
+        (
+            "UDP uses the same port number as control_api.listen_port. A peer is used this way only after a",
+            "probe proves the path; bulk traffic, and everything where UDP does not pass, uses the TLS links.",
+        ),
+        default=True,
+    )
+    poll_window: float = option(
+        Timing(min=0.0, max=0.01),
+        "Seconds the node keeps polling, instead of sleeping, after a lone small packet (0: never).",
+        (
+            "An answer that arrives within the window is read by an awake process: lower round-trip times for",
+            "a little CPU per request (at most the window); a node at rest never polls.",
+        ),
+        default=0.0005,
+    )
     ipv4: Ipv4 = subgroup(Ipv4)
     ipv6: Ipv6 | None = subgroup(Ipv6, absent_is_none=True)
 

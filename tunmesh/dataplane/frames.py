@@ -30,9 +30,16 @@ DATA: Final = 4
 REKEY: Final = 5
 PING: Final = 6
 PONG: Final = 7
+#: server → client: the receiver index of this link's datagram path (tunmesh.dataplane.datagram)
+DGRAM_OFFER: Final = 8
+#: server → client: a datagram PROBE arrived (echoes its number, as PONG echoes PING)
+DGRAM_ACK: Final = 9
 
 # Flags (HELLO, HELLO_OK, DATA): packets carry a 10-byte virtio_net_hdr.
 FLAG_VNET_HDR: Final = 0x01
+#: HELLO: the client can use a datagram path; HELLO_OK: the server offers one (a DGRAM_OFFER follows).
+#: Peers without it never see the datagram frames.
+FLAG_DGRAM: Final = 0x02
 
 # HELLO_ERR reason codes.
 ERR_BAD_TOKEN: Final = 1
@@ -73,6 +80,7 @@ _HELLO_OK = struct.Struct(">IBB16s")
 _HELLO_ERR = struct.Struct(">IBB")
 _PING = struct.Struct(">IBQ")
 _REKEY = struct.Struct(">IBIH")
+_OFFER = struct.Struct(">IBI")
 _LENS: dict[int, struct.Struct] = {}
 
 
@@ -230,6 +238,20 @@ def decode_ping(frame: bytes) -> int:
     if len(frame) != _PING.size:
         raise FrameError(MALFORMED_FRAME, "PING size")
     return _PING.unpack(frame)[2]
+
+
+def encode_dgram_offer(index: int) -> bytes:
+    """DGRAM_OFFER (server → client): datagrams of this link carry receiver index ``index``."""
+    return _OFFER.pack(_OFFER.size - 4, DGRAM_OFFER, index)
+
+
+def decode_dgram_offer(frame: bytes) -> int:
+    if len(frame) != _OFFER.size:
+        raise FrameError(MALFORMED_FRAME, "DGRAM_OFFER size")
+    index = _OFFER.unpack(frame)[2]
+    if not index:
+        raise FrameError(MALFORMED_FRAME, "DGRAM_OFFER index")
+    return int(index)
 
 
 def frame_type(frame: bytes) -> int:

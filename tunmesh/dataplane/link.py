@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tunmesh.auth.errors import AuthError
+from tunmesh.dataplane import datagram as D
 from tunmesh.dataplane import frames as F
 from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.linkqueue import PacketQueue
@@ -199,6 +200,11 @@ class DirectTLSWriter:
         #: TLS bytes written into OpenSSL and not yet read from its BIO (an estimate)
         self._pending = 0
 
+    @property
+    def socket(self) -> socket.socket:
+        """The link's TCP socket."""
+        return self._sock  # type: ignore[no-any-return]
+
     @classmethod
     def wrap(cls, transport: Any) -> DirectTLSWriter | None:
         slow = immediate_write(transport)
@@ -294,6 +300,9 @@ class LinkServerProtocol(Protocol):
         self._last_rx = 0.0
         self._closed = False
         self.stats: LinkStats | None = None
+        #: this link's datagram path (receiver index, keys), once offered
+        self._dgram_index = 0
+        self._dgram_opener: D.DatagramOpener | None = None
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
@@ -480,9 +489,19 @@ class LinkServerProtocol(Protocol):
         self._timer = None
         f.ticker.add(self, self._idle_check)
         out_flags = F.FLAG_VNET_HDR if f.vnet_hdr else 0
+        endpoint = f.datagrams
+        offer = flags & F.FLAG_DGRAM and endpoint is not None and endpoint.active
+        if offer:
+            out_flags |= F.FLAG_DGRAM
         self.transport.write(  # type: ignore[union-attr]
             F.encode_hello_ok(self._server_random, key, key_id, out_flags)
         )
+        if offer:
+            assert endpoint is not None
+            self._dgram_opener = D.DatagramOpener()
+            self._dgram_opener.install(key_id, D.derive_datagram_key(key))
+            self._dgram_index = endpoint.register(self)
+            self.transport.write(F.encode_dgram_offer(self._dgram_index))  # type: ignore[union-attr]
         f.link_opened(self, kid)
 
     def _link_key(self, frame_key: bytes, peer_id: str, kid: str) -> bytes:
@@ -502,8 +521,38 @@ class LinkServerProtocol(Protocol):
         F.verify_rekey(key, frame)
         self._pending_rekey = None
         self._opener.install(key_id, key)
+        if self._dgram_opener is not None:
+            self._dgram_opener.install(key_id, D.derive_datagram_key(key))
         if self.stats is not None:
             self.stats.kid = kid
+
+    def datagram_received(self, data: bytes) -> None:
+        """A datagram under this link's index (:class:`~tunmesh.dataplane.datagram.DatagramEndpoint`): a
+        packet to deliver, or a probe to acknowledge on the link. Refusals are counted, never logged."""
+        opener = self._dgram_opener
+        f = self.factory
+        metrics = f.datagrams.metrics if f.datagrams is not None else None
+        if opener is None or self._closed or metrics is None:
+            return
+        try:
+            kind, flags, payload = opener.open(data)
+            if kind == D.KIND_PROBE:
+                opaque = D.probe_opaque(payload)
+        except D.DatagramError as e:
+            metrics.dropped(e.reason)
+            return
+        self._last_rx = now = f.clock.seconds()
+        stats = self.stats
+        if stats is not None:
+            stats.last_rx = now
+        if kind == D.KIND_PROBE:
+            self.transport.write(F.encode_ping(F.DGRAM_ACK, opaque))  # type: ignore[union-attr]
+            return
+        metrics.rx.inc()
+        if stats is not None:
+            stats.packets += 1
+            stats.bytes += len(data)
+        self._deliver([payload], flags)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._closed = True
@@ -511,6 +560,9 @@ class LinkServerProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
         self.factory.ticker.remove(self)
+        if self._dgram_index and self.factory.datagrams is not None:
+            self.factory.datagrams.unregister(self._dgram_index, self)
+            self._dgram_index = 0
         if self.peer_id is not None:
             self.factory.link_closed(self)
 
@@ -538,9 +590,12 @@ class LinkServerFactory(Factory):
         hello_timeout: float = HELLO_TIMEOUT,
         keepalive: float = KEEPALIVE,
         ticker: KeepaliveTicker | None = None,
+        datagrams: D.DatagramEndpoint | None = None,
     ) -> None:
         self.node_id = node_id
         self.sessions = sessions
+        #: the node's UDP endpoint: links whose client asks get a datagram path (None: never offered)
+        self.datagrams = datagrams
         self.authority = authority
         self.mesh_lookup = mesh_lookup
         self.on_packets = on_packets
@@ -733,9 +788,18 @@ class LinkClient(Service):
         rng: Callable[[], float] = random.random,
         peer_name: str | None = None,
         ticker: KeepaliveTicker | None = None,
+        datagrams: D.DatagramEndpoint | None = None,
     ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
+        #: the node's UDP endpoint (None: this link never asks for a datagram path)
+        self._endpoint = datagrams
+        #: the datagram path once the peer offered one (:class:`~tunmesh.dataplane.datagram.DatagramPath`)
+        self.datagram_path: D.DatagramPath | None = None
+        #: when DATA last went over the TLS link, and whether the socket has been seen drained since
+        self._tls_at = 0.0
+        self._tls_drained = True
+        self._dgram_probes = 0
         #: how log lines name the peer: ``name (id)`` (``tunmesh.names.label``)
         self.peer = label(peer_name, peer_id)
         self.url = url
@@ -783,6 +847,7 @@ class LinkClient(Service):
         self._kid = ""
         self._key_id = 0
         self._sealer: F.DataSealer | None = None
+        self._link_key_now = b""
         self._direct: DirectTLSWriter | None = None
         self._pending_session_key: bytes | None = None
         #: the outbound direction as ``tunmesh status`` shows it
@@ -928,8 +993,17 @@ class LinkClient(Service):
             return
         self._kid = signed.kid
         self._pending_session_key = session.frame_key
+        endpoint = self._endpoint
+        hello_flags = self._flags | (F.FLAG_DGRAM if endpoint is not None and endpoint.active else 0)
+        binding = F.hello_binding(self._client_random, self._key_id, hello_flags, channel)
+        if hello_flags != self._flags:
+            try:
+                signed = self._authority.sign_link_hello(self.peer_id, body=binding)
+            except AuthError:
+                self._give_up(proto, "no session")
+                return
         proto.transport.write(  # type: ignore[union-attr]
-            F.encode_hello(signed.header_value, self._client_random, self._key_id, self._flags)
+            F.encode_hello(signed.header_value, self._client_random, self._key_id, hello_flags)
         )
 
     def _hello_deadline(self) -> None:
@@ -963,6 +1037,22 @@ class LinkClient(Service):
                 if self.stats.echoed(F.decode_ping(frame), self._last_rx):
                     self._pong()
                 return True
+            if kind == F.DGRAM_ACK and self.ready and self.datagram_path is not None:
+                opaque = F.decode_ping(frame)
+                path = self.datagram_path
+                was = path.proven
+                if path.acked(opaque):
+                    if not was:
+                        self.log.info(
+                            "datagram path to {peer} proven: small packets go over UDP {addr}",
+                            peer=self.peer, peer_id=self.peer_id, addr=f"{path.addr[0]}:{path.addr[1]}",
+                        )
+                    if self.stats.echoed(opaque, self._last_rx):
+                        self._pong()
+                return True
+            if kind == F.DGRAM_OFFER and self.ready and self.datagram_path is None:
+                self._datagram_offered(proto, F.decode_dgram_offer(frame))
+                return True
         except F.FrameError:
             pass
         self._protocol_error(proto, F.MALFORMED_FRAME)
@@ -987,6 +1077,7 @@ class LinkClient(Service):
             self._give_up(proto, "HELLO_OK not authentic")
             return False
         self._sealer = F.DataSealer(self._key_id, key)
+        self._link_key_now = key
         self._direct = DirectTLSWriter.wrap(proto.transport)
         self.log.info(
             "packet link to {peer} up ({binding})",
@@ -1010,8 +1101,31 @@ class LinkClient(Service):
         self._flush()
         return True
 
+    def _datagram_offered(self, proto: LinkClientProtocol, index: int) -> None:
+        """The peer offered a datagram path under ``index``: set it up towards the address this TLS
+        link reached, and probe it at once (it carries packets once a probe is acknowledged)."""
+        endpoint = self._endpoint
+        peer = proto.transport.getPeer() if proto.transport is not None else None
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        if endpoint is None or not isinstance(host, str) or not isinstance(port, int):
+            return
+        addr = endpoint.destination(host, port)
+        if addr is None:
+            return
+        key = D.derive_datagram_key(self._link_key_now)
+        self.datagram_path = D.DatagramPath(
+            endpoint, addr, D.DatagramSealer(index, self._key_id, key), self._flags, endpoint.metrics.paths
+        )
+        self._probe_datagrams(self.datagram_path)
+
+    def _probe_datagrams(self, path: D.DatagramPath) -> None:
+        # Numbered apart from the keepalive probes (top bit set), so an answer is never taken for a PONG.
+        self._dgram_probes += 1
+        path.probe((1 << 63) | self._dgram_probes)
+
     def _keepalive(self) -> None:
-        """The ticker's call: close a link silent for three periods, else send a PING."""
+        """The ticker's call: close a link silent for three periods, else send a PING (or, while the
+        datagram path is proven, a PROBE datagram, whose acknowledgement on the link is the PONG)."""
         proto = self._proto
         if proto is None or not self.ready:
             self._ticker.remove(self)
@@ -1021,9 +1135,15 @@ class LinkClient(Service):
             self._lm.frame_dropped("idle_timeout")
             proto.transport.abortConnection()  # type: ignore[union-attr]
             return
+        path = self.datagram_path
+        probe_now = path.tick() if path is not None else False
         # The peer echoes the number: the PONG gives the link's round-trip time (``LinkStats``).
         opaque = self.stats.probe(self._clock.seconds())
+        if path is not None and path.proven and path.probe(opaque):
+            return
         proto.transport.write(F.encode_ping(F.PING, opaque))  # type: ignore[union-attr]
+        if path is not None and probe_now:
+            self._probe_datagrams(path)
 
     def _pong(self) -> None:
         """A PONG answered the outstanding probe: the RTT ``LinkStats`` measured goes to the metrics."""
@@ -1053,6 +1173,9 @@ class LinkClient(Service):
         self._proto = None
         self._sealer = None
         self._direct = None
+        if self.datagram_path is not None:
+            self.datagram_path.close()
+            self.datagram_path = None
         self._cancel_timer()
         was_ready = self.ready
         if self.ready:
@@ -1102,6 +1225,14 @@ class LinkClient(Service):
         session = self._sessions.outbound(self.peer_id)
         if session is not None and session.kid != self._kid:
             sealer = self._rotate(session.kid, session.frame_key)
+        path = self.datagram_path
+        if path is not None and len(packets) <= 2 and path.proven:
+            sent = self._send_datagrams(path, packets)
+            if sent == len(packets):
+                return
+            packets = packets[sent:]
+        self._tls_at = self._clock.seconds()
+        self._tls_drained = False
         direct = self._direct
         if direct is not None and direct.usable():
             write_frame = direct.write
@@ -1127,6 +1258,30 @@ class LinkClient(Service):
         stats.packets += len(packets)
         stats.bytes += nbytes
 
+    def _send_datagrams(self, path: D.DatagramPath, packets: Sequence[bytes]) -> int:
+        """Send a lone small batch as datagrams when that cannot reorder a flow: the TLS link has carried
+        no DATA for :data:`~tunmesh.dataplane.datagram.QUIET` seconds and its socket has nothing
+        unacknowledged. Returns how many packets went (the caller sends the rest over the link)."""
+        for p in packets:
+            if len(p) > D.MAX_PACKET:
+                return 0
+        if not self._tls_drained:
+            if self._clock.seconds() - self._tls_at < D.QUIET:
+                return 0
+            direct = self._direct
+            if not D.tcp_idle(direct.socket if direct is not None else None):
+                return 0
+            self._tls_drained = True
+        sent = 0
+        for p in packets:
+            if not path.send(p):
+                break
+            sent += 1
+        if sent:
+            path.endpoint.metrics.tx.inc(sent)
+            self.stats.packets += sent
+        return sent
+
     def _link_key(self, frame_key: bytes, kid: str) -> bytes:
         """This connection's key under our outbound session ``kid`` (same derivation as the server's)."""
         return F.derive_link_key(
@@ -1144,6 +1299,12 @@ class LinkClient(Service):
         self._kid = kid
         self.stats.kid = kid
         self._sealer = F.DataSealer(key_id, key)
+        self._link_key_now = key
+        if self.datagram_path is not None:
+            self.datagram_path.rekey(key_id, D.derive_datagram_key(key))
+            # The REKEY travels on the link: datagrams under the new key wait until it has arrived.
+            self._tls_at = self._clock.seconds()
+            self._tls_drained = False
         return self._sealer
 
     def _flush(self) -> None:

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tunmesh import twisted_internals
+from tunmesh.dataplane.datagram import DatagramEndpoint
 from tunmesh.dataplane.link import (
     HELLO_TIMEOUT,
     KEEPALIVE,
@@ -31,6 +32,7 @@ from tunmesh.dataplane.link import (
 )
 from tunmesh.dataplane.packets import VNET_HDR_LEN
 from tunmesh.dataplane.peerstats import PeerPacketMetrics
+from tunmesh.dataplane.pollwindow import PollWindow
 from tunmesh.dataplane.router import NO_ROUTE, Network, Router
 from tunmesh.dataplane.ticker import KeepaliveTicker
 from tunmesh.interfaces import LinkAuthorityLike, MetricsLike, PacketDevice, SessionsLike
@@ -89,8 +91,12 @@ class DataPlane(MultiService):
         keepalive: float = KEEPALIVE,
         rng: Callable[[], float] = random.random,
         peer_metrics: PeerPacketMetrics | None = None,
+        datagrams: DatagramEndpoint | None = None,
+        poll_window: float = 0.0,
     ) -> None:
         super().__init__()
+        #: the UDP endpoint of the datagram path (None: networking.datagrams off)
+        self.datagrams = datagrams
         self.node_id = node_id
         self.peer_metrics = peer_metrics
         self.tun = tun
@@ -100,6 +106,8 @@ class DataPlane(MultiService):
         self._connector = link_connector
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        #: keeps the reactor awake for a moment after a lone packet (tunmesh.dataplane.pollwindow)
+        self.poll = PollWindow(self._clock, poll_window)
         self._vnet = router.vnet_hdr
         self.packet_expiration = packet_expiration
         self.max_read_batch = max_read_batch
@@ -114,6 +122,7 @@ class DataPlane(MultiService):
             "keepalive": keepalive,
             "rng": rng,
             "ticker": self.keepalive_ticker,
+            "datagrams": datagrams,
         }
         self.drops = router.drops
         self.link_metrics = LinkMetrics(metrics, self.drops)
@@ -139,6 +148,7 @@ class DataPlane(MultiService):
             hello_timeout=hello_timeout,
             keepalive=keepalive,
             ticker=self.keepalive_ticker,
+            datagrams=datagrams,
         )
 
         sessions.add_observer(self._session_changed)
@@ -173,6 +183,7 @@ class DataPlane(MultiService):
             self.server_factory.close_peer(peer_id)
         if self.peer_metrics is not None:
             self.peer_metrics.stop()
+        self.poll.stop()
         return super().stopService()
 
     # -- membership -------------------------------------------------------------------------
@@ -256,6 +267,8 @@ class DataPlane(MultiService):
             nbytes += len(p)
         self._rx_packets.inc(len(packets))
         self._rx_bytes.inc(nbytes)
+        if len(packets) <= 2:
+            self.poll.poke()
         links = self.links
         per_peer = self.peer_metrics
         for peer_id, batch in self.router.route_outbound(packets).items():
@@ -304,6 +317,7 @@ class DataPlane(MultiService):
         if written and self.peer_metrics is not None:
             self.peer_metrics.received(peer_id, written, self._ip_bytes(accepted))
         if written and self._reading and len(accepted) <= 2 and len(max(accepted, key=len)) <= 2048:
+            self.poll.poke()
             # A lone small packet is often answered by the kernel before write() returns (an
             # ICMP echo reply, a request/response protocol): read the answer now and send it in
             # this reactor iteration instead of the next epoll round (one loop less per round

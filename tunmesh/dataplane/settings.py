@@ -32,6 +32,10 @@ class DataPlaneSettings:
     max_read_batch: int = attrs.field(validator=attrs.validators.ge(1))
     #: idle seconds before a peer's packet series go; ``None``: no per-peer packet metrics
     peer_metrics_ttl: float | None = None
+    #: whether lone small packets may go as UDP datagrams (``networking.datagrams``)
+    datagrams: bool = False
+    #: seconds of polling after a lone small packet (``networking.poll_window``)
+    poll_window: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: TunMeshConfig) -> DataPlaneSettings:
@@ -55,6 +59,8 @@ class DataPlaneSettings:
             packet_expiration=float(timing.network.mesh.packet_expiration),
             max_read_batch=int(cfg.control_api.max_batch_size),
             peer_metrics_ttl=float(monitoring.metric_ttl) if per_peer else None,
+            datagrams=bool(net.datagrams),
+            poll_window=float(net.poll_window),
         )
 
 
