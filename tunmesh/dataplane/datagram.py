@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import os
 import socket
 import struct
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.application.service import Service
-from twisted.internet.error import CannotListenError, MessageLengthError
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -65,8 +66,10 @@ MAX_PACKET: Final = 1196
 QUIET: Final = 0.02
 #: Counters accepted behind the highest one seen (UDP reorders a little; older ones are replays).
 REPLAY_WINDOW: Final = 2048
-#: Unanswered probes after which a path counts as lost and the link carries everything again.
-LOST_AFTER: Final = 2
+#: Unanswered probes after which a path counts as lost and the link carries everything again. One: while a
+#: path is proven its probe replaces the link's PING, so a second silent period would bring the link itself
+#: close to its three-period idle limit.
+LOST_AFTER: Final = 1
 #: A path that never answered is probed on every tick this many times, then once every SLOW_PROBE ticks.
 FAST_PROBES: Final = 3
 SLOW_PROBE: Final = 6
@@ -241,13 +244,18 @@ class DatagramEndpoint(DatagramProtocol):
         self._rng = rng
         #: address family of the bound socket (a v4 peer needs a mapped address on a v6 socket)
         self.family: int | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], int] | None = None
 
     def startProtocol(self) -> None:
         sock = self.transport.getHandle()  # type: ignore[union-attr]
         self.family = sock.family
+        # The socket's own sendto: the transport's write checks the address text on every datagram
+        # (a tenth of the datagram path's time in a profile); destinations here are checked once.
+        self._sendto = sock.sendto
 
     def stopProtocol(self) -> None:
         self.family = None
+        self._sendto = None
 
     @property
     def active(self) -> bool:
@@ -266,23 +274,26 @@ class DatagramEndpoint(DatagramProtocol):
             del self._receivers[index]
 
     def destination(self, host: str, port: int) -> tuple[str, int] | None:
-        """Where to send a peer's datagrams (its TLS link's address and port), or None when this socket's
-        family cannot reach it."""
-        if self.family is None:
+        """Where to send a peer's datagrams (the address and port its TLS link reached), or None when it
+        is not an IP address this socket's family can reach."""
+        if self.family is None or not 0 < port < 65536:
             return None
-        v6 = ":" in host
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
         if self.family == socket.AF_INET6:
-            return (host if v6 else "::ffff:" + host, port)
-        return None if v6 else (host, port)
+            return (str(ip) if ip.version == 6 else f"::ffff:{ip}", port)
+        return (str(ip), port) if ip.version == 4 else None
 
     def send(self, data: bytes, addr: tuple[str, int]) -> bool:
         """Send one datagram; False (counted) when the socket refused it: the caller uses the TLS link."""
-        transport = self.transport
-        if transport is None:
+        sendto = self._sendto
+        if sendto is None:
             return False
         try:
-            transport.write(data, addr)  # type: ignore[call-arg]
-        except (OSError, MessageLengthError):
+            sendto(data, addr)
+        except OSError:  # a full socket buffer, no route, EMSGSIZE...
             self.metrics.dropped(SEND_ERROR)
             return False
         return True
