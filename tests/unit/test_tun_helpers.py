@@ -25,24 +25,26 @@ class SpawnHelperTests(SynchronousTestCase):
         path.chmod(0o755)
         return str(path)
 
-    def report(self, **kw: object) -> dict[str, object]:
-        process = spawn_helper("tunmesh.example", ["--x", "1"], self.interpreter(), stdout=subprocess.PIPE, **kw)
+    def report(self, env: dict[str, str] | None = None) -> tuple[list[str], set[str], str]:
+        """The helper's arguments, environment variable names and stdin."""
+        process = spawn_helper("tunmesh.example", ["--x", "1"], self.interpreter(), env, stdout=subprocess.PIPE)
         out, _ = process.communicate(timeout=30)
         self.assertEqual(process.returncode, 0)
-        return dict(json.loads(out))
+        seen = json.loads(out)
+        return list(seen["argv"]), set(seen["env"]), str(seen["stdin"])
 
     def test_runs_the_module_with_its_arguments_and_no_stdin(self) -> None:
-        seen = self.report()
-        self.assertEqual(seen["argv"], ["-m", "tunmesh.example", "--x", "1"])
-        self.assertEqual(seen["stdin"], "")
+        argv, _, stdin = self.report()
+        self.assertEqual(argv, ["-m", "tunmesh.example", "--x", "1"])
+        self.assertEqual(stdin, "")
 
     def test_the_helper_inherits_only_what_finds_the_interpreter(self) -> None:
         self.patch(os, "environ", dict(os.environ, TUNMESH_CLUSTER_SECRET="s3cret", PYTHONPATH="/x"))
-        env = set(self.report()["env"])  # type: ignore[arg-type]
+        _, env, _ = self.report()
         self.assertIn("PYTHONPATH", env)
         self.assertNotIn("TUNMESH_CLUSTER_SECRET", env)
         self.assertLessEqual(env - {"LC_CTYPE"}, HELPER_ENV)  # Python's locale coercion may add LC_CTYPE
 
     def test_an_explicit_environment_is_used_as_given(self) -> None:
-        env = set(self.report(env={"PATH": "/usr/bin", "OTHER": "1"})["env"])  # type: ignore[arg-type]
+        _, env, _ = self.report({"PATH": "/usr/bin", "OTHER": "1"})
         self.assertEqual(env - {"LC_CTYPE"}, {"PATH", "OTHER"})
