@@ -15,7 +15,7 @@ from ipaddress import IPv4Interface, IPv6Interface
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.netns import Namespace, TunPairRelay, Underlay, requires_root_netns
-from tunmesh.tun.device import KEY_DEVICE, TunDevice, TunDeviceError
+from tunmesh.tun.device import KEY_DEVICE, KEY_IPV6, TunDevice, TunDeviceError
 from tunmesh.tun.gso import checksum
 from tunmesh.tun.vnet import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, ZERO_HDR, VirtioNetHdr
 
@@ -144,6 +144,31 @@ class SingleTunTests(SynchronousTestCase):
             e = self.assertRaises(TunDeviceError, TunDevice.open, "tmt-tun0", False, MTU)
         self.assertEqual(e.key, KEY_DEVICE)
         self.assertIn("is taken", e.message)
+
+    def test_configure_sets_the_link_and_both_addresses_and_tolerates_them_again(self) -> None:
+        import json
+
+        dev = open_in(self.ns, "tmt-tun0", True, "100.64.0.1/10", "fd7e:7e57::1/64")
+        self.addCleanup(dev.close)
+        with self.ns.entered():
+            dev.configure(IPv4Interface("100.64.0.1/10"), IPv6Interface("fd7e:7e57::1/64"))  # EEXIST: fine
+        (link,) = json.loads(self.ns.run(["ip", "-j", "addr", "show", "dev", "tmt-tun0"]).stdout)
+        self.assertEqual((link["mtu"], link["txqlen"]), (MTU, 1000))
+        self.assertIn("UP", link["flags"])
+        addrs = {(a["local"], a["prefixlen"]) for a in link["addr_info"]}
+        self.assertLessEqual({("100.64.0.1", 10), ("fd7e:7e57::1", 64)}, addrs)
+
+    def test_a_netlink_refusal_names_the_config_key(self) -> None:
+        with self.ns.entered():
+            dev = TunDevice.open("tmt-tun0", False, MTU)
+        self.addCleanup(dev.close)
+        self.ns.run(["sysctl", "-qw", "net.ipv6.conf.tmt-tun0.disable_ipv6=1"])
+        with self.ns.entered():
+            e = self.assertRaises(
+                TunDeviceError, dev.configure, IPv4Interface("100.64.0.1/10"), IPv6Interface("fd7e:7e57::1/64")
+            )
+        self.assertEqual(e.key, KEY_IPV6)
+        self.assertRegex(e.message, r"^cannot add address fd7e:7e57::1/64 to 'tmt-tun0': \(\d+, '.+'\)$")
 
     def test_name_of_other_interface(self) -> None:
         with self.ns.entered():

@@ -1,9 +1,9 @@
 """What a running node keeps imported: nothing that only tests, the CLI or other tools need (issue 9).
 
 A module imported once stays for the life of the process, in every node: ``twisted.internet.testing`` cost
-each node ~2 MB (it imports trial, ``unittest`` and ``doctest``). The check runs in a fresh interpreter, since
-this one runs trial. (pyroute2, ~9 MB and ~0.1 CPU-s, is still imported to configure the TUN device:
-docs/performance.md.)
+each node ~2 MB (it imports trial, ``unittest`` and ``doctest``), pyroute2 ~9 MB (its package imports all of
+its modules; the TUN is configured by a short-lived helper process instead: docs/performance.md). The check runs
+in a fresh interpreter, since this one runs trial.
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ NOT_AT_REST = (
     "tunmesh.admin.client",
     "tunmesh.admin.render",
     "tunmesh.addrhelper",  # the helper process's side; the node holds tunmesh.tun.addrhelper
+    "tunmesh.netconf",  # the TUN configuration helper process's side
+    "pyroute2",  # only the helper processes make netlink requests
 )
 
 #: Runs in a fresh interpreter: the node's imports and its start-up paths before the service is built (what
 #: ``twistd tunmesh`` imports, the preload and the private-name check), then the service built with test fakes
-#: (only what building imports counts there).
+#: (only what building imports counts there), then the real TUN configuration path (its helper process runs,
+#: and fails without root or a device: only what the node's side imports counts).
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
@@ -68,7 +71,17 @@ write_self_signed(base / "ssl" / "cert.pem", base / "ssl" / "key.pem")
 fakes = set(sys.modules)
 tunmesh.service.makeService(load_config(base / "config.yaml", env={}), MemoryReactorClock(), lambda n: FakeTun(),
                             base / "config.yaml")
-print(json.dumps({"startup": sorted(startup), "build": sorted(set(sys.modules) - fakes)}))
+built = set(sys.modules)
+
+import os
+from ipaddress import IPv4Interface
+from tunmesh.tun.device import TunDevice, TunDeviceError
+r, w = os.pipe()
+try:
+    TunDevice(open(r, "rb", buffering=0), "tmt-absent9", 1400, False).configure(IPv4Interface("100.64.0.7/10"))
+except TunDeviceError as e:
+    assert "vanished" in e.message, e
+print(json.dumps({"startup": sorted(startup), "build": sorted(built - fakes), "configure": sorted(set(sys.modules) - built)}))
 """
 
 
@@ -91,6 +104,7 @@ class NodeImportsTests(SynchronousTestCase):
         seen = self.run_script()
         self.assertEqual(_unwanted(seen["startup"]), [])
         self.assertEqual(_unwanted(seen["build"]), [])
+        self.assertEqual(_unwanted(seen["configure"]), [])
         # the check sees what it should: the node's own modules are there
         self.assertIn("tunmesh.tun.device", seen["startup"])
         self.assertIn("twisted.internet.reactor", seen["startup"])

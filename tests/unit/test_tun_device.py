@@ -1,14 +1,17 @@
 """TunDevice without root: offload probe and fallback with injected opener/ioctl, read/write semantics over
-pipes (EAGAIN, errors), netlink configuration against a recording IPRoute, pytun error messages."""
+pipes (EAGAIN, errors), netlink configuration (the helper's logic in-process against a recording IPRoute, the
+helper as a process), pytun error messages."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from tunmesh import netconf
 from tunmesh.tun import device as device_mod
 from tunmesh.tun.base import TunClosedError
 from tunmesh.tun.device import (
@@ -29,10 +33,12 @@ from tunmesh.tun.device import (
     KEY_MTU,
     TUNSETOFFLOAD,
     TUNSETVNETHDRSZ,
+    NetconfRunner,
     TunDevice,
     TunDeviceError,
     node_interface,
     pytun_opener,
+    spawn_netconf,
 )
 
 
@@ -344,12 +350,19 @@ class FakeIPRoute:
         self._maybe_fail("addr4" if ":" not in kw["address"] else "addr6")
 
 
+def in_process(ipr: FakeIPRoute) -> NetconfRunner:
+    """Runs the helper's logic (:func:`tunmesh.netconf.run`) here against ``ipr``, its answer through JSON."""
+    return lambda args: json.loads(json.dumps(netconf.run(args, lambda: ipr)))
+
+
 class ConfigureTests(SynchronousTestCase):
+    """What the helper asks of netlink, and the errors the node makes of its answers."""
+
     def setUp(self) -> None:
         self.dev, _, _ = open_device(self)
 
     def configure(self, ipr: FakeIPRoute, ipv6: IPv6Interface | None = None) -> None:
-        self.dev.configure(IPv4Interface("100.64.0.7/10"), ipv6, iproute_factory=lambda: ipr)
+        self.dev.configure(IPv4Interface("100.64.0.7/10"), ipv6, run_netconf=in_process(ipr))
 
     def test_calls(self) -> None:
         ipr = FakeIPRoute()
@@ -376,9 +389,82 @@ class ConfigureTests(SynchronousTestCase):
             )
             self.assertEqual(e.key, key)
 
+    def test_errors_say_what_failed_with_the_netlink_error(self) -> None:
+        for kind, message in (
+            ("mtu", "cannot set MTU 1400 on 'tmt0': (22, 'Invalid argument')"),
+            ("up", "cannot bring 'tmt0' up: (22, 'Invalid argument')"),
+            ("addr4", "cannot add address 100.64.0.7/10 to 'tmt0': (22, 'Invalid argument')"),
+            ("addr6", "cannot add address fd00::7/64 to 'tmt0': (22, 'Invalid argument')"),
+        ):
+            e = self.assertRaises(
+                TunDeviceError, self.configure, FakeIPRoute({kind: errno.EINVAL}), IPv6Interface("fd00::7/64")
+            )
+            self.assertEqual(e.message, message)
+
     def test_vanished(self) -> None:
         e = self.assertRaises(TunDeviceError, self.configure, FakeIPRoute(exists=False))
         self.assertEqual(e.key, KEY_DEVICE)
+        self.assertEqual(e.message, "interface 'tmt0' vanished after it was opened")
+
+    def test_an_unexpected_helper_failure_names_the_device(self) -> None:
+        def broken() -> FakeIPRoute:
+            raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
+
+        e = self.assertRaises(
+            TunDeviceError, self.dev.configure, IPv4Interface("100.64.0.7/10"), None,
+            run_netconf=lambda args: netconf.run(args, broken),
+        )
+        self.assertEqual(e.key, KEY_DEVICE)
+        self.assertIn("Protocol not supported", e.message)
+
+    def test_the_helper_is_asked_for_the_device_its_mtu_and_addresses(self) -> None:
+        seen: list[list[str]] = []
+
+        def record(args: Sequence[str]) -> dict[str, bool]:
+            seen.append(list(args))
+            return {"ok": True}
+
+        self.dev.configure(IPv4Interface("100.64.0.7/10"), IPv6Interface("fd00::7/64"), 500, run_netconf=record)
+        self.assertEqual(seen, [[
+            "--ifname", "tmt0", "--mtu", "1400", "--txqueuelen", "500",
+            "--address", "100.64.0.7/10", "--address", "fd00::7/64",
+        ]])
+
+
+class SpawnNetconfTests(SynchronousTestCase):
+    """The helper as a process: what the node makes of one that is missing, silent, slow or broken."""
+
+    def script(self, body: str) -> str:
+        path = Path(self.mktemp())
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(0o755)
+        return str(path)
+
+    def test_the_real_helper_answers_for_a_missing_interface(self) -> None:
+        # No root needed: looking an interface up is allowed to anyone.
+        result = spawn_netconf(["--ifname", "tmt-absent9", "--mtu", "1400", "--txqueuelen", "1000"])
+        self.assertEqual(result, {"ok": False, "step": "lookup", "code": None,
+                                  "error": "interface 'tmt-absent9' not found"})
+
+    def test_an_interpreter_that_cannot_start(self) -> None:
+        e = self.assertRaises(TunDeviceError, spawn_netconf, [], python=str(Path(self.mktemp()) / "python"))
+        self.assertEqual(e.key, KEY_DEVICE)
+        self.assertIn("cannot start the TUN configuration helper", e.message)
+
+    def test_a_helper_that_says_nothing_useful(self) -> None:
+        for body, why in (
+            ("echo 'Traceback: boom' >&2; exit 1", "(exit status 1): Traceback: boom"),
+            ("echo not json", "(exit status 0): no output"),
+            ("echo '[1, 2]'", "(exit status 0): no output"),
+            ("echo '{\"ok\": 1}'", "(exit status 0): no output"),
+        ):
+            e = self.assertRaises(TunDeviceError, spawn_netconf, [], python=self.script(body))
+            self.assertEqual(e.key, KEY_DEVICE)
+            self.assertEqual(e.message, f"the TUN configuration helper failed {why}")
+
+    def test_a_helper_that_hangs_is_killed(self) -> None:
+        e = self.assertRaises(TunDeviceError, spawn_netconf, [], python=self.script("exec sleep 30"), timeout=0.3)
+        self.assertEqual(e.message, "the TUN configuration helper gave no answer within 0.3 s")
 
 
 class FromConfigTests(SynchronousTestCase):

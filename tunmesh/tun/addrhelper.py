@@ -19,7 +19,6 @@ could do to its traffic anyway.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -29,11 +28,11 @@ from typing import Protocol
 from twisted.logger import Logger
 
 from tunmesh.mesh.structs import IPInterface, IPNetwork
+from tunmesh.tun.helpers import spawn_helper
 
 #: seconds the node waits for the helper to start (many nodes may start at once on a busy host), and for
 #: one answer
 TIMEOUT = 30.0
-_HELPER_ENV = frozenset({"PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LC_ALL"})
 
 
 class AddressChangeError(Exception):
@@ -80,18 +79,15 @@ class AddressHelper:
         """Start the helper (call as root, before the privilege drop)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.settimeout(TIMEOUT)
-        cmd = [python, "-m", "tunmesh.addrhelper", "--fd", str(theirs.fileno()), "--ifname", ifname]
+        args = ["--fd", str(theirs.fileno()), "--ifname", ifname]
         for net in networks:
-            cmd += ["--network", str(net)]
+            args += ["--network", str(net)]
         if uid is not None:
-            cmd += ["--uid", str(uid)]
+            args += ["--uid", str(uid)]
         if gid is not None:
-            cmd += ["--gid", str(gid)]
-        if env is None:
-            # Only what finds the interpreter and the package: never the cluster secret or other settings.
-            env = {k: v for k, v in os.environ.items() if k in _HELPER_ENV}
+            args += ["--gid", str(gid)]
         try:
-            process = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=dict(env), stdin=subprocess.DEVNULL)
+            process = spawn_helper("tunmesh.addrhelper", args, python, env, pass_fds=(theirs.fileno(),))
         except OSError as e:
             ours.close()
             raise AddressChangeError(f"cannot start the address helper: {e}") from None

@@ -1,9 +1,11 @@
-"""The real TUN device: opened with python-pytun, offload probed with ``fcntl.ioctl``, configured with pyroute2.
+"""The real TUN device: opened with python-pytun, offload probed with ``fcntl.ioctl``, configured with pyroute2
+in a short-lived helper process.
 
 Why this split: python-pytun does ``TUNSETIFF`` (and knows ``IFF_VNET_HDR``), but has no call for
 ``TUNSETVNETHDRSZ`` or ``TUNSETOFFLOAD``; those are plain ioctls on the same descriptor, issued here with the
 standard library. Addresses, MTU, ``txqueuelen`` and link state go through netlink (pyroute2), not through
-pytun's per-attribute ioctls, so that IPv6 works and errors come back with an errno.
+pytun's per-attribute ioctls, so that IPv6 works and errors come back with an errno; they are made by
+:mod:`tunmesh.netconf`, run once at start, so that the node does not hold pyroute2's ~9 MB for its whole life.
 
 Offload (``IFF_VNET_HDR`` + ``TUNSETOFFLOAD`` CSUM|TSO4|TSO6) makes the kernel hand over unsegmented TCP
 super-packets (up to 64 KiB, each read prefixed with a virtio header) and accept them back the same way; the
@@ -19,17 +21,19 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
-import socket
 import struct
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 from typing import Any, Protocol
 
 from twisted.logger import Logger
 
 from tunmesh.tun.base import FdPacketIO, TunStats
+from tunmesh.tun.helpers import spawn_helper
 from tunmesh.tun.vnet import VNET_HDR_LEN
 
 # linux/if_tun.h
@@ -51,6 +55,8 @@ OFFLOAD_USO = TUN_F_USO4 | TUN_F_USO6
 MAX_IP_PACKET = 65535
 IFNAMSIZ = 16
 DEFAULT_TXQUEUELEN = 1000
+#: seconds the node waits for the TUN configuration helper (many nodes may start at once on a busy host)
+NETCONF_TIMEOUT = 30.0
 
 KEY_DEVICE = "tun_mesh/networking/tun_device_id"
 KEY_MTU = "tun_mesh/networking/mtu"
@@ -77,6 +83,8 @@ class RawTun(Protocol):
 
 Opener = Callable[[str, int], RawTun]
 Ioctl = Callable[[int, int, Any], Any]
+#: runs :mod:`tunmesh.netconf` with these arguments and returns its result object (:func:`spawn_netconf`)
+NetconfRunner = Callable[[Sequence[str]], Mapping[str, Any]]
 
 
 def _pytun_errno(exc: Exception) -> int | None:
@@ -117,6 +125,35 @@ def _validate_name(name: str) -> None:
 def _validate_mtu(mtu: int) -> None:
     if not 68 <= mtu <= MAX_IP_PACKET:
         raise TunDeviceError(KEY_MTU, f"MTU {mtu} out of range 68..65535")
+
+
+def spawn_netconf(
+    args: Sequence[str], python: str = sys.executable, timeout: float = NETCONF_TIMEOUT
+) -> Mapping[str, Any]:
+    """Run the TUN configuration helper (``python -m tunmesh.netconf args``, as root before the drop) and
+    return its result object. A helper that cannot start, gives no answer within ``timeout`` seconds or
+    answers something else is a :class:`TunDeviceError` on ``tun_device_id``."""
+    try:
+        process = spawn_helper("tunmesh.netconf", args, python, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        raise TunDeviceError(KEY_DEVICE, f"cannot start the TUN configuration helper ({python}): {e}") from None
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise TunDeviceError(KEY_DEVICE, f"the TUN configuration helper gave no answer within {timeout:g} s") from None
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict) or not isinstance(result.get("ok"), bool):
+        why = " ".join(err.decode("utf-8", "replace").strip().splitlines()[-1:])[:400] or "no output"
+        raise TunDeviceError(
+            KEY_DEVICE, f"the TUN configuration helper failed (exit status {process.returncode}): {why}"
+        )
+    return result
 
 
 class TunDevice(FdPacketIO):
@@ -224,7 +261,7 @@ class TunDevice(FdPacketIO):
         ipv4: IPv4Interface | None,
         ipv6: IPv6Interface | None = None,
         txqueuelen: int = DEFAULT_TXQUEUELEN,
-        iproute_factory: Callable[[], Any] | None = None,
+        run_netconf: NetconfRunner = spawn_netconf,
     ) -> None:
         """Set MTU and ``txqueuelen``, bring the link up and add the addresses (netlink).
 
@@ -232,43 +269,39 @@ class TunDevice(FdPacketIO):
         mesh range into the tunnel through the connected route. IPv6 is added with ``nodad`` so it is usable
         at once. The MTU stays the configured value with offload too: super-packets exceed it by design
         (each segment respects it). ``txqueuelen`` defaults to 1000 (TUN's default of 500 drops under bursts).
-        """
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
 
-        factory = iproute_factory or IPRoute
-        with factory() as ipr:
-            indexes = ipr.link_lookup(ifname=self.name)
-            if not indexes:
-                raise TunDeviceError(KEY_DEVICE, f"interface {self.name!r} vanished after it was opened")
-            index = indexes[0]
-            try:
-                ipr.link("set", index=index, mtu=self.mtu, txqlen=txqueuelen)
-            except NetlinkError as e:
-                raise TunDeviceError(KEY_MTU, f"cannot set MTU {self.mtu} on {self.name!r}: {e}") from e
-            try:
-                ipr.link("set", index=index, state="up")
-            except NetlinkError as e:
-                raise TunDeviceError(KEY_DEVICE, f"cannot bring {self.name!r} up: {e}") from e
-            for key, iface, family, flags in (
-                (KEY_IPV4, ipv4, socket.AF_INET, 0),
-                (KEY_IPV6, ipv6, socket.AF_INET6, 0x02),  # IFA_F_NODAD
-            ):
-                if iface is None:
-                    continue
-                try:
-                    ipr.addr(
-                        "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                        family=family, flags=flags,
-                    )
-                except NetlinkError as e:
-                    if e.code == errno.EEXIST:
-                        continue  # attached to a persistent device that already has it
-                    raise TunDeviceError(key, f"cannot add address {iface} to {self.name!r}: {e}") from e
+        The requests are made by pyroute2 in the short-lived helper :mod:`tunmesh.netconf`
+        (run by ``run_netconf``, tests run it in-process), so the node never imports pyroute2; each failure
+        comes back as the :class:`TunDeviceError` naming the config key, with the netlink error.
+        """
+        args = ["--ifname", self.name, "--mtu", str(self.mtu), "--txqueuelen", str(txqueuelen)]
+        for iface in (ipv4, ipv6):
+            if iface is not None:
+                args += ["--address", str(iface)]
+        result = run_netconf(args)
+        if not result.get("ok"):
+            raise self._netconf_error(result, ipv4, ipv6)
         self.log.info(
             "TUN {name} up: mtu {mtu}, ipv4 {ipv4}, ipv6 {ipv6}, offload {offload}",
             name=self.name, mtu=self.mtu, ipv4=str(ipv4), ipv6=str(ipv6), offload=self.offload_active,
         )
+
+    def _netconf_error(
+        self, result: Mapping[str, Any], ipv4: IPv4Interface | None, ipv6: IPv6Interface | None
+    ) -> TunDeviceError:
+        """The error :mod:`tunmesh.netconf`'s failed ``step`` stands for."""
+        step, error = result.get("step"), result.get("error")
+        if step == "lookup":
+            return TunDeviceError(KEY_DEVICE, f"interface {self.name!r} vanished after it was opened")
+        if step == "mtu":
+            return TunDeviceError(KEY_MTU, f"cannot set MTU {self.mtu} on {self.name!r}: {error}")
+        if step == "up":
+            return TunDeviceError(KEY_DEVICE, f"cannot bring {self.name!r} up: {error}")
+        if step == "ipv4":
+            return TunDeviceError(KEY_IPV4, f"cannot add address {ipv4} to {self.name!r}: {error}")
+        if step == "ipv6":
+            return TunDeviceError(KEY_IPV6, f"cannot add address {ipv6} to {self.name!r}: {error}")
+        return TunDeviceError(KEY_DEVICE, f"cannot configure {self.name!r}: {error}")
 
     def close(self) -> None:
         """Close the descriptor; the (non-persistent) interface disappears with it."""
