@@ -584,7 +584,8 @@ def kubernetes_problems(objects: list[dict[str, Any]], scratch: Path) -> list[st
 
     # NetworkPolicies that select the tunmesh pods open the tunmesh port, to tunmesh pods only.
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
-    mesh_rule_found = {who: False for who, *_ in pods}
+    # TCP: the API and the packet links; UDP: the datagram path (small packets; without it they use TCP).
+    mesh_rule_found = {(who, proto): False for who, *_ in pods for proto in ("TCP", "UDP")}
     for pol in policies:
         sel = pol["spec"].get("podSelector", {}).get("matchLabels")
         selected = [p for p in pods if _matches(sel, p[1])]
@@ -593,7 +594,9 @@ def kubernetes_problems(objects: list[dict[str, Any]], scratch: Path) -> list[st
                 problems.append(f"{_name(pol)}: an ingress rule without 'from' opens the pods to everyone")
                 continue
             for who, _labels, c, port in selected:
-                opens = any(_port_number(c, p.get("port")) == port for p in rule.get("ports", []))
+                opened = {
+                    p.get("protocol", "TCP") for p in rule.get("ports", []) if _port_number(c, p.get("port")) == port
+                }
                 from_mesh = all(
                     "namespaceSelector" not in peer
                     and "ipBlock" not in peer
@@ -602,11 +605,13 @@ def kubernetes_problems(objects: list[dict[str, Any]], scratch: Path) -> list[st
                     )
                     for peer in rule["from"]
                 )
-                if opens and from_mesh:
-                    mesh_rule_found[who] = True
-    for who, found in mesh_rule_found.items():
-        if not found:
+                for proto in opened if from_mesh else ():
+                    mesh_rule_found[(who, proto)] = True
+    for (who, proto), found in mesh_rule_found.items():
+        if not found and proto == "TCP":
             problems.append(f"no NetworkPolicy opens the tunmesh port of {who} to the tunmesh pods")
+        elif not found:
+            problems.append(f"no NetworkPolicy opens the tunmesh port of {who} over UDP (the datagram path)")
 
     for mon in (o for o in objects if o["kind"] == "PodMonitor"):
         sel = mon["spec"].get("selector", {}).get("matchLabels")

@@ -413,6 +413,16 @@ class KubernetesCrossReferenceBreakageTests(_Case):
         )
         self.assertCaught(root, "no NetworkPolicy opens the tunmesh port")
 
+    def test_a_network_policy_without_the_datagram_port_is_caught(self) -> None:
+        root = self.copy()
+        self.breakYaml(
+            root,
+            f"{BASE}/networkpolicy.yaml",
+            "NetworkPolicy",
+            lambda p: p["spec"]["ingress"][0]["ports"].pop(1),
+        )
+        self.assertCaught(root, "over UDP (the datagram path)")
+
     def test_a_network_policy_open_beyond_the_tunmesh_pods_is_caught(self) -> None:
         root = self.copy()
 
