@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.unit.mesh_support import MeshTestCase, Node, advance
 from tests.unit.support import ConfigTestMixin, Pair, minimal_data, set_key
 from tunmesh.admin.hints import failure_hint, inbound_hint, link_hint
+from tunmesh.admin.render import render_peers
 from tunmesh.admin.status import StatusReporter
 from tunmesh.dataplane.drops import DropCounter
 from tunmesh.dataplane.linkstats import LinkStats
@@ -296,6 +297,24 @@ class StatusReporterTests(MeshTestCase):
         self.assertEqual(charlie["last_failure"]["operation"], "register")
         self.assertGreaterEqual(charlie["last_failure"]["failures"], 1)
         json.dumps(doc)  # JSON-ready
+
+    def test_the_datagram_path_of_a_link_is_shown(self) -> None:
+        a = self.node(1, (), node_name="alpha")
+        b = self.node(2, (N1,), node_name="bravo")
+        for n in (a, b):
+            n.start()
+        advance(self.clock, 12)
+        links = FakeLinks()
+        out = link("up")
+        out["datagram_path"] = {"state": "proven", "address": "198.18.0.2:4567"}
+        links.links[b.id] = {"out": out, "in": link("up"), "drops": {}}
+        lines = render_peers(self.reporter(a, links).status()["peers"])
+        self.assertIn("  datagram path: proven, UDP 198.18.0.2:4567 (small packets as datagrams)", lines)
+        out["datagram_path"] = {"state": "offered", "address": "198.18.0.2:4567"}
+        lines = render_peers(self.reporter(a, links).status()["peers"])
+        self.assertIn("  datagram path: offered, UDP 198.18.0.2:4567 (not answering: all packets on the link)", lines)
+        out["datagram_path"] = None
+        self.assertFalse([x for x in render_peers(self.reporter(a, links).status()["peers"]) if "datagram" in x])
 
     def test_not_ready_with_the_reason_and_the_failing_bootstrap_url(self) -> None:
         lonely = self.node(5, ("https://nowhere.test:4567",))

@@ -153,6 +153,10 @@ def _peer_details(p: Mapping[str, Any]) -> list[str]:
     if drops:
         lines.append("  drops: " + ", ".join(f"{reason} {n}" for reason, n in sorted(drops.items())))
     out = p["link"]["out"]
+    path = out.get("datagram_path") if out is not None else None
+    if path is not None:
+        how = "small packets as datagrams" if path["state"] == "proven" else "not answering: all packets on the link"
+        lines.append(f"  datagram path: {path['state']}, UDP {path['address']} ({how})")
     if out is not None and out["state"] != "up" and out.get("last_error"):
         lines.append(f"  link out: {out['last_error']} ({ago(out['last_error_age_s'])})")
     failure = p.get("last_failure")

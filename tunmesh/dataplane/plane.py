@@ -245,6 +245,10 @@ class DataPlane(MultiService):
         out = link.stats.to_dict(now) if link is not None else None
         if out is not None and link is not None:
             out["queued_packets"] = link.queued_packets
+            path = link.datagram_path
+            out["datagram_path"] = (
+                None if path is None else {"state": path.state, "address": f"{path.addr[0]}:{path.addr[1]}"}
+            )
         return {
             "out": out,
             "in": rx.to_dict(now) if rx is not None else None,
