@@ -23,6 +23,7 @@ installed gets a row saying so, with the Debian packages to install.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -32,12 +33,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from ipaddress import ip_interface
+from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers, rr: also when loaded by path (the unit tests)
 
 import peers  # noqa: E402
 import rr  # noqa: E402
@@ -152,7 +154,7 @@ def bench_relay(u: Underlay, duration: int, offload: bool) -> dict[str, Any]:
             with ns.entered():
                 dev = TunDevice.open("tmt-tun0", offload, OVERLAY_MTU)
                 devices.append(dev)
-                dev.configure(ip_interface(addr))
+                dev.configure(IPv4Interface(addr))
         if offload and not all(d.offload_active for d in devices):
             raise BenchError("TUN offload unavailable on this kernel")
         me = os.getpid()
@@ -329,16 +331,19 @@ def ratio_lines(results: dict[str, dict[str, Any]], peer_names: list[str]) -> li
         if with_rr:
             rr_best = max(with_rr, key=lambda n: with_rr[n])
             line = f"Best peer, request/response: {rr_best} {with_rr[rr_best]:.0f}/s"
-            if tunmesh and _rr_tps(tunmesh):
-                line += f"; tunmesh {_rr_tps(tunmesh):.0f}/s = {_rr_tps(tunmesh) / with_rr[rr_best]:.2f}x"
+            tunmesh_tps = _rr_tps(tunmesh) if tunmesh else None
+            if tunmesh_tps:
+                line += f"; tunmesh {tunmesh_tps:.0f}/s = {tunmesh_tps / with_rr[rr_best]:.2f}x"
             lines.append(line)
     return lines
 
 
 def tunmesh_lines(r: dict[str, Any]) -> list[str]:
     """The tunmesh section: join time and idle CPU per node."""
-    lines = ["", f"tunmesh join (2 nodes started together, shipped timings): first ping through the overlay "
-                 f"answered {r['join_s']:.2f} s after the start"]
+    lines = [""]
+    if "join_s" in r:
+        lines.append(f"tunmesh join (2 nodes started together, shipped timings): first ping through the overlay "
+                     f"answered {r['join_s']:.2f} s after the start")
     if "idle_cpu_pct" in r:
         per_node = ", ".join(f"node {i} {pct:.2f} %" for i, pct in enumerate(r["idle_cpu_pct"], 1))
         lines.append(f"tunmesh idle CPU ({r['idle_seconds']:.0f} s at rest, % of one core): {per_node}")
@@ -355,7 +360,7 @@ def report(results: dict[str, dict[str, Any]], peer_names: list[str] | None = No
         lines.append(fmt_row(name, entry.get("result"), entry.get("error")))
     lines += ratio_lines(results, peer_names or [])
     tunmesh = results.get("tunmesh", {}).get("result")
-    if tunmesh:
+    if tunmesh and ("join_s" in tunmesh or "idle_cpu_pct" in tunmesh):
         lines += tunmesh_lines(tunmesh)
     return "\n".join(lines)
 
@@ -389,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             plan.append(("relay-tso", lambda u: bench_relay(u, args.duration, True)))
             plan.append(("relay-plain", lambda u: bench_relay(u, args.duration, False)))
         for peer in chosen:
-            plan.append((peer.name, lambda u, peer=peer: bench_peer(u, peer, args.duration, workdir)))
+            plan.append((peer.name, functools.partial(bench_peer, peer=peer, duration=args.duration, workdir=workdir)))
         if not args.skip_tunmesh:
             plan.append(("tunmesh", lambda u: bench_tunmesh(u, args.duration, workdir / "tunmesh", args.idle)))
         try:
