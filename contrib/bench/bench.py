@@ -277,7 +277,8 @@ def _rr_cell(r: dict[str, Any]) -> str:
     t = r.get("rr", {})
     if "transactions_per_s" not in t:
         return "–"
-    return f"{t['transactions_per_s']:.0f} ({t['rtt_mean_us']:.0f} µs)"
+    p50 = f" / {t['rtt_p50_us']:.0f}" if "rtt_p50_us" in t else ""
+    return f"{t['transactions_per_s']:.0f} ({t['rtt_mean_us']:.0f}{p50} µs)"
 
 
 def fmt_row(name: str, r: dict[str, Any] | None, error: str | None) -> str:
@@ -353,7 +354,7 @@ def tunmesh_lines(r: dict[str, Any]) -> list[str]:
 def report(results: dict[str, dict[str, Any]], peer_names: list[str] | None = None) -> str:
     lines = [
         "| Datapath | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP received Mbit/s | ping avg / p50 / max ms "
-        f"| request/response per s (mean RTT), {rr.REQUEST_BYTES} B | datapath CPU (TCP 1) |",
+        f"| request/response per s (RTT mean / p50 µs), {rr.REQUEST_BYTES} B | datapath CPU (TCP 1) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, entry in results.items():

@@ -18,6 +18,7 @@ processes, which the bench measures and stops.
 
 from __future__ import annotations
 
+import abc
 import base64
 import shutil
 import subprocess
@@ -131,7 +132,7 @@ def openvpn_config(i: int, pki: Path) -> str:
 # --------------------------------------------------------------------------- running them
 
 
-class PeerVPN:
+class PeerVPN(abc.ABC):
     """One peer VPN: what it needs installed, how its two ends are configured and started."""
 
     name = ""
@@ -165,13 +166,13 @@ class PeerVPN:
             return None
         return (r.stdout.strip() or None) if r.returncode == 0 else None
 
+    @abc.abstractmethod
     def prepare(self, workdir: Path) -> None:
         """Write keys and both configs into ``workdir``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def launch(self, ns: Namespace, i: int, workdir: Path, log: IO[bytes]) -> subprocess.Popen[Any]:
         """Start node ``i``'s end in ``ns`` (configs already written)."""
-        raise NotImplementedError
 
     def start(self, nodes: Sequence[Namespace], workdir: Path) -> list[subprocess.Popen[Any]]:
         """Configure and start both ends; the processes (stopped by :func:`stop`)."""

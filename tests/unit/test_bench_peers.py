@@ -159,6 +159,12 @@ class PeerSelectionTests(SynchronousTestCase):
             binaries = ("tmt-no-such-binary", "sh")
             packages = ("pkg-a", "pkg-b")
 
+            def prepare(self, workdir: Path) -> None:
+                raise AssertionError("not started")
+
+            def launch(self, *args: Any) -> Any:
+                raise AssertionError("not started")
+
         self.assertEqual(Absent().missing(), "tmt-no-such-binary not installed (apt-get install -y pkg-a pkg-b)")
 
     def test_devices_are_one_per_node(self) -> None:
@@ -235,3 +241,9 @@ class ReportTests(SynchronousTestCase):
         text = bench.report(results)
         self.assertIn("| tunmesh | 3.00 | 3.00 | 300 | 0.900 / 0.900 / 0.900 | – | 100 % |", text)
         self.assertIn("  tunmesh: 0.100 / 0.100 / 0.100 / 18.0x / –", text)
+
+    def test_the_request_response_cell_has_the_rate_and_the_mean_and_median_round_trip(self) -> None:
+        r = _result(1e9, 0.4, 10000)
+        r["rr"]["rtt_p50_us"] = 80.4
+        row = bench.fmt_row("nebula", r, None)
+        self.assertEqual(row, "| nebula | 1.00 | 1.00 | 100 | 0.400 / 0.400 / 0.400 | 10000 (100 / 80 µs) | 100 % |")
