@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +11,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.trial.unittest import SynchronousTestCase
 
-BENCH = Path(__file__).resolve().parents[2] / "contrib" / "bench"
+from tests.netns import bench_script
 
-
-def _load(name: str) -> Any:
-    """A ``contrib/bench`` script as a module (they are scripts, not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-peers = _load("peers")
-rr = _load("rr")
-bench = _load("bench")
+peers = bench_script("peers")
+rr = bench_script("rr")
+bench = bench_script("bench")
 
 PKI = Path("/srv/pki")
 
