@@ -168,12 +168,12 @@ def bench_relay(u: Underlay, duration: int, offload: bool) -> dict[str, Any]:
             dev.close()
 
 
-def wait_overlay(client: Namespace, target: str, timeout: float, alive: Callable[[], str | None]) -> float:
-    """Ping ``target`` until it answers; the monotonic time of the answer. ``alive()`` names a datapath
+def wait_overlay(client: Namespace, target: str, timeout: float, exited: Callable[[], str | None]) -> float:
+    """Ping ``target`` until it answers; the monotonic time of the answer. ``exited()`` names a datapath
     process that exited (then this gives up at once)."""
     deadline = time.monotonic() + timeout
     while client.run(["ping", "-n", "-c", "1", "-W", "0.2", target], check=False, timeout=10).returncode != 0:
-        dead = alive()
+        dead = exited()
         if dead:
             raise BenchError(dead)
         if time.monotonic() > deadline:
