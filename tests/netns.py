@@ -491,6 +491,22 @@ def bench_workdir(prog: str, workdir: Path | None, prefix: str) -> Iterator[Path
         yield Path(tmp)
 
 
+def bench_script(name: str) -> Any:
+    """``contrib/bench/<name>.py`` as a module (the bench scripts are not a package), loaded once; for the
+    tests of what the scripts generate and parse."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "contrib" / "bench" / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"contrib/bench/{name}.py cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all threads) from ``/proc/<pid>/stat``."""
     with open(f"/proc/{pid}/stat") as f:

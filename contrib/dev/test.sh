@@ -11,10 +11,12 @@ if [ "$(id -u)" = 0 ]; then
     missing=()
     # podman, runc and debootstrap: the real-container test builds the image (contrib/container/build.sh);
     # faketime: the wall-clock step test; groff: the man page test; promtool (prometheus): the alert rules
-    # and dashboard checks.
+    # and dashboard checks; nebula, wireguard-go, wg, openvpn: the peer VPNs of contrib/bench/bench.py --peers
+    # (test_bench_peers_processes); sockperf: the bench's request/response figure.
     for pair in ip:iproute2 iperf3:iperf3 nft:nftables ping:iputils-ping curl:curl openssl:openssl \
                 podman:podman runc:runc debootstrap:debootstrap faketime:faketime groff:groff-base \
-                promtool:prometheus; do
+                promtool:prometheus nebula:nebula wireguard-go:wireguard-go wg:wireguard-tools \
+                openvpn:openvpn sockperf:sockperf; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then
