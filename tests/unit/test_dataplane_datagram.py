@@ -370,7 +370,12 @@ class Turns:
 
     def __init__(self) -> None:
         self.now = 0.0
+        #: the polling thread's CPU seconds: a turn either works (CPU advances with the wall) or is preempted
+        self.cpu_now = 0.0
         self.calls: list[task.DelayedCall] = []
+
+    def cpu(self) -> float:
+        return self.cpu_now
 
     def seconds(self) -> float:
         return self.now
@@ -380,8 +385,10 @@ class Turns:
         self.calls.append(call)
         return call
 
-    def turn(self, dt: float) -> None:
+    def turn(self, dt: float, working: bool = True) -> None:
         self.now += dt
+        if working:
+            self.cpu_now += dt
         due = [c for c in self.calls if c.getTime() <= self.now]
         for c in due:
             self.calls.remove(c)
@@ -392,7 +399,7 @@ class Turns:
 class PollWindowTests(SynchronousTestCase):
     def test_polls_for_the_window_after_the_last_poke(self) -> None:
         turns = Turns()
-        w = PollWindow(turns, 0.0005)  # type: ignore[arg-type]
+        w = PollWindow(turns, 0.0005, turns.cpu)  # type: ignore[arg-type]
         w.poke()
         self.assertTrue(w.polling)
         for _ in range(4):
@@ -409,16 +416,18 @@ class PollWindowTests(SynchronousTestCase):
 
     def test_never_polls_with_a_zero_window(self) -> None:
         turns = Turns()
-        w = PollWindow(turns, 0)  # type: ignore[arg-type]
+        w = PollWindow(turns, 0, turns.cpu)  # type: ignore[arg-type]
         w.poke()
         self.assertFalse(w.polling)
         self.assertEqual(turns.calls, [])
 
     def test_preemption_stops_polling_and_backs_off(self) -> None:
         turns = Turns()
-        w = PollWindow(turns, 0.0005)  # type: ignore[arg-type]
+        w = PollWindow(turns, 0.0005, turns.cpu)  # type: ignore[arg-type]
         w.poke()
-        turns.turn(GAP * 3)  # the next turn came late: the core was not ours
+        turns.turn(GAP * 1.5)  # a long turn, but working (a cold reactor turn, a batch): not preemption
+        self.assertTrue(w.polling)
+        turns.turn(GAP * 3, working=False)  # off the CPU that long: the core was not ours
         self.assertFalse(w.polling)
         self.assertEqual(w.preempted, 1)
         w.poke()
@@ -426,7 +435,7 @@ class PollWindowTests(SynchronousTestCase):
         turns.turn(MIN_BACKOFF)
         w.poke()
         self.assertTrue(w.polling)
-        turns.turn(GAP * 3)
+        turns.turn(GAP * 3, working=False)
         turns.turn(MIN_BACKOFF)  # doubled: still off
         w.poke()
         self.assertFalse(w.polling)

@@ -11,16 +11,20 @@ node at rest never polls.
 Polling only pays while the core is ours. When other work wants the core, a polling process is preempted,
 stays runnable, and the answer waits for its next turn (milliseconds, measured in docs/performance.md):
 worse than sleeping. So the window is adaptive: a turn of the chain that comes later than ``GAP`` after
-the previous one means the process was preempted (or the reactor was busy with other work): polling stops
-and stays off for a backoff that doubles with each such window (up to ``MAX_BACKOFF``) and halves with each
-clean one.
+the previous one *without having used the CPU in between* (wall time minus the thread's CPU time) means the
+process was preempted: polling stops and stays off for a backoff that doubles with each such window (up to
+``MAX_BACKOFF``) and halves with each clean one. Time spent working (a cold reactor turn, a batch) is not
+preemption.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-#: a turn of the chain later than this after the previous one: the core was not ours
+#: off the CPU for longer than this between two turns of the chain: the core was not ours
 GAP = 0.0002
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
@@ -29,12 +33,18 @@ MAX_BACKOFF = 60.0
 class PollWindow:
     """Busy-poll the reactor for ``window`` seconds after the last :meth:`poke` (``window`` 0: never)."""
 
-    __slots__ = ("_clock", "window", "_until", "_last", "_call", "_backoff", "_resume_at", "spins", "preempted")
+    __slots__ = (
+        "_clock", "_cpu", "window", "_until", "_last", "_last_cpu", "_call", "_backoff", "_resume_at", "spins",
+        "preempted",
+    )
 
-    def __init__(self, clock: IReactorTime, window: float) -> None:
+    def __init__(self, clock: IReactorTime, window: float, cpu: Callable[[], float] = time.thread_time) -> None:
         if window < 0:
             raise ValueError(f"poll window must not be negative, not {window!r}")
         self._clock = clock
+        #: this thread's CPU seconds (``time.thread_time``)
+        self._cpu = cpu
+        self._last_cpu = 0.0
         self.window = window
         self._until = 0.0
         self._last = 0.0
@@ -63,12 +73,16 @@ class PollWindow:
         self._until = now + self.window
         if self._call is None:
             self._last = now
+            self._last_cpu = self._cpu()
             self._call = self._clock.callLater(0, self._spin)
 
     def _spin(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        if now - self._last > GAP:
+        cpu = self._cpu()
+        off_cpu = (now - self._last) - (cpu - self._last_cpu)
+        self._last_cpu = cpu
+        if off_cpu > GAP:
             # Preempted (or busy elsewhere): polling would only make the next answer wait for our turn.
             self.preempted += 1
             self._backoff = min(MAX_BACKOFF, self._backoff * 2) if self._backoff else MIN_BACKOFF
