@@ -190,7 +190,17 @@ def idle_cpu(pids: list[int], seconds: float) -> list[float]:
     return [100.0 * (process_cpu_seconds(p) - b) / elapsed for p, b in zip(pids, before, strict=True)]
 
 
-def bench_tunmesh(u: Underlay, duration: int, workdir: Path, idle: float) -> dict[str, Any]:
+def with_networking(config: str, **keys: Any) -> str:
+    """``config`` (YAML text of a node) with ``keys`` set in its ``networking`` group."""
+    lines = "".join(f"    {k}: {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in keys.items())
+    if "\n  networking:\n" not in config:
+        raise ValueError("the node config has no networking group")
+    return config.replace("\n  networking:\n", "\n  networking:\n" + lines, 1)
+
+
+def bench_tunmesh(
+    u: Underlay, duration: int, workdir: Path, idle: float, networking: dict[str, Any] | None = None
+) -> dict[str, Any]:
     plugin = REPO / "twisted" / "plugins" / "tunmesh_plugin.py"
     if not plugin.exists():
         raise BenchError(f"the tunmesh node does not exist yet ({plugin} missing)")
@@ -203,7 +213,7 @@ def bench_tunmesh(u: Underlay, duration: int, workdir: Path, idle: float) -> dic
     # deployment runs: the join time and idle CPU are those a user gets.
     from tests.integration.cluster import Cluster, shipped_config
 
-    cluster = Cluster(u, workdir, shipped_config)
+    cluster = Cluster(u, workdir, lambda i: with_networking(shipped_config(i), **(networking or {})))
     a, b = u.nodes
     try:
         started = time.monotonic()
@@ -228,6 +238,9 @@ def bench_tunmesh(u: Underlay, duration: int, workdir: Path, idle: float) -> dic
         pids = [n.pid for n in nodes]
         result = measure(a, b, "100.64.0.2", duration, lambda: sum(process_cpu_seconds(p) for p in pids))
         result["join_s"] = join_s
+        # How many packets each node sent as datagrams and as link frames (the datagram path at work).
+        result["datagrams_tx"] = [cluster.metric(i, "tunmesh_link_datagrams_total", direction="tx") for i in (1, 2)]
+        result["frames_tx"] = [cluster.metric(i, "tunmesh_link_frames_total", direction="tx") for i in (1, 2)]
         if idle > 0:
             time.sleep(2)  # the last test's connections close
             result["idle_cpu_pct"] = idle_cpu(pids, idle)
@@ -348,6 +361,9 @@ def tunmesh_lines(r: dict[str, Any]) -> list[str]:
     if "idle_cpu_pct" in r:
         per_node = ", ".join(f"node {i} {pct:.2f} %" for i, pct in enumerate(r["idle_cpu_pct"], 1))
         lines.append(f"tunmesh idle CPU ({r['idle_seconds']:.0f} s at rest, % of one core): {per_node}")
+    if "datagrams_tx" in r:
+        lines.append("tunmesh packets sent as datagrams / link frames sent, per node: "
+                     + ", ".join(f"{d:.0f} / {f:.0f}" for d, f in zip(r["datagrams_tx"], r["frames_tx"], strict=True)))
     return lines
 
 
@@ -374,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", nargs="?", const="all", metavar="LIST",
                     help=f"also measure the peer VPNs (comma-separated, default all: {','.join(peers.PEERS)})")
     ap.add_argument("--skip-tunmesh", action="store_true", help="do not start tunmesh nodes")
+    ap.add_argument("--tls-only", action="store_true",
+                    help="also measure tunmesh with the datagram path off (networking.datagrams: false), row tunmesh-tls")
     ap.add_argument("--idle", type=float, default=30.0,
                     help="seconds of tunmesh idle CPU measured after the traffic (default 30, 0 to skip)")
     ap.add_argument("--workdir", type=Path, help="configs and node logs (default: a temporary directory)")
@@ -398,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
             plan.append((peer.name, functools.partial(bench_peer, peer=peer, duration=args.duration, workdir=workdir)))
         if not args.skip_tunmesh:
             plan.append(("tunmesh", lambda u: bench_tunmesh(u, args.duration, workdir / "tunmesh", args.idle)))
+            if args.tls_only:
+                plan.append(("tunmesh-tls", lambda u: bench_tunmesh(
+                    u, args.duration, workdir / "tunmesh-tls", 0, {"datagrams": False})))
         try:
             with Underlay(nodes=2, tag="b") as u:
                 u.wait_reachable()
