@@ -5,9 +5,11 @@ helper as a process), pytun error messages."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
@@ -21,6 +23,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh import netconf
+from tunmesh.tun import base as tun_base
 from tunmesh.tun import device as device_mod
 from tunmesh.tun.base import TunClosedError
 from tunmesh.tun.device import (
@@ -218,34 +221,56 @@ class ReadWriteTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.dev.read_batch, 0)
         self.assertRaises(ValueError, self.dev.read_batch, 1, 0)
 
+    def reads_failing(self, failure: OSError, at: int) -> list[int]:
+        """Make the device's ``at``-th raw read raise ``failure``; returns the list of reads made."""
+        calls: list[int] = []
+
+        class Flaky:
+            def __init__(self, fd: int) -> None:
+                self.fd = fd
+                real = io.FileIO(fd, "rb", closefd=False)
+
+                class File:
+                    @staticmethod
+                    def read(n: int) -> bytes | None:
+                        calls.append(fd)
+                        if len(calls) == at:
+                            raise failure
+                        return real.read(n)
+
+                self.file = File()
+
+        self.patch(tun_base, "_Reader", Flaky)
+        return calls
+
     def test_read_error_ends_batch_and_counts(self) -> None:
-        real_read = os.read
-        calls = []
-
-        def flaky(fd: int, n: int) -> bytes:
-            calls.append(fd)
-            if len(calls) == 2:
-                raise OSError(errno.EINVAL, "Invalid argument")
-            return real_read(fd, n)
-
         os.write(self.raw.w, b"a" * 3000)
-        self.patch(os, "read", flaky)
+        self.reads_failing(OSError(errno.EINVAL, "Invalid argument"), at=2)
         self.assertEqual(len(self.dev.read_batch()), 1)
         self.assertEqual(self.dev.stats.read_errors["EINVAL"], 1)
 
     def test_read_eintr_retried(self) -> None:
-        real_read = os.read
-        calls = []
-
-        def interrupted(fd: int, n: int) -> bytes:
-            calls.append(fd)
-            if len(calls) == 1:
-                raise InterruptedError(errno.EINTR, "Interrupted")
-            return real_read(fd, n)
-
         os.write(self.raw.w, b"a" * 10)
-        self.patch(os, "read", interrupted)
+        calls = self.reads_failing(InterruptedError(errno.EINTR, "Interrupted"), at=1)
         self.assertEqual(self.dev.read_batch(), [b"a" * 10])
+        self.assertEqual(len(calls), 3)  # interrupted, the packet, then empty
+
+    def test_the_end_of_a_batch_raises_nothing(self) -> None:
+        """An empty device ends the batch without an exception (no strerror, no traceback per wake-up)."""
+        os.write(self.raw.w, b"a" * 10)
+        raised: list[str] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "c_exception":
+                raised.append(getattr(arg, "__qualname__", repr(arg)))
+
+        sys.setprofile(profile)
+        try:
+            packets = self.dev.read_batch()
+        finally:
+            sys.setprofile(None)
+        self.assertEqual(packets, [b"a" * 10])
+        self.assertEqual(raised, [])
 
     def test_read_eof_is_closed(self) -> None:
         os.close(self.raw.w)
