@@ -130,7 +130,7 @@ def simulate(
     wall = time.monotonic()
     clock = Clock()
     clock.advance(START)
-    net = FakeNetwork()
+    net = FakeNetwork(direct=True)
     nodes = build(count, clock, net, links)
     try:
         for node in nodes:
