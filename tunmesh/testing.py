@@ -193,7 +193,7 @@ class FakeMetrics:
         if c is None:
             return 0.0
         if not labels:
-            return c.value
+            return c.function() if c.function is not None else c.value
         child = c.children.get(tuple(labels))
         return child.value if child is not None else 0.0
 

@@ -63,6 +63,7 @@ class SimResult:
     join_requests_per_node: float
     join_kbytes_per_node: float
     rest_requests_per_node_minute: float
+    rest_answered_per_node_minute: float
     rest_kbytes_per_node_minute: float
     rest_register_bytes_per_message: float
     rest_requests_max_node_minute: float
@@ -107,14 +108,15 @@ def meshed(nodes: list[Node]) -> bool:
     return True
 
 
-def totals(nodes: list[Node]) -> tuple[list[float], list[float], float, float]:
-    """Per node: requests sent, body bytes sent + received; and registrations: count and bytes (all nodes,
-    as a client: request and response bodies)."""
+def totals(nodes: list[Node]) -> tuple[list[float], list[float], float, float, list[float]]:
+    """Per node: requests sent, body bytes sent + received; registrations: count and bytes (all nodes,
+    as a client: request and response bodies); per node: requests answered."""
     requests = [n.counter("tunmesh_mesh_control_requests_total", direction="out") for n in nodes]
+    answered = [n.counter("tunmesh_mesh_control_requests_total", direction="in") for n in nodes]
     volume = [n.counter("tunmesh_mesh_control_bytes_total") for n in nodes]
     reg_count = sum(n.counter("tunmesh_mesh_control_requests_total", kind="register", direction="out") for n in nodes)
     reg_bytes = sum(n.counter("tunmesh_mesh_control_bytes_total", kind="register") for n in nodes) / 2
-    return requests, volume, reg_count, reg_bytes
+    return requests, volume, reg_count, reg_bytes, answered
 
 
 def simulate(
@@ -143,7 +145,7 @@ def simulate(
             if meshed(nodes):
                 join = elapsed
                 break
-        joined_requests, joined_bytes, _, _ = totals(nodes)
+        joined_requests, joined_bytes, _, _, _ = totals(nodes)
         for _ in range(int(settle / tick)):  # renewals of the join are past, rotations not yet due
             advance(clock, tick, tick)
         before = totals(nodes)
@@ -153,6 +155,7 @@ def simulate(
         per_minute = 60.0 / rest
         requests = [(a - b) * per_minute for a, b in zip(after[0], before[0], strict=True)]
         volume = [(a - b) * per_minute for a, b in zip(after[1], before[1], strict=True)]
+        answered = [(a - b) * per_minute for a, b in zip(after[4], before[4], strict=True)]
         reg_count = after[2] - before[2]
         reg_bytes = after[3] - before[3]
         return SimResult(
@@ -161,6 +164,7 @@ def simulate(
             join_requests_per_node=statistics.mean(joined_requests),
             join_kbytes_per_node=statistics.mean(joined_bytes) / 1000,
             rest_requests_per_node_minute=statistics.mean(requests),
+            rest_answered_per_node_minute=statistics.mean(answered),
             rest_kbytes_per_node_minute=statistics.mean(volume) / 1000,
             rest_register_bytes_per_message=reg_bytes / reg_count if reg_count else 0.0,
             rest_requests_max_node_minute=max(requests),
@@ -174,14 +178,16 @@ def simulate(
 
 def table(results: list[SimResult]) -> str:
     head = (
-        "| nodes | full mesh after (sim s) | join: requests / kB per node | rest: requests per node per min "
-        "(max) | rest: kB per node per min | bytes per registration (req+resp) | wall s |\n"
-        "|---|---|---|---|---|---|---|"
+        "| nodes | full mesh after (sim s) | join: requests / kB per node | rest: requests sent per node per min "
+        "(max node) | rest: answered per node per min | rest: kB per node per min | bytes per registration "
+        "(req+resp) | wall s |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     rows = [
         f"| {r.nodes} | {'no mesh' if r.join_seconds is None else f'{r.join_seconds:.1f}'} | "
         f"{r.join_requests_per_node:.0f} / {r.join_kbytes_per_node:.0f} | "
         f"{r.rest_requests_per_node_minute:.0f} ({r.rest_requests_max_node_minute:.0f}) | "
+        f"{r.rest_answered_per_node_minute:.0f} | "
         f"{r.rest_kbytes_per_node_minute:.1f} | {r.rest_register_bytes_per_message:.0f} | {r.wall_seconds:.0f} |"
         for r in results
     ]
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         result = simulate(count, rest=args.rest, settle=args.settle, links=not args.no_links)
         results.append(result)
         print(f"simulated {count} nodes in {result.wall_seconds:.0f} s", file=sys.stderr, flush=True)
+        print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(results))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
