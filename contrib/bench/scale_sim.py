@@ -126,10 +126,23 @@ def simulate(
     join_limit: float = 300.0,
     tick: float = 0.5,
     links: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> SimResult:
     """Start ``count`` nodes together, wait for the full mesh (at most ``join_limit`` simulated seconds),
-    let it settle ``settle`` seconds (the join's follow-ups), then count ``rest`` seconds."""
+    let it settle ``settle`` seconds (the join's follow-ups), then count ``rest`` seconds. ``progress``
+    gets a line at each phase's end and every 10 simulated seconds (a 500-node run takes a while)."""
     wall = time.monotonic()
+
+    def report(phase: str, at: float) -> None:
+        if progress is not None:
+            progress(f"{count} nodes: {phase} {at:.1f} sim s, {time.monotonic() - wall:.0f} wall s")
+
+    def run(phase: str, seconds: float) -> None:
+        for i in range(1, int(seconds / tick) + 1):
+            advance(clock, tick, tick)
+            if (i * tick) % 10 == 0:
+                report(phase, i * tick)
+
     clock = Clock()
     clock.advance(START)
     net = FakeNetwork(direct=True)
@@ -142,15 +155,20 @@ def simulate(
         while elapsed < join_limit:
             advance(clock, tick, tick)
             elapsed += tick
+            if elapsed % 10 == 0:
+                report("joining", elapsed)
             if meshed(nodes):
                 join = elapsed
                 break
         joined_requests, joined_bytes, _, _, _ = totals(nodes)
-        for _ in range(int(settle / tick)):  # renewals of the join are past, rotations not yet due
-            advance(clock, tick, tick)
+        report(
+            f"full mesh after {join} s ({statistics.mean(joined_requests):.0f} requests, "
+            f"{statistics.mean(joined_bytes) / 1000:.0f} kB per node); joined at",
+            elapsed,
+        )
+        run("settling", settle)  # renewals of the join are past, rotations not yet due
         before = totals(nodes)
-        for _ in range(int(rest / tick)):
-            advance(clock, tick, tick)
+        run("at rest", rest)
         after = totals(nodes)
         per_minute = 60.0 / rest
         requests = [(a - b) * per_minute for a, b in zip(after[0], before[0], strict=True)]
@@ -214,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rest must be positive and --settle not negative")
     results = []
     for count in counts:
-        result = simulate(count, rest=args.rest, settle=args.settle, links=not args.no_links)
+        result = simulate(
+            count,
+            rest=args.rest,
+            settle=args.settle,
+            links=not args.no_links,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
         results.append(result)
         print(f"simulated {count} nodes in {result.wall_seconds:.0f} s", file=sys.stderr, flush=True)
         print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)

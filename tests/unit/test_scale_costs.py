@@ -18,7 +18,7 @@ from tests.unit.mesh_support import MeshTestCase, advance, info, make_settings, 
 from tunmesh import strictjson
 from tunmesh.mesh.errors import InvalidRegistration
 from tunmesh.mesh.pool import NodePool
-from tunmesh.mesh.structs import Bounds, NodeInfo, NodeInfoCache, Registration
+from tunmesh.mesh.structs import Bounds, NodeInfo, NodeInfoCache, Registration, dumps_json
 from tunmesh.testing import FakeMetrics, FakeNetwork, MemoryResponse
 
 BOUNDS = Bounds(max_nodes=8)
@@ -284,3 +284,18 @@ class FakeMetricsTests(SynchronousTestCase):
         metrics.gauge("g", "G.").set_function(lambda: 7.0)
         self.assertEqual(metrics.value("g"), 7.0)
 
+
+
+class WireCacheTests(SynchronousTestCase):
+    """``Registration.to_json`` joins the entries' cached bytes: the same bytes as encoding it whole."""
+
+    def test_every_shape_encodes_as_the_whole_dict_would(self) -> None:
+        named = dict(info(3), name="web-3", address_claims={"ipv4": {"since": 17}})
+        entries = [NodeInfo.from_dict(v, BOUNDS) for v in (info(1), info(2), named)]
+        for remote in ((), tuple(entries[1:])):
+            for elided in (False, True):
+                for digests in ((None, None), ("ab" * 12, None), ("ab" * 12, "cd" * 12)):
+                    reg = Registration(entries[0], remote, 7, 9, (), digests[0], digests[1], elided)
+                    self.assertEqual(reg.to_json(), dumps_json(reg.to_dict()))
+                    self.assertEqual(Registration.from_json(reg.to_json(), BOUNDS).remote, () if elided else remote)
+        self.assertEqual(entries[2].wire, dumps_json(entries[2].to_dict()))

@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -169,6 +170,12 @@ class NodeInfo:
             out["address_claims"] = {f: {"since": s} for f, s in self.claims.items()}
         return out
 
+    @cached_property
+    def wire(self) -> bytes:
+        """``dumps_json(self.to_dict())``, made once: a node sends its table's entries to every peer, and
+        each entry object lives as long as the entry is unchanged (``NodePool.upsert`` keeps it)."""
+        return dumps_json(self.to_dict())
+
     @classmethod
     def from_dict(cls, value: object, bounds: Bounds, where: str = "local") -> NodeInfo:
         """Parse and bound one NodeInfo; raises :exc:`InvalidRegistration`."""
@@ -261,7 +268,17 @@ class Registration:
         return out
 
     def to_json(self) -> bytes:
-        return dumps_json(self.to_dict())
+        """``dumps_json(self.to_dict())``, byte for byte, from the entries' :attr:`NodeInfo.wire`."""
+        parts = [b'{"local":', self.local.wire]
+        if not self.elided:
+            parts += [b',"remote":[', b",".join(n.wire for n in self.remote), b"]"]
+        parts += [b',"stamp":', dumps_json(self.stamp), b',"seq":', dumps_json(self.seq)]
+        if self.remote_digest is not None:
+            parts += [b',"remote_digest":', dumps_json(self.remote_digest)]
+        if self.known_digest is not None:
+            parts += [b',"known_digest":', dumps_json(self.known_digest)]
+        parts.append(b"}")
+        return b"".join(parts)
 
     @classmethod
     def from_json(cls, body: bytes, bounds: Bounds, cache: NodeInfoCache | None = None) -> Registration:
