@@ -50,7 +50,7 @@ from twisted.internet.task import Clock  # noqa: E402
 
 from tests.unit.mesh_support import START, Node, advance  # noqa: E402
 from tunmesh.mesh.settings import PeerTiming  # noqa: E402
-from tunmesh.testing import FakeNetwork  # noqa: E402
+from tunmesh.testing import FakeNetwork, HeapClock  # noqa: E402
 
 #: the shipped registration timings (config defaults), as a deployment runs them
 SHIPPED = dict(
@@ -149,7 +149,7 @@ def simulate(
             if (i * tick) % 10 == 0:
                 report(phase, i * tick)
 
-    clock = Clock()
+    clock = HeapClock()
     clock.advance(START)
     net = FakeNetwork(direct=True)
     nodes = build(count, clock, net, links)

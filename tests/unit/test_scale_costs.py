@@ -4,6 +4,7 @@ in-memory transport the simulation runs on: each cheaper path gives the answers 
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from tunmesh import strictjson
 from tunmesh.mesh.errors import InvalidRegistration
 from tunmesh.mesh.pool import NodePool
 from tunmesh.mesh.structs import Bounds, NodeInfo, NodeInfoCache, Registration, dumps_json
-from tunmesh.testing import FakeMetrics, FakeNetwork, MemoryResponse
+from tunmesh.testing import FakeMetrics, FakeNetwork, HeapClock, MemoryResponse
 
 BOUNDS = Bounds(max_nodes=8)
 
@@ -299,3 +300,38 @@ class WireCacheTests(SynchronousTestCase):
                     self.assertEqual(reg.to_json(), dumps_json(reg.to_dict()))
                     self.assertEqual(Registration.from_json(reg.to_json(), BOUNDS).remote, () if elided else remote)
         self.assertEqual(entries[2].wire, dumps_json(entries[2].to_dict()))
+
+
+class HeapClockTests(SynchronousTestCase):
+    """``HeapClock`` runs what ``Clock`` runs, in the same order, at the same simulated times."""
+
+    def run_schedule(self, clock: Clock, seed: int) -> list[tuple[float, int]]:
+        rng = random.Random(seed)
+        ran: list[tuple[float, int]] = []
+        calls: list[Any] = []
+
+        def fire(n: int) -> None:
+            ran.append((clock.seconds(), n))
+            if rng.random() < 0.3:  # calls scheduled from calls, some due at once
+                calls.append(clock.callLater(rng.choice([0, 0.5, 1.0]), fire, n + 1000))
+
+        for n in range(200):
+            calls.append(clock.callLater(rng.choice([0, 0.5, 1.0, 2.0, rng.random() * 5]), fire, n))
+        for _ in range(40):
+            live = [c for c in calls if c.active()]
+            if live and rng.random() < 0.5:
+                rng.choice(live).cancel()
+            live = [c for c in calls if c.active()]
+            if live and rng.random() < 0.5:
+                rng.choice(live).reset(rng.random() * 3 + 0.01)  # odd times: no ties with other calls
+            if live and rng.random() < 0.3:
+                rng.choice(live).delay(rng.random() + 0.01)
+            self.assertEqual(len(clock.getDelayedCalls()), len([c for c in calls if c.active()]))
+            clock.advance(0.25)
+        clock.advance(100)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        return ran
+
+    def test_the_same_calls_run_in_the_same_order(self) -> None:
+        for seed in range(20):
+            self.assertEqual(self.run_schedule(HeapClock(), seed), self.run_schedule(Clock(), seed), seed)
