@@ -22,6 +22,7 @@ Timers are faked with Twisted's own :class:`twisted.internet.task.Clock`.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import socket
 from collections.abc import Callable, Hashable, Sequence
@@ -29,12 +30,18 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
 
 from tunmesh.interfaces import TreqLike
 from tunmesh.mesh.structs import IPNetwork
@@ -47,6 +54,9 @@ __all__ = [
     "FakeNetwork",
     "FakeRateLimitedLog",
     "FakeTun",
+    "DirectExchange",
+    "HeapClock",
+    "MemoryResponse",
     "RecordingObserver",
     "SteppedWall",
     "InMemoryTreq",
@@ -187,7 +197,7 @@ class FakeMetrics:
         if c is None:
             return 0.0
         if not labels:
-            return c.value
+            return c.function() if c.function is not None else c.value
         child = c.children.get(tuple(labels))
         return child.value if child is not None else 0.0
 
@@ -261,19 +271,128 @@ class _Dispatch(Resource):
         return target.render(request)
 
 
+class MemoryResponse:
+    """What a client reads of a response served by :class:`DirectExchange`: ``code``, ``phrase``,
+    ``headers`` (a ``Headers``) and the whole ``body`` (read it with :meth:`FakeNetwork.collect`)."""
+
+    def __init__(self, code: int, phrase: bytes, headers: Headers, body: bytes) -> None:
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.body = body
+        self.length = len(body)
+
+
+class _MemoryTransport:
+    """The addresses of an in-memory connection (no TLS under it: no channel binding, as with ``StubTreq``)."""
+
+    disconnecting = False
+    _peer = IPv4Address("TCP", "127.0.0.1", 31337)
+
+    def __init__(self, port: int) -> None:
+        self._host = IPv4Address("TCP", "127.0.0.1", port)
+
+    def getPeer(self) -> IPv4Address:
+        return self._peer
+
+    def getHost(self) -> IPv4Address:
+        return self._host
+
+
+class DirectExchange:
+    """One request served in memory: a real ``twisted.web.server.Request`` on a real ``Site``, with its
+    request headers and body set as an ``HTTPChannel`` would set them and its response recorded as it
+    writes it (status, headers, body: the chunks of a chunked response are taken out of their framing).
+
+    What it leaves out of :class:`treq.testing.StubTreq` is the bytes on the wire: the client's
+    ``Agent``, HTTP/1.1 serialisation and parsing both ways and the ``iosim`` pump, which made most of a
+    simulated request's cost (``contrib/bench/scale_sim.py``). The resource sees the same request.
+    """
+
+    def __init__(self, site: Site, secure: bool, port: int) -> None:
+        self.site = site
+        self.transport = _MemoryTransport(port)
+        self._secure = secure
+        self._code = 0
+        self._phrase = b""
+        self._headers = Headers()
+        self._body: list[bytes] = []
+        self._request: Request | None = None
+        self.done: Deferred[MemoryResponse] = Deferred(self._cancel)
+
+    # -- what the server Request uses of its channel --------------------------------------------------
+
+    def getPeer(self) -> IPv4Address:
+        return self.transport.getPeer()
+
+    def getHost(self) -> IPv4Address:
+        return self.transport.getHost()
+
+    def isSecure(self) -> bool:
+        return self._secure
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        self._code, self._phrase, self._headers = int(code), reason, headers.copy()
+
+    def write(self, data: bytes) -> None:
+        request = self._request
+        if request is not None and request.chunked:
+            return  # a chunked body's data comes as sequences; this is the last chunk finish() writes
+        self._body.append(data)
+
+    def writeSequence(self, data: Sequence[bytes]) -> None:
+        # only chunked bodies are written as sequences: (length, CRLF, data, CRLF)
+        self._body.append(data[2])
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+    def requestDone(self, request: Request) -> None:
+        if not self.done.called:
+            self.done.callback(MemoryResponse(self._code, self._phrase, self._headers, b"".join(self._body)))
+
+    # -- the client's side -----------------------------------------------------------------------------
+
+    def serve(self, method: bytes, uri: bytes, headers: Headers, body: bytes) -> Deferred[MemoryResponse]:
+        request = Request(self)
+        self._request = request
+        request.requestHeaders = headers
+        request.gotLength(len(body))
+        request.handleContentChunk(body)
+        request.requestReceived(method, uri, b"HTTP/1.1")
+        return self.done
+
+    def _cancel(self, d: Deferred[MemoryResponse]) -> None:
+        request = self._request
+        if request is not None and not request.finished:
+            request.connectionLost(Failure(ConnectionLost("request cancelled by the client")))
+
+
 class FakeNetwork:
     """URL ``host:port`` -> resource; ``down`` hosts refuse connections, ``hang`` hosts never answer.
 
-    ``log`` records ``(host, method, path)`` of every request served.
+    ``log`` records ``(host, method, path)`` of every request served. With ``direct``, requests do not
+    go through ``StubTreq``'s HTTP machinery but are handed to the resource as a
+    :class:`DirectExchange` (same resource, same request, a fraction of the cost); responses are then
+    :class:`MemoryResponse`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, direct: bool = False) -> None:
         self._targets: dict[str, Any] = {}
         self.down: set[str] = set()
         self.hang: set[str] = set()
         self.hanging: list[Deferred[Any]] = []
         self.log: list[tuple[str, bytes, bytes]] = []
-        self._stub = stub_treq(_Dispatch(self))
+        self.direct = direct
+        self._dispatch = _Dispatch(self)
+        self._site = Site(self._dispatch)
+        self._stub = stub_treq(self._dispatch)
 
     def add(self, url: str, resource: Any) -> None:
         self._targets[host_key(url)] = resource
@@ -295,9 +414,33 @@ class FakeNetwork:
             d: Deferred[Any] = Deferred()
             self.hanging.append(d)
             return d
+        if self.direct:
+            return self._direct(method, url, **kwargs)
         return self._stub.request(method, url, **kwargs)
 
+    def _direct(
+        self, method: str, url: str, headers: dict[bytes, list[bytes]] | None = None, data: bytes = b""
+    ) -> Deferred[MemoryResponse]:
+        parts = urlsplit(url)
+        port = parts.port or 443
+        request_headers = Headers({k: list(v) for k, v in (headers or {}).items()})
+        # what treq's Agent adds to every request
+        request_headers.setRawHeaders(b"Connection", [b"close"])
+        request_headers.setRawHeaders(b"Content-Length", [str(len(data)).encode("ascii")])
+        request_headers.setRawHeaders(b"Accept-Encoding", [b"gzip"])
+        request_headers.setRawHeaders(b"Host", [parts.netloc.encode("ascii")])
+        uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        exchange = DirectExchange(self._site, parts.scheme == "https", port)
+        return exchange.serve(method.encode("ascii"), uri.encode("ascii"), request_headers, data)
+
     def collect(self, response: Any, collector: Any) -> Deferred[None]:
+        if isinstance(response, MemoryResponse):
+            try:
+                if response.body:
+                    collector(response.body)
+            except Exception:
+                return fail()
+            return succeed(None)
         return self._stub.collect(response, collector)
 
     @property
@@ -326,6 +469,68 @@ class RecordingObserver:
 
 
 # -- clocks ------------------------------------------------------------------------------------------
+
+
+class HeapClock(Clock):
+    """A :class:`twisted.internet.task.Clock` whose pending calls are a heap.
+
+    ``Clock`` sorts all its pending calls at every ``callLater`` and after every call it runs, and
+    cancels by ``list.remove``: fine for a test, quadratic for a simulation whose one clock holds the
+    timers of hundreds of nodes (``contrib/bench/scale_sim.py``: most of a 100-node join went there).
+    Same order: by time, and calls due at the same time in the order they were scheduled (a call that
+    was ``reset`` or ``delay``-ed counts as scheduled when that took effect, where ``Clock``'s stable
+    sort keeps its earlier place among calls due at exactly the same time). ``calls`` is not kept;
+    use :meth:`getDelayedCalls`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._heap: list[list[Any]] = []
+        self._entries: dict[DelayedCall, list[Any]] = {}
+        self._order = itertools.count()
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> IDelayedCall:
+        call = DelayedCall(self.seconds() + delay, callable, args, kw, self._cancel, self._reset, self.seconds)
+        self._push(call)
+        return call
+
+    def _push(self, call: DelayedCall) -> None:
+        entry = [call.getTime(), next(self._order), call]
+        self._entries[call] = entry
+        heapq.heappush(self._heap, entry)
+
+    def _cancel(self, call: DelayedCall) -> None:
+        self._entries.pop(call)[2] = None
+
+    def _reset(self, call: DelayedCall) -> None:
+        self._entries.pop(call)[2] = None
+        self._push(call)
+
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
+        return [entry[2] for entry in sorted(self._heap) if entry[2] is not None]
+
+    def advance(self, amount: float) -> None:
+        self.rightNow += amount
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            call = entry[2]
+            if call is None:
+                heapq.heappop(heap)
+                continue
+            if entry[0] > self.rightNow:
+                return
+            heapq.heappop(heap)
+            del self._entries[call]
+            if call.delayed_time > 0:
+                # ``reset`` to a later time and ``delay`` only add ``delayed_time``: as a reactor does,
+                # apply it when the call comes due (a later ``reset`` before that time then reaches
+                # ``_reset``) and schedule it again
+                call.activate_delay()
+                self._push(call)
+                continue
+            call.called = 1
+            call.func(*call.args, **call.kw)
 
 
 class SteppedWall:

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """In-memory scale simulation: N nodes join and rest on one ``task.Clock``, counting control messages and bytes.
 
-    python contrib/bench/scale_sim.py [--nodes 50,200,500] [--rest 60] [--json FILE]
+    nice -n 19 python contrib/bench/scale_sim.py [--nodes 50,200,500] [--settle 30] [--rest 60] [--json FILE]
 
 Every node is a real ``Membership`` + ``MeshAPI`` + ``MeshClient`` (the in-memory harness of the mesh tests,
-``tests/unit/mesh_support.py``: HTTP through ``treq.testing.StubTreq``, tokens signed and verified,
-X25519 session setups) with the **shipped** timings (groom 5 s, bootstrap retry 15 s, local peers renewed
+``tests/unit/mesh_support.py``, on ``FakeNetwork(direct=True)``: each request is a real
+``twisted.web.server.Request`` handed to the node's real ``Site`` and resources, without the HTTP bytes
+``StubTreq`` would write and parse; tokens signed and verified, X25519 session setups) with the **shipped** timings (groom 5 s, bootstrap retry 15 s, local peers renewed
 every 5 s, stale after 30 s), all bootstrapping from node 1's URL, started together. No sockets, no TUN,
 no data plane: what it counts is the control plane alone, in simulated time, so the growth with N is known
 beyond what one machine can start as processes. The packet links are modelled by what membership reads
@@ -21,6 +22,11 @@ For each N it prints:
   minute, body bytes (sent + received) per node per minute, and the mean body size of a registration
   (request + response): the figure that must not grow with N;
 * wall seconds the simulation took (not a measure of tunmesh: the whole cluster runs in this process).
+
+The run is bounded: at most ``join_limit`` (300) simulated seconds to join, then ``--settle`` and ``--rest``;
+progress goes to stderr every 10 simulated seconds. The cost is about 2-3 ms of CPU per simulated request
+(tokens, JSON, routing) plus a few ms per registration that carries a whole table of hundreds of entries
+(the join), so 500 nodes (about 250 000 pairs) take a long while: run it ``nice``.
 
 The counts come from each node's own ``tunmesh_mesh_control_requests_total`` and
 ``tunmesh_mesh_control_bytes_total`` (``tunmesh.mesh.traffic``).
@@ -44,7 +50,7 @@ from twisted.internet.task import Clock  # noqa: E402
 
 from tests.unit.mesh_support import START, Node, advance  # noqa: E402
 from tunmesh.mesh.settings import PeerTiming  # noqa: E402
-from tunmesh.testing import FakeNetwork  # noqa: E402
+from tunmesh.testing import FakeNetwork, HeapClock  # noqa: E402
 
 #: the shipped registration timings (config defaults), as a deployment runs them
 SHIPPED = dict(
@@ -63,6 +69,7 @@ class SimResult:
     join_requests_per_node: float
     join_kbytes_per_node: float
     rest_requests_per_node_minute: float
+    rest_answered_per_node_minute: float
     rest_kbytes_per_node_minute: float
     rest_register_bytes_per_message: float
     rest_requests_max_node_minute: float
@@ -107,14 +114,15 @@ def meshed(nodes: list[Node]) -> bool:
     return True
 
 
-def totals(nodes: list[Node]) -> tuple[list[float], list[float], float, float]:
-    """Per node: requests sent, body bytes sent + received; and registrations: count and bytes (all nodes,
-    as a client: request and response bodies)."""
+def totals(nodes: list[Node]) -> tuple[list[float], list[float], float, float, list[float]]:
+    """Per node: requests sent, body bytes sent + received; registrations: count and bytes (all nodes,
+    as a client: request and response bodies); per node: requests answered."""
     requests = [n.counter("tunmesh_mesh_control_requests_total", direction="out") for n in nodes]
+    answered = [n.counter("tunmesh_mesh_control_requests_total", direction="in") for n in nodes]
     volume = [n.counter("tunmesh_mesh_control_bytes_total") for n in nodes]
     reg_count = sum(n.counter("tunmesh_mesh_control_requests_total", kind="register", direction="out") for n in nodes)
     reg_bytes = sum(n.counter("tunmesh_mesh_control_bytes_total", kind="register") for n in nodes) / 2
-    return requests, volume, reg_count, reg_bytes
+    return requests, volume, reg_count, reg_bytes, answered
 
 
 def simulate(
@@ -124,13 +132,26 @@ def simulate(
     join_limit: float = 300.0,
     tick: float = 0.5,
     links: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> SimResult:
     """Start ``count`` nodes together, wait for the full mesh (at most ``join_limit`` simulated seconds),
-    let it settle ``settle`` seconds (the join's follow-ups), then count ``rest`` seconds."""
+    let it settle ``settle`` seconds (the join's follow-ups), then count ``rest`` seconds. ``progress``
+    gets a line at each phase's end and every 10 simulated seconds (a 500-node run takes a while)."""
     wall = time.monotonic()
-    clock = Clock()
+
+    def report(phase: str, at: float) -> None:
+        if progress is not None:
+            progress(f"{count} nodes: {phase} {at:.1f} sim s, {time.monotonic() - wall:.0f} wall s")
+
+    def run(phase: str, seconds: float) -> None:
+        for i in range(1, int(seconds / tick) + 1):
+            advance(clock, tick, tick)
+            if (i * tick) % 10 == 0:
+                report(phase, i * tick)
+
+    clock = HeapClock()
     clock.advance(START)
-    net = FakeNetwork()
+    net = FakeNetwork(direct=True)
     nodes = build(count, clock, net, links)
     try:
         for node in nodes:
@@ -140,19 +161,25 @@ def simulate(
         while elapsed < join_limit:
             advance(clock, tick, tick)
             elapsed += tick
+            if elapsed % 10 == 0:
+                report("joining", elapsed)
             if meshed(nodes):
                 join = elapsed
                 break
-        joined_requests, joined_bytes, _, _ = totals(nodes)
-        for _ in range(int(settle / tick)):  # renewals of the join are past, rotations not yet due
-            advance(clock, tick, tick)
+        joined_requests, joined_bytes, _, _, _ = totals(nodes)
+        report(
+            f"full mesh after {join} s ({statistics.mean(joined_requests):.0f} requests, "
+            f"{statistics.mean(joined_bytes) / 1000:.0f} kB per node); joined at",
+            elapsed,
+        )
+        run("settling", settle)  # renewals of the join are past, rotations not yet due
         before = totals(nodes)
-        for _ in range(int(rest / tick)):
-            advance(clock, tick, tick)
+        run("at rest", rest)
         after = totals(nodes)
         per_minute = 60.0 / rest
         requests = [(a - b) * per_minute for a, b in zip(after[0], before[0], strict=True)]
         volume = [(a - b) * per_minute for a, b in zip(after[1], before[1], strict=True)]
+        answered = [(a - b) * per_minute for a, b in zip(after[4], before[4], strict=True)]
         reg_count = after[2] - before[2]
         reg_bytes = after[3] - before[3]
         return SimResult(
@@ -161,6 +188,7 @@ def simulate(
             join_requests_per_node=statistics.mean(joined_requests),
             join_kbytes_per_node=statistics.mean(joined_bytes) / 1000,
             rest_requests_per_node_minute=statistics.mean(requests),
+            rest_answered_per_node_minute=statistics.mean(answered),
             rest_kbytes_per_node_minute=statistics.mean(volume) / 1000,
             rest_register_bytes_per_message=reg_bytes / reg_count if reg_count else 0.0,
             rest_requests_max_node_minute=max(requests),
@@ -174,14 +202,16 @@ def simulate(
 
 def table(results: list[SimResult]) -> str:
     head = (
-        "| nodes | full mesh after (sim s) | join: requests / kB per node | rest: requests per node per min "
-        "(max) | rest: kB per node per min | bytes per registration (req+resp) | wall s |\n"
-        "|---|---|---|---|---|---|---|"
+        "| nodes | full mesh after (sim s) | join: requests / kB per node | rest: requests sent per node per min "
+        "(max node) | rest: answered per node per min | rest: kB per node per min | bytes per registration "
+        "(req+resp) | wall s |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     rows = [
         f"| {r.nodes} | {'no mesh' if r.join_seconds is None else f'{r.join_seconds:.1f}'} | "
         f"{r.join_requests_per_node:.0f} / {r.join_kbytes_per_node:.0f} | "
         f"{r.rest_requests_per_node_minute:.0f} ({r.rest_requests_max_node_minute:.0f}) | "
+        f"{r.rest_answered_per_node_minute:.0f} | "
         f"{r.rest_kbytes_per_node_minute:.1f} | {r.rest_register_bytes_per_message:.0f} | {r.wall_seconds:.0f} |"
         for r in results
     ]
@@ -208,9 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rest must be positive and --settle not negative")
     results = []
     for count in counts:
-        result = simulate(count, rest=args.rest, settle=args.settle, links=not args.no_links)
+        result = simulate(
+            count,
+            rest=args.rest,
+            settle=args.settle,
+            links=not args.no_links,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
         results.append(result)
         print(f"simulated {count} nodes in {result.wall_seconds:.0f} s", file=sys.stderr, flush=True)
+        print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(results))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")

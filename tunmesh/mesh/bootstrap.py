@@ -88,6 +88,8 @@ class Bootstrapper(Component):
             membership.rng,
         )
         self._last_join_pass: float | None = None
+        #: (pool generation, our URL) when a gossip scan last found no candidate (``gossip``)
+        self._gossip_idle: tuple[int, str] | None = None
         self._gossip_waiting = False
         self._slots = DeferredSemaphore(self.settings.max_concurrent_bootstraps)
         self._running: InFlight[str, str | None] = InFlight()
@@ -316,7 +318,15 @@ class Bootstrapper(Component):
             group.unanswered.add(url)
 
     def gossip(self) -> None:
-        """Bootstrap nodes that peers told us about and we do not know (hints only, W6)."""
+        """Bootstrap nodes that peers told us about and we do not know (hints only, W6).
+
+        The scan reads every peer's hints, O(N²) at N peers; it runs on every groom tick, so it is
+        skipped while the pool (its peers, URLs, hints) is as it was when the last scan found nothing.
+        """
+        scanned = (self.pool.generation, self.membership.local.listen_url)
+        if scanned == self._gossip_idle:
+            self._gossip_waiting = False
+            return
         known_urls = {p.url for p in self.pool}
         candidates: dict[str, NodeInfo] = {}
         for peer in self.pool:
@@ -348,6 +358,7 @@ class Bootstrapper(Component):
             self.bootstrap(url).addErrback(lambda f: None)
         if wake is not None:
             self.schedule_join(wake)
+        self._gossip_idle = scanned if not candidates else None
 
     def has_new_hints(self, remote: Sequence[NodeInfo]) -> bool:
         """Whether a registration's hints name a node we neither know nor are (a gossip candidate)."""

@@ -26,14 +26,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 
-from tunmesh.mesh.structs import NodeInfo, Registration, dumps_json
+from tunmesh.mesh.structs import NodeInfo, Registration
 
 
 def table_digest(remote: Sequence[NodeInfo]) -> str:
     """A digest of a peer table, independent of its order (24 hex digits, BLAKE2b)."""
     h = hashlib.blake2b(digest_size=12)
     for info in sorted(remote, key=lambda i: i.id):
-        h.update(dumps_json(info.to_dict()))
+        h.update(info.wire)
         h.update(b"\n")
     return h.hexdigest()
 

@@ -9,6 +9,7 @@ its own: the pool, the session store and the address claimer hold what a request
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger, LogLevel
 
@@ -27,14 +28,22 @@ from tunmesh.mesh.errors import (
 )
 from tunmesh.mesh.exchange import leave_body
 from tunmesh.mesh.pool import ClaimConflict, Peer
-from tunmesh.mesh.structs import NodeInfo, Registration
+from tunmesh.mesh.structs import NodeInfo, NodeInfoCache, Registration
 from tunmesh.names import label
+
+if TYPE_CHECKING:
+    from tunmesh.mesh.membership import Membership
 
 
 class Inbound(Component):
     """Inbound registrations, session inits and leaves (see module docstring)."""
 
     log = Logger()
+
+    def __init__(self, membership: Membership) -> None:
+        super().__init__(membership)
+        #: every entry of a table we hold, and our peers' own entries: twice ``max_nodes``
+        self.entries = NodeInfoCache(2 * (self.settings.max_nodes + 1))
 
     def _count_dropped_gossip(self, registration: Registration, iss: str) -> None:
         for reason in registration.dropped:
@@ -59,7 +68,7 @@ class Inbound(Component):
             if self.membership.stopped:
                 # We told our peers we leave: do not let a late gossip hint re-admit us.
                 raise Stopping("stopping", "node is shutting down")
-            registration = Registration.from_json(body, self.settings.bounds)
+            registration = Registration.from_json(body, self.settings.bounds, self.entries)
             if registration.local.id == self.node_id:
                 raise SelfRegistration("self", "registration from our own id")
             if registration.local.id != iss:
@@ -128,7 +137,6 @@ class Inbound(Component):
             self.membership.notify_up(peer)
         if self.membership.bootstrapper.has_new_hints(registration.remote):
             self.membership.bootstrapper.schedule_join(0.0)
-        self.membership.update_gauges()
         return registration, peer
 
     def accept_init_session(self, token: VerifiedToken, body: bytes) -> tuple[bytes, Callable[[], None]]:

@@ -113,6 +113,9 @@ class Membership:
         self.metrics = metrics
         self.meters = MembershipMetrics(metrics)
         self.meters.show_cluster_secrets(cluster)
+        # Read when scraped: counting the sessions is O(N), and was done after every registration.
+        self.meters.peers.set_function(lambda: len(self.pool))
+        self.meters.sessions.set_function(self.session_count)
         self.session_setup = SessionSetup(self)
         self.renewal = Renewal(self)
         self.bootstrapper = Bootstrapper(self, reload)
@@ -169,10 +172,10 @@ class Membership:
             reason=reason,
         )
 
-    def update_gauges(self) -> None:
-        """Peers in the pool, and those we hold an outbound session with."""
-        self.meters.peers.set(len(self.pool))
-        self.meters.sessions.set(sum(1 for p in self.pool if self.sessions.outbound(p.id) is not None))
+    def session_count(self) -> int:
+        """Peers we hold a usable outbound session with (the ``mesh_sessions`` gauge)."""
+        outbound = self.sessions.outbound
+        return sum(1 for p in self.pool if outbound(p.id) is not None)
 
     @property
     def stopped(self) -> bool:
@@ -285,7 +288,6 @@ class Membership:
         self.bootstrapper.forget(peer.id)
         self._notify_down(peer.id)
         self.meters.removed.labels(reason=reason).inc()
-        self.update_gauges()
 
     def leave(self, timeout: float = LEAVE_TIMEOUT) -> Deferred[int]:
         """Tell our peers that we leave (service stop): :meth:`Leave.leave`."""
@@ -338,7 +340,6 @@ class Membership:
                 )
                 self.teardown(peer, "stale")
             self.bootstrapper.url_backoff.prune()
-            self.update_gauges()
         except Exception:
             self.log.failure("groom tick failed")
 

@@ -88,6 +88,11 @@ class NodePool:
         self._monotonic = monotonic
         self._peers: dict[str, Peer] = {}
         self._holders: dict[IPNetwork, str] = {}
+        #: URL -> the one peer at it (``upsert`` keeps URLs unique), so a registration does not scan the pool
+        self._urls: dict[str, str] = {}
+        #: bumped whenever a peer comes or goes, or its URL or hints change: what gossip reads is unchanged
+        #: while it stays the same (``Bootstrapper.gossip`` scans N peers' hints only after a change)
+        self.generation = 0
         self._own_routes = frozenset(ipaddress.ip_network(i.ip) for i in settings.node_addresses.values())
 
     def set_own_addresses(self, addresses: Iterable[IPInterface]) -> None:
@@ -116,10 +121,8 @@ class NodePool:
         return self._peers.get(peer_id)
 
     def by_url(self, url: str) -> Peer | None:
-        for peer in self._peers.values():
-            if peer.url == url:
-                return peer
-        return None
+        peer_id = self._urls.get(url)
+        return None if peer_id is None else self._peers.get(peer_id)
 
     def holder(self, route: IPNetwork) -> str | None:
         """The peer id that holds a route (a host route claimed in its own registration)."""
@@ -186,15 +189,15 @@ class NodePool:
                 replaced[holder_id] = holder
             else:
                 raise ClaimConflict(holder, f"{route} held by live {holder_id}, claimed by {info.id}")
-        for peer in self._peers.values():
-            if peer.id != info.id and peer.url == info.listen_url:
-                # A new id at a live peer's URL is a restart only once that URL answers with the new id
-                # (the caller probes it, W6); a claim alone never evicts a live node (issue 12).
-                if not peer.is_stale(now):
-                    raise ClaimConflict(
-                        peer, f"{info.listen_url} held by live {peer.id}, claimed by {info.id}", "url_conflict"
-                    )
-                replaced[peer.id] = peer
+        at_url = self.by_url(info.listen_url)
+        if at_url is not None and at_url.id != info.id:
+            # A new id at a live peer's URL is a restart only once that URL answers with the new id
+            # (the caller probes it, W6); a claim alone never evicts a live node (issue 12).
+            if not at_url.is_stale(now):
+                raise ClaimConflict(
+                    at_url, f"{info.listen_url} held by live {at_url.id}, claimed by {info.id}", "url_conflict"
+                )
+            replaced[at_url.id] = at_url
         if existing is None and len(self._peers) - len(replaced) >= self._settings.max_nodes:
             raise PoolFull("max_nodes", f"{len(self._peers)} peers")
         for old in replaced.values():
@@ -204,15 +207,23 @@ class NodePool:
             peer = Peer(info, peer_class, timing, routes, seq, now, now, hints)
             self._peers[info.id] = peer
             changed = True
+            self.generation += 1
         else:
             peer = existing
             changed = peer.info.listen_url != info.listen_url or set(peer.routes) != set(routes)
             for route in peer.routes:
                 self._holders.pop(route, None)
+            if peer.info.listen_url != info.listen_url:
+                if self._urls.get(peer.info.listen_url) == info.id:
+                    del self._urls[peer.info.listen_url]
+                self.generation += 1
+            if hints is not peer.hints and hints != peer.hints:
+                self.generation += 1
             # An unchanged entry keeps its object, so our gossip table digest stays cached (gossip.py).
             info = peer.info if peer.info == info else info
             peer.info, peer.peer_class, peer.timing, peer.routes = info, peer_class, timing, routes
             peer.last_seq, peer.last_contact, peer.hints = seq, now, hints
+        self._urls[info.listen_url] = info.id
         for route in routes:
             self._holders[route] = info.id
         return UpsertResult(peer, existing is None, changed, tuple(replaced.values()))
@@ -228,6 +239,9 @@ class NodePool:
         """Forget a peer and its routes; the caller tears down sessions and links."""
         peer = self._peers.pop(peer_id, None)
         if peer is not None:
+            self.generation += 1
+            if self._urls.get(peer.url) == peer_id:
+                del self._urls[peer.url]
             for route in peer.routes:
                 if self._holders.get(route) == peer_id:
                     del self._holders[route]

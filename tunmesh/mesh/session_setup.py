@@ -162,7 +162,6 @@ class SessionSetup(Component):
         self.contacts.peer_ok(peer_id)
         self.meters.session_setups.labels(kind=kind, result="ok").inc()
         self.meters.session_seconds.labels(kind=kind, result="ok").observe(self.monotonic() - started)
-        self.membership.update_gauges()
         return None
 
     def _kex_initiator(self, peer_id: str) -> KexInitiator:

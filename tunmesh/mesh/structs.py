@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -169,6 +170,12 @@ class NodeInfo:
             out["address_claims"] = {f: {"since": s} for f, s in self.claims.items()}
         return out
 
+    @cached_property
+    def wire(self) -> bytes:
+        """``dumps_json(self.to_dict())``, made once: a node sends its table's entries to every peer, and
+        each entry object lives as long as the entry is unchanged (``NodePool.upsert`` keeps it)."""
+        return dumps_json(self.to_dict())
+
     @classmethod
     def from_dict(cls, value: object, bounds: Bounds, where: str = "local") -> NodeInfo:
         """Parse and bound one NodeInfo; raises :exc:`InvalidRegistration`."""
@@ -181,6 +188,42 @@ class NodeInfo:
         # The name is cosmetic: one this node cannot show safely is ignored, never a reason to refuse.
         name = obj.get("name")
         return cls(node_id, url, networks, nodes, claims, name if valid_name(name) else None)
+
+
+class NodeInfoCache:
+    """Entries parsed before, by their JSON value: one per receiver (``Inbound``).
+
+    A peer table reaches a node from each of its peers, and a peer's own entry with each of its
+    registrations, so most entries a node parses are ones it parsed before; checking one again (URL,
+    CIDRs, id) cost more than all the rest of a registration at a few hundred nodes. The key is the
+    ``repr`` of the decoded JSON value, which tells any two JSON values apart; only entries that
+    parsed are kept (a bad one is checked, and refused, each time). At most ``size`` entries: when
+    full it starts again, so it holds about one table's worth.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._bounds: Bounds | None = None
+        self._entries: dict[str, NodeInfo] = {}
+
+    def parse(self, value: object, bounds: Bounds, where: str) -> NodeInfo:
+        """:meth:`NodeInfo.from_dict`, from the cache when ``value`` parsed before under ``bounds``."""
+        if not isinstance(value, dict):
+            return NodeInfo.from_dict(value, bounds, where)
+        if bounds != self._bounds:
+            self._entries.clear()
+            self._bounds = bounds
+        key = repr(value)
+        info = self._entries.get(key)
+        if info is None:
+            info = NodeInfo.from_dict(value, bounds, where)
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[key] = info
+        return info
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _claims(value: object, where: str, nodes: Mapping[str, Any]) -> dict[str, int]:
@@ -225,13 +268,26 @@ class Registration:
         return out
 
     def to_json(self) -> bytes:
-        return dumps_json(self.to_dict())
+        """``dumps_json(self.to_dict())``, byte for byte, from the entries' :attr:`NodeInfo.wire`."""
+        parts = [b'{"local":', self.local.wire]
+        if not self.elided:
+            parts += [b',"remote":[', b",".join(n.wire for n in self.remote), b"]"]
+        parts += [b',"stamp":', dumps_json(self.stamp), b',"seq":', dumps_json(self.seq)]
+        if self.remote_digest is not None:
+            parts += [b',"remote_digest":', dumps_json(self.remote_digest)]
+        if self.known_digest is not None:
+            parts += [b',"known_digest":', dumps_json(self.known_digest)]
+        parts.append(b"}")
+        return b"".join(parts)
 
     @classmethod
-    def from_json(cls, body: bytes, bounds: Bounds) -> Registration:
-        """Parse a registration body; every structural or bound problem is :exc:`InvalidRegistration` (400)."""
+    def from_json(cls, body: bytes, bounds: Bounds, cache: NodeInfoCache | None = None) -> Registration:
+        """Parse a registration body; every structural or bound problem is :exc:`InvalidRegistration` (400).
+
+        With a ``cache``, entries it parsed before are taken from it (same result, far less work)."""
+        parse = cache.parse if cache is not None else NodeInfo.from_dict
         obj = _obj(loads_json(body), "registration")
-        local = NodeInfo.from_dict(obj.get("local"), bounds, "local")
+        local = parse(obj.get("local"), bounds, "local")
         if not local.node_addresses:
             raise InvalidRegistration("bad_cidr", "local/node_addresses: none")
         remote_digest = _digest(obj.get("remote_digest"))
@@ -251,7 +307,7 @@ class Registration:
         dropped: list[str] = []
         for i, item in enumerate(remote_raw):
             try:
-                remote.append(NodeInfo.from_dict(item, bounds, f"remote/{i}"))
+                remote.append(parse(item, bounds, f"remote/{i}"))
             except InvalidRegistration as exc:
                 dropped.append(exc.reason)
         stamp = _count(obj.get("stamp"), "stamp")
