@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.support import B, Pair, ipv4
@@ -93,16 +96,14 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(D.derive_datagram_key(self.key), D.derive_datagram_key(self.key))
 
 
-class FakeUDPTransport:
-    """The endpoint's view of a bound UDP socket: ``getHandle`` (family, sendto) only."""
+class FakeUDPSocket:
+    """The endpoint's view of a bound UDP socket: its family and ``sendto`` (received datagrams come from
+    :meth:`UDPWire.flush`)."""
 
     def __init__(self, wire: UDPWire, host: str, family: int = socket.AF_INET) -> None:
         self.wire = wire
         self.host = host
         self.family = family
-
-    def getHandle(self) -> FakeUDPTransport:
-        return self
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
         return self.wire.send(self.host, data, addr)
@@ -120,7 +121,7 @@ class UDPWire:
 
     def attach(self, host: str, endpoint: D.DatagramEndpoint, family: int = socket.AF_INET) -> None:
         self.endpoints[host] = endpoint
-        endpoint.makeConnection(FakeUDPTransport(self, host, family))  # type: ignore[arg-type]
+        endpoint.attach(FakeUDPSocket(self, host, family))
 
     def send(self, source: str, data: bytes, addr: tuple[str, int]) -> int:
         if self.refuse_sends:
@@ -135,7 +136,7 @@ class UDPWire:
             host, data = self.in_flight.pop(0)
             endpoint = self.endpoints.get(host)
             if endpoint is not None:
-                endpoint.datagramReceived(data, (host, 4567))
+                endpoint.datagram_in(data)
 
 
 class DatagramPair:
@@ -323,10 +324,10 @@ class DatagramLinkTests(SynchronousTestCase):
         data = p.wire.sent[-1]
         p.pump()
         assert p.ep_b is not None
-        p.ep_b.datagramReceived(data, ("10.0.0.9", 1))  # replayed
-        p.ep_b.datagramReceived(data[:-1] + bytes([data[-1] ^ 0xFF]), ("10.0.0.9", 1))  # forged
-        p.ep_b.datagramReceived(b"\x01\x00" + os.urandom(40), ("10.0.0.9", 1))  # unknown index
-        p.ep_b.datagramReceived(b"short", ("10.0.0.9", 1))
+        p.ep_b.datagram_in(data)  # replayed
+        p.ep_b.datagram_in(data[:-1] + bytes([data[-1] ^ 0xFF]))  # forged
+        p.ep_b.datagram_in(b"\x01\x00" + os.urandom(40))  # unknown index
+        p.ep_b.datagram_in(b"short")
         self.assertEqual(p.pair.packets(), [SMALL])
         self.assertEqual(
             [p.dropped(r) for r in (D.REPLAY, D.BAD_TAG, D.UNKNOWN_INDEX, D.MALFORMED)], [1, 1, 1, 1]
@@ -335,7 +336,7 @@ class DatagramLinkTests(SynchronousTestCase):
         # A closed link's index is gone: its datagrams are unknown from then on.
         p.pair.pumps[0].serverIO.abortConnection()
         p.pump()
-        p.ep_b.datagramReceived(data, ("10.0.0.9", 1))
+        p.ep_b.datagram_in(data)
         self.assertEqual(p.dropped(D.UNKNOWN_INDEX), 2)
 
 
@@ -353,6 +354,83 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(v6.destination("fd00::1", 4567), ("fd00::1", 4567))
         self.assertIsNone(v4.destination("peer.example", 4567))
         self.assertIsNone(v4.destination("198.18.0.1", 0))
+
+    def test_reads_what_is_waiting_on_a_real_socket_without_an_exception(self) -> None:
+        metrics = FakeMetrics()
+        ep = D.DatagramEndpoint(D.DatagramMetrics(metrics))
+        got: list[bytes] = []
+
+        class Sink:
+            def datagram_received(self, data: bytes) -> None:
+                got.append(data)
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+        ep.attach(sock)
+        index = ep.register(Sink())
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sender.close)
+        sealer = D.DatagramSealer(index, 1, os.urandom(32))
+        sent = [sealer.seal(D.KIND_DATA, 0, bytes([i]) * 30) for i in range(3)]
+        for data in sent:
+            sender.sendto(data, sock.getsockname())
+        raised: list[str] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "c_exception":
+                raised.append(repr(arg))
+
+        sys.setprofile(profile)
+        try:
+            ep.doRead()  # all three in one wake-up, and no read of the empty socket
+        finally:
+            sys.setprofile(None)
+        self.assertEqual(got, sent)
+        self.assertEqual(raised, [])
+        ep.doRead()  # a spurious wake-up reads nothing and raises nothing out
+        self.assertEqual(got, sent)
+        sender.sendto(b"x" * 5, sock.getsockname())
+        ep.doRead()
+        self.assertEqual(metrics.value("link_datagrams_dropped_total", D.MALFORMED), 1)
+
+    def test_the_service_binds_the_port_number_and_reads_it_with_the_reactor(self) -> None:
+        reactor = MemoryReactorClock()
+        ep = D.DatagramEndpoint(D.DatagramMetrics(FakeMetrics()))
+        made: list[tuple[int, socket.socket]] = []
+
+        def make(family: int) -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            made.append((family, sock))
+            return sock
+
+        service = D.DatagramService(ep, 0, "127.0.0.1", reactor, make_socket=make)
+        service.privilegedStartService()
+        service.startService()  # binds once
+        self.assertEqual([f for f, _ in made], [socket.AF_INET])
+        self.assertIn(ep, reactor.readers)
+        self.assertTrue(ep.active)
+        self.assertEqual(made[0][1].getsockname()[0], "127.0.0.1")
+        service.stopService()
+        self.assertNotIn(ep, reactor.readers)
+        self.assertFalse(ep.active)
+        self.assertEqual(made[0][1].fileno(), -1)  # closed
+
+    def test_a_port_that_cannot_be_bound_turns_the_path_off_with_a_warning(self) -> None:
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        taken.bind(("127.0.0.1", 0))
+        self.addCleanup(taken.close)
+        reactor = MemoryReactorClock()
+        ep = D.DatagramEndpoint(D.DatagramMetrics(FakeMetrics()))
+        service = D.DatagramService(ep, taken.getsockname()[1], "127.0.0.1", reactor)
+        with capturedLogs() as events:
+            service.privilegedStartService()
+        self.assertFalse(ep.active)
+        self.assertEqual(reactor.readers, set())
+        [event] = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("datagram path off", formatEvent(event))
+        self.assertIn("Address already in use", formatEvent(event))
 
     def test_indexes_are_random_unique_and_nonzero(self) -> None:
         values = iter([b"\0\0\0\0", b"\0\0\0\5", b"\0\0\0\5", b"\0\0\0\6"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import yaml
@@ -88,18 +87,6 @@ class RunOptionsTests(SynchronousTestCase):
         self.assertIn("SIGHUP", out.getvalue())
 
 
-class FakeUDPPort:
-    """What ``listenUDP`` returns, as far as the datagram service uses it."""
-
-    def getHandle(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock = sock
-        return sock
-
-    def stopListening(self) -> None:
-        self.sock.close()
-
-
 class MakeServiceTests(SynchronousTestCase):
     """``makeService`` only builds: a memory reactor and a fake TUN, no root, nothing started."""
 
@@ -155,21 +142,13 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(tls, TLSMemoryBIOFactory)
         self.assertIsInstance(tls.wrappedFactory, ALPNDispatchFactory)
 
-    def test_datagram_port_binds_the_same_port_number_over_udp_once_bound(self) -> None:
-        _path, reactor, _tuns, top = self.build()
+    def test_datagram_port_is_the_same_port_number_over_udp_on_the_same_address(self) -> None:
+        _path, _reactor, _tuns, top = self.build()
         udp = top.getServiceNamed("datagrams")
         self.assertIsInstance(udp, DatagramService)
-        bound: list[tuple[int, object, str]] = []
-
-        def listen_udp(port: int, protocol: object, interface: str = "") -> object:
-            bound.append((port, protocol, interface))
-            return FakeUDPPort()
-
-        reactor.listenUDP = listen_udp  # type: ignore[attr-defined]  # MemoryReactor has no UDP
-        self.assertEqual(bound, [])  # bound in privilegedStartService, not before
-        udp.privilegedStartService()
-        self.addCleanup(udp.stopService)
-        self.assertEqual(bound, [(4567, top.getServiceNamed("dataplane").datagrams, "0.0.0.0")])
+        self.assertEqual((udp.port_number, udp.interface), (4567, "0.0.0.0"))
+        self.assertIs(udp.endpoint, top.getServiceNamed("dataplane").datagrams)
+        self.assertFalse(udp.endpoint.active)  # bound in privilegedStartService, not before
 
     def test_node_has_the_sighup_reload_wired_to_its_tls_and_membership(self) -> None:
         path, _reactor, _tuns, top = self.build()
