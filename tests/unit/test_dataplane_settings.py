@@ -32,6 +32,20 @@ class DataPlaneSettingsTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(settings.ipv6_network, ipaddress.IPv6Network("fd00:10::/48"))
         self.assertEqual(settings.peer_metrics_ttl, 3600.0)
 
+    def test_datagram_path_on_and_polling_off_by_default_and_configurable(self) -> None:
+        settings = DataPlaneSettings.from_config(self.load(minimal_data()))
+        self.assertEqual((settings.datagrams, settings.poll_window), (True, 0.0))
+        data = set_key(minimal_data(), "networking/datagrams", False)
+        set_key(data, "networking/poll_window", "0.0005")
+        settings = DataPlaneSettings.from_config(self.load(data))
+        self.assertEqual((settings.datagrams, settings.poll_window), (False, 0.0005))
+
+    def test_a_poll_window_out_of_range_names_its_key(self) -> None:
+        data = set_key(minimal_data(), "networking/poll_window", 0.5)
+        with self.assertRaises(Exception) as raised:
+            self.load(data)
+        self.assertIn("networking/poll_window", str(raised.exception))
+
     def test_per_peer_metrics_need_the_prometheus_endpoint(self) -> None:
         data = set_key(minimal_data(), "monitoring/enable_node_packet_metrics", True)
         self.assertIsNone(DataPlaneSettings.from_config(self.load(data)).peer_metrics_ttl)
