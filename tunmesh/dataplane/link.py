@@ -979,7 +979,10 @@ class LinkClient(Service):
         self._channel = channel
         self._client_random = os.urandom(F.RANDOM_LEN)
         self._key_id = 1
-        binding = F.hello_binding(self._client_random, self._key_id, self._flags, channel)
+        endpoint = self._endpoint
+        # FLAG_DGRAM: we can use a datagram path (signed with the rest of the HELLO's fixed fields).
+        hello_flags = self._flags | (F.FLAG_DGRAM if endpoint is not None and endpoint.active else 0)
+        binding = F.hello_binding(self._client_random, self._key_id, hello_flags, channel)
         try:
             signed = self._authority.sign_link_hello(self.peer_id, body=binding)
         except AuthError:
@@ -993,15 +996,6 @@ class LinkClient(Service):
             return
         self._kid = signed.kid
         self._pending_session_key = session.frame_key
-        endpoint = self._endpoint
-        hello_flags = self._flags | (F.FLAG_DGRAM if endpoint is not None and endpoint.active else 0)
-        binding = F.hello_binding(self._client_random, self._key_id, hello_flags, channel)
-        if hello_flags != self._flags:
-            try:
-                signed = self._authority.sign_link_hello(self.peer_id, body=binding)
-            except AuthError:
-                self._give_up(proto, "no session")
-                return
         proto.transport.write(  # type: ignore[union-attr]
             F.encode_hello(signed.header_value, self._client_random, self._key_id, hello_flags)
         )
