@@ -1,7 +1,8 @@
 """Network-namespace harness for real multi-node tests and the benchmark (needs root and ``ip netns``).
 
 Layout: a hub namespace ``tmt-u<pid>[.<n>]`` holds bridge ``tmt-br0``; node namespaces ``tmt-<pid>[.<n>]-n<i>``
-each get a veth ``eth0`` onto the bridge with 198.18.0.<i>/24 and loopback up. The host's root namespace is
+each get a veth ``eth0`` onto the bridge with 198.18.0.<i>/24 and loopback up (``routed``: 198.18.0.<i>/32,
+everything through the hub at 198.18.0.254; see :class:`Underlay`). The host's root namespace is
 never touched. Every name carries the creating pid, so :func:`cleanup_stale` can remove what a crashed run
 left behind without touching a concurrent run. Cleanup (processes, then namespaces) runs on ``__exit__``,
 at interpreter exit, and is idempotent.
@@ -270,19 +271,33 @@ class Namespace:
         self.run(["nft", "delete", "table", "inet", "tmt_loss"], check=False)
 
 
+#: the hub's address on its bridge when the underlay is routed (never a node's: nodes are .1 to .250)
+HUB_ADDRESS = f"{UNDERLAY_NET}.254"
+
+
 class Underlay:
     """A bridge in a hub namespace and ``nodes`` namespaces attached to it (198.18.0.1..K/24).
 
     Use as a context manager. ``tag`` (lowercase letters) distinguishes users, e.g. ``b`` for the bench.
+
+    ``routed``: each node holds its address as a /32 and reaches the others through the hub (198.18.0.254,
+    forwarding, no ICMP redirects), as pods reach each other through their node's router, instead of
+    over the shared link. Needed beyond about 30 nodes: on one link every node resolves every other
+    (N(N-1) neighbour entries), and the kernel's IPv4 neighbour table is **shared by all namespaces**
+    and capped by the root namespace's ``net.ipv4.neigh.default.gc_thresh3`` (1024 by default). Past it
+    the kernel drops packets ("neighbor table overflow!", ``sendmsg: No buffer space available``): at 50
+    nodes (2450 entries) connects and TLS handshakes between live nodes timed out for minutes. Routed,
+    a node holds one entry (the hub) and the hub N. One more forwarding hop, in the kernel.
     """
 
-    def __init__(self, nodes: int = 2, tag: str = "", mtu: int = 1500) -> None:
+    def __init__(self, nodes: int = 2, tag: str = "", mtu: int = 1500, routed: bool = False) -> None:
         if not 1 <= nodes <= 250:
             raise ValueError("nodes must be 1..250")
         if not re.fullmatch(r"[a-z]*", tag):
             raise ValueError("tag must be lowercase letters")
         self.count = nodes
         self.mtu = mtu
+        self.routed = routed
         pid = os.getpid()
         n = next(_seq)
         suffix = "" if n == 1 else f".{n}"
@@ -314,13 +329,21 @@ class Underlay:
         hub = self.hub
         hub.run(["ip", "link", "add", "tmt-br0", "type", "bridge"])
         hub.run(["ip", "link", "set", "tmt-br0", "mtu", str(self.mtu), "up"])
+        if self.routed:
+            hub.run(["ip", "addr", "add", f"{HUB_ADDRESS}/24", "dev", "tmt-br0"])
+            for key in ("net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.tmt-br0.send_redirects=0",
+                        "net.ipv4.ip_forward=1"):
+                hub.run(["sysctl", "-q", "-w", key])
         for i, ns in enumerate(self.nodes, 1):
             port = f"p{i}"
             hub.run(["ip", "link", "add", port, "mtu", str(self.mtu), "type", "veth", "peer", "name", "eth0",
                      "mtu", str(self.mtu), "netns", ns.name])
             hub.run(["ip", "link", "set", port, "master", "tmt-br0", "up"])
-            ns.run(["ip", "addr", "add", f"{ns.address}/24", "dev", "eth0"])
+            ns.run(["ip", "addr", "add", f"{ns.address}/{32 if self.routed else 24}", "dev", "eth0"])
             ns.run(["ip", "link", "set", "eth0", "up"])
+            if self.routed:
+                ns.run(["ip", "route", "add", f"{HUB_ADDRESS}/32", "dev", "eth0"])
+                ns.run(["ip", "route", "add", f"{UNDERLAY_NET}.0/24", "via", HUB_ADDRESS, "dev", "eth0"])
 
     def close(self) -> None:
         """Stop processes, delete every namespace created. Safe to call more than once."""
