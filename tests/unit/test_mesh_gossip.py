@@ -10,7 +10,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tunmesh.mesh.gossip import GossipDigests, table_digest
+from tunmesh.mesh.errors import InvalidRegistration
+from tunmesh.mesh.gossip import RECENT_TABLES, GossipDigests, apply_delta, table_digest
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
 
 from .mesh_support import MeshTestCase, Node, advance
@@ -78,6 +79,78 @@ class WireTests(SynchronousTestCase):
         self.assertIsNone(digests.outgoing(registration(()), "node-2").known_digest)
 
 
+def holding(digests: GossipDigests, peer: str, table: tuple[NodeInfo, ...]) -> str:
+    """``peer`` says it holds ``table`` of ours (its known_digest); returns the table's digest."""
+    digest = digests.digest(table)
+    digests.accepted(peer, Registration(info(9), (), 1, 1, known_digest=digest))
+    return digest
+
+
+class DeltaTests(SynchronousTestCase):
+    """While the membership changes, a peer that holds one of our recent tables gets what changed."""
+
+    def test_a_peer_holding_an_older_table_gets_only_the_changes_and_rebuilds_the_table(self) -> None:
+        sender, receiver = GossipDigests(), GossipDigests()
+        old = (info(2), info(3), info(4), info(5))
+        first = Registration.from_json(sender.outgoing(registration(old), "node-9").to_json(), BOUNDS)
+        held = receiver.incoming("node-1", first, ())
+        receiver.accepted("node-1", first)
+        base = holding(sender, "node-9", old)
+        moved = NodeInfo("node-3", "https://n3.test:4568", info(3).network_addresses, info(3).node_addresses)
+        new = (info(2), moved, info(4), info(6))
+        out = sender.outgoing(registration(new), "node-9")
+        self.assertEqual((out.base_digest, out.removed, [i.id for i in out.remote]), (base, ("node-5",), ["node-3", "node-6"]))
+        self.assertEqual(sender.deltas, 1)
+        body = out.to_json()
+        self.assertNotIn(b"n2.test", body)
+        parsed = Registration.from_json(body, BOUNDS)
+        self.assertEqual((parsed.base_digest, parsed.removed), (base, ("node-5",)))
+        rebuilt = receiver.incoming("node-1", parsed, held)
+        receiver.accepted("node-1", parsed)
+        self.assertEqual(sorted(i.wire for i in rebuilt), sorted(i.wire for i in new))
+        # the receiver now names the new table: the next registration to it leaves the table out
+        self.assertEqual(receiver.outgoing(registration(()), "node-1").known_digest, table_digest(new))
+
+    def test_a_delta_on_a_base_the_receiver_does_not_hold_asks_for_the_whole_table(self) -> None:
+        receiver = GossipDigests()
+        delta = Registration(info(1), (info(6),), 1, 1, remote_digest="ab" * 12, base_digest="cd" * 12, removed=("node-5",))
+        self.assertEqual([i.id for i in receiver.incoming("node-1", delta, (info(5), info(2)))], ["node-2", "node-6"])
+        receiver.accepted("node-1", delta)
+        self.assertIsNone(receiver.outgoing(registration(()), "node-1").known_digest)
+
+    def test_the_whole_table_goes_when_the_peer_holds_none_of_our_recent_tables_or_the_delta_is_no_smaller(self) -> None:
+        digests = GossipDigests()
+        holding(digests, "node-9", (info(2),))
+        for n in range(3, 4 + RECENT_TABLES):
+            digests.digest(tuple(info(i) for i in range(2, n)))
+        table = tuple(info(i) for i in range(2, 10))
+        self.assertIsNone(digests.outgoing(registration(table), "node-9").base_digest)
+        holding(digests, "node-9", (info(2), info(3)))
+        out = digests.outgoing(registration((info(4), info(5))), "node-9")
+        self.assertIsNone(out.base_digest)
+        self.assertEqual(len(out.remote), 2)
+
+    def test_a_delta_replaces_an_entry_whose_new_version_the_receiver_drops(self) -> None:
+        body = registration((info(3),)).to_json().replace(
+            b'"seq":1', b'"seq":1,"remote_digest":"' + b"ab" * 12 + b'","remote_base":"' + b"cd" * 12 + b'","removed":[]'
+        ).replace(b"https://n3.test:4567", b"ftp://n3.test")
+        parsed = Registration.from_json(body, BOUNDS)
+        self.assertEqual((parsed.remote, parsed.dropped_ids), ((), ("node-3",)))
+        self.assertEqual(apply_delta((info(2), info(3)), parsed), (info(2),))
+
+    def test_a_delta_this_node_cannot_read_is_refused(self) -> None:
+        good = b'"remote_digest":"' + b"ab" * 12 + b'","remote_base":"' + b"cd" * 12 + b'"'
+        for extra in (
+            b'"remote_base":"' + b"cd" * 12 + b'"',  # no remote_digest
+            good.replace(b"cd" * 12, b"../x"),
+            good + b',"removed":"node-5"',
+            good + b',"removed":["bootstrap"]',
+        ):
+            body = registration(()).to_json().replace(b'"seq":1', b'"seq":1,' + extra)
+            with self.assertRaises(InvalidRegistration, msg=extra):
+                Registration.from_json(body, BOUNDS)
+
+
 class MeshGossipTests(MeshTestCase):
     def _register_bodies(self, node: object) -> list[bytes]:
         seen: list[bytes] = []
@@ -101,6 +174,23 @@ class MeshGossipTests(MeshTestCase):
         for n in nodes:
             for peer in n.pool:
                 self.assertEqual(len(peer.hints), 4, f"{n.id} holds {len(peer.hints)} hints of {peer.id}")
+
+    def test_a_member_joining_a_mesh_at_rest_is_gossiped_as_a_delta(self) -> None:
+        nodes = self.mesh(6)
+        advance(self.clock, 30)
+        bodies = self._register_bodies(nodes[2])
+        late = self.node(7)
+        late.start()
+        advance(self.clock, 30)
+        self.assertFullMesh([*nodes, late])
+        from_peers = [Registration.from_json(b, BOUNDS) for b in bodies]
+        from_peers = [r for r in from_peers if r.local.id != late.id]
+        self.assertTrue(any(r.base_digest is not None for r in from_peers))
+        # what the others tell node 3 is node 7 at most (node 7's own first registration carries its table)
+        self.assertLessEqual(max(len(r.remote) for r in from_peers), 1, [len(r.remote) for r in from_peers])
+        for n in [*nodes, late]:
+            for peer in n.pool:
+                self.assertEqual(len(peer.hints), 6, f"{n.id} holds {len(peer.hints)} hints of {peer.id}")
 
     def test_a_node_without_digests_always_gets_the_whole_table(self) -> None:
         nodes = [self.node(1, ()), self.node(2), self.node(3)]

@@ -14,6 +14,15 @@ sender. So at rest a registration's size does not grow with N, and a changed tab
 peer. Digests are always compared as the *sender* computed them, never recomputed by the receiver, so a
 receiver that drops or normalises entries (issue 12) still agrees.
 
+While the membership changes (a join of many nodes, a churn), a table changes between two registrations
+to the same peer, and sending it whole each time made the join cost O(N) tables of O(N) entries to each
+of N peers (N³ bytes per node; docs/performance.md "Scale"). So the sender keeps its last few tables by
+digest (``RECENT_TABLES``), and when the recipient holds one of them (its ``known_digest``) it sends a
+**delta** instead (``base_digest``, ``remote_base`` on the wire): the entries new or changed since that
+table, and the ids removed. The receiver applies it to the hints it holds; when they were that table (as
+named by the sender) it then holds the new one, otherwise (two deltas crossed) it names no
+``known_digest`` back, so the next registration carries the whole table.
+
 Mixed versions (rolling upgrade): an older node sends no ``known_digest``, so it is always sent the full
 table; it ignores the two new keys. An elided registration reaching a node that does not hold the
 sender's table (it restarted, or removed the sender) stores no hints from it, and its next registration to
@@ -38,6 +47,33 @@ def table_digest(remote: Sequence[NodeInfo]) -> str:
     return h.hexdigest()
 
 
+#: how many of our own recent tables a node keeps to send deltas against (a peer more changes behind
+#: gets the whole table); a few tuples of references to entries the pool holds anyway
+RECENT_TABLES = 16
+
+
+def table_delta(
+    base: tuple[NodeInfo, ...], current: tuple[NodeInfo, ...]
+) -> tuple[tuple[NodeInfo, ...], tuple[str, ...]] | None:
+    """The entries of ``current`` new or changed since ``base``, and the ids of ``base`` gone from it;
+    None when that is no smaller than ``current`` itself (the whole table is sent then)."""
+    before = {info.id: info for info in base}
+    changed = tuple(
+        info for info in current if (old := before.get(info.id)) is None or (old is not info and old.wire != info.wire)
+    )
+    ids = {info.id for info in current}
+    removed = tuple(i for i in before if i not in ids)
+    if len(changed) + len(removed) >= len(current):
+        return None
+    return changed, removed
+
+
+def apply_delta(held: tuple[NodeInfo, ...], registration: Registration) -> tuple[NodeInfo, ...]:
+    """``held`` (the sender's table as of the delta's base) with the delta of ``registration`` applied."""
+    gone = {*registration.removed, *registration.dropped_ids, *(info.id for info in registration.remote)}
+    return tuple(info for info in held if info.id not in gone) + registration.remote
+
+
 class GossipDigests:
     """What this node knows of its peers' tables and they of its own; one per ``Membership``."""
 
@@ -47,7 +83,10 @@ class GossipDigests:
         #: the digest of our table each peer said it holds (its known_digest)
         self._peer_holds: dict[str, str] = {}
         self._cached: tuple[tuple[NodeInfo, ...], str] | None = None
+        #: our last ``RECENT_TABLES`` tables by digest, oldest first: the bases of deltas
+        self._recent: dict[str, tuple[NodeInfo, ...]] = {}
         self.elided = 0
+        self.deltas = 0
 
     def digest(self, remote: tuple[NodeInfo, ...]) -> str:
         """:func:`table_digest` of our table, computed once per distinct table (entries are immutable)."""
@@ -56,21 +95,39 @@ class GossipDigests:
             return cached[1]
         value = table_digest(remote)
         self._cached = (remote, value)
+        self._recent.pop(value, None)
+        self._recent[value] = remote
+        if len(self._recent) > RECENT_TABLES:
+            del self._recent[next(iter(self._recent))]
         return value
 
     def outgoing(self, registration: Registration, recipient: str | None) -> Registration:
         """``registration`` with the digests for ``recipient`` (None: unknown, as a bootstrap through a URL
-        that may be a load balancer), its table left out when the recipient holds it already."""
+        that may be a load balancer): its table left out when the recipient holds it already, a delta
+        when it holds one of our recent tables, else whole."""
         digest = self.digest(registration.remote)
         known = self._held.get(recipient) if recipient is not None else None
-        elided = recipient is not None and self._peer_holds.get(recipient) == digest
-        if elided:
+        holds = self._peer_holds.get(recipient) if recipient is not None else None
+        if holds == digest:
             self.elided += 1
-        return replace(registration, remote_digest=digest, known_digest=known, elided=elided)
+            return replace(registration, remote_digest=digest, known_digest=known, elided=True)
+        base = self._recent.get(holds) if holds is not None else None
+        delta = table_delta(base, registration.remote) if base is not None else None
+        if delta is not None:
+            self.deltas += 1
+            changed, removed = delta
+            return replace(
+                registration, remote=changed, remote_digest=digest, known_digest=known, base_digest=holds, removed=removed
+            )
+        return replace(registration, remote_digest=digest, known_digest=known, elided=False)
 
     def incoming(self, sender: str, registration: Registration, held: tuple[NodeInfo, ...]) -> tuple[NodeInfo, ...]:
-        """The hints to keep from ``sender``'s ``registration``, given the ``held`` ones: its table, or, when
-        it left the table out, the held one if that is the table it means (else none)."""
+        """The hints to keep from ``sender``'s ``registration``, given the ``held`` ones: its table; when it
+        left the table out, the held one if that is the table it means; when it sent a delta, the held one
+        changed by it (when the held ones are not the delta's base, as after two deltas crossed, this is a
+        best guess until the whole table comes: :meth:`accepted` asks for it)."""
+        if registration.base_digest is not None:
+            return apply_delta(held, registration)
         if not registration.elided:
             return registration.remote
         if registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest:
@@ -83,7 +140,12 @@ class GossipDigests:
             self._peer_holds.pop(sender, None)
         else:
             self._peer_holds[sender] = registration.known_digest
-        if not registration.elided:
+        if registration.base_digest is not None:
+            if self._held.get(sender) == registration.base_digest and registration.remote_digest is not None:
+                self._held[sender] = registration.remote_digest  # the delta was applied (``incoming``)
+            else:
+                self._held.pop(sender, None)  # we did not hold its base: ask for the whole table again
+        elif not registration.elided:
             if registration.remote_digest is None:
                 self._held.pop(sender, None)  # an older node: nothing to name back
             else:

@@ -254,6 +254,12 @@ class Registration:
     known_digest: str | None = None
     #: ``remote`` left out on the wire: the recipient holds the table ``remote_digest`` names
     elided: bool = False
+    #: a delta (``remote_base`` on the wire): ``remote`` holds only the entries new or changed since the
+    #: table of this digest (one the recipient said it holds), ``removed`` the ids no longer in it
+    base_digest: str | None = None
+    removed: tuple[str, ...] = ()
+    #: ids of the ``remote`` entries dropped while parsing (when they named one): a delta replaces them
+    dropped_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"local": self.local.to_dict()}
@@ -265,6 +271,9 @@ class Registration:
             out["remote_digest"] = self.remote_digest
         if self.known_digest is not None:
             out["known_digest"] = self.known_digest
+        if self.base_digest is not None:
+            out["remote_base"] = self.base_digest
+            out["removed"] = list(self.removed)
         return out
 
     def to_json(self) -> bytes:
@@ -277,6 +286,8 @@ class Registration:
             parts += [b',"remote_digest":', dumps_json(self.remote_digest)]
         if self.known_digest is not None:
             parts += [b',"known_digest":', dumps_json(self.known_digest)]
+        if self.base_digest is not None:
+            parts += [b',"remote_base":', dumps_json(self.base_digest), b',"removed":', dumps_json(list(self.removed))]
         parts.append(b"}")
         return b"".join(parts)
 
@@ -305,16 +316,42 @@ class Registration:
         # still register with each other (issue 12, defect 4). The sender's own entry stays strict.
         remote: list[NodeInfo] = []
         dropped: list[str] = []
+        dropped_ids: list[str] = []
         for i, item in enumerate(remote_raw):
             try:
                 remote.append(parse(item, bounds, f"remote/{i}"))
             except InvalidRegistration as exc:
                 dropped.append(exc.reason)
+                item_id = item.get("id") if isinstance(item, dict) else None
+                if isinstance(item_id, str) and _NODE_ID.match(item_id):
+                    dropped_ids.append(item_id)
         stamp = _count(obj.get("stamp"), "stamp")
         seq_raw = obj.get("seq")
         seq = stamp if seq_raw is None else _count(seq_raw, "seq")
         known_digest = _digest(obj.get("known_digest"))
-        return cls(local, tuple(remote), stamp, seq, tuple(dropped), remote_digest, known_digest, elided)
+        base_digest, removed = _delta(obj, remote_digest, bounds)
+        return cls(
+            local, tuple(remote), stamp, seq, tuple(dropped), remote_digest, known_digest, elided,
+            base_digest, removed, tuple(dropped_ids),
+        )
+
+
+def _delta(obj: Mapping[str, Any], remote_digest: str | None, bounds: Bounds) -> tuple[str | None, tuple[str, ...]]:
+    """``remote_base`` and ``removed`` of a delta registration (``(None, ())`` for a whole table).
+
+    Unlike the digests, a delta this node cannot read is refused (400), never ignored: its ``remote``
+    taken for a whole table would leave the receiver holding a table it names by the wrong digest."""
+    if "remote_base" not in obj and "removed" not in obj:
+        return None, ()
+    base = _digest(obj.get("remote_base"))
+    if base is None or remote_digest is None or "remote" not in obj:
+        raise InvalidRegistration("bad_type", "remote_base: not a delta of a named table")
+    removed_raw = obj.get("removed", [])
+    if not isinstance(removed_raw, list):
+        raise InvalidRegistration("bad_type", "removed: not a list")
+    if len(removed_raw) > bounds.max_nodes + 1:
+        raise InvalidRegistration("too_many_nodes", f"removed: {len(removed_raw)} entries")
+    return base, tuple(check_node_id(r, f"removed/{i}") for i, r in enumerate(removed_raw))
 
 
 _DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
