@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.mesh.errors import InvalidRegistration
 from tunmesh.mesh.gossip import RECENT_TABLES, GossipDigests, apply_delta, table_digest
+from tunmesh.mesh.settings import PeerTiming
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
 
 from .mesh_support import MeshTestCase, Node, advance
@@ -262,6 +263,42 @@ class LinkRelaxedRenewalTests(MeshTestCase):
         self.links_up(nodes, {n.id for n in nodes})
         advance(self.clock, 12)  # one usual interval (10 s) and a groom tick, not the relaxed 15 s
         self.assertFullMesh(nodes)
+
+    def test_while_members_keep_joining_a_pair_with_a_live_link_exchanges_once_per_relaxed_interval(self) -> None:
+        """A join of many nodes changes every table every few seconds; with live links, a peer that got our
+        table (or a delta) less than a relaxed interval ago is not renewed after each change."""
+        timing = {"local_timing": PeerTiming(5.0, 60.0)}  # usual interval 5 s, relaxed 30 s
+        nodes = [self.node(1, (), **timing)] + [self.node(i, **timing) for i in range(2, 5)]
+        for n in nodes:
+            n.start()
+        self.links_up(nodes, {n.id for n in nodes})
+        advance(self.clock, 60)
+        originals = {n.id for n in nodes}
+        among: list[str] = []
+        for n in nodes:
+            renew = n.membership.renewal.renew
+
+            def counting(peer_id: str, renew: object = renew) -> object:
+                if peer_id in originals:
+                    among.append(peer_id)
+                return renew(peer_id)  # type: ignore[operator]
+
+            n.membership.renewal.renew = counting  # type: ignore[method-assign]
+        for k in range(5, 17):  # a member every 5 s for 60 s
+            late = self.node(k, **timing)
+            late.start()
+            nodes.append(late)
+            self.links_up(nodes, {n.id for n in nodes})
+            advance(self.clock, 5)
+        advance(self.clock, 10)
+        self.assertFullMesh(nodes)  # every newcomer registered with every node itself
+        # 6 pairs of the first 4 nodes over 70 s: one exchange per 30-35 s (not per 5-10 s: about 50)
+        self.assertLessEqual(len(among), 6 * (70 / 30 + 1), among)
+        advance(self.clock, 30)  # and every table reached every peer within a relaxed interval
+        for n in nodes:
+            self.assertEqual(len(n.peer_ids()), 15)
+            for peer in n.pool:
+                self.assertEqual(len(peer.hints), 15, f"{n.id} holds {len(peer.hints)} hints of {peer.id}")
 
     def test_a_link_that_goes_down_brings_back_the_usual_interval(self) -> None:
         nodes = self.mesh(4)

@@ -85,6 +85,8 @@ class GossipDigests:
         self._cached: tuple[tuple[NodeInfo, ...], str] | None = None
         #: our last ``RECENT_TABLES`` tables by digest, oldest first: the bases of deltas
         self._recent: dict[str, tuple[NodeInfo, ...]] = {}
+        #: when (monotonic) each peer was last sent our table or a delta of it (not an elided registration)
+        self._told: dict[str, float] = {}
         self.elided = 0
         self.deltas = 0
 
@@ -153,6 +155,17 @@ class GossipDigests:
         elif self._held.get(sender) != registration.remote_digest:
             self._held.pop(sender, None)  # we do not hold what it meant: ask for the table again
 
+    def sent(self, recipient: str, registration: Registration, now: float) -> None:
+        """``registration`` (from :meth:`outgoing`) goes to ``recipient`` at ``now``: note when it carried
+        table content (:meth:`told_within`)."""
+        if not registration.elided:
+            self._told[recipient] = now
+
+    def told_within(self, peer_id: str, now: float, seconds: float) -> bool:
+        """Whether ``peer_id`` was sent our table (whole or a delta) less than ``seconds`` ago."""
+        told = self._told.get(peer_id)
+        return told is not None and now - told < seconds
+
     def holds(self, peer_id: str, digest: str) -> bool:
         """Whether ``peer_id``'s last registration said it holds our table of ``digest``: a renewal
         would tell it nothing new (the groom tick then renews less often, ``Peer.renewal_due``)."""
@@ -162,6 +175,7 @@ class GossipDigests:
         """The peer was removed: the next registration with it starts from its full table."""
         self._held.pop(peer_id, None)
         self._peer_holds.pop(peer_id, None)
+        self._told.pop(peer_id, None)
 
     def __len__(self) -> int:
-        return len(self._held.keys() | self._peer_holds.keys())
+        return len(self._held.keys() | self._peer_holds.keys() | self._told.keys())

@@ -243,7 +243,10 @@ class Membership:
         self._seq += 1
         now = self.monotonic()
         remote = tuple(p.info for p in self.pool if not p.is_stale(now))
-        return self.gossip.outgoing(Registration(self.local, remote, int(self._wall()), self._seq), recipient)
+        registration = self.gossip.outgoing(Registration(self.local, remote, int(self._wall()), self._seq), recipient)
+        if recipient is not None:
+            self.gossip.sent(recipient, registration, now)
+        return registration
 
     def defended(self) -> Mapping[str, IPInterface]:
         """The addresses this node holds against claimants: claimed ones, else the configured ones."""
@@ -321,8 +324,14 @@ class Membership:
                     self.pool.touch(peer.id, link_age)
                 if peer.is_stale(now):
                     continue
-                # Its link proves it alive and it holds our table: a renewal would be news to nobody.
-                relaxed = link_age is not None and self.gossip.holds(peer.id, ours)
+                # Its link proves it alive, and it holds our table (a renewal would be news to nobody)
+                # or got it, or a delta of it, less than a relaxed interval ago: while the membership
+                # changes (a join of many nodes) a pair then exchanges once per relaxed interval, not
+                # after every change; the first change after a quiet spell still goes at once.
+                relaxed = link_age is not None and (
+                    self.gossip.holds(peer.id, ours)
+                    or self.gossip.told_within(peer.id, now, peer.timing.stale_threshold / 2)
+                )
                 if peer.renewal_due(now, relaxed) and peer.id not in self.renewal:
                     self.renewal.renew(peer.id).addErrback(lambda f: None)
                 # Not an ``elif``: with renewals due at every tick (reregistration_interval <= groom_interval)
