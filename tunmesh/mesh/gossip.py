@@ -49,7 +49,7 @@ def table_digest(remote: Sequence[NodeInfo]) -> str:
 
 #: how many of our own recent tables a node keeps to send deltas against (a peer more changes behind
 #: gets the whole table); a few tuples of references to entries the pool holds anyway
-RECENT_TABLES = 16
+RECENT_TABLES = 64
 
 
 def table_delta(
@@ -129,6 +129,8 @@ class GossipDigests:
         changed by it (when the held ones are not the delta's base, as after two deltas crossed, this is a
         best guess until the whole table comes: :meth:`accepted` asks for it)."""
         if registration.base_digest is not None:
+            if registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest:
+                return held  # the same delta again (our request and our answer to its request crossed)
             return apply_delta(held, registration)
         if not registration.elided:
             return registration.remote
@@ -143,7 +145,9 @@ class GossipDigests:
         else:
             self._peer_holds[sender] = registration.known_digest
         if registration.base_digest is not None:
-            if self._held.get(sender) == registration.base_digest and registration.remote_digest is not None:
+            if registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest:
+                pass  # a delta to the table we hold already
+            elif self._held.get(sender) == registration.base_digest and registration.remote_digest is not None:
                 self._held[sender] = registration.remote_digest  # the delta was applied (``incoming``)
             else:
                 self._held.pop(sender, None)  # we did not hold its base: ask for the whole table again
