@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.mesh.errors import InvalidRegistration
@@ -118,6 +120,18 @@ class DeltaTests(SynchronousTestCase):
         self.assertEqual([i.id for i in receiver.incoming("node-1", delta, (info(5), info(2)))], ["node-2", "node-6"])
         receiver.accepted("node-1", delta)
         self.assertIsNone(receiver.outgoing(registration(()), "node-1").known_digest)
+
+    def test_the_same_delta_twice_keeps_the_table_it_built(self) -> None:
+        receiver = GossipDigests()
+        whole = Registration(info(1), (info(2), info(5)), 1, 1, remote_digest="cd" * 12)
+        held = receiver.incoming("node-1", whole, ())
+        receiver.accepted("node-1", whole)
+        delta = Registration(info(1), (info(6),), 1, 2, remote_digest="ab" * 12, base_digest="cd" * 12, removed=("node-5",))
+        for _ in range(2):  # our request and our answer to its request crossed: both carry it
+            held = receiver.incoming("node-1", delta, held)
+            receiver.accepted("node-1", delta)
+        self.assertEqual([i.id for i in held], ["node-2", "node-6"])
+        self.assertEqual(receiver.outgoing(registration(()), "node-1").known_digest, "ab" * 12)
 
     def test_the_whole_table_goes_when_the_peer_holds_none_of_our_recent_tables_or_the_delta_is_no_smaller(self) -> None:
         digests = GossipDigests()
@@ -267,8 +281,8 @@ class LinkRelaxedRenewalTests(MeshTestCase):
     def test_while_members_keep_joining_a_pair_with_a_live_link_exchanges_once_per_relaxed_interval(self) -> None:
         """A join of many nodes changes every table every few seconds; with live links, a peer that got our
         table (or a delta) less than a relaxed interval ago is not renewed after each change."""
-        timing = {"local_timing": PeerTiming(5.0, 60.0)}  # usual interval 5 s, relaxed 30 s
-        nodes = [self.node(1, (), **timing)] + [self.node(i, **timing) for i in range(2, 5)]
+        timing = PeerTiming(5.0, 60.0)  # usual interval 5 s, relaxed 30 s
+        nodes = [self.node(1, (), local_timing=timing)] + [self.node(i, local_timing=timing) for i in range(2, 5)]
         for n in nodes:
             n.start()
         self.links_up(nodes, {n.id for n in nodes})
@@ -278,14 +292,14 @@ class LinkRelaxedRenewalTests(MeshTestCase):
         for n in nodes:
             renew = n.membership.renewal.renew
 
-            def counting(peer_id: str, renew: object = renew) -> object:
+            def counting(peer_id: str, renew: Callable[[str], Deferred[None]] = renew) -> Deferred[None]:
                 if peer_id in originals:
                     among.append(peer_id)
-                return renew(peer_id)  # type: ignore[operator]
+                return renew(peer_id)
 
             n.membership.renewal.renew = counting  # type: ignore[method-assign]
         for k in range(5, 17):  # a member every 5 s for 60 s
-            late = self.node(k, **timing)
+            late = self.node(k, local_timing=timing)
             late.start()
             nodes.append(late)
             self.links_up(nodes, {n.id for n in nodes})
