@@ -133,16 +133,27 @@ def spawn_netconf(
     """Run the TUN configuration helper (``python -m tunmesh.netconf args``, as root before the drop) and
     return its result object. A helper that cannot start, gives no answer within ``timeout`` seconds or
     answers something else is a :class:`TunDeviceError` on ``tun_device_id``."""
-    try:
-        process = spawn_helper("tunmesh.netconf", args, python, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as e:
-        raise TunDeviceError(KEY_DEVICE, f"cannot start the TUN configuration helper ({python}): {e}") from None
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise TunDeviceError(KEY_DEVICE, f"the TUN configuration helper gave no answer within {timeout:g} s") from None
+    # Its output goes to anonymous memory files (no writable directory needed: read-only root filesystems),
+    # and the wait is waitpid + sleep: no poll() on pipes with a timeout, which failed with EINVAL in a node
+    # run under libfaketime (the clock-step test) and ended the start.
+    with os.fdopen(os.memfd_create("tunmesh-netconf-out"), "w+b") as out_file, os.fdopen(
+        os.memfd_create("tunmesh-netconf-err"), "w+b"
+    ) as err_file:
+        try:
+            process = spawn_helper("tunmesh.netconf", args, python, stdout=out_file, stderr=err_file)
+        except OSError as e:
+            raise TunDeviceError(KEY_DEVICE, f"cannot start the TUN configuration helper ({python}): {e}") from None
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise TunDeviceError(
+                KEY_DEVICE, f"the TUN configuration helper gave no answer within {timeout:g} s"
+            ) from None
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     lines = out.decode("utf-8", "replace").strip().splitlines()
     try:
         result = json.loads(lines[-1]) if lines else None
