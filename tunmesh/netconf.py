@@ -107,5 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if result["ok"] else 1
 
 
+#: The child's own deadline (seconds): a netlink request that never returns ends it, even when the parent's
+#: clock cannot time its wait (see ``tunmesh.tun.device.spawn_netconf``).
+DEADLINE = 30
+
 if __name__ == "__main__":
+    import signal
+
+    signal.alarm(DEADLINE)
     raise SystemExit(main())

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -486,6 +487,20 @@ class SpawnNetconfTests(SynchronousTestCase):
             e = self.assertRaises(TunDeviceError, spawn_netconf, [], python=self.script(body))
             self.assertEqual(e.key, KEY_DEVICE)
             self.assertEqual(e.message, f"the TUN configuration helper failed {why}")
+
+    def test_a_clock_that_cannot_sleep_still_gets_the_answer(self) -> None:
+        """Under libfaketime ``time.sleep`` fails with EINVAL: the wait goes on without a timeout (the helper
+        has its own deadline) instead of failing the start."""
+        real_wait = subprocess.Popen.wait
+
+        def wait(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+            if timeout is not None:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_wait(proc)
+
+        self.patch(subprocess.Popen, "wait", wait)
+        result = spawn_netconf([], python=self.script('echo \'{"ok": true}\''))
+        self.assertEqual(result, {"ok": True})
 
     def test_a_helper_that_hangs_is_killed(self) -> None:
         e = self.assertRaises(TunDeviceError, spawn_netconf, [], python=self.script("exec sleep 30"), timeout=0.3)
