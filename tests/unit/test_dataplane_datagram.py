@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.unit.support import B, Pair, ipv4
 from tunmesh.dataplane import datagram as D
 from tunmesh.dataplane import frames as F
+from tunmesh.dataplane.link import tcp_socket
 from tunmesh.dataplane.pollwindow import GAP, MIN_BACKOFF, PollWindow
 from tunmesh.testing import FakeMetrics
 
@@ -226,6 +227,43 @@ class DatagramLinkTests(SynchronousTestCase):
         p.pump()
         self.assertEqual((p.tx(), p.rx(), p.frames()), (2, 2, 4))
         self.assertEqual(p.pair.packets(), [*bulk, SMALL, SMALL, big, SMALL, SMALL])
+
+    def test_lone_packets_wait_while_the_link_socket_holds_unacknowledged_bytes(self) -> None:
+        """Quiet for QUIET seconds is not enough: bytes still queued on the link's socket could be overtaken."""
+        p = DatagramPair(self)
+        p.up()
+        p.pair.client.send_batch([SMALL, SMALL, SMALL])  # over the link
+        near, far = socket.socketpair()
+        self.addCleanup(near.close)
+        self.addCleanup(far.close)
+        near.send(b"x" * 1000)  # not read by the far end: still queued
+        p.pair.client._link_socket = near
+        p.pair.clock.advance(D.QUIET + 0.001)
+        p.pair.client.send_batch([SMALL])
+        self.assertEqual((p.tx(), p.frames()), (0, 2))
+        far.recv(4096)  # drained
+        p.pair.clock.advance(D.QUIET + 0.001)
+        p.pair.client.send_batch([SMALL])
+        self.assertEqual((p.tx(), p.frames()), (1, 2))
+
+    def test_the_link_socket_is_the_tcp_socket_under_tls_or_none(self) -> None:
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+
+        class TCP:
+            def getHandle(self) -> socket.socket:
+                return sock
+
+        class TLS:
+            transport = TCP()
+
+        self.assertIs(tcp_socket(TLS()), sock)
+        self.assertIsNone(tcp_socket(object()))
+        p = DatagramPair(self)
+        p.up()
+        proto = p.pair.client._proto
+        assert proto is not None
+        self.assertIsNone(tcp_socket(proto.transport))  # iosim: no socket
 
     def test_a_send_error_falls_back_to_the_link(self) -> None:
         p = DatagramPair(self)

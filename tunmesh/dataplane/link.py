@@ -81,12 +81,7 @@ def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> bool:
     the innermost ``.transport``.  Best effort (memory transports in tests have no socket);
     returns whether the socket was tuned.
     """
-    t = transport
-    for _ in range(4):
-        inner = getattr(t, "transport", None)
-        if inner is None:
-            break
-        t = inner
+    t = tcp_transport(transport)
     try:
         t.setTcpNoDelay(True)
         if isinstance(getattr(t, "bufferSize", None), int):
@@ -98,6 +93,27 @@ def tune_socket(transport: Any, buffer_size: int = SOCKET_BUFFER) -> bool:
     except (OSError, AttributeError, NotImplementedError):
         return False
     return True
+
+
+def tcp_transport(transport: Any) -> Any:
+    """The TCP transport under ``transport`` (a TLS wrapper, or an ALPN dispatcher around one): its
+    innermost ``.transport``."""
+    t = transport
+    for _ in range(4):
+        inner = getattr(t, "transport", None)
+        if inner is None:
+            break
+        t = inner
+    return t
+
+
+def tcp_socket(transport: Any) -> socket.socket | None:
+    """The TCP socket under ``transport``, None without one (memory transports in tests)."""
+    try:
+        sock = tcp_transport(transport).getHandle()
+    except (AttributeError, NotImplementedError):
+        return None
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def tls_channel(transport: Any) -> bytes | None:
@@ -199,11 +215,6 @@ class DirectTLSWriter:
         self._slow = slow
         #: TLS bytes written into OpenSSL and not yet read from its BIO (an estimate)
         self._pending = 0
-
-    @property
-    def socket(self) -> socket.socket:
-        """The link's TCP socket."""
-        return self._sock  # type: ignore[no-any-return]
 
     @classmethod
     def wrap(cls, transport: Any) -> DirectTLSWriter | None:
@@ -799,6 +810,8 @@ class LinkClient(Service):
         #: when DATA last went over the TLS link, and whether the socket has been seen drained since
         self._tls_at = 0.0
         self._tls_drained = True
+        #: the TCP socket under the link, whose unacknowledged bytes the datagram path waits out
+        self._link_socket: socket.socket | None = None
         self._dgram_probes = 0
         #: how log lines name the peer: ``name (id)`` (``tunmesh.names.label``)
         self.peer = label(peer_name, peer_id)
@@ -1107,6 +1120,7 @@ class LinkClient(Service):
         if addr is None:
             return
         key = D.derive_datagram_key(self._link_key_now)
+        self._link_socket = tcp_socket(proto.transport)
         self.datagram_path = D.DatagramPath(
             endpoint, addr, D.DatagramSealer(index, self._key_id, key), self._flags, endpoint.metrics.paths
         )
@@ -1170,6 +1184,7 @@ class LinkClient(Service):
         if self.datagram_path is not None:
             self.datagram_path.close()
             self.datagram_path = None
+        self._link_socket = None
         self._cancel_timer()
         was_ready = self.ready
         if self.ready:
@@ -1225,8 +1240,7 @@ class LinkClient(Service):
             if sent == len(packets):
                 return
             packets = packets[sent:]
-        self._tls_at = self._clock.seconds()
-        self._tls_drained = False
+        self._link_used()
         direct = self._direct
         if direct is not None and direct.usable():
             write_frame = direct.write
@@ -1252,6 +1266,11 @@ class LinkClient(Service):
         stats.packets += len(packets)
         stats.bytes += nbytes
 
+    def _link_used(self) -> None:
+        """DATA (or a REKEY) went over the TLS link: lone packets stay on it for the next QUIET seconds."""
+        self._tls_at = self._clock.seconds()
+        self._tls_drained = False
+
     def _send_datagrams(self, path: D.DatagramPath, packets: Sequence[bytes]) -> int:
         """Send a lone small batch as datagrams when that cannot reorder a flow: the TLS link has carried
         no DATA for :data:`~tunmesh.dataplane.datagram.QUIET` seconds and its socket has nothing
@@ -1262,8 +1281,7 @@ class LinkClient(Service):
         if not self._tls_drained:
             if self._clock.seconds() - self._tls_at < D.QUIET:
                 return 0
-            direct = self._direct
-            if not D.tcp_idle(direct.socket if direct is not None else None):
+            if not D.tcp_idle(self._link_socket):
                 return 0
             self._tls_drained = True
         sent = 0
@@ -1297,8 +1315,7 @@ class LinkClient(Service):
         if self.datagram_path is not None:
             self.datagram_path.rekey(key_id, D.derive_datagram_key(key))
             # The REKEY travels on the link: datagrams under the new key wait until it has arrived.
-            self._tls_at = self._clock.seconds()
-            self._tls_drained = False
+            self._link_used()
         return self._sealer
 
     def _flush(self) -> None:
