@@ -624,6 +624,27 @@ class DataPlaneTests(TwoPlanes):
         self.pump()
         self.assertNotIn(A, self.b.plane.server_factory.links)
 
+    def test_link_age_counts_frames_on_either_link_of_the_pair(self) -> None:
+        """Frames on B's own link to A (PONGs) and on A's link to B (PINGs, packets) are both
+        authenticated contact from A for B; the age is the freshest of the two, None with neither up."""
+        self.assertEqual(self.b.plane.link_age(A), 0.0)
+        self.clock.advance(7)
+        self.assertEqual(self.b.plane.link_age(A), 7.0)
+        self.a.tun.inject(ipv4("100.64.0.1", "100.64.0.2"))  # A sends on its link: B's inbound one
+        self.a.plane._reader.doRead()
+        self.pump()
+        self.assertEqual(self.b.plane.server_factory.rx_age(A), 0.0)
+        self.assertEqual(self.b.plane.link_age(A), 0.0)
+        self.b.plane.links[A].stop("test")  # B's outbound link down: A's inbound one counts
+        self.pump()
+        self.clock.advance(2)
+        self.assertFalse(self.b.plane.links[A].ready)
+        self.assertEqual(self.b.plane.link_age(A), 2.0)
+        self.a.plane.links[B].stop("test")
+        self.pump()
+        self.assertIsNone(self.b.plane.server_factory.rx_age(A))
+        self.assertIsNone(self.b.plane.link_age(A))
+
     def test_peer_url_change_reconnects(self) -> None:
         old = self.a.plane.links[B]
         self.a.peers["https://b2/"] = self.b

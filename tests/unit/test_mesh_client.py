@@ -69,6 +69,55 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(failure.value.reason, "transport")
 
 
+class ConcurrencyTests(SynchronousTestCase):
+    """At most ``max_concurrent`` requests are out at once; the rest wait in order, and a request's
+    deadline starts when it goes out (a queue is not a timeout)."""
+
+    def setUp(self) -> None:
+        self.net = FakeNetwork()
+        self.target = Fixed(200, b"{}")
+        self.net.add("https://a.test:1", self.target)
+        self.net.add("https://b.test:1", self.target)
+        self.net.hang.add("a.test:1")
+        self.clock = Clock()
+        self.client = MeshClient(self.net, self.clock, 2.0, max_concurrent=2)
+
+    def test_requests_beyond_the_cap_wait_and_go_out_in_order_as_slots_free(self) -> None:
+        hung = [self.client.post("https://a.test:1", "/p", b"1", "Bearer t") for _ in range(2)]
+        queued = [self.client.post("https://b.test:1", "/p", str(i).encode(), "Bearer t") for i in range(3)]
+        self.assertEqual(len(self.target.requests), 0)  # the two hung ones hold both slots
+        self.assertEqual((self.client.in_flight, self.client.waiting), (5, 3))
+        for d in queued:
+            self.assertNoResult(d)
+        self.clock.advance(1.9)  # waiting 1.9 s does not count against the queued requests' deadline
+        for d in queued:
+            self.assertNoResult(d)
+        self.clock.advance(0.1)  # the hung ones time out and free their slots
+        for d in hung:
+            self.assertEqual(self.failureResultOf(d, PeerRequestFailed).value.reason, "timeout")
+        for d in queued:
+            self.assertEqual(self.successResultOf(d).status, 200)
+        self.assertEqual(self.target.requests, [b"0", b"1", b"2"])
+        self.assertEqual((self.client.in_flight, self.client.waiting), (0, 0))
+
+    def test_a_waiting_request_is_cancelled_by_cancel_all_and_never_sent(self) -> None:
+        hung = [self.client.post("https://a.test:1", "/p", b"1", "Bearer t") for _ in range(2)]
+        queued = self.client.post("https://b.test:1", "/p", b"q", "Bearer t")
+        self.client.cancel_all()
+        self.assertEqual(self.failureResultOf(queued, PeerRequestFailed).value.reason, "cancelled")
+        for d in hung:
+            self.assertEqual(self.failureResultOf(d, PeerRequestFailed).value.reason, "cancelled")
+        self.clock.advance(10)
+        self.assertEqual(self.target.requests, [])
+        self.assertEqual((self.client.in_flight, self.client.waiting), (0, 0))
+        # the slots are free again
+        self.assertEqual(self.successResultOf(self.client.post("https://b.test:1", "/p", b"x", "B")).status, 200)
+
+    def test_the_cap_must_be_positive(self) -> None:
+        with self.assertRaises(ValueError):
+            MeshClient(self.net, self.clock, 2.0, max_concurrent=0)
+
+
 class RequestDurationTests(SynchronousTestCase):
     """``tunmesh_mesh_request_duration_seconds{kind, result}``: how long control requests take."""
 

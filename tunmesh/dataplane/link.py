@@ -653,6 +653,14 @@ class LinkServerFactory(Factory):
         self.close_peer(peer_id)
         self.rx_stats.pop(peer_id, None)
 
+    def rx_age(self, peer_id: str) -> float | None:
+        """Seconds since ``peer_id``'s inbound link (past its authenticated HELLO) last carried a frame
+        or a datagram (its PINGs at rest), None when it has none."""
+        proto = self.links.get(peer_id)
+        if proto is None or proto._closed:
+            return None
+        return max(0.0, self.clock.seconds() - proto._last_rx)
+
     def close_peer(self, peer_id: str) -> None:
         """Drop the inbound link of a removed peer."""
         proto = self.links.get(peer_id)

@@ -229,13 +229,21 @@ class DataPlane(MultiService):
             self.peer_metrics.forget(peer_id)
 
     def link_age(self, peer_id: str) -> float | None:
-        """Seconds since ``peer_id``'s outbound link last received a frame (its PONGs at rest), None
-        when the link is not up. The frames come over the TLS session the link's HELLO bound and
-        authenticated: membership counts them as contact (``Membership.link_age``)."""
+        """Seconds since a link with ``peer_id`` last carried a frame from it, None when neither is up.
+
+        Both directions count: the PONGs on our outbound link and the PINGs (or packets) on its inbound
+        one come over TLS sessions that the link's HELLO bound and authenticated (the client proved the
+        session key; the server answered under it), so either is authenticated contact: membership
+        counts it (``Membership.link_age``), and a pair at rest then needs no renewal to stay alive.
+        """
+        ages = []
         link = self.links.get(peer_id)
-        if link is None or not link.ready:
-            return None
-        return max(0.0, self._clock.seconds() - link.last_rx)
+        if link is not None and link.ready:
+            ages.append(max(0.0, self._clock.seconds() - link.last_rx))
+        inbound = self.server_factory.rx_age(peer_id)
+        if inbound is not None:
+            ages.append(inbound)
+        return min(ages) if ages else None
 
     def link_status(self, peer_id: str) -> dict[str, Any]:
         """``tunmesh status``: both directions of ``peer_id``'s link and its drops by reason."""

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from treq import collect as treq_collect
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, inlineCallbacks, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    TimeoutError,
+    fail,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,8 +46,15 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 JSON = "application/json"
 #: Buckets of ``tunmesh_mesh_request_duration_seconds`` (up to the longest request_timeout worth waiting).
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Control requests a node has in flight at once; more wait in order for a free slot, and their deadline
+#: starts when they go out. Without a cap a node that learns of 49 peers at once sends 49 registrations,
+#: 49 session setups and their TLS handshakes together; on a busy host (many nodes starting together)
+#: the servers answered later than the deadline, every request was retried, and the retries kept the
+#: host saturated (docs/performance.md, "Scale": 11 000 timeouts in one 50-node join). Requests on a
+#: kept connection take a slot for a few milliseconds.
+MAX_CONCURRENT_REQUESTS = 8
 #: Seconds an idle control connection stays cached for the next request to the same peer. Longer than a
-#: renewal interval at rest (a local peer's stale_threshold / 2 plus a groom tick: 20 s with the shipped
+#: renewal interval at rest (a local peer's stale_threshold plus a groom tick: 35 s with the shipped
 #: timings), so renewals reuse it instead of paying a TLS handshake each (the largest idle cost measured,
 #: docs/performance.md "Scale"); shorter than the server's idle timeout (``HardenedSite``, 60 s), so a
 #: request never goes out on a connection the server is closing (a POST is not retried).
@@ -165,8 +180,13 @@ class MeshClient:
         pool: Any = None,
         metrics: Any = None,
         endpoints: ControlEndpointFactory | None = None,
+        max_concurrent: int = MAX_CONCURRENT_REQUESTS,
     ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         self._http = http
+        #: requests in flight at once (``MAX_CONCURRENT_REQUESTS``); the rest wait here in order
+        self._slots = DeferredSemaphore(max_concurrent)
         self._pool = pool
         self._endpoints = endpoints
         self._duration = (
@@ -186,6 +206,8 @@ class MeshClient:
         self.timeout = timeout
         self._max_response = max_response
         self._in_flight: set[Deferred[Any]] = set()
+        #: the part of ``_in_flight`` still waiting for a slot
+        self._queued: set[Deferred[Any]] = set()
 
     @classmethod
     def with_tls(cls, reactor: Any, tls_policy: Any, timeout: float, metrics: Any = None) -> MeshClient:
@@ -214,7 +236,13 @@ class MeshClient:
 
     @property
     def in_flight(self) -> int:
+        """Requests sent and not answered yet, and those waiting for a slot."""
         return len(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for one of the ``max_concurrent`` slots."""
+        return len(self._slots.waiting)
 
     def post(
         self,
@@ -229,7 +257,37 @@ class MeshClient:
 
         A :class:`SignedRequest` is bound to the TLS session of the connection it goes out on (W5) when this
         client pools bound connections; the response then carries that value as ``channel``.
+
+        At most ``max_concurrent`` requests are out at once; a request waits in order for a slot, and its
+        deadline starts when it goes out (:data:`MAX_CONCURRENT_REQUESTS`).
         """
+        acquired = self._slots.acquire()
+        self._in_flight.add(acquired)
+        self._queued.add(acquired)
+
+        def send(_: object) -> Deferred[RawResponse]:
+            self._in_flight.discard(acquired)
+            self._queued.discard(acquired)
+            sent = self._send(url, path, body, authorization, timeout)
+            return sent.addBoth(release)
+
+        def release(result: Any) -> Any:
+            self._slots.release()
+            return result
+
+        def not_sent(failure: Failure) -> Failure:
+            self._in_flight.discard(acquired)
+            self._queued.discard(acquired)
+            if failure.check(CancelledError):
+                raise PeerRequestFailed("cancelled", url)
+            return failure
+
+        return acquired.addCallbacks(send, not_sent)
+
+    def _send(
+        self, url: str, path: str, body: bytes, authorization: SignedRequest | str, timeout: float | None
+    ) -> Deferred[RawResponse]:
+        """The request itself, once it holds a slot (:meth:`post`)."""
         started = self._clock.seconds()
         header = authorization if isinstance(authorization, str) else authorization.header_value
         bind = None if isinstance(authorization, str) else authorization.bind
@@ -314,8 +372,10 @@ class MeshClient:
         )
 
     def cancel_all(self) -> None:
-        """Cancel every request in flight (service stop)."""
-        for d in list(self._in_flight):
+        """Cancel every request in flight (service stop): those waiting for a slot first, so that none
+        goes out on a slot the others free."""
+        queued = self._queued
+        for d in sorted(self._in_flight, key=lambda d: d not in queued):
             d.cancel()
 
     def close(self, timeout: float = 1.0) -> Deferred[None]:

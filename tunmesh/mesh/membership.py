@@ -324,15 +324,17 @@ class Membership:
                     self.pool.touch(peer.id, link_age)
                 if peer.is_stale(now):
                     continue
-                # Its link proves it alive, and it holds our table (a renewal would be news to nobody)
-                # or got it, or a delta of it, less than a relaxed interval ago: while the membership
-                # changes (a join of many nodes) a pair then exchanges once per relaxed interval, not
-                # after every change; the first change after a quiet spell still goes at once.
-                relaxed = link_age is not None and (
-                    self.gossip.holds(peer.id, ours)
-                    or self.gossip.told_within(peer.id, now, peer.timing.stale_threshold / 2)
+                # A link with it proves it alive to both of us (frames either way are authenticated
+                # contact). If it holds our table, a renewal would be news to nobody: at rest a pair
+                # exchanges once per stale_threshold, a safety net only. If it got our table, or a delta
+                # of it, less than half that ago, the membership is changing (a join of many nodes): a
+                # pair exchanges once per relaxed interval, not after every change; the first change
+                # after a quiet spell still goes at once.
+                rest = link_age is not None and self.gossip.holds(peer.id, ours)
+                relaxed = link_age is not None and self.gossip.told_within(
+                    peer.id, now, peer.timing.stale_threshold / 2
                 )
-                if peer.renewal_due(now, relaxed) and peer.id not in self.renewal:
+                if peer.renewal_due(now, relaxed, rest) and peer.id not in self.renewal:
                     self.renewal.renew(peer.id).addErrback(lambda f: None)
                 # Not an ``elif``: with renewals due at every tick (reregistration_interval <= groom_interval)
                 # a due rotation would wait for a tick without one, and the session outlive its age.

@@ -54,13 +54,17 @@ class Peer:
     def is_stale(self, now: float) -> bool:
         return self.age(now) > self.timing.stale_threshold
 
-    def renewal_due(self, now: float, relaxed: bool = False) -> bool:
-        """Whether our registration with the peer is due: ``reregistration_interval`` after the last one,
-        or, ``relaxed`` (its packet link proves it alive and it holds our current table, so a renewal
-        would carry no news), half its ``stale_threshold`` after it (docs/performance.md, "Scale")."""
+    def renewal_due(self, now: float, relaxed: bool = False, rest: bool = False) -> bool:
+        """Whether our registration with the peer is due: ``reregistration_interval`` after the last one;
+        ``relaxed`` (a link with it is up and it got our table, or a delta of it, lately: the membership
+        is changing), half its ``stale_threshold`` after it; ``rest`` (a link with it is up and it holds
+        our current table: a renewal would carry no news and the link keeps both sides alive), a whole
+        ``stale_threshold`` after it (docs/performance.md, "Scale")."""
         last = self.last_renewal if self.last_renewal is not None else self.first_seen - 1e9
         interval = self.timing.reregistration_interval
-        if relaxed:
+        if rest:
+            interval = max(interval, self.timing.stale_threshold)
+        elif relaxed:
             interval = max(interval, self.timing.stale_threshold / 2)
         return now - last >= interval and now >= self.next_attempt
 
