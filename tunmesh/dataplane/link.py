@@ -1361,7 +1361,9 @@ class TLSLinkConnector:
         self._timeout = timeout
 
     def __call__(self, url: str, protocol: Protocol) -> defer.Deferred[Any]:
-        from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+        from twisted.internet.endpoints import connectProtocol, wrapClientTLS
+
+        from tunmesh.endpoints import tcp_client_endpoint
 
         parts = urlsplit(url)
         host = parts.hostname
@@ -1370,6 +1372,6 @@ class TLSLinkConnector:
         port = parts.port or 443
         endpoint = wrapClientTLS(
             self._context_for(host),
-            HostnameEndpoint(self._reactor, host.encode("idna"), port, timeout=self._timeout),
+            tcp_client_endpoint(self._reactor, host, port, self._timeout),
         )
         return connectProtocol(endpoint, protocol)

@@ -19,6 +19,13 @@ from tunmesh.mesh.errors import InvalidRegistration, PoolFull, RegistrationConfl
 from tunmesh.mesh.settings import MeshSettings, PeerTiming
 from tunmesh.mesh.structs import IPInterface, IPNetwork, NodeInfo
 
+#: A pair at rest (a packet link up, and the peer holds our current table) renews once per this many
+#: ``stale_threshold``s (120 s for local peers): the link's frames keep both sides alive and the digests
+#: say the tables agree, so such a renewal is only a safety net; any change brings the usual interval
+#: back at once. It outlives a kept control connection (45 s), so it pays a TLS handshake: measured
+#: cheaper than a renewal every stale_threshold on a kept one (docs/performance.md, "Idle wake-ups").
+REST_RENEWAL = 4
+
 
 @dataclass
 class Peer:
@@ -58,12 +65,12 @@ class Peer:
         """Whether our registration with the peer is due: ``reregistration_interval`` after the last one;
         ``relaxed`` (a link with it is up and it got our table, or a delta of it, lately: the membership
         is changing), half its ``stale_threshold`` after it; ``rest`` (a link with it is up and it holds
-        our current table: a renewal would carry no news and the link keeps both sides alive), a whole
-        ``stale_threshold`` after it (docs/performance.md, "Scale")."""
+        our current table: a renewal would carry no news and the link keeps both sides alive),
+        :data:`REST_RENEWAL` times ``stale_threshold`` after it (docs/performance.md, "Scale")."""
         last = self.last_renewal if self.last_renewal is not None else self.first_seen - 1e9
         interval = self.timing.reregistration_interval
         if rest:
-            interval = max(interval, self.timing.stale_threshold)
+            interval = max(interval, REST_RENEWAL * self.timing.stale_threshold)
         elif relaxed:
             interval = max(interval, self.timing.stale_threshold / 2)
         return now - last >= interval and now >= self.next_attempt

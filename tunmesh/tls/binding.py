@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from tunmesh.auth.errors import AuthError
 from tunmesh.auth.keys import b64url
+from tunmesh.endpoints import tcp_client_endpoint
 from tunmesh.logutil import RateLimitedLog
 from tunmesh.tls.dispatch import IAcceptTimeAware
 
@@ -387,7 +388,7 @@ class ControlEndpointFactory:
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802 (Twisted's name)
         if uri.scheme != b"https":
             raise SchemeNotSupported(f"control requests go over https only, not {uri.scheme!r}")
-        tcp = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+        tcp = tcp_client_endpoint(self._reactor, uri.host, uri.port, self._timeout)
         tls = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), tcp)
         return ChannelBoundEndpoint(
             tls, self.verify, self._reactor, self._timeout, on_bound=lambda proof: self._bound(uri, proof)
