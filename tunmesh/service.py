@@ -175,6 +175,7 @@ def _make_service(
 
     from tunmesh.mesh.client import MeshClient
     from tunmesh.mesh.service import build_mesh
+    from tunmesh.mesh.settings import REGISTRATION_REQUEST_TIMEOUT
 
     identity = NodeIdentity.generate(cfg.clustering.control_api_advertise_url)
     metrics = build_metrics(cfg, identity)
@@ -207,8 +208,13 @@ def _make_service(
     # 2. TLS material, read as root (the key may be readable by root only).
     tls = build_tls(cfg, metrics, reactor)
     tls.expiry.setServiceParent(top)
+    request_timeout = float(cfg.process.timing.request_timeout)
     http_client = MeshClient.with_tls(
-        reactor, tls.http_policy, timeout=float(cfg.process.timing.request_timeout), metrics=metrics
+        reactor,
+        tls.http_policy,
+        timeout=request_timeout,
+        metrics=metrics,
+        handshake_timeout=max(request_timeout, REGISTRATION_REQUEST_TIMEOUT),
     )
 
     # 3. Membership and sessions.

@@ -210,9 +210,19 @@ class MeshClient:
         self._queued: set[Deferred[Any]] = set()
 
     @classmethod
-    def with_tls(cls, reactor: Any, tls_policy: Any, timeout: float, metrics: Any = None) -> MeshClient:
+    def with_tls(
+        cls,
+        reactor: Any,
+        tls_policy: Any,
+        timeout: float,
+        metrics: Any = None,
+        handshake_timeout: float | None = None,
+    ) -> MeshClient:
         """A real client: treq over an ``Agent`` whose connections are channel-bound ``tunmesh-ctl/1``
         connections made with tunmesh's TLS client policy (whose ALPN must be ``tunmesh-ctl/1``).
+
+        ``timeout`` is the default request deadline and the TCP connect deadline; ``handshake_timeout``
+        (default ``timeout``) bounds the TLS handshake and the server's proof once TCP connected.
 
         Call :meth:`verify_channel_with` before the first request: until then every connection is
         refused.
@@ -223,7 +233,7 @@ class MeshClient:
         pool = BindingConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 3
         pool.cachedConnectionTimeout = CACHED_CONNECTION_TIMEOUT
-        endpoints = ControlEndpointFactory(reactor, tls_policy, timeout)
+        endpoints = ControlEndpointFactory(reactor, tls_policy, timeout, handshake_timeout=handshake_timeout)
         agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
         return cls(
             HTTPClient(agent), reactor, timeout, pool=pool, metrics=metrics, endpoints=endpoints  # type: ignore[arg-type]

@@ -25,6 +25,14 @@ class BootstrapGroupSpec:
     retries: int = -1
 
 
+#: Deadline of registrations and first session setups (``MeshSettings.registration_request_timeout``), and
+#: of a control connection's TLS handshake and channel proof once TCP connected (``MeshClient.with_tls``).
+#: A connection the peer's kernel accepted but the peer has not served yet is a live peer that is busy
+#: (many nodes starting on few cores): giving up after 5 s, then retrying, made a 50-node join on two
+#: cores spend its CPU on ~7 000 abandoned handshakes (docs/performance.md, "Scale"). A dead peer still
+#: fails at once (refused) or at the TCP connect deadline (``request_timeout``).
+REGISTRATION_REQUEST_TIMEOUT = 15.0
+
 @dataclass(frozen=True)
 class PeerTiming:
     """Per-class timing: how often we renew with a peer, and when silence makes it stale."""
@@ -53,7 +61,7 @@ class MeshSettings:
     #: deadline of registrations (bootstrap, renewal) and first session setups (at least request_timeout):
     #: a peer busy starting up answers late, and a retry after a lost answer costs a backoff, a 429 (W11),
     #: or, for renewals, the peer's removal as stale after a row of them
-    registration_request_timeout: float = 5.0
+    registration_request_timeout: float = REGISTRATION_REQUEST_TIMEOUT
     local_timing: PeerTiming = field(default_factory=lambda: PeerTiming(5.0, 30.0))
     mesh_timing: PeerTiming = field(default_factory=lambda: PeerTiming(30.0, 120.0))
     request_timeout: float = 5.0

@@ -364,10 +364,14 @@ class ControlEndpointFactory:
         policy: IPolicyForHTTPS,
         timeout: float,
         verify: ProofVerifier | None = None,
+        handshake_timeout: float | None = None,
     ) -> None:
         self._reactor = reactor
         self._policy = policy
+        #: TCP connect deadline
         self._timeout = timeout
+        #: TLS handshake and proof deadline, from the TCP connection on
+        self._handshake_timeout = timeout if handshake_timeout is None else handshake_timeout
         self.verify = verify
         self._announced: set[tuple[bytes, int]] = set()
 
@@ -391,5 +395,5 @@ class ControlEndpointFactory:
         tcp = tcp_client_endpoint(self._reactor, uri.host, uri.port, self._timeout)
         tls = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), tcp)
         return ChannelBoundEndpoint(
-            tls, self.verify, self._reactor, self._timeout, on_bound=lambda proof: self._bound(uri, proof)
+            tls, self.verify, self._reactor, self._handshake_timeout, on_bound=lambda proof: self._bound(uri, proof)
         )
