@@ -85,9 +85,20 @@ class RegistrationRouteTests(RouteTestCase):
         advance(self.clock, 2)
         self.assertIn(self.n2.id, self.n1.peer_ids())
 
-    def test_older_sequence_409(self) -> None:
+    def test_an_older_sequence_is_answered_but_superseded(self) -> None:
+        """A registration older than one accepted from the same node (a request and an answer crossed,
+        or it waited for a request slot) is authentic but superseded: answered, not applied."""
         self.assertEqual(self.register_as_stranger(reg_body(info(7), seq=5))[0].code, 200)
-        self.assertEqual(self.register_as_stranger(reg_body(info(7), seq=4))[0].code, 409)
+        hint = dict(info(9), id=node_id(99), listen_url="https://hint.test:4567")
+        response, content, _ = self.register_as_stranger(reg_body(info(7), [hint], seq=4))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(content)["local"]["id"], self.n1.id)
+        peer = self.n1.pool.get(node_id(7))
+        assert peer is not None
+        self.assertEqual((peer.last_seq, peer.hints), (5, ()))
+        self.assertEqual(self.n1.counter("tunmesh_mesh_registrations_total", direction="in", result="superseded"), 1)
+        self.assertEqual(self.register_as_stranger(reg_body(info(7), [hint], seq=6))[0].code, 200)
+        self.assertEqual([h.id for h in peer.hints], [node_id(99)])
 
     def test_gossip_entry_never_becomes_a_route(self) -> None:
         ghost = dict(info(9, "100.64.1.99/24"), id=node_id(99), listen_url="https://ghost.test:4567")
