@@ -86,6 +86,26 @@ def rest_figures(before: dict[int, NodeSample], after: dict[int, NodeSample]) ->
     return out
 
 
+def join_figures(at_mesh: dict[int, NodeSample]) -> dict[str, Any]:
+    """Per node, from its start to the full mesh: control requests sent by kind and answered, body
+    kB, CPU seconds (the counters are cumulative), summarised over nodes (median and max)."""
+    per: dict[str, list[float]] = {k: [] for k in ("register", "init_session", "req_in", "kbytes", "cpu_s")}
+    for s in at_mesh.values():
+        per["register"].append(s.total(COUNTERS[0], 'direction="out"', 'kind="register"'))
+        per["init_session"].append(s.total(COUNTERS[0], 'direction="out"', 'kind="init_session"'))
+        per["req_in"].append(s.total(COUNTERS[0], 'direction="in"'))
+        per["kbytes"].append(s.total(COUNTERS[1]) / 1000)
+        per["cpu_s"].append(s.cpu)
+    return {k: {"median": statistics.median(v), "max": max(v)} for k, v in per.items()}
+
+
+def describe_join(j: dict[str, Any]) -> str:
+    return (f"per node registrations sent {j['register']['median']:.0f} (max {j['register']['max']:.0f}), "
+            f"session setups sent {j['init_session']['median']:.0f} (max {j['init_session']['max']:.0f}), "
+            f"requests answered {j['req_in']['median']:.0f}, {j['kbytes']['median']:.0f} kB, "
+            f"CPU {j['cpu_s']['median']:.1f} s (max {j['cpu_s']['max']:.1f}) from start to the full mesh")
+
+
 def ping_sample(cluster: Cluster, count: int, rng: random.Random) -> tuple[int, int]:
     nodes = sorted(cluster.nodes)
     answered = 0
@@ -113,7 +133,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         try:
             started = start_together(cluster, order, args.interval * (n - 1))
             serving = wait_listening(cluster, args.timeout)
-            done = wait_links_full_mesh(cluster, args.timeout)
+            done = wait_links_full_mesh(cluster, args.timeout, poll=1.0)
             last = started[-1]
             times = sorted(t - last for t in done.values())
             result["full_mesh_after_last_start"] = {"max": times[-1], "median": statistics.median(times)}
@@ -122,6 +142,8 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             print(f"[{n}] full mesh {times[-1]:.1f} s (median {statistics.median(times):.1f} s) after the last "
                   f"start; all serving after {result['serving_after_last_start']:.1f} s (load {load():.1f})",
                   flush=True)
+            result["join"] = join_figures(sample_all(cluster))
+            print(f"[{n}] join: {describe_join(result['join'])}", flush=True)
             time.sleep(args.settle)
             before = sample_all(cluster)
             time.sleep(args.idle)
@@ -156,8 +178,8 @@ def churn(cluster: Cluster, count: int, rng: random.Random, args: argparse.Names
     restarted = time.monotonic()
     for i in victims:
         cluster.start(i)
-    serving = wait_listening(cluster, args.timeout)
-    done = wait_links_full_mesh(cluster, args.timeout)
+    serving = wait_listening(cluster, args.timeout, victims)
+    done = wait_links_full_mesh(cluster, args.timeout, poll=1.0)
     whole = max(done.values()) - restarted
     # the killed ids leave the survivors' pools (stale threshold 30 s, or a probe of their URL)
     deadline = time.monotonic() + args.timeout
