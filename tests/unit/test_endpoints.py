@@ -53,6 +53,7 @@ class ControlDeadlineTests(SynchronousTestCase):
         host, port, tcp_factory, timeout, _bind = reactor.tcpClients[0]
         self.assertEqual((host, port, timeout), ("198.18.0.7", 4567, 5.0))
         protocol = tcp_factory.buildProtocol(None)
+        assert protocol is not None
         protocol.makeConnection(StringTransport())  # TCP connected; the server never answers
         return reactor, results
 

@@ -243,6 +243,52 @@ class MeshGossipTests(MeshTestCase):
             self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)
 
 
+class JoinExchangeTests(MeshTestCase):
+    """What a join costs per pair: a bootstrap counts as the pair's registration exchange, and a queued
+    bootstrap of a gossiped URL is dropped once the node behind it registered with us."""
+
+    def renewals_to(self, node: Node) -> list[str]:
+        calls: list[str] = []
+        renew = node.membership.renewal.renew
+
+        def counting(peer_id: str) -> Deferred[None]:
+            calls.append(peer_id)
+            return renew(peer_id)
+
+        node.membership.renewal.renew = counting  # type: ignore[method-assign]
+        return calls
+
+    def test_a_bootstrap_is_the_pairs_exchange_and_the_next_renewal_waits_a_full_interval(self) -> None:
+        first = self.node(1, ())
+        first.start()
+        second = self.node(2)
+        by_first, by_second = self.renewals_to(first), self.renewals_to(second)
+        second.start()
+        advance(self.clock, 0.5)
+        peer = second.pool.get(first.id)
+        assert peer is not None
+        self.assertTrue(peer.registered_with)
+        advance(self.clock, 9)  # two groom ticks, less than the usual interval (10 s in this harness)
+        self.assertEqual(by_second, [])  # the bootstrap was its exchange with the first node
+        # The first node, which only answered, renews once (its request acknowledges its own claims);
+        # that exchange renews both directions.
+        self.assertEqual(by_first, [second.id])
+        advance(self.clock, 20)
+        self.assertLessEqual(len(by_first) + len(by_second), 3)
+
+    def test_a_gossiped_url_held_by_a_pool_peer_is_not_bootstrapped_a_configured_one_is(self) -> None:
+        nodes = self.mesh(3)
+        a, b = nodes[1], nodes[2]
+        url = b.membership.local.listen_url
+        before = a.counter("tunmesh_mesh_control_requests_total", direction="out")
+        self.assertEqual(self.successResultOf(a.membership.bootstrapper.bootstrap(url, gossiped=True)), b.id)
+        self.assertEqual(a.counter("tunmesh_mesh_control_requests_total", direction="out"), before)
+        self.assertEqual(a.counter("tunmesh_mesh_bootstrap_attempts_total", result="known"), 1)
+        # a probe of a known URL (is its holder still there?) and a configured URL do go out
+        self.assertEqual(self.successResultOf(a.membership.bootstrapper.bootstrap(url)), b.id)
+        self.assertEqual(a.counter("tunmesh_mesh_control_requests_total", direction="out"), before + 1)
+
+
 class LinkRelaxedRenewalTests(MeshTestCase):
     """A peer with a packet link up (its frames are authenticated contact) that holds our table is renewed
     every ``stale_threshold`` instead of every ``reregistration_interval``; one that got our table lately,

@@ -110,16 +110,18 @@ class Bootstrapper(Component):
         for group in self.groups:
             group.unanswered.clear()
 
-    def bootstrap(self, url: str) -> Deferred[str | None]:
+    def bootstrap(self, url: str, gossiped: bool = False) -> Deferred[str | None]:
         """Register through ``url`` with a bootstrap token; fires with the answering peer id (None: self).
 
         At most ``max_concurrent_bootstraps`` run at once; the same URL is never bootstrapped twice at
-        the same time. Failures errback with ``PeerRequestFailed`` and back the URL off.
+        the same time. Failures errback with ``PeerRequestFailed`` and back the URL off. A ``gossiped``
+        URL (a hint) that a pool peer holds by the time its turn comes is not bootstrapped: that node
+        registered with us meanwhile (a newcomer registers with every node it learns of).
         """
         existing = self._running.follow(url)
         if existing is not None:
             return existing
-        d = self._running.start(url, self._slots.run(self._bootstrap, url))
+        d = self._running.start(url, self._slots.run(self._bootstrap, url, gossiped))
 
         def done(result: Any) -> Any:
             if isinstance(result, Failure):
@@ -133,7 +135,12 @@ class Bootstrapper(Component):
         return d
 
     @inlineCallbacks
-    def _bootstrap(self, url: str) -> Any:
+    def _bootstrap(self, url: str, gossiped: bool = False) -> Any:
+        if gossiped:
+            held = self.pool.by_url(url.rstrip("/"))
+            if held is not None:
+                self.meters.bootstraps.labels(result="known").inc()
+                return held.id
         try:
             for _attempt in range(1 + SELF_RETRIES):
                 body = self.membership.our_registration().to_json()
@@ -179,6 +186,10 @@ class Bootstrapper(Component):
         self.contacts.url_ok(url)
         self.meters.bootstraps.labels(result="ok").inc()
         peer = self.pool.get(peer_id)
+        if peer is not None:
+            # This exchange registered us with the peer and gave us its registration: our next renewal
+            # with it waits a full interval (it used to follow at the next groom tick).
+            self.membership.renewal.exchanged(peer_id)
         self.log.info(
             "bootstrapped via {url}: peer {peer}",
             url=url,
@@ -355,7 +366,7 @@ class Bootstrapper(Component):
                 self._gossip_waiting = True  # the next bootstrap to finish wakes the join pass
                 break
             free -= 1
-            self.bootstrap(url).addErrback(lambda f: None)
+            self.bootstrap(url, gossiped=True).addErrback(lambda f: None)
         if wake is not None:
             self.schedule_join(wake)
         self._gossip_idle = scanned if not candidates else None

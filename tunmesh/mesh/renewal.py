@@ -47,12 +47,24 @@ class Renewal(Component):
         """We answered ``peer_id``'s session-authenticated registration with ours: that exchange renewed
         both directions (it holds our registration, we hold its own), so ours to it waits a full interval
         from now. Of the two nodes of a pair only the one whose groom tick comes first renews: one
-        exchange per pair per interval instead of two (docs/performance.md, "Scale")."""
+        exchange per pair per interval instead of two (docs/performance.md, "Scale"). Not before we
+        registered with it ourselves once: a request of ours is what acknowledges our address claims
+        (docs/addressing.md), and what a cluster-token registration (a bootstrap) is answered with."""
         peer = self.pool.get(peer_id)
         if peer is None or not peer.registered_with or self.membership.sessions.outbound(peer_id) is None:
             return
         if peer_id not in self._running:
-            peer.last_renewal = self.monotonic()
+            self.exchanged(peer_id)
+
+    def exchanged(self, peer_id: str, registered: bool = True) -> None:
+        """Registrations were exchanged with ``peer_id`` (``registered``: ours reached it as a request of
+        ours): the next renewal is due a full interval from now."""
+        peer = self.pool.get(peer_id)
+        if peer is None:
+            return
+        peer.last_renewal = self.monotonic()
+        if registered:
+            peer.registered_with = True
 
     def renew(self, peer_id: str) -> Deferred[None]:
         """Re-register with a known peer (session auth, cluster fallback); one at a time per peer."""
