@@ -89,9 +89,16 @@ def rest_figures(before: dict[int, NodeSample], after: dict[int, NodeSample]) ->
 def join_figures(at_mesh: dict[int, NodeSample]) -> dict[str, Any]:
     """Per node, from its start to the full mesh: control requests sent by kind and answered, body
     kB, CPU seconds (the counters are cumulative), summarised over nodes (median and max)."""
-    per: dict[str, list[float]] = {k: [] for k in ("register", "init_session", "req_in", "kbytes", "cpu_s")}
+    per: dict[str, list[float]] = {
+        k: [] for k in ("register", "bootstrap", "init_session", "req_in", "kbytes", "cpu_s")
+    }
     for s in at_mesh.values():
         per["register"].append(s.total(COUNTERS[0], 'direction="out"', 'kind="register"'))
+        # bootstraps sent (the other registrations are renewals); "known" and "self" sent nothing
+        sent = s.total("tunmesh_mesh_bootstrap_attempts_total") - s.total(
+            "tunmesh_mesh_bootstrap_attempts_total", 'result="known"'
+        )
+        per["bootstrap"].append(sent)
         per["init_session"].append(s.total(COUNTERS[0], 'direction="out"', 'kind="init_session"'))
         per["req_in"].append(s.total(COUNTERS[0], 'direction="in"'))
         per["kbytes"].append(s.total(COUNTERS[1]) / 1000)
@@ -100,7 +107,8 @@ def join_figures(at_mesh: dict[int, NodeSample]) -> dict[str, Any]:
 
 
 def describe_join(j: dict[str, Any]) -> str:
-    return (f"per node registrations sent {j['register']['median']:.0f} (max {j['register']['max']:.0f}), "
+    return (f"per node registrations sent {j['register']['median']:.0f} (max {j['register']['max']:.0f}; "
+            f"bootstraps {j['bootstrap']['median']:.0f}), "
             f"session setups sent {j['init_session']['median']:.0f} (max {j['init_session']['max']:.0f}), "
             f"requests answered {j['req_in']['median']:.0f}, {j['kbytes']['median']:.0f} kB, "
             f"CPU {j['cpu_s']['median']:.1f} s (max {j['cpu_s']['max']:.1f}) from start to the full mesh")
