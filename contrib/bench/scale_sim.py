@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """In-memory scale simulation: N nodes join and rest on one ``task.Clock``, counting control messages and bytes.
 
-    nice -n 19 python contrib/bench/scale_sim.py [--nodes 50,200,500] [--settle 30] [--rest 240] [--json FILE]
+    nice -n 19 python contrib/bench/scale_sim.py [--nodes 50,200,500] [--settle 90] [--rest 240] [--json FILE]
 
 Every node is a real ``Membership`` + ``MeshAPI`` + ``MeshClient`` (the in-memory harness of the mesh tests,
 ``tests/unit/mesh_support.py``, on ``FakeNetwork(direct=True)``: each request is a real
@@ -128,7 +128,7 @@ def totals(nodes: list[Node]) -> tuple[list[float], list[float], float, float, l
 def simulate(
     count: int,
     rest: float = 240.0,
-    settle: float = 30.0,
+    settle: float = 90.0,
     join_limit: float = 300.0,
     tick: float = 0.5,
     links: bool = True,
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--rest", type=float, default=240.0, help="simulated seconds counted at rest (default 240: two rest renewals)"
     )
-    ap.add_argument("--settle", type=float, default=30.0, help="simulated seconds after the join (default 30)")
+    ap.add_argument("--settle", type=float, default=90.0, help="simulated seconds after the join (default 90)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     ap.add_argument(
         "--no-links", action="store_true", help="no packet links (renewals every reregistration_interval)"

@@ -610,7 +610,7 @@ class LocalRegistrationTiming:
     reregistration_interval: float = _timing(
         5.0,
         "Seconds between registrations with each local peer; while a packet link with the peer is up, "
-        "stale_threshold / 2 if longer (the membership is changing) or 4 x stale_threshold (at rest: it "
+        "stale_threshold if longer (the membership is changing) or 4 x stale_threshold (at rest: it "
         "holds our peer table).",
     )
     stale_threshold: float = _timing(30.0, "Seconds without contact after which a local peer is dropped.")
@@ -622,7 +622,7 @@ class MeshRegistrationTiming:
     reregistration_interval: float = _timing(
         30.0,
         "Seconds between registrations with each mesh peer; while a packet link with the peer is up, "
-        "stale_threshold / 2 if longer (the membership is changing) or 4 x stale_threshold (at rest: it "
+        "stale_threshold if longer (the membership is changing) or 4 x stale_threshold (at rest: it "
         "holds our peer table).",
     )
     stale_threshold: float = _timing(120.0, "Seconds without contact after which a mesh peer is dropped.")

@@ -326,14 +326,13 @@ class Membership:
                     continue
                 # A link with it proves it alive to both of us (frames either way are authenticated
                 # contact). If it holds our table, a renewal would be news to nobody: at rest a pair
-                # exchanges once per stale_threshold, a safety net only. If it got our table, or a delta
-                # of it, less than half that ago, the membership is changing (a join of many nodes): a
-                # pair exchanges once per relaxed interval, not after every change; the first change
-                # after a quiet spell still goes at once.
+                # exchanges once per REST_RENEWAL stale_thresholds, a safety net only. If it got our
+                # table, or a delta of it, less than a stale_threshold ago, the membership is changing (a
+                # join of many nodes, whose newcomers register with every node themselves): a pair
+                # exchanges once per stale_threshold, not after every change; the first change after a
+                # quiet spell still goes at once.
                 rest = link_age is not None and self.gossip.holds(peer.id, ours)
-                relaxed = link_age is not None and self.gossip.told_within(
-                    peer.id, now, peer.timing.stale_threshold / 2
-                )
+                relaxed = link_age is not None and self.gossip.told_within(peer.id, now, peer.timing.stale_threshold)
                 if peer.renewal_due(now, relaxed, rest) and peer.id not in self.renewal:
                     self.renewal.renew(peer.id).addErrback(lambda f: None)
                 # Not an ``elif``: with renewals due at every tick (reregistration_interval <= groom_interval)

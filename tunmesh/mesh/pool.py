@@ -64,7 +64,7 @@ class Peer:
     def renewal_due(self, now: float, relaxed: bool = False, rest: bool = False) -> bool:
         """Whether our registration with the peer is due: ``reregistration_interval`` after the last one;
         ``relaxed`` (a link with it is up and it got our table, or a delta of it, lately: the membership
-        is changing), half its ``stale_threshold`` after it; ``rest`` (a link with it is up and it holds
+        is changing), its ``stale_threshold`` after it; ``rest`` (a link with it is up and it holds
         our current table: a renewal would carry no news and the link keeps both sides alive),
         :data:`REST_RENEWAL` times ``stale_threshold`` after it (docs/performance.md, "Scale")."""
         last = self.last_renewal if self.last_renewal is not None else self.first_seen - 1e9
@@ -72,7 +72,7 @@ class Peer:
         if rest:
             interval = max(interval, REST_RENEWAL * self.timing.stale_threshold)
         elif relaxed:
-            interval = max(interval, self.timing.stale_threshold / 2)
+            interval = max(interval, self.timing.stale_threshold)
         return now - last >= interval and now >= self.next_attempt
 
 
