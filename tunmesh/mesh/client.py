@@ -48,16 +48,18 @@ JSON = "application/json"
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Control requests a node has in flight at once; more wait in order for a free slot, and their deadline
 #: starts when they go out. Without a cap a node that learns of 49 peers at once sends 49 registrations,
-#: 49 session setups and their TLS handshakes together; on a busy host (many nodes starting together)
-#: the servers answered later than the deadline, every request was retried, and the retries kept the
-#: host saturated (docs/performance.md, "Scale": 11 000 timeouts in one 50-node join). Requests on a
-#: kept connection take a slot for a few milliseconds.
+#: 49 session setups and their TLS handshakes together, and on a busy host (many nodes starting together)
+#: each waits behind all the others. The cap bounds that burst; the abandoned handshakes of a 50-node
+#: join were ended by the longer handshake deadline (docs/performance.md, "Rest renewals, and a join that
+#: does not collapse"). Requests on a kept connection take a slot for a few milliseconds.
 MAX_CONCURRENT_REQUESTS = 8
 #: Seconds an idle control connection stays cached for the next request to the same peer. Longer than a
-#: renewal interval at rest (a local peer's stale_threshold plus a groom tick: 35 s with the shipped
-#: timings), so renewals reuse it instead of paying a TLS handshake each (the largest idle cost measured,
-#: docs/performance.md "Scale"); shorter than the server's idle timeout (``HardenedSite``, 60 s), so a
-#: request never goes out on a connection the server is closing (a POST is not retried).
+#: renewal interval while the membership changes (a local peer's stale_threshold plus a groom tick: 35 s
+#: with the shipped timings), so those renewals reuse it instead of paying a TLS handshake each
+#: (docs/performance.md "Scale"); shorter than the server's idle timeout (``HardenedSite``, 60 s), so a
+#: request never goes out on a connection the server is closing (a POST is not retried). A renewal at
+#: rest (``REST_RENEWAL``, 120 s apart) pays a handshake: measured cheaper than one every 35 s on a kept
+#: connection.
 CACHED_CONNECTION_TIMEOUT = 45
 
 
