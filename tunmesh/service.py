@@ -175,7 +175,7 @@ def _make_service(
 
     from tunmesh.mesh.client import MeshClient
     from tunmesh.mesh.service import build_mesh
-    from tunmesh.mesh.settings import REGISTRATION_REQUEST_TIMEOUT
+    from tunmesh.mesh.settings import MeshSettings
 
     identity = NodeIdentity.generate(cfg.clustering.control_api_advertise_url)
     metrics = build_metrics(cfg, identity)
@@ -208,13 +208,14 @@ def _make_service(
     # 2. TLS material, read as root (the key may be readable by root only).
     tls = build_tls(cfg, metrics, reactor)
     tls.expiry.setServiceParent(top)
-    request_timeout = float(cfg.process.timing.request_timeout)
+    mesh_settings = MeshSettings.from_config(cfg)
     http_client = MeshClient.with_tls(
         reactor,
         tls.http_policy,
-        timeout=request_timeout,
+        timeout=mesh_settings.request_timeout,
         metrics=metrics,
-        handshake_timeout=max(request_timeout, REGISTRATION_REQUEST_TIMEOUT),
+        # a control connection's handshake and proof get the registration deadline (a busy peer, not a dead one)
+        handshake_timeout=mesh_settings.registration_timeout,
     )
 
     # 3. Membership and sessions.
@@ -227,6 +228,7 @@ def _make_service(
         reload=reloader(cfg, config_path),
         monotonic=time.monotonic,
         addressing=addressing,
+        settings=mesh_settings,
     )
     mesh_service.register_health(health)
     http_client.verify_channel_with(membership.cluster.verify_channel_proof)

@@ -113,9 +113,12 @@ def build_mesh(
     monotonic: Callable[[], float] = time.monotonic,
     wall: SecondsClock | None = None,
     addressing: AddressClaimer | None = None,
+    settings: MeshSettings | None = None,
 ) -> tuple[Membership, MeshAPI, MeshService]:
-    """Everything the mesh needs from a config, for ``makeService``."""
-    settings = MeshSettings.from_config(cfg)
+    """Everything the mesh needs from a config, for ``makeService`` (``settings``: the config's
+    :class:`MeshSettings`, when the caller read them already)."""
+    if settings is None:
+        settings = MeshSettings.from_config(cfg)
     wall = wall if wall is not None else WallClock()
     auth_timing = cfg.process.timing.auth
     validity = min(float(auth_timing.validity_window), 60.0)
