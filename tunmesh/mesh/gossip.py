@@ -129,12 +129,12 @@ class GossipDigests:
         changed by it (when the held ones are not the delta's base, as after two deltas crossed, this is a
         best guess until the whole table comes: :meth:`accepted` asks for it)."""
         if registration.base_digest is not None:
-            if registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest:
+            if self._holds_named(sender, registration):
                 return held  # the same delta again (our request and our answer to its request crossed)
             return apply_delta(held, registration)
         if not registration.elided:
             return registration.remote
-        if registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest:
+        if self._holds_named(sender, registration):
             return held
         return ()
 
@@ -145,7 +145,7 @@ class GossipDigests:
         else:
             self._peer_holds[sender] = registration.known_digest
         if registration.base_digest is not None:
-            if registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest:
+            if self._holds_named(sender, registration):
                 pass  # a delta to the table we hold already
             elif self._held.get(sender) == registration.base_digest and registration.remote_digest is not None:
                 self._held[sender] = registration.remote_digest  # the delta was applied (``incoming``)
@@ -156,8 +156,12 @@ class GossipDigests:
                 self._held.pop(sender, None)  # an older node: nothing to name back
             else:
                 self._held[sender] = registration.remote_digest
-        elif self._held.get(sender) != registration.remote_digest:
+        elif not self._holds_named(sender, registration):
             self._held.pop(sender, None)  # we do not hold what it meant: ask for the table again
+
+    def _holds_named(self, sender: str, registration: Registration) -> bool:
+        """Whether the hints we hold from ``sender`` are the table its ``registration`` names."""
+        return registration.remote_digest is not None and self._held.get(sender) == registration.remote_digest
 
     def sent(self, recipient: str, registration: Registration, now: float) -> None:
         """``registration`` (from :meth:`outgoing`) goes to ``recipient`` at ``now``: note when it carried
