@@ -75,15 +75,16 @@ def rest_figures(before: dict[int, NodeSample], after: dict[int, NodeSample]) ->
         per["req_in"].append((a.total(COUNTERS[0], 'direction="in"') - b.total(COUNTERS[0], 'direction="in"')) / minutes)
         per["kbytes"].append((a.total(COUNTERS[1]) - b.total(COUNTERS[1])) / 1000 / minutes)
         per["cpu_pct"].append(100 * (a.cpu - b.cpu) / (a.at - b.at))
-    out: dict[str, Any] = {}
-    for key, values in per.items():
-        out[key] = {"median": statistics.median(values), "max": max(values)}
+    out: dict[str, Any] = {key: over_nodes(values) for key, values in per.items()}
     for key, attr in (("rss_mb", "rss"), ("rss_anon_mb", "anon"), ("fds", "fds"), ("series", "series")):
-        values = [getattr(s, attr) for s in after.values()]
-        out[key] = {"median": statistics.median(values), "max": max(values)}
-    timers = [s.total("tunmesh_reactor_delayed_calls") for s in after.values()]
-    out["timers"] = {"median": statistics.median(timers), "max": max(timers)}
+        out[key] = over_nodes([getattr(s, attr) for s in after.values()])
+    out["timers"] = over_nodes([s.total("tunmesh_reactor_delayed_calls") for s in after.values()])
     return out
+
+
+def over_nodes(values: list[float]) -> dict[str, float]:
+    """One figure summarised over the nodes: its median and its max."""
+    return {"median": statistics.median(values), "max": max(values)}
 
 
 def join_figures(at_mesh: dict[int, NodeSample]) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def join_figures(at_mesh: dict[int, NodeSample]) -> dict[str, Any]:
     }
     for s in at_mesh.values():
         per["register"].append(s.total(COUNTERS[0], 'direction="out"', 'kind="register"'))
-        # bootstraps sent (the other registrations are renewals); "known" and "self" sent nothing
+        # bootstraps sent (the other registrations are renewals); a "known" one sent nothing
         sent = s.total("tunmesh_mesh_bootstrap_attempts_total") - s.total(
             "tunmesh_mesh_bootstrap_attempts_total", 'result="known"'
         )
@@ -103,7 +104,7 @@ def join_figures(at_mesh: dict[int, NodeSample]) -> dict[str, Any]:
         per["req_in"].append(s.total(COUNTERS[0], 'direction="in"'))
         per["kbytes"].append(s.total(COUNTERS[1]) / 1000)
         per["cpu_s"].append(s.cpu)
-    return {k: {"median": statistics.median(v), "max": max(v)} for k, v in per.items()}
+    return {k: over_nodes(v) for k, v in per.items()}
 
 
 def describe_join(j: dict[str, Any]) -> str:
@@ -144,7 +145,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             done = wait_links_full_mesh(cluster, args.timeout, poll=1.0)
             last = started[-1]
             times = sorted(t - last for t in done.values())
-            result["full_mesh_after_last_start"] = {"max": times[-1], "median": statistics.median(times)}
+            result["full_mesh_after_last_start"] = over_nodes(times)
             result["serving_after_last_start"] = max(serving.values()) - last
             result["load_join"] = load()
             print(f"[{n}] full mesh {times[-1]:.1f} s (median {statistics.median(times):.1f} s) after the last "

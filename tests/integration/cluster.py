@@ -337,37 +337,52 @@ def start_together(cluster: Cluster, order: list[int], spread: float = 0.0) -> l
     return started
 
 
-def _poll_round(probes: dict[int, MetricsProbe], pending: set[int], check: Callable[[MetricsProbe], bool]) -> set[int]:
-    """The pending nodes for which ``check`` holds now, all probed at once (a thread each: each probe
-    enters its own namespace and waits on its own node), so a round lasts as long as the slowest node's
-    answer, not the sum of all: polled one after another, 50 nodes on a saturated machine took a round
-    of up to ~45 s and the times measured with them were late by as much."""
-    ordered = sorted(pending)
-    with ThreadPoolExecutor(max_workers=max(1, len(ordered))) as pool:
-        results = list(pool.map(lambda i: check(probes[i]), ordered))
-    return {i for i, ok in zip(ordered, results, strict=True) if ok}
+def _poll_until(
+    cluster: Cluster,
+    nodes: Iterable[int],
+    check: Callable[[MetricsProbe], bool],
+    timeout: float,
+    poll: float,
+    failure: Callable[[dict[int, MetricsProbe], list[int]], str],
+) -> dict[int, float]:
+    """Poll ``nodes`` until ``check`` held for each; per node, the monotonic time of the round that first
+    saw it. Each round probes the pending nodes all at once (a thread each: each probe enters its own
+    namespace and waits on its own node), so it lasts as long as the slowest node's answer, not the sum
+    of all: polled one after another, 50 nodes on a saturated machine took a round of up to ~45 s and the
+    times measured with them were late by as much. After ``timeout`` s, :exc:`NetnsError` with
+    ``failure(probes, missing)``."""
+    probes = {i: MetricsProbe(cluster.ns(i), f"198.18.0.{i}") for i in nodes}
+    done: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, len(probes))) as pool:
+            while True:
+                pending = sorted(set(probes) - set(done))
+                results = list(pool.map(lambda i: check(probes[i]), pending))
+                now = time.monotonic()
+                done.update((i, now) for i, ok in zip(pending, results, strict=True) if ok)
+                if len(done) == len(probes):
+                    return done
+                if now > deadline:
+                    raise NetnsError(failure(probes, sorted(set(probes) - set(done))))
+                cluster.check_running()
+                time.sleep(poll)
+    finally:
+        for probe in probes.values():
+            probe.close()
 
 
 def wait_listening(cluster: Cluster, timeout: float, nodes: Iterable[int] | None = None) -> dict[int, float]:
     """Until every running node (or each of ``nodes``) serves ``/health``; per node, the monotonic time it
     first did (within one poll round: all nodes are probed at once)."""
-    probes = {i: MetricsProbe(cluster.ns(i), f"198.18.0.{i}") for i in (cluster.nodes if nodes is None else nodes)}
-    seen: dict[int, float] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while len(seen) < len(probes):
-            for i in _poll_round(probes, set(probes) - set(seen), MetricsProbe.serving):
-                seen[i] = time.monotonic()
-            if len(seen) == len(probes):
-                break
-            if time.monotonic() > deadline:
-                raise NetnsError(f"nodes {sorted(set(probes) - set(seen))} not serving after {timeout}s\n{cluster.logs()}")
-            cluster.check_running()
-            time.sleep(0.05)
-    finally:
-        for probe in probes.values():
-            probe.close()
-    return seen
+    return _poll_until(
+        cluster,
+        cluster.nodes if nodes is None else nodes,
+        MetricsProbe.serving,
+        timeout,
+        0.05,
+        lambda probes, missing: f"nodes {missing} not serving after {timeout}s\n{cluster.logs()}",
+    )
 
 
 def wait_first_ping(cluster: Cluster, src: int, dst: int, timeout: float) -> float:
@@ -391,25 +406,12 @@ def wait_links_full_mesh(cluster: Cluster, timeout: float, poll: float = 0.25) -
     only once the peer is in the pool and a session exists, so this is the mesh a packet can use.
     """
     want = len(cluster.nodes) - 1
-    probes = {i: MetricsProbe(cluster.ns(i), f"198.18.0.{i}") for i in cluster.nodes}
-    done: dict[int, float] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while len(done) < len(probes):
-            for i in _poll_round(probes, set(probes) - set(done), lambda p: (p.links_out() or 0) >= want):
-                done[i] = time.monotonic()
-            if len(done) == len(probes):
-                break
-            if time.monotonic() > deadline:
-                missing = sorted(set(probes) - set(done))
-                counts = {i: probes[i].links_out() for i in missing}
-                raise NetnsError(f"no full mesh after {timeout}s; outbound links of unfinished nodes {counts}")
-            cluster.check_running()
-            time.sleep(poll)
-    finally:
-        for probe in probes.values():
-            probe.close()
-    return done
+
+    def failure(probes: dict[int, MetricsProbe], missing: list[int]) -> str:
+        counts = {i: probes[i].links_out() for i in missing}
+        return f"no full mesh after {timeout}s; outbound links of unfinished nodes {counts}"
+
+    return _poll_until(cluster, cluster.nodes, lambda p: (p.links_out() or 0) >= want, timeout, poll, failure)
 
 
 def wait_until(
