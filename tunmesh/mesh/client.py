@@ -208,8 +208,6 @@ class MeshClient:
         self.timeout = timeout
         self._max_response = max_response
         self._in_flight: set[Deferred[Any]] = set()
-        #: the part of ``_in_flight`` still waiting for a slot
-        self._queued: set[Deferred[Any]] = set()
 
     @classmethod
     def with_tls(
@@ -275,11 +273,9 @@ class MeshClient:
         """
         acquired = self._slots.acquire()
         self._in_flight.add(acquired)
-        self._queued.add(acquired)
 
         def send(_: object) -> Deferred[RawResponse]:
             self._in_flight.discard(acquired)
-            self._queued.discard(acquired)
             sent = self._send(url, path, body, authorization, timeout)
             return sent.addBoth(release)
 
@@ -289,7 +285,6 @@ class MeshClient:
 
         def not_sent(failure: Failure) -> Failure:
             self._in_flight.discard(acquired)
-            self._queued.discard(acquired)
             if failure.check(CancelledError):
                 raise PeerRequestFailed("cancelled", url)
             return failure
@@ -386,8 +381,7 @@ class MeshClient:
     def cancel_all(self) -> None:
         """Cancel every request in flight (service stop): those waiting for a slot first, so that none
         goes out on a slot the others free."""
-        queued = self._queued
-        for d in sorted(self._in_flight, key=lambda d: d not in queued):
+        for d in [*self._slots.waiting, *self._in_flight]:
             d.cancel()
 
     def close(self, timeout: float = 1.0) -> Deferred[None]:
