@@ -372,6 +372,21 @@ class LinkRelaxedRenewalTests(MeshTestCase):
         pairs, interval = 6, 10.0
         self.assertGreaterEqual(self.register_out(nodes) - before, pairs * (100 / interval - 1))
 
+    def test_link_keepalives_sparser_than_the_stale_threshold_do_not_get_live_peers_groomed(self) -> None:
+        """stale_threshold 5 s, the link's frames every 10 s (its keepalive): at rest the pair renews
+        whenever the last contact is half a stale_threshold old, so nobody is groomed (CI saw a live peer
+        groomed this way when the rest interval alone applied)."""
+        timing = PeerTiming(1.0, 5.0)
+        nodes = [self.node(1, (), local_timing=timing)] + [self.node(i, local_timing=timing) for i in (2, 3)]
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            n.membership.link_age = lambda peer_id: (self.clock.seconds() + 3.0) % 10.0
+        advance(self.clock, 120)
+        self.assertFullMesh(nodes)
+        for n in nodes:
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)
+
     def test_link_contact_counts_as_contact_at_its_own_age_never_younger(self) -> None:
         nodes = self.mesh(2)
         a, b = nodes

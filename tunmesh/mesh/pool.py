@@ -65,13 +65,18 @@ class Peer:
         """Whether our registration with the peer is due: ``reregistration_interval`` after the last one;
         ``relaxed`` (a link with it is up and it got our table, or a delta of it, lately: the membership
         is changing), its ``stale_threshold`` after it; ``rest`` (a link with it is up and it holds
-        our current table: a renewal would carry no news and the link keeps both sides alive),
-        :data:`REST_RENEWAL` times ``stale_threshold`` after it (docs/performance.md, "Scale")."""
+        our current table: a renewal would carry no news and the link keepalives keep both sides alive),
+        :data:`REST_RENEWAL` times ``stale_threshold`` after it (docs/performance.md, "Scale").
+
+        Neither applies once the last authenticated contact is half a ``stale_threshold`` old: the link's
+        keepalives (every ``KEEPALIVE``, 10 s) do not keep a peer fresh under a ``stale_threshold`` of a
+        few seconds, or when they are late, and a live peer must not be groomed for it."""
         last = self.last_renewal if self.last_renewal is not None else self.first_seen - 1e9
         interval = self.timing.reregistration_interval
-        if rest:
+        fresh = self.age(now) < self.timing.stale_threshold / 2
+        if fresh and rest:
             interval = max(interval, REST_RENEWAL * self.timing.stale_threshold)
-        elif relaxed:
+        elif fresh and relaxed:
             interval = max(interval, self.timing.stale_threshold)
         return now - last >= interval and now >= self.next_attempt
 
