@@ -40,6 +40,11 @@ auth), in the Prometheus text format 0.0.4. Names start with `tunmesh_`; counter
 - No `_created` series are exposed.
 - Histograms (`_bucket`, `_sum`, `_count`): control request duration, session setup time, link RTT.
 - A labelled series appears at its first event (a drop reason at the first such drop).
+- `name[]` selects series by sample name, as the Python client's own exporters do: `/metrics?name[]=
+  tunmesh_links_connected&name[]=tunmesh_dropped_packets_total` runs only the collectors of those names
+  (at 20 peers 0.4 ms of the node's CPU instead of 3.3 ms for the whole page): for a script that
+  polls one figure often, or a Prometheus job with `params: {{name[]: [...]}}`. More than 64 names, or a
+  name that is not ASCII, is a 400.
 
 Ready-made: a Grafana dashboard in `contrib/grafana/tunmesh.json` and alert rules in
 `contrib/prometheus/tunmesh-alerts.yaml` (both checked against a real node's scrape by the tests).

@@ -272,8 +272,12 @@ class MetricsProbe:
         self._conn: Any = None
 
     def samples(self, name: str) -> dict[str, float] | None:
-        """``{label text: value}`` of metric ``name`` (None while the node does not answer)."""
-        body = self._get("/metrics")
+        """``{label text: value}`` of the samples named ``name`` (None while the node does not answer).
+
+        Asks for those alone (``/metrics?name[]=``): a poll of the whole exposition cost a node 3.8 ms of
+        CPU at 20 peers, and a bench polling 50 joining nodes several times a second took a large share
+        of two cores from the nodes it measured."""
+        body = self._get(f"/metrics?name[]={name}")
         if body is None:
             return None
         out: dict[str, float] = {}

@@ -175,6 +175,29 @@ class MetricsRouteTests(ControlAPITestCase):
         for name in families:
             self.assertTrue(name.startswith(("tunmesh_", "process_", "python_")), name)
 
+    def test_name_selectors_expose_only_those_series_with_the_base_labels(self) -> None:
+        drops = self.metrics.counter("dropped_packets", "Drops.", ("reason",))
+        drops.labels(reason="no_route").inc()
+        self.metrics.gauge("links_connected", "Links.", ("direction",)).labels(direction="out").set(3)
+        r = self.request("GET", "/metrics?name[]=tunmesh_links_connected&name[]=tunmesh_dropped_packets_total")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.header(b"Content-Type"), b"text/plain; version=0.0.4; charset=utf-8")
+        families = {f.name: f for f in text_string_to_metric_families(r.body.decode("utf-8"))}
+        self.assertEqual(set(families), {"tunmesh_links_connected", "tunmesh_dropped_packets"})
+        self.assertEqual(families["tunmesh_links_connected"].samples[0].labels, {"cluster": "test", "direction": "out"})
+        self.assertEqual(families["tunmesh_links_connected"].samples[0].value, 3.0)
+        # an unknown name selects nothing; the whole exposition is still there without a selector
+        self.assertEqual((self.request("GET", "/metrics?name[]=nope").code, self.request("GET", "/metrics?name[]=nope").body), (200, b""))
+        self.assertIn(b"process_cpu_seconds_total", self.request("GET", "/metrics").body)
+
+    def test_bad_name_selectors_are_a_400(self) -> None:
+        from tunmesh.metrics import MAX_SELECTED_NAMES
+
+        too_many = "&".join(f"name[]=n{i}" for i in range(MAX_SELECTED_NAMES + 1))
+        self.assertPlain(self.request("GET", f"/metrics?{too_many}"), 400, BAD_REQUEST_BODY)
+        self.assertPlain(self.request("GET", "/metrics?name[]=%FF"), 400, BAD_REQUEST_BODY)
+        self.assertEqual(self.request("GET", "/metrics?name[]=tunmesh_node_info").code, 200)
+
     def test_metrics_404_when_monitoring_disabled(self) -> None:
         self.monitoring = False
         self.assertPlain(self.request("GET", "/metrics"), 404, NOT_FOUND_BODY)
@@ -220,7 +243,7 @@ class ErrorTests(ControlAPITestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
 
         class Exploding(Metrics):
-            def render(self) -> tuple[bytes, str]:
+            def render(self, names: object = None) -> tuple[bytes, str]:
                 raise KeyError("internal detail")
 
         self.metrics = Exploding(NODE_ID, process_metrics=False)

@@ -5,7 +5,8 @@ Own routes (all unauthenticated, all cheap):
 
   - ``GET /health``: liveness booleans, 200 or 503;
   - ``GET /ready``: readiness booleans, 503 until every check is true;
-  - ``GET /metrics``: Prometheus text, only when monitoring is enabled (else 404);
+  - ``GET /metrics``: Prometheus text, only when monitoring is enabled (else 404); ``?name[]=`` selects
+    series by sample name, as prometheus_client's exporters do;
   - ``GET /tunmesh/control/v0/node_info``: ``{"id", "listen_url"}``, an unsigned
     diagnostic (security contract W4: it never drives a redirect).
 
@@ -51,7 +52,7 @@ from tunmesh.api.errors import BODIES, allowed_methods, render_error
 from tunmesh.health import HealthRegistry
 from tunmesh.interfaces import SecondsClock
 from tunmesh.logutil import MonotonicClock, RateLimitedLog
-from tunmesh.metrics import Metrics, MetricsDisabledError
+from tunmesh.metrics import MAX_SELECTED_NAMES, Metrics, MetricsDisabledError
 from tunmesh.node import NodeIdentity
 
 #: Root of the paths that may be mounted.
@@ -189,8 +190,17 @@ class ControlAPI:
     def metrics(self, request: IRequest) -> bytes:
         if not self._monitoring_enabled:
             raise NotFound()
+        selectors = request.args.get(b"name[]")
+        names: list[str] | None = None
+        if selectors is not None:
+            try:
+                names = [s.decode("ascii") for s in selectors]
+            except UnicodeDecodeError:
+                return _render_error(request, 400)
+            if len(names) > MAX_SELECTED_NAMES:
+                return _render_error(request, 400)
         try:
-            body, content_type = self._metrics.render()
+            body, content_type = self._metrics.render(names)
         except MetricsDisabledError:
             raise NotFound() from None
         request.setResponseCode(200)

@@ -3,6 +3,7 @@
 from tunmesh.metrics.peers import PeerInfo
 from tunmesh.metrics.registry import (
     DEFAULT_BUCKETS,
+    MAX_SELECTED_NAMES,
     Metrics,
     MetricsConflictError,
     MetricsDisabledError,
@@ -12,6 +13,7 @@ from tunmesh.metrics.registry import (
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "MAX_SELECTED_NAMES",
     "Metrics",
     "MetricsConflictError",
     "MetricsDisabledError",
