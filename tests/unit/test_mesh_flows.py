@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from twisted.application.internet import TimerService
+from twisted.internet.defer import succeed
 from twisted.logger import LogLevel
 
 from tests.unit.mesh_support import N1, MeshTestCase, Node, advance, node_id
@@ -106,6 +108,47 @@ class RestartTests(MeshTestCase):
         self.assertFullMesh([nodes[0], nodes[1], new])
         for n in nodes[:2]:
             self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total", reason="stale"), 0)
+
+    def test_a_url_that_refuses_our_tokens_is_asked_who_answers_before_the_entry_goes_stale(self) -> None:
+        """A survivor the restarted node does not contact: its renewals of the old id are refused at
+        both tokens (401: another process answers there), so it asks the URL who it is, as a claim
+        conflict does, and meets the new id far below the stale threshold (30 s)."""
+        nodes = self.mesh(3)
+        n2, old = nodes[1], nodes[2]
+        old.crash()
+        self.nodes.remove(old)
+        new = self.node(3, (N1,), ident=node_id(33))
+        new.membership.bootstrapper.gossip = lambda: None  # type: ignore[method-assign]  # it meets n1 only
+        new.start()
+        advance(self.clock, 15)  # the old entry's renewal (every 5 s on 5 s ticks), refused, then the probe
+        self.assertNotIn(old.id, n2.peer_ids())
+        self.assertIn(new.id, n2.peer_ids())
+        self.assertEqual(n2.counter("tunmesh_mesh_peers_removed_total", reason="restarted"), 1)
+        self.assertEqual(n2.counter("tunmesh_mesh_peers_removed_total", reason="stale"), 0)
+
+    def test_a_gossiped_new_id_at_the_url_of_a_peer_without_a_link_is_asked_about(self) -> None:
+        """n2 renews nobody (its renewals are backing off, say) and the restarted node meets n1 only:
+        n1's table names the new id at the old URL, and n2, with no packet link to the old id, asks
+        the URL who answers: the new id, far below the stale threshold."""
+        nodes = self.mesh(3)
+        n1, n2, old = nodes
+        n2.membership.renewal.renew = lambda peer_id: succeed(None)  # type: ignore[method-assign]
+        old.crash()
+        self.nodes.remove(old)
+        new = self.node(3, (N1,), ident=node_id(33))
+        new.membership.bootstrapper.gossip = lambda: None  # type: ignore[method-assign]  # it meets n1 only
+        new.start()
+        advance(self.clock, 15)  # n1 takes the new id at once and tells n2 at its next renewal of n2
+        self.assertIn(new.id, n1.peer_ids())
+        self.assertNotIn(old.id, n2.peer_ids())
+        self.assertIn(new.id, n2.peer_ids())
+        self.assertEqual(n2.counter("tunmesh_mesh_peers_removed_total", reason="restarted"), 1)
+        # a hint naming some other id at a URL whose holder's link is up is not asked about
+        n2.membership.link_age = lambda peer_id: 0.0
+        stale_hint = replace(n1.membership.local, id=node_id(99), listen_url=new.url)
+        self.assertFalse(n2.membership.bootstrapper.has_new_hints((stale_hint,)))
+        n2.membership.link_age = lambda peer_id: None
+        self.assertTrue(n2.membership.bootstrapper.has_new_hints((stale_hint,)))
 
     def test_old_url_answering_with_new_id_removes_holder(self) -> None:
         """The new process is reached at another URL, but the old holder's URL now answers as it."""

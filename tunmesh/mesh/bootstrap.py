@@ -91,6 +91,8 @@ class Bootstrapper(Component):
         #: (pool generation, our URL) when a gossip scan last found no candidate (``gossip``)
         self._gossip_idle: tuple[int, str] | None = None
         self._gossip_waiting = False
+        #: URL of a pool peer -> the other id a hint named there, which we asked the URL about once
+        self._restart_probed: dict[str, str] = {}
         self._slots = DeferredSemaphore(self.settings.max_concurrent_bootstraps)
         self._running: InFlight[str, str | None] = InFlight()
 
@@ -338,15 +340,27 @@ class Bootstrapper(Component):
         if scanned == self._gossip_idle:
             self._gossip_waiting = False
             return
-        known_urls = {p.url for p in self.pool}
+        known_urls = {p.url: p.id for p in self.pool}
+        self._restart_probed = {u: i for u, i in self._restart_probed.items() if u in known_urls}
         candidates: dict[str, NodeInfo] = {}
+        restarts: dict[str, str] = {}
         for peer in self.pool:
             for hint in peer.hints:
                 if hint.id == self.node_id or hint.listen_url == self.membership.local.listen_url:
                     continue
-                if hint.id in self.pool or hint.listen_url in known_urls:
+                if hint.id in self.pool:
                     continue
-                candidates.setdefault(hint.listen_url, hint)
+                holder = known_urls.get(hint.listen_url)
+                if holder is None:
+                    candidates.setdefault(hint.listen_url, hint)
+                elif self._restart_hint(hint, holder):
+                    restarts.setdefault(hint.listen_url, hint.id)
+        for url, hinted in restarts.items():
+            # Another id at a pool peer's URL, while no packet link with that peer is up: it most
+            # likely restarted. Ask the URL who answers now (as a claim conflict does; W6: the entry
+            # goes only once the URL answers with another id), once per id a hint names there.
+            self._restart_probed[url] = hinted
+            self.probe_url(url)
         free = self.settings.max_concurrent_bootstraps - len(self._running)
         self._gossip_waiting = False
         wake: float | None = None
@@ -372,16 +386,23 @@ class Bootstrapper(Component):
         self._gossip_idle = scanned if not candidates else None
 
     def has_new_hints(self, remote: Sequence[NodeInfo]) -> bool:
-        """Whether a registration's hints name a node we neither know nor are (a gossip candidate)."""
-        known: set[str] | None = None
+        """Whether a registration's hints name a node we neither know nor are (a gossip candidate), or
+        another id at the URL of a peer we have no packet link with (a restart to ask about)."""
+        known: dict[str, str] | None = None
         for hint in remote:
             if hint.id == self.node_id or hint.listen_url == self.membership.local.listen_url or hint.id in self.pool:
                 continue
             if known is None:
-                known = {p.url for p in self.pool}
-            if hint.listen_url not in known:
+                known = {p.url: p.id for p in self.pool}
+            holder = known.get(hint.listen_url)
+            if holder is None or self._restart_hint(hint, holder):
                 return True
         return False
+
+    def _restart_hint(self, hint: NodeInfo, holder: str) -> bool:
+        """``hint`` names another id at the URL of pool peer ``holder``, no packet link with ``holder`` is
+        up, and we did not ask that URL about this id yet."""
+        return self._restart_probed.get(hint.listen_url) != hint.id and self.membership.link_age(holder) is None
 
     def schedule_join(self, delay: float) -> None:
         """Run a join pass (bootstrap groups, then gossip) in ``delay`` s, at most every

@@ -125,6 +125,12 @@ class Renewal(Component):
             self.membership.inbound.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
             self.contacts.peer_failed(peer_id, "register", exc.reason, exc.detail, exc.status)
+            if exc.status == 401:
+                # Its URL took neither our session token nor a cluster token addressed to it: most likely
+                # another process answers there now (a restart, with a new id). Ask the URL who it is, as
+                # a claim conflict does (W6: the entry goes only once the URL answers with another id),
+                # instead of renewing into 401s until the entry goes stale (docs/api_flows.md).
+                self.membership.bootstrapper.probe_holder(peer)
             self._rlog.emit(
                 ("renew", peer_id, exc.reason),
                 LogLevel.warn,
