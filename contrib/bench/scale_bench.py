@@ -129,6 +129,21 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, all) jiffies of the whole machine since boot (``/proc/stat``): busy leaves out idle, iowait
+    and niced time, so a ``nice -n 19`` job beside the bench does not count as the nodes' load."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait = fields[:5]
+    return sum(fields) - idle - iowait - nice, sum(fields)
+
+
+def busy_pct(since: tuple[int, int]) -> float:
+    """Share of the machine's CPU (all cores) that was busy since ``since`` (a :func:`cpu_jiffies`)."""
+    busy, total = cpu_jiffies()
+    return 100.0 * (busy - since[0]) / max(1, total - since[1])
+
+
 def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
     result: dict[str, Any] = {"nodes": n}
@@ -140,6 +155,7 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         order = list(range(1, n + 1))
         rng.shuffle(order)
         try:
+            jiffies = cpu_jiffies()
             started = start_together(cluster, order, args.interval * (n - 1))
             serving = wait_listening(cluster, args.timeout)
             done = wait_links_full_mesh(cluster, args.timeout, poll=1.0)
@@ -148,9 +164,10 @@ def run_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             result["full_mesh_after_last_start"] = over_nodes(times)
             result["serving_after_last_start"] = max(serving.values()) - last
             result["load_join"] = load()
+            result["busy_join_pct"] = busy_pct(jiffies)
             print(f"[{n}] full mesh {times[-1]:.1f} s (median {statistics.median(times):.1f} s) after the last "
-                  f"start; all serving after {result['serving_after_last_start']:.1f} s (load {load():.1f})",
-                  flush=True)
+                  f"start; all serving after {result['serving_after_last_start']:.1f} s (load {load():.1f}, "
+                  f"machine busy {result['busy_join_pct']:.0f} % from the first start)", flush=True)
             result["join"] = join_figures(sample_all(cluster))
             print(f"[{n}] join: {describe_join(result['join'])}", flush=True)
             time.sleep(args.settle)
@@ -185,11 +202,13 @@ def churn(cluster: Cluster, count: int, rng: random.Random, args: argparse.Names
     for i in victims:
         cluster.kill(i)
     restarted = time.monotonic()
+    jiffies = cpu_jiffies()
     for i in victims:
         cluster.start(i)
     serving = wait_listening(cluster, args.timeout, victims)
     done = wait_links_full_mesh(cluster, args.timeout, poll=1.0)
     whole = max(done.values()) - restarted
+    busy = busy_pct(jiffies)
     # the killed ids leave the survivors' pools (stale threshold 30 s, or a probe of their URL)
     deadline = time.monotonic() + args.timeout
     lingering: dict[int, int] = {}
@@ -218,6 +237,7 @@ def churn(cluster: Cluster, count: int, rng: random.Random, args: argparse.Names
         "whole_after_restart": whole,
         "restarted_serving_after": max(serving[i] for i in victims) - restarted,
         "series_naming_killed_ids": sum(lingering.values()),
+        "busy_pct": busy,
         "survivors_before": {"fds": summary(before, "fds"), "series": summary(before, "series"),
                              "timers": timers(before), "links": links(before), "rss_mb": summary(before, "rss")},
         "survivors_after": {"fds": summary(after, "fds"), "series": summary(after, "series"),
@@ -237,7 +257,8 @@ def describe_rest(r: dict[str, Any]) -> str:
 def describe_churn(c: dict[str, Any]) -> str:
     b, a = c["survivors_before"], c["survivors_after"]
     return (f"{c['killed']} killed and restarted: whole again after {c['whole_after_restart']:.1f} s (all "
-            f"restarted serving after {c['restarted_serving_after']:.1f} s); survivors "
+            f"restarted serving after {c['restarted_serving_after']:.1f} s; machine busy {c['busy_pct']:.0f} % "
+            f"until whole); survivors "
             f"(median) fds {b['fds']:.0f} -> {a['fds']:.0f}, timers {b['timers']:.0f} -> {a['timers']:.0f}, "
             f"series {b['series']:.0f} -> {a['series']:.0f}, links {b['links']:.0f} -> {a['links']:.0f}, RSS "
             f"{b['rss_mb']:.1f} -> {a['rss_mb']:.1f} MB; series naming killed ids: "

@@ -15,7 +15,7 @@ from tunmesh.auth.tokens import SignedRequest
 from tunmesh.clockwatch import CHECK_INTERVAL, ClockStepWatch
 from tunmesh.mesh.bootstrap import GroupState
 from tunmesh.mesh.settings import BootstrapGroupSpec, PeerTiming
-from tunmesh.testing import SteppedWall
+from tunmesh.testing import SteppedWall, host_key
 
 
 class JoinTests(MeshTestCase):
@@ -149,6 +149,29 @@ class RestartTests(MeshTestCase):
         self.assertFalse(n2.membership.bootstrapper.has_new_hints((stale_hint,)))
         n2.membership.link_age = lambda peer_id: None
         self.assertTrue(n2.membership.bootstrapper.has_new_hints((stale_hint,)))
+
+    def test_no_renewal_or_session_setup_while_its_url_is_asked_who_answers(self) -> None:
+        """While a bootstrap of a peer's URL is in flight (a probe: that URL may be another process now),
+        the groom tick starts no renewal or session setup with the id we hold there."""
+        n1, n2 = self.mesh(2)
+        n1.membership.renewal.renew = lambda peer_id: succeed(None)  # type: ignore[method-assign]  # n2 renews
+        sent = lambda: sum(  # noqa: E731
+            n2.counter("tunmesh_mesh_control_requests_total", kind=kind, direction="out")
+            for kind in ("register", "init_session")
+        )
+        before = sent()
+        self.net.hang.add(host_key(n1.url))
+        n2.membership.bootstrapper.probe_url(n1.url)
+        self.clock.advance(0)
+        self.assertTrue(n2.membership.bootstrapper.asking(n1.url))
+        advance(self.clock, 25)  # five renewal intervals, within the stale threshold (30 s)
+        self.assertEqual(sent(), before + 1)  # the probe (a registration through the bootstrap route)
+        self.assertIn(n1.id, n2.peer_ids())
+        self.net.hang.clear()
+        for d in self.net.hanging:
+            d.cancel()
+        advance(self.clock, 12)
+        self.assertGreater(sent(), before)  # the usual renewals are back
 
     def test_old_url_answering_with_new_id_removes_holder(self) -> None:
         """The new process is reached at another URL, but the old holder's URL now answers as it."""

@@ -96,6 +96,10 @@ class Bootstrapper(Component):
         self._slots = DeferredSemaphore(self.settings.max_concurrent_bootstraps)
         self._running: InFlight[str, str | None] = InFlight()
 
+    def asking(self, url: str) -> bool:
+        """Whether a bootstrap of ``url`` is in flight (or waiting for a slot)."""
+        return url in self._running
+
     def urls(self) -> list[str]:
         """Every configured bootstrap URL, in group order."""
         return [u for g in self.groups for u in g.spec.urls]

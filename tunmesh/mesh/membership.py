@@ -324,6 +324,11 @@ class Membership:
                     self.pool.touch(peer.id, link_age)
                 if peer.is_stale(now):
                     continue
+                if self.bootstrapper.asking(peer.url):
+                    # Its URL is being asked who answers there (a probe after a refusal, or a bootstrap):
+                    # a renewal or session setup with the id we hold would only add requests, to a node
+                    # that may be another process now, before that answer (the churn of docs/performance.md).
+                    continue
                 # A link with it proves it alive to both of us (frames either way are authenticated
                 # contact). If it holds our table, a renewal would be news to nobody: at rest a pair
                 # exchanges once per REST_RENEWAL stale_thresholds, a safety net only. If it got our
