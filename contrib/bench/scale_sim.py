@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import secrets
 import statistics
 import sys
 import time
@@ -49,6 +51,9 @@ sys.path.insert(0, str(REPO))
 from twisted.internet.task import Clock  # noqa: E402
 
 from tests.unit.mesh_support import START, Node, advance  # noqa: E402
+from tunmesh.auth.keys import random_id  # noqa: E402
+from tunmesh.mesh.gossip import table_digest  # noqa: E402
+from tunmesh.mesh.pool import REST_RENEWAL  # noqa: E402
 from tunmesh.mesh.settings import PeerTiming  # noqa: E402
 from tunmesh.testing import FakeNetwork, HeapClock  # noqa: E402
 
@@ -103,6 +108,46 @@ def modelled_links(node: Node) -> Callable[[str], float | None]:
     return link_age
 
 
+def seed_converged(nodes: list[Node], rng: random.Random, rest_interval: float) -> None:
+    """Give every node the state a finished join leaves, built directly instead of by the join: every
+    other node in its pool (its registration accepted, holding that node's table as hints), a session
+    each way with every peer, the gossip digests of a pair whose tables agree (each holds the other's
+    current table), and the last exchange of each pair spread over the past ``rest_interval``.
+
+    For N where the simulated join is out of reach (its whole tables on first contact are ≈ N³ bytes:
+    ≈ 75 GB of JSON at 500 nodes); the rest that follows runs the real protocol. ``--seeded`` at 50
+    nodes measures the same rest figures as a real join (docs/performance.md), which checks the seed."""
+    infos = [n.membership.local for n in nodes]
+    tables = {n.id: tuple(i for i in infos if i.id != n.id) for n in nodes}
+    digests = {peer_id: table_digest(table) for peer_id, table in tables.items()}
+    for node in nodes:
+        node.membership.gossip.digest(tables[node.id])
+    for a in nodes:
+        membership = a.membership
+        for group in membership.bootstrapper.groups:
+            group.reached.add(nodes[0].id if a is not nodes[0] else nodes[1].id)
+        for b in nodes:
+            if b is a:
+                continue
+            a.pool.upsert(b.membership.local, 0, tables[b.id])
+            peer = a.pool.get(b.id)
+            assert peer is not None
+            peer.registered_with = True
+            membership.gossip._held[b.id] = digests[b.id]
+            membership.gossip._peer_holds[b.id] = digests[a.id]
+            kid, secret = random_id(), secrets.token_bytes(32)
+            a.sessions.install_outbound(b.id, kid, secret)
+            b.sessions.install_inbound(a.id, kid, secret)
+        membership.joined()
+    now = nodes[0].clock.seconds()
+    for a in nodes:  # one exchange renews a pair: one last-exchange time for both sides
+        for b in nodes:
+            if a.id < b.id:
+                pa, pb = a.pool.get(b.id), b.pool.get(a.id)
+                assert pa is not None and pb is not None
+                pa.last_renewal = pb.last_renewal = now - rng.uniform(0, rest_interval)
+
+
 def meshed(nodes: list[Node]) -> bool:
     want = len(nodes) - 1
     for node in nodes:
@@ -133,6 +178,7 @@ def simulate(
     tick: float = 0.5,
     links: bool = True,
     progress: Callable[[str], None] | None = None,
+    seeded: bool = False,
 ) -> SimResult:
     """Start ``count`` nodes together, wait for the full mesh (at most ``join_limit`` simulated seconds),
     let it settle ``settle`` seconds (the join's follow-ups), then count ``rest`` seconds. ``progress``
@@ -154,6 +200,11 @@ def simulate(
     net = FakeNetwork(direct=True)
     nodes = build(count, clock, net, links)
     try:
+        if seeded:
+            timing = SHIPPED["local_timing"]
+            assert isinstance(timing, PeerTiming)
+            seed_converged(nodes, random.Random(count), REST_RENEWAL * timing.stale_threshold)
+            report("seeded a converged mesh;", 0.0)
         for node in nodes:
             node.start()
         join: float | None = None
@@ -229,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-links", action="store_true", help="no packet links (renewals every reregistration_interval)"
     )
+    ap.add_argument(
+        "--seeded",
+        action="store_true",
+        help="start from a converged mesh built directly (the state a join leaves) instead of a simulated "
+        "join: for N whose join is out of reach here (500); the join figures are then not measured",
+    )
     args = ap.parse_args(argv)
     try:
         counts = [int(c) for c in args.nodes.split(",") if c.strip()]
@@ -245,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             rest=args.rest,
             settle=args.settle,
             links=not args.no_links,
+            seeded=args.seeded,
             progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
         results.append(result)

@@ -430,6 +430,21 @@ class ScaleSimulationTests(SynchronousTestCase):
             self.assertGreater(result.rest_requests_per_node_minute, 0)
         self.assertLessEqual(large.rest_register_bytes_per_message, small.rest_register_bytes_per_message * 1.1)
 
+    def test_a_seeded_mesh_rests_as_a_joined_one(self) -> None:
+        """``--seeded`` (the converged state built directly, for 500 nodes) measures what a real join
+        leaves: the same registrations per node per minute at rest, of the same size, and nothing else."""
+        sim = _load_scale_sim()
+        seeded = sim.simulate(6, rest=480, settle=30, seeded=True)  # type: ignore[attr-defined]
+        joined = sim.simulate(6, rest=480, settle=90)  # type: ignore[attr-defined]
+        # 5 peers, one exchange per pair per 120-125 s, started by either side: ≈ 1.2 sent per node per minute
+        for result in (seeded, joined):
+            self.assertGreaterEqual(result.rest_requests_per_node_minute, 5 * 60 / 125 / 2 * 0.7)
+            self.assertLessEqual(result.rest_requests_per_node_minute, 5 * 60 / 120 / 2 * 1.3)
+        self.assertLessEqual(
+            abs(seeded.rest_register_bytes_per_message - joined.rest_register_bytes_per_message),
+            0.1 * joined.rest_register_bytes_per_message,
+        )
+
     def test_live_links_relax_the_renewals_at_rest(self) -> None:
         sim = _load_scale_sim()
         with_links = sim.simulate(4, rest=480, links=True)  # type: ignore[attr-defined]
