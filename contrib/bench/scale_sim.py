@@ -2,6 +2,7 @@
 """In-memory scale simulation: N nodes join and rest on one ``task.Clock``, counting control messages and bytes.
 
     nice -n 19 python contrib/bench/scale_sim.py [--nodes 50,200,500] [--settle 90] [--rest 240] [--json FILE]
+    nice -n 19 python contrib/bench/scale_sim.py --seeded --nodes 50,200,500 --settle 30   # rest only
 
 Every node is a real ``Membership`` + ``MeshAPI`` + ``MeshClient`` (the in-memory harness of the mesh tests,
 ``tests/unit/mesh_support.py``, on ``FakeNetwork(direct=True)``: each request is a real
@@ -27,6 +28,10 @@ The run is bounded: at most ``join_limit`` (300) simulated seconds to join, then
 progress goes to stderr every 10 simulated seconds. The cost is about 2-3 ms of CPU per simulated request
 (tokens, JSON, routing) plus a few ms per registration that carries a whole table of hundreds of entries
 (the join), so 500 nodes (about 250 000 pairs) take a long while: run it ``nice``.
+
+``--seeded`` skips the join: every node starts with the state a finished join leaves (``seed_converged``)
+and only the rest is simulated, for N whose join is out of reach here (500: ≈ 10 minutes instead of
+hours). At 50 and 200 nodes it measures the rest figures of a simulated join (docs/performance.md).
 
 The counts come from each node's own ``tunmesh_mesh_control_requests_total`` and
 ``tunmesh_mesh_control_bytes_total`` (``tunmesh.mesh.traffic``).
