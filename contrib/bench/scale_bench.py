@@ -270,7 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", default="10,30,50", help="comma-separated node counts (default 10,30,50)")
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between two starts (default 0.2)")
     ap.add_argument("--idle", type=float, default=60.0, help="seconds measured at rest (default 60)")
-    ap.add_argument("--settle", type=float, default=15.0, help="seconds after the full mesh before measuring (15)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=90.0,
+        help="seconds after the full mesh before measuring (default 90: a join's last exchanges go on at the "
+        "30 s pace of a changing membership; 45 s after a 30-node join they still did)",
+    )
     ap.add_argument("--pings", type=int, default=20, help="random pairs pinged through the overlay (default 20)")
     ap.add_argument("--churn", type=int, default=0, help="kill and restart this many nodes after the rest (0: no)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the start order, pings and churn (default 1)")
