@@ -134,7 +134,7 @@ def cpu_jiffies() -> tuple[int, int]:
     and niced time, so a ``nice -n 19`` job beside the bench does not count as the nodes' load."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, idle, iowait = fields[:5]
+    nice, idle, iowait = fields[1], fields[3], fields[4]
     return sum(fields) - idle - iowait - nice, sum(fields)
 
 

@@ -344,8 +344,7 @@ class Bootstrapper(Component):
         if scanned == self._gossip_idle:
             self._gossip_waiting = False
             return
-        known_urls = {p.url: p.id for p in self.pool}
-        self._restart_probed = {u: i for u, i in self._restart_probed.items() if u in known_urls}
+        self._restart_probed = {u: i for u, i in self._restart_probed.items() if self.pool.by_url(u) is not None}
         candidates: dict[str, NodeInfo] = {}
         restarts: dict[str, str] = {}
         for peer in self.pool:
@@ -354,10 +353,10 @@ class Bootstrapper(Component):
                     continue
                 if hint.id in self.pool:
                     continue
-                holder = known_urls.get(hint.listen_url)
+                holder = self.pool.by_url(hint.listen_url)
                 if holder is None:
                     candidates.setdefault(hint.listen_url, hint)
-                elif self._restart_hint(hint, holder):
+                elif self._restart_hint(hint, holder.id):
                     restarts.setdefault(hint.listen_url, hint.id)
         for url, hinted in restarts.items():
             # Another id at a pool peer's URL, while no packet link with that peer is up: it most
@@ -392,14 +391,11 @@ class Bootstrapper(Component):
     def has_new_hints(self, remote: Sequence[NodeInfo]) -> bool:
         """Whether a registration's hints name a node we neither know nor are (a gossip candidate), or
         another id at the URL of a peer we have no packet link with (a restart to ask about)."""
-        known: dict[str, str] | None = None
         for hint in remote:
             if hint.id == self.node_id or hint.listen_url == self.membership.local.listen_url or hint.id in self.pool:
                 continue
-            if known is None:
-                known = {p.url: p.id for p in self.pool}
-            holder = known.get(hint.listen_url)
-            if holder is None or self._restart_hint(hint, holder):
+            holder = self.pool.by_url(hint.listen_url)
+            if holder is None or self._restart_hint(hint, holder.id):
                 return True
         return False
 

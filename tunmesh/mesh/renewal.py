@@ -56,15 +56,14 @@ class Renewal(Component):
         if peer_id not in self._running:
             self.exchanged(peer_id)
 
-    def exchanged(self, peer_id: str, registered: bool = True) -> None:
-        """Registrations were exchanged with ``peer_id`` (``registered``: ours reached it as a request of
-        ours): the next renewal is due a full interval from now."""
+    def exchanged(self, peer_id: str) -> None:
+        """Registrations were exchanged with ``peer_id``, ours as a request of ours: the next renewal is
+        due a full interval from now."""
         peer = self.pool.get(peer_id)
         if peer is None:
             return
         peer.last_renewal = self.monotonic()
-        if registered:
-            peer.registered_with = True
+        peer.registered_with = True
 
     def renew(self, peer_id: str) -> Deferred[None]:
         """Re-register with a known peer (session auth, cluster fallback); one at a time per peer."""
