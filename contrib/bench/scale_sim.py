@@ -60,6 +60,7 @@ from tunmesh.auth.keys import random_id  # noqa: E402
 from tunmesh.mesh.gossip import table_digest  # noqa: E402
 from tunmesh.mesh.pool import REST_RENEWAL  # noqa: E402
 from tunmesh.mesh.settings import PeerTiming  # noqa: E402
+from tunmesh.mesh.structs import Registration  # noqa: E402
 from tunmesh.testing import FakeNetwork, HeapClock  # noqa: E402
 
 #: the shipped registration timings (config defaults), as a deployment runs them
@@ -134,12 +135,15 @@ def seed_converged(nodes: list[Node], rng: random.Random, rest_interval: float) 
         for b in nodes:
             if b is a:
                 continue
-            a.pool.upsert(b.membership.local, 0, tables[b.id])
+            # b's last registration, as a converged b sends it: its whole table, naming the one it holds of a
+            seen = Registration(
+                b.membership.local, tables[b.id], 0, 0, remote_digest=digests[b.id], known_digest=digests[a.id]
+            )
+            a.pool.upsert(seen.local, seen.seq, seen.remote)
+            membership.gossip.accepted(b.id, seen)
             peer = a.pool.get(b.id)
             assert peer is not None
             peer.registered_with = True
-            membership.gossip._held[b.id] = digests[b.id]
-            membership.gossip._peer_holds[b.id] = digests[a.id]
             kid, secret = random_id(), secrets.token_bytes(32)
             a.sessions.install_outbound(b.id, kid, secret)
             b.sessions.install_inbound(a.id, kid, secret)
