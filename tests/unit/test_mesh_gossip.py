@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tunmesh.mesh.errors import InvalidRegistration
-from tunmesh.mesh.gossip import RECENT_TABLES, GossipDigests, apply_delta, table_digest
+from tunmesh.mesh.gossip import RECENT_TABLES, GossipDigests, apply_delta, holds_entries, table_digest
 from tunmesh.mesh.pool import REST_RENEWAL
 from tunmesh.mesh.settings import PeerTiming
 from tunmesh.mesh.structs import Bounds, NodeInfo, Registration
@@ -88,6 +88,23 @@ def holding(digests: GossipDigests, peer: str, table: tuple[NodeInfo, ...]) -> s
     digest = digests.digest(table)
     digests.accepted(peer, Registration(info(9), (), 1, 1, known_digest=digest))
     return digest
+
+
+class HoldsEntriesTests(SynchronousTestCase):
+    """``holds_entries``: whether a peer's own table (the last it sent us) names every entry of ours."""
+
+    def test_a_table_naming_every_entry_but_the_holders_own_holds_them_whatever_else_it_names(self) -> None:
+        ours = (info(2), info(3), info(4))
+        # node 2 does not list itself; it lists us (node 1) and a node 5 we do not know
+        self.assertTrue(holds_entries(ours, (info(1), info(4), info(3), info(5)), "node-2"))
+        self.assertTrue(holds_entries((), (), "node-2"))
+
+    def test_a_missing_entry_or_another_version_of_one_is_news(self) -> None:
+        ours = (info(2), info(3), info(4))
+        self.assertFalse(holds_entries(ours, (info(1), info(3)), "node-2"))
+        moved = NodeInfo("node-4", "https://elsewhere.test:4567", info(4).network_addresses, info(4).node_addresses)
+        self.assertFalse(holds_entries(ours, (info(3), moved), "node-2"))
+        self.assertTrue(holds_entries(ours, (info(3), info(4)), "node-2"))  # equal entries, not the same objects
 
 
 class DeltaTests(SynchronousTestCase):
@@ -329,11 +346,28 @@ class LinkRelaxedRenewalTests(MeshTestCase):
     def test_while_members_keep_joining_a_pair_with_a_live_link_exchanges_once_per_relaxed_interval(self) -> None:
         """A join of many nodes changes every table every few seconds; with live links, a peer that got our
         table (or a delta) less than a relaxed interval ago is not renewed after each change."""
+        among = self.members_keep_joining(links=True)
+        # 6 pairs of the first 4 nodes over 70 s: one exchange per 30-35 s (not per 5-10 s: about 50)
+        self.assertLessEqual(len(among), 6 * (70 / 30 + 1), among)
+
+    def test_while_members_keep_joining_a_pair_without_a_link_exchanges_once_its_contact_ages(self) -> None:
+        """The same without packet links (not up yet, as while a join saturates the machine): the pair is
+        not renewed after each change either, only once its last contact is half a stale_threshold old
+        (``Peer.renewal_due``), so it is never groomed for it."""
+        among = self.members_keep_joining(links=False)
+        # 6 pairs over 70 s: one exchange per 15-20 s (not per 5-10 s: 42-84)
+        self.assertLessEqual(len(among), 6 * (70 / 15 + 1), among)
+        self.assertGreaterEqual(len(among), 6 * (70 / 20 - 1), among)
+
+    def members_keep_joining(self, links: bool) -> list[str]:
+        """Four nodes at rest, then a member joining every 5 s for 60 s; returns the renewals among the
+        first four (each the id renewed), after checking that every table reached every peer."""
         timing = PeerTiming(5.0, 30.0)  # usual interval 5 s, relaxed 30 s (the stale_threshold)
         nodes = [self.node(1, (), local_timing=timing)] + [self.node(i, local_timing=timing) for i in range(2, 5)]
         for n in nodes:
             n.start()
-        self.links_up(nodes, {n.id for n in nodes})
+        if links:
+            self.links_up(nodes, {n.id for n in nodes})
         advance(self.clock, 60)
         originals = {n.id for n in nodes}
         among: list[str] = []
@@ -350,17 +384,42 @@ class LinkRelaxedRenewalTests(MeshTestCase):
             late = self.node(k, local_timing=timing)
             late.start()
             nodes.append(late)
-            self.links_up(nodes, {n.id for n in nodes})
+            if links:
+                self.links_up(nodes, {n.id for n in nodes})
             advance(self.clock, 5)
         advance(self.clock, 10)
         self.assertFullMesh(nodes)  # every newcomer registered with every node itself
-        # 6 pairs of the first 4 nodes over 70 s: one exchange per 30-35 s (not per 5-10 s: about 50)
-        self.assertLessEqual(len(among), 6 * (70 / 30 + 1), among)
+        renewed = list(among)
         advance(self.clock, 35)  # and every table reached every peer within a relaxed interval and a tick
         for n in nodes:
             self.assertEqual(len(n.peer_ids()), 15)
+            self.assertEqual(n.counter("tunmesh_mesh_peers_removed_total"), 0)
             for peer in n.pool:
                 self.assertEqual(len(peer.hints), 15, f"{n.id} holds {len(peer.hints)} hints of {peer.id}")
+        return renewed
+
+    def test_a_peer_whose_table_names_all_of_ours_is_renewed_once_per_rest_interval(self) -> None:
+        """It need not hold our table itself (here its record is forgotten; in a join, the pair learned
+        of each newcomer first-hand): a renewal would tell it nothing, so with a link up it waits for
+        the rest interval as when it holds our table."""
+        nodes = self.mesh(3)
+        self.links_up(nodes, {n.id for n in nodes})
+        advance(self.clock, 30)  # every peer holds every table
+        a, b = nodes[0], nodes[1]
+        a.membership.gossip.forget(b.id)  # a no longer knows which table of its own b holds
+        renewed: list[str] = []
+        renew = a.membership.renewal.renew
+
+        def counting(peer_id: str) -> Deferred[None]:
+            renewed.append(peer_id)
+            return renew(peer_id)
+
+        a.membership.renewal.renew = counting  # type: ignore[method-assign]
+        advance(self.clock, 60)  # six usual intervals, half the rest interval
+        self.assertNotIn(b.id, renewed)
+        a.membership.pool.upsert(info(8), 1)  # a's table now names a node b's does not: news
+        advance(self.clock, 11)
+        self.assertIn(b.id, renewed)
 
     def test_a_link_that_goes_down_brings_back_the_usual_interval(self) -> None:
         nodes = self.mesh(4)

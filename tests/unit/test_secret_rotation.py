@@ -168,6 +168,9 @@ class RollingRotationTests(MeshTestCase):
         self.assertGreater(sum(n.counter("tunmesh_auth_failures_total", reason="unknown_key") for n in nodes[:2]), 0)
         hints = self.logged("which this node does not accept")
         self.assertTrue(hints)
-        self.assertEqual({e["secret_id"] for e in hints}, {"new"})
+        # the old nodes name the secret they lack; the lone node, asked by an old node (a bootstrap pass
+        # of its configured URLs), names the one it lacks
+        self.assertIn("new", {e["secret_id"] for e in hints})
+        self.assertLessEqual({e["secret_id"] for e in hints}, {"new", "default"})
         self.assertNotIn(NEW, repr(list(self.events)))
         self.assertNotIn(OLD, repr(list(self.events)))

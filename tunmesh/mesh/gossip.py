@@ -68,6 +68,23 @@ def table_delta(
     return changed, removed
 
 
+def holds_entries(table: Sequence[NodeInfo], hints: Sequence[NodeInfo], holder: str) -> bool:
+    """Whether a peer ``holder`` whose own table is ``hints`` (the last one it sent us) holds every entry
+    of our ``table`` but its own, as we hold it: our table would tell it nothing new, even though it
+    does not hold the table itself (its digest differs: it holds us, and members we dropped or do not
+    know yet). While many nodes join, each registers with every node it learns of, so most pairs learn
+    of a newcomer first-hand and their tables agree on it before either tells the other
+    (``Membership.groom``)."""
+    held = {info.id: info for info in hints}
+    for info in table:
+        if info.id == holder:
+            continue
+        old = held.get(info.id)
+        if old is None or (old is not info and old.wire != info.wire):
+            return False
+    return True
+
+
 def apply_delta(held: tuple[NodeInfo, ...], registration: Registration) -> tuple[NodeInfo, ...]:
     """``held`` (the sender's table as of the delta's base) with the delta of ``registration`` applied."""
     gone = {*registration.removed, *registration.dropped_ids, *(info.id for info in registration.remote)}
