@@ -708,7 +708,8 @@ class SessionWaitTests(SynchronousTestCase):
         b.plane.peer_up(A, "https://a/", ["100.64.0.1/32"])
         a.plane.peer_up(B, "https://b/", ["100.64.0.2/32"])
         link = a.plane.links[B]
-        # no session yet: every HELLO is given up and the reconnect backoff grows (0.1, 0.2, 0.4, ...)
+        # no session yet: every attempt is given up before it connects (no TCP or TLS handshake for a
+        # HELLO that cannot be signed) and the reconnect backoff grows (0.1, 0.2, 0.4, ...)
         for _ in range(6):
             for p in a.pumps:
                 p.flush()
@@ -718,6 +719,7 @@ class SessionWaitTests(SynchronousTestCase):
         self.assertFalse(link.ready)
         self.assertGreater(link.retry_at - clock.seconds(), 1.0)  # type: ignore[operator]
         self.assertEqual(a.metrics.value("link_hello_failures_total", "no_session"), 7)
+        self.assertEqual(a.pumps, [])  # not one connection was opened
         secret = os.urandom(32)
         sb.install_inbound(A, "k1", secret)
         sa.install_outbound(B, "k1", secret)  # the SessionStore observer tells the plane
@@ -726,6 +728,7 @@ class SessionWaitTests(SynchronousTestCase):
                 p.flush()
         self.assertTrue(link.ready)
         self.assertEqual(link.attempts, 0)
+        self.assertEqual(len(a.pumps), 1)
 
 
 class PreHelloLimitTests(SynchronousTestCase):

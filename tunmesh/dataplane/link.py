@@ -755,6 +755,12 @@ class _ConnectorEndpoint:
     def connect(self, factory: Any) -> defer.Deferred[Any]:
         owner = self._owner
         owner.retry_at = None
+        if owner._sessions.outbound(owner.peer_id) is None:
+            # No session with the peer yet (the mesh sets one up; ``session_ready`` connects at once
+            # then): a HELLO could not be signed, so do not pay a TCP and a TLS handshake on both sides
+            # for it. A join used to open two or three such connections per peer (docs/performance.md).
+            owner._no_session()
+            return defer.fail(LinkRefused("no session"))
         service_end = factory.buildProtocol(None)
         proto = LinkClientProtocol(owner, service_end)
         owner._attempt = proto
@@ -1010,9 +1016,9 @@ class LinkClient(Service):
             signed = None
         session = self._sessions.outbound(self.peer_id)
         if signed is None or session is None or session.kid != signed.kid:
-            # No session with this peer yet (the mesh sets one up): retry with backoff.
-            self._lm.hello_failed("no_session")
-            self.stats.failed(self._clock.seconds(), "no session with the peer yet (the mesh sets one up)")
+            # The session went away while the connection was made (checked before connecting too):
+            # retry with backoff.
+            self._no_session()
             self._give_up(proto, "no session")
             return
         self._kid = signed.kid
@@ -1020,6 +1026,10 @@ class LinkClient(Service):
         proto.transport.write(  # type: ignore[union-attr]
             F.encode_hello(signed.header_value, self._client_random, self._key_id, hello_flags)
         )
+
+    def _no_session(self) -> None:
+        self._lm.hello_failed("no_session")
+        self.stats.failed(self._clock.seconds(), "no session with the peer yet (the mesh sets one up)")
 
     def _hello_deadline(self) -> None:
         self._timer = None
