@@ -8,8 +8,10 @@ relationship comes from gossip.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -258,6 +260,17 @@ def running_cluster(
 # --------------------------------------------------------------------------- join timing (bench and tests)
 
 
+@functools.cache
+def _probe_tls_context() -> ssl.SSLContext:
+    """One client context for every probe, without the system CA store (nothing is verified): a context
+    per attempt (``ssl.create_default_context`` loads the store) cost the bench more CPU than the 50 nodes
+    it polled while they started (wait_listening retries every node every 0.05 s)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class MetricsProbe:
     """Reads one node's ``/metrics`` over a kept-alive HTTPS connection opened inside its namespace.
 
@@ -300,14 +313,10 @@ class MetricsProbe:
 
     def _get(self, path: str) -> str | None:
         import http.client
-        import ssl
 
         try:
             if self._conn is None:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=5, context=context)
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=5, context=_probe_tls_context())
                 with self.ns.entered():
                     conn.connect()
                 # never reconnect implicitly: that would open the socket outside the namespace

@@ -609,9 +609,9 @@ class AuthTiming:
 class LocalRegistrationTiming:
     reregistration_interval: float = _timing(
         5.0,
-        "Seconds between registrations with each local peer; while a packet link with the peer is up, "
-        "stale_threshold if longer (the membership is changing) or 4 x stale_threshold (at rest: it "
-        "holds our peer table).",
+        "Seconds between registrations with each local peer; stale_threshold if longer while the membership "
+        "is changing (it got our peer table lately), 4 x stale_threshold while a packet link with the peer is "
+        "up and it holds our peer table (at rest).",
     )
     stale_threshold: float = _timing(30.0, "Seconds without contact after which a local peer is dropped.")
 
@@ -621,9 +621,9 @@ class LocalRegistrationTiming:
 class MeshRegistrationTiming:
     reregistration_interval: float = _timing(
         30.0,
-        "Seconds between registrations with each mesh peer; while a packet link with the peer is up, "
-        "stale_threshold if longer (the membership is changing) or 4 x stale_threshold (at rest: it "
-        "holds our peer table).",
+        "Seconds between registrations with each mesh peer; stale_threshold if longer while the membership "
+        "is changing (it got our peer table lately), 4 x stale_threshold while a packet link with the peer is "
+        "up and it holds our peer table (at rest).",
     )
     stale_threshold: float = _timing(120.0, "Seconds without contact after which a mesh peer is dropped.")
 
