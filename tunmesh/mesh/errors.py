@@ -68,3 +68,8 @@ class PeerRequestFailed(MeshError):
         super().__init__(reason, detail)
         self.status = status
         self.retry_after = retry_after
+
+
+class SessionRefused(PeerRequestFailed):
+    """The peer refused our session token (401/404): it forgot us, or another process answers at its URL."""
+

@@ -18,7 +18,7 @@ from tunmesh.auth.errors import AuthError
 from tunmesh.auth.sessions import SessionAuthority, SessionStore
 from tunmesh.auth.tokens import TYP_REQUEST, SignedRequest, VerifiedToken
 from tunmesh.mesh.client import MeshClient, RawResponse
-from tunmesh.mesh.errors import PeerRequestFailed
+from tunmesh.mesh.errors import PeerRequestFailed, SessionRefused
 from tunmesh.mesh.settings import MeshSettings
 
 CONTROL = "/tunmesh/control/v0"
@@ -119,15 +119,17 @@ class PeerExchange:
         session_timeout: float | None = None,
         refused: Callable[[], None] | None = None,
         falling_back: Callable[[], None] | None = None,
+        fall_back_when_refused: bool = True,
     ) -> Generator[Deferred[Any], Any, tuple[RawResponse, bool]]:
         """POST ``body()`` to ``peer_id`` with our session token to ``session_path``, else with the
         cluster token to ``cluster_path``; fires with the checked answer and whether the cluster token
         was used.
 
         The session-token request is tried when we hold an outbound session. Refused with 401/404, its
-        key is dropped and ``refused()`` is called. Before the cluster-token request ``falling_back()`` is
-        called and ``body()`` is asked again (a fresh registration or key exchange). ``what`` names the
-        route in auth-failure reports (``what/<id> response``, ``what response``).
+        key is dropped and ``refused()`` is called; then, unless ``fall_back_when_refused`` is false (the
+        caller asks the peer's URL itself: :class:`SessionRefused`), ``falling_back()`` is called and
+        ``body()`` is asked again (a fresh registration or key exchange) for the cluster-token request.
+        ``what`` names the route in auth-failure reports (``what/<id> response``, ``what response``).
         """
         if self.sessions.outbound(peer_id) is not None:
             payload = body()
@@ -143,6 +145,8 @@ class PeerExchange:
             self.sessions.invalidate_outbound(peer_id, request.kid)
             if refused is not None:
                 refused()
+            if not fall_back_when_refused:
+                raise SessionRefused("session_refused", f"{url} answered {response.status}", response.status)
         if falling_back is not None:
             falling_back()
         payload = body()

@@ -2,8 +2,11 @@
 
 A component of :class:`tunmesh.mesh.membership.Membership` (see there). It owns the renewals in flight
 (one per peer) and their backoff; a failed renewal also sets the peer's ``next_attempt``, which the groom
-tick reads (``Peer.renewal_due``). A peer that refuses our session token (401/404: it forgot us) gets a
-registration with the cluster token (:meth:`PeerExchange.post`).
+tick reads (``Peer.renewal_due``). A peer that refuses our session token or session setup (401/404: it
+forgot us, or another process answers at its URL now) is re-registered through its URL: one bootstrap
+that registers us with whoever answers there and says who that is (:meth:`Renewal._through_url`). A
+renewal without a session for a reason of ours (the setup backs off) registers with the cluster token
+addressed to the peer (:meth:`PeerExchange.post`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from tunmesh.mesh.component import Component
-from tunmesh.mesh.errors import MeshError, PeerRequestFailed
+from tunmesh.mesh.errors import MeshError, PeerRequestFailed, SessionRefused
 from tunmesh.mesh.exchange import REGISTER_PATH, register_path, retry_after
 from tunmesh.mesh.inflight import InFlight
 
@@ -86,49 +89,82 @@ class Renewal(Component):
         return d
 
     @inlineCallbacks
+    def _through_url(self, peer_id: str, url: str) -> Any:
+        """``peer_id`` refused our session token or session setup: it forgot us (groomed us, lost its
+        keys), or another process answers at ``url`` now (a restart, with a new id). One bootstrap of the
+        URL tells which, and registers us either way: the same id answers, and the pair is registered
+        again; another id answers, and the entry goes (W6: only once its URL answered, authenticated, with
+        another id; ``Bootstrapper._bootstrap``). Fires True when the entry went. It used to take a
+        cluster-token request addressed to the id we held, refused again after a restart, then this
+        bootstrap (the churn of docs/performance.md)."""
+        self.log.warn(
+            "peer {peer_id} does not know us: re-registering through its URL {url}", peer_id=peer_id, url=url
+        )
+        answered = yield self.membership.bootstrapper.bootstrap(url)
+        if answered == peer_id:
+            self.meters.registrations.labels(direction="out", result="fallback").inc()
+            return False
+        if self.pool.get(peer_id) is None:
+            return True
+        raise PeerRequestFailed("unknown_peer", f"{url} answered as {answered}, not {peer_id}")
+
+    @inlineCallbacks
     def _renew(self, peer_id: str) -> Any:
         peer = self.pool.get(peer_id)
         if peer is None:
             raise PeerRequestFailed("unknown_peer", peer_id)
         url = peer.url
         try:
+            refused = False
             if self.sessions.outbound(peer_id) is None:
                 try:
                     yield self.membership.session_setup.ensure_session(peer_id)
                 except MeshError as exc:
-                    # refused (it does not know us), or our setup is backing off: register with the
-                    # cluster token anyway, so a session retry never costs the peer its renewal
-                    if exc.status not in (401, 404) and exc.reason != "backoff":
+                    # refused (it does not know us): through its URL below; our setup is backing off:
+                    # register with the cluster token anyway, so a session retry never costs the peer
+                    # its renewal
+                    if exc.status in (401, 404):
+                        refused = True
+                    elif exc.reason != "backoff":
                         raise
 
             def falling_back() -> None:
                 self.log.warn(
-                    "peer {peer_id} does not know us (or no session): re-registering with the cluster token",
-                    peer_id=peer_id,
+                    "no session with peer {peer_id}: re-registering with the cluster token", peer_id=peer_id
                 )
 
-            response, by_cluster = yield self.exchange.post(
-                peer_id,
-                url,
-                "register",
-                register_path(self.node_id),
-                REGISTER_PATH,
-                lambda: self.membership.our_registration(peer_id).to_json(),
-                session_timeout=self.settings.registration_timeout,
-                falling_back=falling_back,
-            )
-            if by_cluster:
-                self.meters.registrations.labels(direction="out", result="fallback").inc()
-            if self.pool.get(peer_id) is None:
-                raise PeerRequestFailed("unknown_peer", peer_id)
-            self.membership.inbound.accept_registration(peer_id, response.body, direction="out")
+            if not refused:
+                try:
+                    response, by_cluster = yield self.exchange.post(
+                        peer_id,
+                        url,
+                        "register",
+                        register_path(self.node_id),
+                        REGISTER_PATH,
+                        lambda: self.membership.our_registration(peer_id).to_json(),
+                        session_timeout=self.settings.registration_timeout,
+                        falling_back=falling_back,
+                        fall_back_when_refused=False,
+                    )
+                except SessionRefused:
+                    refused = True
+            if refused:
+                replaced = yield self._through_url(peer_id, url)
+                if replaced:
+                    return None  # the entry is gone; the node at the URL registered with us instead
+            else:
+                if by_cluster:
+                    self.meters.registrations.labels(direction="out", result="fallback").inc()
+                if self.pool.get(peer_id) is None:
+                    raise PeerRequestFailed("unknown_peer", peer_id)
+                self.membership.inbound.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
             self.contacts.peer_failed(peer_id, "register", exc.reason, exc.detail, exc.status)
-            if exc.status == 401:
-                # Its URL took neither our session token nor a cluster token addressed to it: most likely
-                # another process answers there now (a restart, with a new id). Ask the URL who it is, as
-                # a claim conflict does (W6: the entry goes only once the URL answers with another id),
-                # instead of renewing into 401s until the entry goes stale (docs/api_flows.md).
+            if exc.status == 401 and not isinstance(exc, SessionRefused):
+                # Its URL did not take a cluster token addressed to it: most likely another process
+                # answers there now (a restart, with a new id). Ask the URL who it is, as a claim
+                # conflict does (W6: the entry goes only once the URL answers with another id), instead
+                # of renewing into 401s until the entry goes stale (docs/api_flows.md).
                 self.membership.bootstrapper.probe_holder(peer)
             self._rlog.emit(
                 ("renew", peer_id, exc.reason),
