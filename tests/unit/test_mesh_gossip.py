@@ -36,6 +36,19 @@ def registration(remote: tuple[NodeInfo, ...]) -> Registration:
     return Registration(info(1), remote, 1000, 1)
 
 
+def renewals_of(node: Node) -> list[str]:
+    """The ids ``node`` starts a renewal with from now on, in order."""
+    calls: list[str] = []
+    renew = node.membership.renewal.renew
+
+    def counting(peer_id: str) -> Deferred[None]:
+        calls.append(peer_id)
+        return renew(peer_id)
+
+    node.membership.renewal.renew = counting  # type: ignore[method-assign]
+    return calls
+
+
 class WireTests(SynchronousTestCase):
     def test_a_registration_without_digests_is_the_older_wire_format(self) -> None:
         body = registration((info(2),)).to_json()
@@ -264,22 +277,11 @@ class JoinExchangeTests(MeshTestCase):
     """What a join costs per pair: a bootstrap counts as the pair's registration exchange, and a queued
     bootstrap of a gossiped URL is dropped once the node behind it registered with us."""
 
-    def renewals_to(self, node: Node) -> list[str]:
-        calls: list[str] = []
-        renew = node.membership.renewal.renew
-
-        def counting(peer_id: str) -> Deferred[None]:
-            calls.append(peer_id)
-            return renew(peer_id)
-
-        node.membership.renewal.renew = counting  # type: ignore[method-assign]
-        return calls
-
     def test_a_bootstrap_is_the_pairs_exchange_and_the_next_renewal_waits_a_full_interval(self) -> None:
         first = self.node(1, ())
         first.start()
         second = self.node(2)
-        by_first, by_second = self.renewals_to(first), self.renewals_to(second)
+        by_first, by_second = renewals_of(first), renewals_of(second)
         second.start()
         advance(self.clock, 0.5)
         peer = second.pool.get(first.id)
@@ -407,14 +409,7 @@ class LinkRelaxedRenewalTests(MeshTestCase):
         advance(self.clock, 30)  # every peer holds every table
         a, b = nodes[0], nodes[1]
         a.membership.gossip.forget(b.id)  # a no longer knows which table of its own b holds
-        renewed: list[str] = []
-        renew = a.membership.renewal.renew
-
-        def counting(peer_id: str) -> Deferred[None]:
-            renewed.append(peer_id)
-            return renew(peer_id)
-
-        a.membership.renewal.renew = counting  # type: ignore[method-assign]
+        renewed = renewals_of(a)
         advance(self.clock, 60)  # six usual intervals, half the rest interval
         self.assertNotIn(b.id, renewed)
         a.membership.pool.upsert(info(8), 1)  # a's table now names a node b's does not: news
