@@ -412,9 +412,12 @@ class LinkRelaxedRenewalTests(MeshTestCase):
         renewed = renewals_of(a)
         advance(self.clock, 60)  # six usual intervals, half the rest interval
         self.assertNotIn(b.id, renewed)
-        a.membership.pool.upsert(info(8), 1)  # a's table now names a node b's does not: news
+        a.membership.pool.upsert(info(8), 1)  # a's table now names a node b's does not
         advance(self.clock, 11)
-        self.assertIn(b.id, renewed)
+        # a member of less than a stale_threshold is registering with every node itself: not news yet
+        self.assertNotIn(b.id, renewed)
+        advance(self.clock, 25)  # it has been in a's pool for a stale_threshold (30 s), b's table lacks it
+        self.assertIn(b.id, renewed)  # before the rest interval (120 s after the last exchange)
 
     def test_a_link_that_goes_down_brings_back_the_usual_interval(self) -> None:
         nodes = self.mesh(4)

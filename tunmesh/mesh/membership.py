@@ -317,8 +317,12 @@ class Membership:
                 self.addressing.tick(alone=len(self.pool) == 0, taken=self.pool.taken(hints=False))
             self.bootstrapper.run_groups()
             now = self.monotonic()
-            table = tuple(p.info for p in self.pool if not p.is_stale(now))
-            ours = self.gossip.digest(table)
+            live = [p for p in self.pool if not p.is_stale(now)]
+            ours = self.gossip.digest(tuple(p.info for p in live))
+            # Members that joined less than a stale_threshold ago are registering with every node
+            # themselves (a newcomer contacts every node its bootstrap answer names): telling a peer
+            # about them is news only once they were here that long and its table still lacks them.
+            settled = tuple(p.info for p in live if now - p.first_seen >= p.timing.stale_threshold)
             for peer in self.pool:
                 link_age = self.link_age(peer.id)
                 if link_age is not None:
@@ -331,17 +335,17 @@ class Membership:
                     # that may be another process now, before that answer (the churn of docs/performance.md).
                     continue
                 # A link with it proves it alive to both of us (frames either way are authenticated
-                # contact). If it holds our table, or every entry of it (the table it last sent us names
-                # them all, as we hold them: a join's pairs mostly learn of each newcomer first-hand), a
-                # renewal would be news to nobody: a pair with a link up then exchanges once per
-                # REST_RENEWAL stale_thresholds, a safety net only. If it got our table, or a delta of
+                # contact). If it holds our table, or every settled entry of it (the table it last sent us
+                # names them all, as we hold them; newer members reach it first-hand), a renewal would be
+                # news to nobody: a pair with a link up then exchanges once per REST_RENEWAL
+                # stale_thresholds, a safety net only. If it got our table, or a delta of
                 # it, less than a stale_threshold ago, the membership is changing (a join of many nodes,
                 # whose newcomers register with every node themselves): a pair exchanges once per
                 # stale_threshold, link or not, not after every change; the first change after a quiet
                 # spell still goes at once. A peer whose last contact is half a stale_threshold old is
                 # renewed at the usual interval regardless (``Peer.renewal_due``).
                 rest = link_age is not None and (
-                    self.gossip.holds(peer.id, ours) or holds_entries(table, peer.hints, peer.id)
+                    self.gossip.holds(peer.id, ours) or holds_entries(settled, peer.hints, peer.id)
                 )
                 relaxed = self.gossip.told_within(peer.id, now, peer.timing.stale_threshold)
                 if peer.renewal_due(now, relaxed, rest) and peer.id not in self.renewal:
