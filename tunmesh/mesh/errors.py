@@ -72,4 +72,3 @@ class PeerRequestFailed(MeshError):
 
 class SessionRefused(PeerRequestFailed):
     """The peer refused our session token (401/404): it forgot us, or another process answers at its URL."""
-

@@ -341,7 +341,7 @@ class Membership:
                 # stale_thresholds, a safety net only. If it got our table, or a delta of
                 # it, less than a stale_threshold ago, the membership is changing (a join of many nodes,
                 # whose newcomers register with every node themselves): a pair exchanges once per
-                # stale_threshold, link or not, not after every change; the first change after a quiet
+                # stale_threshold, link or not, not after every change; the first news after a quiet
                 # spell still goes at once. A peer whose last contact is half a stale_threshold old is
                 # renewed at the usual interval regardless (``Peer.renewal_due``).
                 rest = link_age is not None and (

@@ -114,8 +114,8 @@ class Renewal(Component):
         if peer is None:
             raise PeerRequestFailed("unknown_peer", peer_id)
         url = peer.url
+        refused = False  # the peer refused our session token or setup: its URL is asked instead
         try:
-            refused = False
             if self.sessions.outbound(peer_id) is None:
                 try:
                     yield self.membership.session_setup.ensure_session(peer_id)
@@ -160,7 +160,7 @@ class Renewal(Component):
                 self.membership.inbound.accept_registration(peer_id, response.body, direction="out")
         except MeshError as exc:
             self.contacts.peer_failed(peer_id, "register", exc.reason, exc.detail, exc.status)
-            if exc.status == 401 and not isinstance(exc, SessionRefused):
+            if exc.status == 401 and not refused:
                 # Its URL did not take a cluster token addressed to it: most likely another process
                 # answers there now (a restart, with a new id). Ask the URL who it is, as a claim
                 # conflict does (W6: the entry goes only once the URL answers with another id), instead
