@@ -120,17 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.connections < 1 or args.rounds < 1:
         ap.error("--connections and --rounds must be at least 1")
     out: dict[str, Any] = {}
-
-    def run() -> None:
-        with tempfile.TemporaryDirectory(prefix="tunmesh-tlscost-") as tmp:
-            d = measure(args.connections, args.rounds, Path(tmp))
-            d.addCallback(out.update)
-            d.addErrback(lambda f: out.update(error=f.getTraceback()))
-            d.addBoth(lambda _: reactor.stop())
-            # the reactor stops before the directory goes: measure() closed its ports
-            reactor.run()
-
-    run()
+    with tempfile.TemporaryDirectory(prefix="tunmesh-tlscost-") as tmp:
+        d = measure(args.connections, args.rounds, Path(tmp))
+        d.addCallback(out.update)
+        d.addErrback(lambda f: out.update(error=f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop())
+        reactor.run()  # it stops before the directory goes: measure() closed its ports
     if "error" in out:
         print(out["error"], file=sys.stderr)
         return 1

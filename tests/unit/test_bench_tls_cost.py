@@ -3,28 +3,17 @@ connections with the node's own TLS contexts on the test reactor and reports bot
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-BENCH = Path(__file__).resolve().parents[2] / "contrib" / "bench" / "tls_cost.py"
-
-
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("tls_cost", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tls_cost"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.netns import bench_script
 
 
 class TLSCostTests(TestCase):
     def test_it_measures_tcp_and_tls_connections_that_completed(self) -> None:
-        tls_cost = _load()
+        tls_cost = bench_script("tls_cost")
         workdir = Path(self.mktemp())
         workdir.mkdir()
         d = tls_cost.measure(4, 2, workdir)
@@ -39,7 +28,7 @@ class TLSCostTests(TestCase):
         return d.addCallback(check)
 
     def test_bad_arguments_are_refused(self) -> None:
-        tls_cost = _load()
+        tls_cost = bench_script("tls_cost")
         with self.assertRaises(SystemExit) as cm:
             tls_cost.main(["--connections", "0"])
         self.assertEqual(cm.exception.code, 2)

@@ -3,15 +3,12 @@ recipient holds it, older nodes still get it whole, and one exchange per pair re
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.netns import bench_script
 from tunmesh.mesh.errors import InvalidRegistration
 from tunmesh.mesh.gossip import RECENT_TABLES, GossipDigests, apply_delta, holds_entries, table_digest
 from tunmesh.mesh.pool import REST_RENEWAL
@@ -372,16 +369,7 @@ class LinkRelaxedRenewalTests(MeshTestCase):
             self.links_up(nodes, {n.id for n in nodes})
         advance(self.clock, 60)
         originals = {n.id for n in nodes}
-        among: list[str] = []
-        for n in nodes:
-            renew = n.membership.renewal.renew
-
-            def counting(peer_id: str, renew: Callable[[str], Deferred[None]] = renew) -> Deferred[None]:
-                if peer_id in originals:
-                    among.append(peer_id)
-                return renew(peer_id)
-
-            n.membership.renewal.renew = counting  # type: ignore[method-assign]
+        calls = [renewals_of(n) for n in nodes]
         for k in range(5, 17):  # a member every 5 s for 60 s
             late = self.node(k, local_timing=timing)
             late.start()
@@ -391,7 +379,7 @@ class LinkRelaxedRenewalTests(MeshTestCase):
             advance(self.clock, 5)
         advance(self.clock, 10)
         self.assertFullMesh(nodes)  # every newcomer registered with every node itself
-        renewed = list(among)
+        renewed = [peer_id for made in calls for peer_id in made if peer_id in originals]
         advance(self.clock, 35)  # and every table reached every peer within a relaxed interval and a tick
         for n in nodes:
             self.assertEqual(len(n.peer_ids()), 15)
@@ -462,23 +450,13 @@ class LinkRelaxedRenewalTests(MeshTestCase):
         self.assertEqual(peer.last_contact, now - 2)
 
 
-def _load_scale_sim() -> object:
-    path = Path(__file__).resolve().parents[2] / "contrib" / "bench" / "scale_sim.py"
-    spec = importlib.util.spec_from_file_location("scale_sim", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("scale_sim", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 class ScaleSimulationTests(SynchronousTestCase):
     """contrib/bench/scale_sim.py at small N: the growth it reports for 200 and 500 nodes, checked at 4 and 8."""
 
     def test_messages_grow_linearly_and_registration_size_does_not_grow_with_n(self) -> None:
-        sim = _load_scale_sim()
-        small = sim.simulate(4, rest=150, settle=90)  # type: ignore[attr-defined]
-        large = sim.simulate(8, rest=150, settle=90)  # type: ignore[attr-defined]
+        sim = bench_script("scale_sim")
+        small = sim.simulate(4, rest=150, settle=90)
+        large = sim.simulate(8, rest=150, settle=90)
         for result in (small, large):
             self.assertIsNotNone(result.join_seconds)
             self.assertLess(result.join_seconds, 30)
@@ -490,9 +468,9 @@ class ScaleSimulationTests(SynchronousTestCase):
     def test_a_seeded_mesh_rests_as_a_joined_one(self) -> None:
         """``--seeded`` (the converged state built directly, for 500 nodes) measures what a real join
         leaves: the same registrations per node per minute at rest, of the same size, and nothing else."""
-        sim = _load_scale_sim()
-        seeded = sim.simulate(6, rest=480, settle=30, seeded=True)  # type: ignore[attr-defined]
-        joined = sim.simulate(6, rest=480, settle=90)  # type: ignore[attr-defined]
+        sim = bench_script("scale_sim")
+        seeded = sim.simulate(6, rest=480, settle=30, seeded=True)
+        joined = sim.simulate(6, rest=480, settle=90)
         # 5 peers, one exchange per pair per 120-125 s, started by either side: ≈ 1.2 sent per node per minute
         for result in (seeded, joined):
             self.assertGreaterEqual(result.rest_requests_per_node_minute, 5 * 60 / 125 / 2 * 0.7)
@@ -503,9 +481,9 @@ class ScaleSimulationTests(SynchronousTestCase):
         )
 
     def test_live_links_relax_the_renewals_at_rest(self) -> None:
-        sim = _load_scale_sim()
-        with_links = sim.simulate(4, rest=480, links=True)  # type: ignore[attr-defined]
-        without = sim.simulate(4, rest=120, links=False)  # type: ignore[attr-defined]
+        sim = bench_script("scale_sim")
+        with_links = sim.simulate(4, rest=480, links=True)
+        without = sim.simulate(4, rest=120, links=False)
         # without links: a pair's exchange every 5-10 s (interval 5 s, groom ticks 5 s); with: every
         # 120-125 s (REST_RENEWAL x stale_threshold 30 s)
         self.assertGreaterEqual(without.rest_requests_per_node_minute, 3 * 60 / 10 / 2)
